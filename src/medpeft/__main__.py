@@ -1,0 +1,3 @@
+from medpeft.cli import main
+
+raise SystemExit(main())

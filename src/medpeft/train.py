@@ -1,0 +1,141 @@
+"""One run, top to bottom: load task and model, apply the method, train, evaluate, measure, save."""
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medpeft.config import ExperimentConfig
+from medpeft.evaluate import generate_texts, predict_probs, score_classification, score_rouge
+from medpeft.features import encode_examples
+from medpeft.measure import count_parameters, describe_env, folder_bytes, peak_memory_bytes, reset_peak_memory
+from medpeft.methods import build_peft_config
+from medpeft.models import infer_model_kind, load_model, resolve_model
+from medpeft.registry import METHODS, TASKS
+from medpeft.results import write_json, write_jsonl
+
+
+def run_experiment(cfg: ExperimentConfig, run_dir: Path, *, online: bool = False) -> dict:
+    """Train and evaluate one configuration; write result.json, predictions.jsonl and adapter/."""
+    from transformers import set_seed
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    reset_peak_memory()
+    set_seed(cfg.seed)  # python, numpy and torch: data order, new-head init, dropout, method init
+    task = TASKS[cfg.task].load(cfg.data)
+    model_path = resolve_model(cfg.model, online)
+    kind = infer_model_kind(model_path, task.type)
+    model, tokenizer, new_modules = load_model(model_path, kind, task.labels)
+    peft_config = build_peft_config(cfg.method, kind, cfg.method_args, model_path=model_path,
+                                    instruction=task.instruction, new_modules=new_modules)
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_config)
+    if not METHODS[cfg.method].trains:
+        model.requires_grad_(False)
+    params = count_parameters(model)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+
+    train_rows, train_stats = encode_examples(task.splits["train"], tokenizer, kind, task.instruction, cfg.data, task.labels)
+    val_rows, _ = encode_examples(task.splits["validation"], tokenizer, kind, task.instruction, cfg.data, task.labels)
+    training = {"train_seconds": 0.0, "train_tokens": 0, "train_loss": None, "val_loss": None, "steps": 0}
+    if METHODS[cfg.method].trains:
+        training = train_model(model, tokenizer, kind, cfg, train_rows, val_rows, run_dir)
+
+    start = time.perf_counter()
+    test = task.splits["test"]
+    predictions, metrics, test_stats = evaluate_model(model, tokenizer, kind, task, cfg, test, train_rows, device)
+    eval_seconds = time.perf_counter() - start
+
+    adapter_dir = run_dir / "adapter"
+    shutil.rmtree(adapter_dir, ignore_errors=True)
+    if METHODS[cfg.method].trains:
+        model.save_pretrained(adapter_dir)
+        if peft_config is None:  # full fine-tuning stores a whole, self-contained model
+            tokenizer.save_pretrained(adapter_dir)
+    seconds = training["train_seconds"]
+    result = {
+        "run_id": cfg.run_id, "status": "ok", "error": None,
+        "task": cfg.task, "task_type": task.type, "model": cfg.model, "model_path": model_path, "model_kind": kind,
+        "method": cfg.method, "seed": cfg.seed, "config": cfg.to_dict(),
+        "metrics": metrics,
+        "efficiency": {
+            **params, "train_seconds": seconds, "eval_seconds": eval_seconds,
+            "train_tokens_per_second": training["train_tokens"] / seconds if seconds else 0.0,
+            "peak_memory_bytes": peak_memory_bytes(), "adapter_bytes": folder_bytes(adapter_dir),
+        },
+        "training": {k: training[k] for k in ("steps", "train_loss", "val_loss", "train_tokens")},
+        "data": {"train": train_stats, "test": test_stats, "validation_examples": len(val_rows)},
+        "env": describe_env(),
+    }
+    write_jsonl(run_dir / "predictions.jsonl", predictions)
+    write_json(run_dir / "result.json", result)  # last: its presence marks the run finished
+    return result
+
+
+def train_model(model, tokenizer, kind: str, cfg: ExperimentConfig, train_rows, val_rows, run_dir: Path) -> dict:
+    """Fit with the transformers Trainer (Seq2SeqTrainer for encoder-decoders), dynamic padding."""
+    from datasets import Dataset
+    from transformers import (DataCollatorForSeq2Seq, DataCollatorWithPadding, Seq2SeqTrainer, Seq2SeqTrainingArguments,
+                              Trainer, TrainingArguments)
+
+    t = cfg.train
+    steps_per_epoch = math.ceil(len(train_rows) / (t.batch_size * t.grad_accum))
+    total_steps = t.max_steps if t.max_steps > 0 else math.ceil(steps_per_epoch * t.epochs)
+    args_cls = Seq2SeqTrainingArguments if kind == "seq2seq" else TrainingArguments
+    args = args_cls(
+        output_dir=str(run_dir / "trainer"), per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.eval_batch_size, gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.lr, num_train_epochs=t.epochs, max_steps=t.max_steps, weight_decay=t.weight_decay,
+        warmup_steps=t.warmup, lr_scheduler_type=t.scheduler, seed=cfg.seed, data_seed=cfg.seed,
+        bf16=t.precision == "bf16", fp16=t.precision == "fp16", use_cpu=not torch.cuda.is_available(),
+        train_sampling_strategy="group_by_length", include_num_input_tokens_seen="non_padding",
+        logging_steps=max(1, total_steps // 5), save_strategy="no", report_to="none",
+        remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=True,
+    )
+    if kind == "seq_cls":
+        collator = DataCollatorWithPadding(tokenizer)
+    else:  # pads inputs with the pad id and labels with -100
+        collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+    trainer_cls = Seq2SeqTrainer if kind == "seq2seq" else Trainer
+    trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
+                          eval_dataset=Dataset.from_list(val_rows) if val_rows else None,
+                          data_collator=collator, processing_class=tokenizer)
+    start = time.perf_counter()
+    output = trainer.train()
+    seconds = time.perf_counter() - start
+    if not math.isfinite(output.training_loss):
+        raise FloatingPointError(f"training loss is {output.training_loss}; lower train.lr (now {t.lr}) or check the data")
+    val_loss = trainer.evaluate()["eval_loss"] if val_rows else None
+    shutil.rmtree(run_dir / "trainer", ignore_errors=True)
+    return {"train_seconds": seconds, "train_tokens": int(trainer.state.num_input_tokens_seen),
+            "train_loss": float(output.training_loss), "val_loss": val_loss, "steps": int(trainer.state.global_step)}
+
+
+def evaluate_model(model, tokenizer, kind: str, task, cfg: ExperimentConfig, test: list[dict], train_rows, device):
+    """Predictions (one dict per test example, with its own scores) and the task's metrics."""
+    rows, stats = encode_examples(test, tokenizer, kind, task.instruction, cfg.data, task.labels, for_generation=True)
+    base = [{"id": ex["id"], "input": ex["text"], "reference": ex["target"]} for ex in test]
+    if kind == "seq_cls":
+        n = len(task.labels)
+        if METHODS[cfg.method].trains:
+            probs = predict_probs(model, tokenizer, rows, cfg.train.eval_batch_size, device)
+        else:  # the untrained baseline for classification is the training split's majority class
+            majority = np.bincount([r["labels"] for r in train_rows], minlength=n).argmax()
+            probs = np.tile(np.eye(n)[majority], (len(rows), 1))
+        y_true = [task.labels.index(ex["target"]) for ex in test]
+        metrics = score_classification(y_true, probs, n)
+        preds = [dict(b, prediction=task.labels[int(p.argmax())], correct=int(p.argmax() == y), probs=[round(float(x), 6) for x in p])
+                 for b, p, y in zip(base, probs, y_true)]
+        return preds, metrics, stats
+    texts = generate_texts(model, tokenizer, rows, kind, cfg.data.max_target_tokens, cfg.train.num_beams, cfg.train.eval_batch_size, device)
+    metrics, per_example = score_rouge(texts, [ex["target"] for ex in test])
+    preds = [dict(b, prediction=t, scores=s) for b, t, s in zip(base, texts, per_example)]
+    return preds, metrics, stats
