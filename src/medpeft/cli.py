@@ -78,6 +78,17 @@ def command_fetch(args) -> int:
     return 0
 
 
+def quiet_libraries() -> None:
+    """Keep the console to medpeft's own progress: library load reports and deprecation chatter off."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="peft")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not getattr(args, "online", False):  # nothing leaves the machine unless the user asked
@@ -89,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     from medpeft.models import ModelError
     from medpeft.registry import UnknownNameError
 
+    quiet_libraries()
     handlers = {"run": command_run, "list": command_list, "fetch": command_fetch}
     try:
         return handlers[args.command](args)

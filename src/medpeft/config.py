@@ -86,6 +86,7 @@ class ExperimentConfig:
 
     def __post_init__(self):
         from medpeft.methods import validate_method_args
+        from medpeft.models import check_model_name
         from medpeft.registry import METHODS, TASKS
 
         if isinstance(self.data, dict):
@@ -98,6 +99,10 @@ class ExperimentConfig:
                 raise ConfigError(
                     f"unknown {key} {getattr(self, key)!r}; valid {key}s: {', '.join(sorted(registry))}"
                 )
+        try:
+            check_model_name(self.model)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         validate_method_args(self.method, self.method_args)
         if self.train.lr is None:
             self.train.lr = METHODS[self.method].default_lr

@@ -77,6 +77,12 @@ def build_peft_config(method: str, kind: str, args: dict, *, model_path: str, in
     return config
 
 
+def encoder_only(kind: str) -> dict:
+    """Soft prompts go before the encoder input only (as in Lester et al.): peft's seq2seq default
+    also allocates decoder prompts that never receive a gradient, doubling the reported count."""
+    return {"num_transformer_submodules": 1} if kind == "seq2seq" else {}
+
+
 @register_method("untrained", "no training: the base model as it is (zero-shot generation; majority class for classification)", 0.0, None, trains=False)
 def build_untrained(kind, args, **_):
     return None
@@ -114,7 +120,7 @@ def build_ia3(kind, args, **_):
 def build_prompt_tuning(kind, args, *, model_path, instruction, **_):
     from peft import PromptTuningConfig, PromptTuningInit
 
-    args = {"num_virtual_tokens": 20, **args}
+    args = {"num_virtual_tokens": 20, **encoder_only(kind), **args}
     if "prompt_tuning_init" not in args:
         args.update(
             prompt_tuning_init=PromptTuningInit.TEXT,
@@ -136,5 +142,5 @@ def build_prefix_tuning(kind, args, **_):
 def build_p_tuning(kind, args, **_):
     from peft import PromptEncoderConfig
 
-    args = {"num_virtual_tokens": 20, "encoder_hidden_size": 128, **args}
+    args = {"num_virtual_tokens": 20, "encoder_hidden_size": 128, **encoder_only(kind), **args}
     return PromptEncoderConfig(task_type=peft_task_type(kind), **args)

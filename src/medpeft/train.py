@@ -97,7 +97,7 @@ def train_model(model, tokenizer, kind: str, cfg: ExperimentConfig, train_rows, 
         warmup_steps=t.warmup, lr_scheduler_type=t.scheduler, seed=cfg.seed, data_seed=cfg.seed,
         bf16=t.precision == "bf16", fp16=t.precision == "fp16", use_cpu=not torch.cuda.is_available(),
         train_sampling_strategy="group_by_length", include_num_input_tokens_seen="non_padding",
-        logging_steps=max(1, total_steps // 5), save_strategy="no", report_to="none",
+        logging_steps=max(1, total_steps // 5), save_strategy="no", report_to="none", logging_nan_inf_filter=False,
         remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=True,
     )
     if kind == "seq_cls":

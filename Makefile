@@ -1,0 +1,33 @@
+# Fresh machine: `make demo` (install, fetch the offline assets, run the demo grid), `make test`.
+# GPU users: `make install TORCH_SPEC="torch==2.13.0 --index-url <your CUDA wheel index>"` or any torch spec.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.medpeft-installed
+
+.PHONY: install assets demo test test-fast clean-runs
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+assets: $(STAMP)
+	$(BIN)/medpeft fetch
+
+demo: assets
+	$(BIN)/medpeft run configs/quick.yaml
+
+test: assets
+	$(BIN)/python -m pytest -q
+
+test-fast: assets
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean-runs:
+	rm -rf runs

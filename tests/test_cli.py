@@ -1,0 +1,110 @@
+"""The `medpeft` command in-process: list, run with bad grids (exit 2, nothing trained), --dry-run."""
+from __future__ import annotations
+
+import pytest
+
+from medpeft import cli, train
+from medpeft.registry import METHODS, MODELS, TASKS
+
+GOOD = """
+name: cli-demo
+base: {task: pubmed-rct, model: tiny-bert, data: {train_size: 8, val_size: 0, test_size: 4}, train: {max_steps: 1}}
+grid:
+  - {method: [lora, ia3], seed: [0, 1]}
+  - {task: pubmed-conclusion, model: tiny-t5, method: prompt_tuning}
+"""
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the CLI trained a run")
+
+    monkeypatch.setattr(train, "run_experiment", refuse)
+
+
+def write(tmp_path, text: str, name="grid.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_list_prints_every_model_method_and_task(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    for registry in (MODELS, METHODS, TASKS):
+        assert registry
+        for name, spec in registry.items():
+            assert f"  {name} " in out, name
+            assert spec.description in out
+
+
+BAD_GRIDS = {
+    "unknown method": ("base: {task: pubmed-rct, model: tiny-bert}\ngrid: {method: [lora, lorra]}\n", ["'lorra'", "lora", "prompt_tuning"]),
+    "unknown task": ("base: {task: pubmed-rtc, model: tiny-bert, method: lora}\n", ["'pubmed-rtc'", "pubmed-rct", "pubmed-conclusion"]),
+    "unknown key": ("base: {task: pubmed-rct, model: tiny-bert, method: lora, trian: {epochs: 1}}\n", ["'trian'", "train"]),
+    "unknown nested key": ("base: {task: pubmed-rct, model: tiny-bert, method: lora}\ngrid: {train.epoch: [1]}\n", ["'train.epoch'", "epochs"]),
+    "bad method arg": ("base: {task: pubmed-rct, model: tiny-bert, method: lora, method_args: {rank: 4}}\n", ["'rank'", "lora_alpha"]),
+    "wrong type": ("base: {task: pubmed-rct, model: tiny-bert, method: lora, seed: abc}\n", ["seed", "int"]),
+    # the first block is fine: nothing may train before the whole grid is checked
+    "unknown model in a later block": (
+        "base: {task: pubmed-rct, method: lora}\ngrid: [{model: tiny-bert}, {model: no-such-model}]\n", ["'no-such-model'", "tiny-bert"]),
+    "hub model offline": ("base: {task: pubmed-conclusion, model: someorg/some-t5, method: lora}\n", ["--online"]),
+    "encoder for summarization": ("base: {task: pubmed-conclusion, model: tiny-bert, method: lora}\n", ["cannot generate", "tiny-t5"]),
+    "not yaml mapping": ("- lora\n- ia3\n", ["mapping"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_GRIDS))
+def test_run_with_a_bad_grid_exits_2_with_a_clear_message(case, tmp_path, capsys, no_training, assets_ready):
+    text, needles = BAD_GRIDS[case]
+    runs_dir = tmp_path / "runs"
+    code = cli.main(["run", write(tmp_path, text), "--runs-dir", str(runs_dir)])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert err.startswith("medpeft: error: ") and "Traceback" not in err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    assert not runs_dir.exists()  # nothing trained, nothing written
+
+
+def test_run_with_a_missing_grid_file(tmp_path, capsys, no_training):
+    assert cli.main(["run", str(tmp_path / "nope.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_bad_override_exits_2(tmp_path, capsys, no_training):
+    assert cli.main(["run", write(tmp_path, GOOD), "--set", "train.epochs", "--dry-run"]) == 2
+    assert "key=value" in capsys.readouterr().err
+
+
+def test_run_without_a_grid_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run"])
+    assert exit_info.value.code == 2
+    assert "grid" in capsys.readouterr().err
+
+
+def test_dry_run_prints_every_run_id_with_baselines(tmp_path, capsys, no_training, monkeypatch):
+    from medpeft.config import load_grid
+
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, GOOD)
+    assert cli.main(["run", path, "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    ids = [line for line in out if line.count(".") >= 4]
+    expected = [cfg.run_id for cfg in load_grid(path).runs]
+    assert len(expected) == 5 and set(expected) <= set(ids)
+    baselines = [i for i in ids if ".untrained." in i]
+    assert len(baselines) == 2  # one per (model, task)
+    assert any(i.startswith("pubmed-rct.tiny-bert.untrained.seed0.") for i in baselines)
+    assert any(i.startswith("pubmed-conclusion.tiny-t5.untrained.seed0.") for i in baselines)
+    assert len(ids) == 7 and len(set(ids)) == 7
+    assert "nothing trained" in out[-1]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_applies_overrides(tmp_path, capsys, no_training):
+    assert cli.main(["run", write(tmp_path, GOOD), "--dry-run", "--set", "seed=9"]) == 0
+    ids = [line for line in capsys.readouterr().out.splitlines() if line.count(".") >= 4]
+    assert ids and all(".seed9." in i for i in ids)

@@ -1,0 +1,344 @@
+"""Grid expansion, overrides, run ids and validation (every error before any training)."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from medpeft.config import (ConfigError, ExperimentConfig, config_from_dict, expand_grid, load_grid, parse_override)
+from medpeft.models import ModelError, resolve_model
+from medpeft.registry import METHODS, MODELS, TASKS
+
+BASE = {"task": "pubmed-rct", "model": "tiny-bert", "method": "lora"}
+
+
+def expand(grid=None, base=None, overrides=(), **spec):
+    spec = {"base": {**BASE, **(base or {})}, **({"grid": grid} if grid is not None else {}), **spec}
+    return expand_grid(spec, name="t", overrides=overrides).runs
+
+
+def write_grid(tmp_path, text: str, name="g.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# --- expansion ---------------------------------------------------------------------
+
+
+def test_no_grid_is_one_run():
+    runs = expand()
+    assert len(runs) == 1 and runs[0].method == "lora" and runs[0].seed == 0
+
+
+def test_grid_is_the_cartesian_product_of_its_axes():
+    runs = expand({"method": ["lora", "ia3", "full"], "seed": [0, 1]})
+    assert len(runs) == 6
+    assert [(r.method, r.seed) for r in runs] == list(itertools.product(["lora", "ia3", "full"], [0, 1]))
+    assert len({r.run_id for r in runs}) == 6
+
+
+def test_scalar_axis_is_a_single_value():
+    runs = expand({"method": "ia3", "seed": [1, 2]})
+    assert [(r.method, r.seed) for r in runs] == [("ia3", 1), ("ia3", 2)]
+
+
+def test_list_of_blocks_joins_their_expansions():
+    blocks = [
+        {"task": "pubmed-conclusion", "model": "tiny-t5", "method": ["lora", "full"]},
+        {"task": "pubmed-rct", "model": "tiny-bert", "seed": [3, 4]},
+    ]
+    runs = expand(blocks)
+    got = [(r.task, r.model, r.method, r.seed) for r in runs]
+    assert got == [
+        ("pubmed-conclusion", "tiny-t5", "lora", 0),
+        ("pubmed-conclusion", "tiny-t5", "full", 0),
+        ("pubmed-rct", "tiny-bert", "lora", 3),
+        ("pubmed-rct", "tiny-bert", "lora", 4),
+    ]
+
+
+def test_identical_runs_from_two_blocks_are_kept_once():
+    runs = expand([{"seed": [0, 1]}, {"seed": [1, 2]}])
+    assert [r.seed for r in runs] == [0, 1, 2]
+
+
+def test_dotted_axes_reach_nested_fields_and_keep_base_values():
+    runs = expand({"method_args.r": [4, 16], "train.lr": [1e-4, 3e-4]},
+                  base={"method_args": {"lora_alpha": 8}, "train": {"batch_size": 2}})
+    assert [(r.method_args, r.train.lr) for r in runs] == [
+        ({"lora_alpha": 8, "r": 4}, 1e-4), ({"lora_alpha": 8, "r": 4}, 3e-4),
+        ({"lora_alpha": 8, "r": 16}, 1e-4), ({"lora_alpha": 8, "r": 16}, 3e-4),
+    ]
+    assert all(r.train.batch_size == 2 for r in runs)
+    assert len({r.run_id for r in runs}) == 4
+
+
+def test_axes_do_not_leak_between_runs():
+    runs = expand({"method_args.r": [4, 8]})
+    assert runs[0].method_args == {"r": 4} and runs[1].method_args == {"r": 8}
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("train.epochs=1", ("train.epochs", 1)),
+    ("seed=3", ("seed", 3)),
+    ("method=ia3", ("method", "ia3")),
+    ("train.lr=0.001", ("train.lr", 0.001)),
+    ("method_args.target_modules=[query, value]", ("method_args.target_modules", ["query", "value"])),
+    (" data.test_size = 50", ("data.test_size", 50)),
+    ("model=a=b", ("model", "a=b")),
+])
+def test_parse_override(text, expected):
+    assert parse_override(text) == expected
+
+
+def test_parse_override_without_equals_is_an_error():
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("train.epochs")
+
+
+def test_overrides_apply_to_every_run_after_the_axes():
+    runs = expand({"method": ["lora", "ia3"], "seed": [0, 1]}, overrides=["seed=7", "train.lr=1e-3", "data.test_size=5"])
+    assert len(runs) == 2  # the seed axis collapses onto the override
+    assert all(r.seed == 7 and r.train.lr == 1e-3 and r.data.test_size == 5 for r in runs)
+    assert [r.method for r in runs] == ["lora", "ia3"]
+
+
+def test_load_grid_reads_yaml_and_coerces_exponent_strings(tmp_path):
+    # YAML 1.1 reads `3e-4` (no dot) as a string; the config must still get a float.
+    path = write_grid(tmp_path, """
+name: demo
+base:
+  task: pubmed-rct
+  model: tiny-bert
+  method: lora
+  train: {lr: 3e-4, epochs: 1, weight_decay: 1e-2}
+grid:
+  seed: [0, 1]
+  method_args.r: [4]
+""")
+    grid = load_grid(path)
+    assert grid.name == "demo" and len(grid.runs) == 2
+    for run in grid.runs:
+        assert isinstance(run.train.lr, float) and run.train.lr == pytest.approx(3e-4)
+        assert isinstance(run.train.epochs, float) and run.train.epochs == 1.0
+        assert run.train.weight_decay == pytest.approx(0.01)
+        assert run.method_args == {"r": 4}
+
+
+def test_load_grid_name_defaults_to_file_stem_and_takes_overrides(tmp_path):
+    path = write_grid(tmp_path, "base: {task: pubmed-rct, model: tiny-bert, method: ia3}\n", name="my-grid.yaml")
+    grid = load_grid(path, ["train.lr=3e-3"])
+    assert grid.name == "my-grid" and len(grid.runs) == 1 and grid.runs[0].train.lr == pytest.approx(3e-3)
+
+
+def test_missing_grid_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_grid(tmp_path / "nope.yaml")
+
+
+def test_grid_file_must_be_a_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="mapping"):
+        load_grid(write_grid(tmp_path, "- a\n- b\n"))
+
+
+# --- run ids -----------------------------------------------------------------------
+
+
+def test_run_id_is_stable_and_readable():
+    a = config_from_dict(dict(BASE, seed=1, method_args={"r": 8}))
+    b = config_from_dict(dict(BASE, seed=1, method_args={"r": 8}))
+    assert a is not b and a.run_id == b.run_id
+    assert a.run_id.startswith("pubmed-rct.tiny-bert.lora.seed1.")
+
+
+def test_run_id_survives_a_round_trip_through_result_json_config():
+    cfg = config_from_dict(dict(BASE, seed=2, method_args={"r": 4}, train={"lr": 1e-3}))
+    assert config_from_dict(cfg.to_dict()).run_id == cfg.run_id
+
+
+def test_run_id_of_the_default_lr_equals_the_explicit_default():
+    implicit = config_from_dict(dict(BASE))
+    explicit = config_from_dict(dict(BASE, train={"lr": METHODS["lora"].default_lr}))
+    assert implicit.run_id == explicit.run_id
+
+
+@pytest.mark.parametrize("change", [
+    {"seed": 1}, {"method_args": {"r": 4}}, {"method": "ia3"}, {"train": {"lr": 1e-3}},
+    {"data": {"train_size": 10}}, {"model": "tiny-llama", "task": "pubmed-conclusion"},
+])
+def test_run_id_changes_with_any_setting(change):
+    assert config_from_dict(dict(BASE, **change)).run_id != config_from_dict(dict(BASE)).run_id
+
+
+def test_run_id_of_a_hub_id_is_a_single_folder_name():
+    cfg = config_from_dict(dict(BASE, model="google/flan-t5-small", task="pubmed-conclusion"))
+    assert "/" not in cfg.run_id and "google--flan-t5-small" in cfg.run_id
+
+
+# --- validation --------------------------------------------------------------------
+
+
+def test_unknown_top_level_key_names_it_and_the_valid_keys():
+    with pytest.raises(ConfigError) as err:
+        expand_grid({"base": BASE, "grdi": {"seed": [1]}}, name="t")
+    assert "'grdi'" in str(err.value)
+    for key in ("name", "base", "grid"):
+        assert key in str(err.value)
+
+
+def test_unknown_top_level_key_in_a_file(tmp_path):
+    with pytest.raises(ConfigError, match="'runs'"):
+        load_grid(write_grid(tmp_path, "base: {task: pubmed-rct, model: tiny-bert, method: lora}\nruns: 3\n"))
+
+
+def test_unknown_base_key_names_it_and_the_valid_keys():
+    with pytest.raises(ConfigError) as err:
+        expand(base={"trian": {"epochs": 1}})
+    msg = str(err.value)
+    assert "'trian'" in msg
+    for key in ("task", "model", "method", "seed", "method_args", "data", "train"):
+        assert key in msg
+
+
+@pytest.mark.parametrize("section, key, valid", [("train", "epoch", "epochs"), ("data", "train_sizes", "train_size")])
+def test_unknown_nested_key_names_the_dotted_key_and_the_valid_ones(section, key, valid):
+    with pytest.raises(ConfigError) as err:
+        expand({f"{section}.{key}": [1]})
+    assert f"'{section}.{key}'" in str(err.value) and valid in str(err.value)
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"seed": "abc"}, "seed"),
+    ({"seed": True}, "seed"),
+    ({"seed": 1.5}, "seed"),
+    ({"task": 3}, "task"),
+    ({"method_args": [1]}, "method_args"),
+    ({"train": {"lr": "fast"}}, "train.lr"),
+    ({"train": {"batch_size": "8x"}}, "train.batch_size"),
+    ({"data": {"train_size": [8]}}, "data.train_size"),
+])
+def test_wrong_type_is_an_error_naming_the_key(change, key):
+    with pytest.raises(ConfigError, match=rf"^{key} must be of type"):
+        config_from_dict(dict(BASE, **change))
+
+
+def test_integral_float_is_accepted_for_an_int():
+    assert config_from_dict(dict(BASE, seed=2.0)).seed == 2
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"data": {"train_size": 0}}, "data.train_size"),
+    ({"data": {"val_size": -1}}, "data.val_size"),
+    ({"train": {"lr": -1.0}}, "train.lr"),
+    ({"train": {"batch_size": 0}}, "train.batch_size"),
+    ({"train": {"epochs": 0, "max_steps": -1}}, "max_steps"),
+    ({"train": {"precision": "fp8"}}, "precision"),
+])
+def test_out_of_range_values_are_errors(change, needle):
+    with pytest.raises(ConfigError, match=needle):
+        config_from_dict(dict(BASE, **change))
+
+
+def test_missing_required_field_is_a_config_error():
+    with pytest.raises(ConfigError, match="task"):
+        config_from_dict({"model": "tiny-bert", "method": "lora"})
+
+
+@pytest.mark.parametrize("key, registry", [("method", METHODS), ("task", TASKS)])
+def test_unknown_method_or_task_lists_the_valid_choices(key, registry):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(dict(BASE, **{key: "nope"}))
+    msg = str(err.value)
+    assert "'nope'" in msg
+    assert registry, f"no {key}s registered"
+    for name in registry:
+        assert name in msg
+
+
+def test_unknown_method_args_key_names_the_peft_config_keys():
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(dict(BASE, method_args={"rank": 8}))
+    msg = str(err.value)
+    assert "'rank'" in msg and "LoraConfig" in msg
+    for valid in ("r", "lora_alpha", "lora_dropout", "target_modules", "modules_to_save"):
+        assert valid in msg
+    assert "task_type" not in msg  # set by medpeft from the model kind, not by the user
+
+
+@pytest.mark.parametrize("method, key", [("prompt_tuning", "num_virtual_tokens"), ("ia3", "target_modules"),
+                                         ("p_tuning", "encoder_hidden_size"), ("prefix_tuning", "num_virtual_tokens")])
+def test_valid_method_args_are_accepted(method, key):
+    assert key in config_from_dict(dict(BASE, method=method, method_args={key: 8 if "num" in key or "size" in key else ["query"]})).method_args
+
+
+@pytest.mark.parametrize("method", [m for m, spec in METHODS.items() if spec.peft_class is None])
+def test_methods_without_peft_config_take_no_method_args(method):
+    with pytest.raises(ConfigError, match=f"{method}.*takes no method_args"):
+        config_from_dict(dict(BASE, method=method, method_args={"r": 4}))
+
+
+def test_dotted_key_into_a_scalar_is_an_error():
+    with pytest.raises(ConfigError, match="seed"):
+        expand({"seed.x": [1]})
+
+
+def test_empty_axis_is_an_error():
+    with pytest.raises(ConfigError, match="'seed' has no values"):
+        expand({"seed": []})
+
+
+def test_grid_block_must_be_a_mapping():
+    with pytest.raises(ConfigError, match="mapping"):
+        expand([["seed", 1]])
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_lr_none_resolves_to_the_method_default(method):
+    cfg = config_from_dict(dict(BASE, method=method))
+    assert cfg.train.lr == METHODS[method].default_lr
+    assert isinstance(cfg, ExperimentConfig)
+
+
+def test_explicit_lr_wins_over_the_method_default():
+    assert config_from_dict(dict(BASE, train={"lr": 1e-5})).train.lr == 1e-5
+
+
+def test_lr_axis_none_means_the_default_per_method():
+    runs = expand({"method": ["lora", "prompt_tuning"], "train.lr": [None]})
+    assert [r.train.lr for r in runs] == [METHODS["lora"].default_lr, METHODS["prompt_tuning"].default_lr]
+
+
+# --- model resolution ----------------------------------------------------------------
+
+
+def test_unknown_model_name_lists_registered_models():
+    with pytest.raises(ModelError) as err:
+        resolve_model("no-such-model", online=False)
+    msg = str(err.value)
+    assert "'no-such-model'" in msg
+    for name in MODELS:
+        assert name in msg
+
+
+@pytest.mark.parametrize("name", ["someorg/some-model", "flan-t5-small"])
+def test_hub_model_offline_asks_for_online(name):
+    with pytest.raises(ModelError, match="--online"):
+        resolve_model(name, online=False)
+
+
+def test_hub_id_online_is_passed_through_without_download():
+    assert resolve_model("someorg/some-model", online=True) == "someorg/some-model"
+    assert resolve_model("flan-t5-base", online=True) == "google/flan-t5-base"
+
+
+def test_local_model_directory(tmp_path):
+    with pytest.raises(ModelError, match="config.json"):
+        resolve_model(str(tmp_path), online=False)
+    (tmp_path / "config.json").write_text("{}")
+    assert resolve_model(str(tmp_path), online=False) == str(tmp_path)
+
+
+def test_missing_local_path_is_not_mistaken_for_a_hub_id(tmp_path):
+    with pytest.raises(ModelError, match="unknown model"):
+        resolve_model(str(tmp_path / "a" / "b"), online=True)

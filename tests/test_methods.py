@@ -1,0 +1,192 @@
+"""Every registered method on every model kind, built the way `train.run_experiment` builds it.
+
+Parametrized over the METHODS registry, so a newly registered method is tested at once: it must
+train exactly the parameters it claims (none of the frozen base changes), and a sequence
+classifier's new head must be trained and saved with the adapter.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medpeft.features import encode_examples
+from medpeft.measure import count_parameters
+from medpeft.methods import KINDS, build_peft_config
+from medpeft.models import load_model, resolve_model
+from medpeft.registry import METHODS
+from medpeft.tasks import RCT_LABELS
+
+from conftest import KIND_SETUPS, TINY_DATA
+
+TRAINED_METHODS = sorted(name for name, spec in METHODS.items() if spec.trains)
+INSTRUCTION = "Summarise this medical text."
+LABELS = list(RCT_LABELS)  # 5 classes
+EXAMPLES = [
+    {"id": "a", "text": "Patients received aspirin daily for twelve weeks.", "target": "METHODS"},
+    {"id": "b", "text": "Mortality fell by a third in the treated group.", "target": "RESULTS"},
+    {"id": "c", "text": "Aspirin is safe and effective.", "target": "CONCLUSIONS"},
+]
+
+
+def build(method: str, kind: str, method_args=None):
+    """Model (with the method applied), tokenizer, and the peft config, as run_experiment does."""
+    from peft import get_peft_model
+
+    model_name, _ = KIND_SETUPS[kind]
+    path = resolve_model(model_name, online=False)
+    torch.manual_seed(0)
+    model, tokenizer, new_modules = load_model(path, kind, LABELS if kind == "seq_cls" else None)
+    config = build_peft_config(method, kind, method_args or {}, model_path=path, instruction=INSTRUCTION, new_modules=new_modules)
+    if config is not None:
+        model = get_peft_model(model, config)
+    return model, tokenizer, config
+
+
+def make_batch(tokenizer, kind: str) -> dict:
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
+
+    data_cfg = type("Data", (), TINY_DATA)()
+    rows, _ = encode_examples(EXAMPLES, tokenizer, kind, INSTRUCTION, data_cfg, LABELS if kind == "seq_cls" else None)
+    collator = DataCollatorWithPadding(tokenizer) if kind == "seq_cls" else DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+    return collator(rows)
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def train_steps(model, batch: dict, steps: int = 2) -> list[float]:
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _assets(assets_ready):
+    pass
+
+
+def test_methods_and_kinds_are_registered():
+    assert {"untrained", "full", "lora", "prompt_tuning"} <= set(METHODS)
+    assert set(KIND_SETUPS) == set(KINDS)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", TRAINED_METHODS)
+def test_method_trains_exactly_its_parameters(method, kind, tmp_path):
+    model, tokenizer, config = build(method, kind)
+    counts = count_parameters(model)
+    if METHODS[method].peft_class is None:
+        assert config is None
+        assert counts["trainable_params"] == counts["total_params"] > 0
+    else:
+        assert config is not None and type(config).__name__ == METHODS[method].peft_class
+        assert 0 < counts["trainable_params"] < 0.10 * counts["total_params"], counts
+
+    before = snapshot(model)
+    losses = train_steps(model, make_batch(tokenizer, kind))
+    assert all(torch.isfinite(torch.tensor(losses))), losses
+    after = dict(model.named_parameters())
+    assert set(after) == set(before)
+    frozen_changed = [n for n, p in after.items() if not p.requires_grad and not torch.equal(p, before[n])]
+    trainable_unchanged = [n for n, p in after.items() if p.requires_grad and torch.equal(p, before[n])]
+    assert not frozen_changed, f"{method}/{kind}: frozen parameters changed: {frozen_changed[:5]}"
+    assert not trainable_unchanged, f"{method}/{kind}: trainable parameters never moved: {trainable_unchanged[:5]}"
+    if kind == "seq_cls" and config is not None:
+        check_head_is_trained_and_saved(model, config, tmp_path)
+
+
+def check_head_is_trained_and_saved(model, config, folder):
+    """The new classifier must be in modules_to_save, trainable, and in the saved adapter as trained."""
+    from safetensors.torch import load_file
+
+    assert "classifier" in (config.modules_to_save or [])
+    head = {n: p for n, p in model.named_parameters() if "classifier" in n and "modules_to_save" in n}
+    assert {n.rsplit(".", 1)[-1] for n in head} == {"weight", "bias"}, sorted(head)
+    assert all(p.requires_grad for p in head.values())
+    model.save_pretrained(folder)
+    saved = {k: v for k, v in load_file(folder / "adapter_model.safetensors").items() if "classifier" in k}
+    assert {k.rsplit(".", 1)[-1] for k in saved} == {"weight", "bias"}, sorted(saved)
+    for name, param in head.items():
+        suffix = name.rsplit(".", 1)[-1]
+        assert any(k.endswith(suffix) and torch.equal(v, param.detach()) for k, v in saved.items()), name
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_soft_prompts_count_only_what_trains(kind, method):
+    """peft's seq2seq default allocates prompts for the decoder too, which never get a gradient
+    (the 'virtual tokens counted twice' pitfall); medpeft prompts the encoder only."""
+    model, tokenizer, config = build(method, kind, {"num_virtual_tokens": 7})
+    d_model = model.base_model.config.hidden_size if kind != "seq2seq" else model.base_model.config.d_model
+    assert config.num_transformer_submodules == 1
+    prompt = model.prompt_encoder["default"].embedding.weight
+    assert prompt.shape == (7, d_model)
+    if method == "prompt_tuning":
+        head = 5 * d_model + 5 if kind == "seq_cls" else 0  # the new classifier is trained too
+        assert count_parameters(model)["trainable_params"] == 7 * d_model + head
+    model.train()
+    model(**make_batch(tokenizer, kind)).loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads), "a trainable tensor got no gradient"
+
+
+def test_prompt_tuning_starts_from_the_instruction_text():
+    model, tokenizer, _ = build("prompt_tuning", "causal", {"num_virtual_tokens": 4})
+    ids = tokenizer(INSTRUCTION)["input_ids"][:4]  # peft tokenizes with special tokens
+    words = model.get_input_embeddings().weight[torch.tensor(ids)]
+    assert torch.equal(model.prompt_encoder["default"].embedding.weight.detach(), words.detach())
+
+
+def test_lora_targets_follow_method_args():
+    model, _, _ = build("lora", "causal", {"r": 2, "target_modules": ["q_proj", "v_proj", "o_proj"]})
+    names = [n for n, _ in model.named_parameters() if "lora_A" in n]
+    assert len(names) == 2 * 3  # 2 layers x 3 projections
+    assert all(p.shape[0] == 2 for n, p in model.named_parameters() if "lora_A" in n)
+
+
+def test_unknown_kind_is_an_error():
+    with pytest.raises(ValueError, match="kinds"):
+        build_peft_config("lora", "vision", {}, model_path="x", instruction="", new_modules=[])
+
+
+def test_new_modules_missing_from_the_checkpoint_are_trained_and_saved(tmp_path):
+    """A checkpoint without a pooler (like MiniLM): pooler and classifier are new, so both must be saved."""
+    from peft import PeftModel, get_peft_model
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    source = resolve_model("tiny-bert", online=False)
+    folder = tmp_path / "no-pooler"
+    torch.manual_seed(0)
+    BertModel(BertConfig.from_pretrained(source), add_pooling_layer=False).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+
+    torch.manual_seed(1)
+    model, tokenizer, new_modules = load_model(str(folder), "seq_cls", LABELS)
+    assert new_modules == ["bert.pooler.dense", "classifier"]
+    config = build_peft_config("lora", "seq_cls", {}, model_path=str(folder), instruction="", new_modules=new_modules)
+    assert {"bert.pooler.dense", "classifier"} <= set(config.modules_to_save)
+    model = get_peft_model(model, config)
+    pooler = [p for n, p in model.named_parameters() if "pooler" in n and "modules_to_save" in n]
+    assert pooler and all(p.requires_grad for p in pooler)
+    batch = make_batch(tokenizer, "seq_cls")
+    train_steps(model, batch)
+    model.save_pretrained(tmp_path / "adapter")
+    model.eval()
+    with torch.no_grad():
+        expected = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+
+    torch.manual_seed(2)  # a different random pooler and head in the fresh base
+    base, _, _ = load_model(str(folder), "seq_cls", LABELS)
+    reloaded = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    with torch.no_grad():
+        got = reloaded(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
