@@ -8,7 +8,7 @@ import traceback
 from pathlib import Path
 
 from medpeft.config import ConfigError, ExperimentConfig, Grid
-from medpeft.models import ModelError, infer_model_kind, resolve_model
+from medpeft.models import infer_model_kind, resolve_model
 from medpeft.results import is_finished, write_json, write_summary
 
 
@@ -63,7 +63,7 @@ def run_grid(grid: Grid, runs_dir: Path, *, online: bool = False, log=print) -> 
         start = time.perf_counter()
         try:
             result = run_experiment(cfg, run_dir, online=online)
-        except (KeyboardInterrupt, ConfigError, ModelError):
+        except KeyboardInterrupt:
             raise
         except Exception as err:  # noqa: BLE001 - a failed run is recorded and the grid goes on
             write_json(run_dir / "result.json", failure_result(cfg, err))

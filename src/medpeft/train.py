@@ -14,7 +14,7 @@ from medpeft.evaluate import generate_texts, predict_probs, score_classification
 from medpeft.features import encode_examples
 from medpeft.measure import count_parameters, describe_env, folder_bytes, peak_memory_bytes, reset_peak_memory
 from medpeft.methods import build_peft_config
-from medpeft.models import infer_model_kind, load_model, resolve_model
+from medpeft.models import ModelError, infer_model_kind, load_model, resolve_model
 from medpeft.registry import METHODS, TASKS
 from medpeft.results import write_json, write_jsonl
 
@@ -34,9 +34,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, *, online: bool = False
     peft_config = build_peft_config(cfg.method, kind, cfg.method_args, model_path=model_path,
                                     instruction=task.instruction, new_modules=new_modules)
     if peft_config is not None:
-        from peft import get_peft_model
-
-        model = get_peft_model(model, peft_config)
+        model = apply_peft(model, peft_config, cfg, kind)
     if not METHODS[cfg.method].trains:
         model.requires_grad_(False)
     params = count_parameters(model)
@@ -78,6 +76,17 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, *, online: bool = False
     write_jsonl(run_dir / "predictions.jsonl", predictions)
     write_json(run_dir / "result.json", result)  # last: its presence marks the run finished
     return result
+
+
+def apply_peft(model, peft_config, cfg: ExperimentConfig, kind: str):
+    """Wrap the model with its peft adapter; a pair peft cannot build is a clear error, not a traceback."""
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(model, peft_config)
+    except (ValueError, TypeError, NotImplementedError, AttributeError) as err:
+        raise ModelError(f"method {cfg.method!r} cannot be applied to model {cfg.model!r} ({kind}, "
+                         f"{model.config.model_type}): {err}. Pass method_args (e.g. target_modules) or pick another method.") from err
 
 
 def train_model(model, tokenizer, kind: str, cfg: ExperimentConfig, train_rows, val_rows, run_dir: Path) -> dict:

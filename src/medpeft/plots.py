@@ -1,0 +1,166 @@
+"""Report figures: quality-cost trade-offs with the Pareto front, sensitivity, model size, confusion.
+
+Figures are built on matplotlib's object API (`Figure`, Agg canvas), never pyplot, so making a
+report touches no global backend state and works on machines without a display.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from medpeft.stats import pareto_front
+
+METHOD_COLORS = {"full": "#222222", "lora": "#1f77b4", "dora": "#17becf", "ia3": "#2ca02c",
+                 "prompt_tuning": "#d62728", "prefix_tuning": "#9467bd", "p_tuning": "#ff7f0e",
+                 "untrained": "#999999"}
+SPARE_COLORS = ("#8c564b", "#e377c2", "#bcbd22", "#7f7f7f", "#aec7e8", "#98df8a")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+# (column, axis label, divisor to the unit shown, log scale)
+TRADEOFF_AXES = (("trainable_pct_mean", "trainable parameters (%)", 1.0, True),
+                 ("peak_memory_bytes_mean", "peak memory (GiB)", 2**30, False),
+                 ("train_seconds_mean", "train time (s)", 1.0, True))
+
+
+def method_color(method: str, methods: list[str]) -> str:
+    if method in METHOD_COLORS:
+        return METHOD_COLORS[method]
+    unknown = [m for m in methods if m not in METHOD_COLORS]
+    return SPARE_COLORS[unknown.index(method) % len(SPARE_COLORS)] if method in unknown else "#7f7f7f"
+
+
+def model_marker(model: str, models: list[str]) -> str:
+    return MARKERS[models.index(model) % len(MARKERS)] if model in models else "o"
+
+
+def new_figure(width: float, height: float, ncols: int = 1):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, axes
+
+
+def save_figure(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def y_error(row) -> tuple[float, float, bool]:
+    """(below, above) error bar in points ×100: ± std over seeds, else the test-set 95% CI (flag True)."""
+    mean, std = row["primary_mean"], row["primary_std"]
+    if std == std:
+        return 100 * std, 100 * std, False
+    lo, hi = row["ci_examples"]
+    if lo == lo:
+        return 100 * (mean - lo), 100 * (hi - mean), True
+    return 0.0, 0.0, False
+
+
+def add_legends(fig, frame) -> None:
+    """One colour per method and, when there are several models, one marker per model."""
+    from matplotlib.lines import Line2D
+
+    methods, models = list(dict.fromkeys(frame["method"])), list(dict.fromkeys(frame["model"]))
+    handles = [Line2D([], [], color=method_color(m, methods), marker="o", ls="", label=m) for m in methods]
+    if len(models) > 1:
+        handles += [Line2D([], [], color="black", marker=model_marker(m, models), ls="", label=m) for m in models]
+    fig.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False)
+
+
+def plot_tradeoffs(frame, path: Path, metric_label: str) -> Path:
+    """Score against trainable %, peak memory and train time; baseline as a dashed line."""
+    fig, axes = new_figure(13, 3.6, ncols=3)
+    methods, models = list(dict.fromkeys(frame["method"])), list(dict.fromkeys(frame["model"]))
+    trained = frame[~frame["is_baseline"]]
+    for ax, (column, label, scale, log) in zip(axes, TRADEOFF_AXES):
+        xs, ys = [], []
+        for _, row in trained.iterrows():
+            x, y = row.get(column, math.nan) / scale, 100 * row["primary_mean"]
+            below, above, _ = y_error(row)
+            xerr = row.get(column.replace("_mean", "_std"), math.nan) / scale
+            ax.errorbar([x], [y], yerr=[[below], [above]], xerr=None if xerr != xerr else [xerr],
+                        fmt=model_marker(row["model"], models), color=method_color(row["method"], methods), capsize=3, ms=7)
+            xs.append(x)
+            ys.append(y)
+        front = pareto_front(xs, ys)
+        ax.plot([xs[i] for i in front], [ys[i] for i in front], ls="--", color="#bbbbbb", zorder=0, label="Pareto front")
+        for _, row in frame[frame["is_baseline"]].iterrows():
+            ax.axhline(100 * row["primary_mean"], color=METHOD_COLORS["untrained"], ls=":", lw=1)
+        if log and xs and min(xs) > 0:
+            ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(metric_label)
+    add_legends(fig, frame)
+    return save_figure(fig, path)
+
+
+def numeric_or_none(values) -> list[float] | None:
+    try:
+        return [float(v) for v in values]
+    except (TypeError, ValueError):
+        return None
+
+
+def plot_sensitivity(frame, key: str, path: Path, metric_label: str) -> Path:
+    """Score against one swept setting, a line per (method, model); categorical x when not numeric."""
+    fig, (ax,) = new_figure(6.5, 3.6)
+    rows = frame[frame["varying"].map(lambda v: key in v)]
+    methods, models = list(dict.fromkeys(frame["method"])), list(dict.fromkeys(frame["model"]))
+    categories = list(dict.fromkeys(str(v[key]) for v in rows["varying"]))
+    for (method, model), line in rows.groupby(["method", "model"], sort=False):
+        raw = [v[key] for v in line["varying"]]
+        xs = numeric_or_none(raw) or [categories.index(str(v)) for v in raw]
+        order = np.argsort(xs, kind="stable")
+        ys = 100 * line["primary_mean"].to_numpy()
+        errs = np.array([y_error(r)[:2] for _, r in line.iterrows()]).T
+        ax.errorbar(np.array(xs)[order], ys[order], yerr=errs[:, order], marker=model_marker(model, models),
+                    color=method_color(method, methods), capsize=3, label=f"{method} · {model}")
+    if numeric_or_none(categories) is None:
+        ax.set_xticks(range(len(categories)), categories)
+    elif min(numeric_or_none(categories)) > 0 and max(numeric_or_none(categories)) / min(numeric_or_none(categories)) >= 10:
+        ax.set_xscale("log")
+    ax.set_xlabel(key)
+    ax.set_ylabel(metric_label)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    return save_figure(fig, path)
+
+
+def plot_model_size(frame, path: Path, metric_label: str) -> Path:
+    """Score against the model's total parameters, a line per method (its best variant per model)."""
+    fig, (ax,) = new_figure(6.5, 3.6)
+    methods = list(dict.fromkeys(frame["method"]))
+    best = frame.sort_values("primary_mean", ascending=False).drop_duplicates(["method", "model"])
+    for method, line in best.groupby("method", sort=False):
+        line = line.sort_values("total_params")
+        errs = np.array([y_error(r)[:2] for _, r in line.iterrows()]).T
+        ax.errorbar(line["total_params"] / 1e6, 100 * line["primary_mean"], yerr=errs, marker="o", capsize=3,
+                    color=method_color(method, methods), ls=":" if method == "untrained" else "-", label=method)
+    ax.set_xscale("log")
+    ax.set_xlabel("model parameters (millions)")
+    ax.set_ylabel(metric_label)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    return save_figure(fig, path)
+
+
+def plot_confusion(labels: list[str], matrix, path: Path, title: str) -> Path:
+    """Counts of true (rows) against predicted (columns) labels."""
+    matrix = np.asarray(matrix)
+    fig, (ax,) = new_figure(1.2 + 0.75 * len(labels), 1.0 + 0.65 * len(labels))
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center", fontsize=8,
+                color="white" if count > matrix.max() / 2 else "black")
+    short = [label[:12] for label in labels]
+    ax.set_xticks(range(len(labels)), short, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), short, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    return save_figure(fig, path)

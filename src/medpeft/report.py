@@ -1,0 +1,167 @@
+"""`medpeft report runs/<grid>`: one self-contained report.html, report.md and report.tex per grid.
+
+Reads only the grid's result.json and predictions.jsonl files. Per task, the report opens with
+the answer ("which method on which budget"), then the evidence: main table, significance,
+trade-off, sensitivity and model-size plots, examples; failed runs are always listed.
+Narrative text is written once in a tiny Markdown subset (**bold**, `code`) and converted for HTML.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import re
+from pathlib import Path
+
+from medpeft import plots
+from medpeft.results import write_atomic
+from medpeft.sections import answer_first, comparison_table, example_section, failure_section, warnings_for
+from medpeft.stats import SEEDS_FOR_A_CLAIM, aggregate, collect_runs, compare_task
+from medpeft.tables import METRIC_NAMES, ROUGE_L_NOTE, table_columns, table_html, table_latex, table_markdown
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;color:#1b1b1b;max-width:1360px;margin:24px auto;padding:0 20px}
+h1{font-size:24px;margin:0 0 4px}h2{font-size:20px;border-bottom:2px solid #1f77b4;padding-bottom:4px;margin-top:36px}
+h3{font-size:16px;margin:22px 0 8px}.meta{color:#555;margin:0 0 12px}
+.answer{background:#eef5fc;border-left:5px solid #1f77b4;padding:10px 16px;margin:10px 0 6px}
+.answer ul{margin:4px 0;padding-left:20px}.answer li{margin:3px 0}
+.warn{background:#fff6e0;border-left:5px solid #e0a000;padding:6px 14px;margin:8px 0;font-size:13px}
+.warn ul{margin:2px 0;padding-left:18px}
+table{border-collapse:collapse;font-size:12.5px;margin:6px 0}th,td{border-bottom:1px solid #ddd;padding:4px 8px;text-align:right;white-space:nowrap}
+th{background:#f3f3f3;position:sticky;top:0}td:first-child,td:nth-child(2),th:first-child,th:nth-child(2){text-align:left}
+td.best{font-weight:700;background:#e3f3e3}tr.baseline td{color:#666;font-style:italic}
+table.cmp td:last-child{text-align:left;white-space:normal;max-width:520px}
+.note{color:#555;font-size:12.5px;margin:4px 0 10px}img{max-width:100%;border:1px solid #eee}
+.examples .ex{border:1px solid #ddd;border-radius:6px;padding:8px 12px;margin:10px 0}
+.src{display:grid;grid-template-columns:3fr 2fr;gap:12px;font-size:12.5px}
+.outs{display:grid;grid-template-columns:repeat(auto-fill,minmax(250px,1fr));gap:8px;margin-top:8px;font-size:12.5px}
+.outs div,.src div{background:#fafafa;padding:6px 8px;border-radius:4px}.label{font-weight:600;color:#1f4e79}
+.fail{background:#fdecea;border-left:5px solid #c62828;padding:6px 14px;margin:6px 0}pre{white-space:pre-wrap;font-size:11px}
+nav a{margin-right:14px}
+"""
+
+
+def inline_html(text: str) -> str:
+    """The Markdown subset used in narrative text (**bold**, `code`) as escaped HTML."""
+    text = html.escape(text, quote=False)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+def bullets_html(lines: list[str]) -> str:
+    return "<ul>" + "".join(f"<li>{inline_html(line)}</li>" for line in lines) + "</ul>"
+
+
+def image_html(path: Path, alt: str) -> str:
+    """The PNG embedded as a data URI, so report.html is one file that can be mailed or archived."""
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+
+
+def metric_label(frame) -> str:
+    return f"{METRIC_NAMES.get(frame['primary'].iloc[0], frame['primary'].iloc[0])} (×100)"
+
+
+def make_task_plots(frame, task: str, plot_dir: Path) -> list[tuple[str, Path, str]]:
+    """(title, png, caption) of every figure this task supports."""
+    label, name = metric_label(frame), slug(task)
+    out = [("Quality against cost", plots.plot_tradeoffs(frame, plot_dir / f"{name}-tradeoff.png", label),
+            "Error bars: ± std over seeds; a row with one seed shows its 95% test-set bootstrap CI instead. "
+            "Dashed grey: Pareto front (nothing else is both cheaper and better). Dotted: untrained baseline.")]
+    keys = sorted({k for v in frame["varying"] for k in v})
+    for key in keys:
+        path = plots.plot_sensitivity(frame, key, plot_dir / f"{name}-sensitivity-{slug(key)}.png", label)
+        out.append((f"Sensitivity to `{key}`", path, "Other settings held as in the grid; error bars as above."))
+    if frame["model"].nunique() > 1:
+        path = plots.plot_model_size(frame, plot_dir / f"{name}-model-size.png", label)
+        out.append(("Model size", path, "Best variant of each method per model; error bars as above."))
+    return out
+
+
+def task_sections(task: str, frame, runs_by_id: dict, plot_dir: Path, opts: dict) -> tuple[str, str, str]:
+    """HTML, Markdown and LaTeX of one task."""
+    comparisons = compare_task(frame, runs_by_id, opts["n_resamples"], opts["seed"])
+    answer = answer_first(frame, comparisons, opts["within_points"])
+    warnings = warnings_for(frame)
+    cols = table_columns(frame)
+    baseline_rows = {i for i, b in enumerate(frame["is_baseline"]) if b}
+    n_test = int(frame["n_examples"].max())
+    heading = f"{task} ({frame['task_type'].iloc[0]}, {n_test} test examples)"
+    table_note = ("Metrics ×100, mean ± std over seeds. **Bold**: best among trained rows (highest score, "
+                  "lowest cost); the untrained baseline (italic) is never marked. "
+                  + (ROUGE_L_NOTE + " " if "rougeL_mean" in frame else "")
+                  + "Peak memory is the process's resident set on CPU, the allocator peak on GPU.")
+    cmp_html, cmp_md = comparison_table(frame, comparisons)
+    figures = make_task_plots(frame, task, plot_dir)
+    ex_html, ex_md = example_section(frame, runs_by_id, plot_dir / f"{slug(task)}-confusion.png")
+
+    h = [f"<section id='{slug(task)}'><h2>{html.escape(heading)}</h2>",
+         f"<div class='answer'><b>Answer first</b>{bullets_html(answer)}</div>",
+         f"<div class='warn'>{bullets_html(warnings)}</div>" if warnings else "",
+         "<h3>Main table</h3>", table_html(cols, baseline_rows), f"<p class='note'>{inline_html(table_note)}</p>",
+         "<h3>Is the difference real?</h3>", cmp_html]
+    m = [f"\n## {heading}\n", "**Answer first**\n", *[f"- {a}" for a in answer], "",
+         *[f"> ⚠ {w}" for w in warnings], "", "### Main table\n", table_markdown(cols), table_note + "\n",
+         "### Is the difference real?\n", cmp_md]
+    for title, path, caption in figures:
+        h += [f"<h3>{inline_html(title)}</h3>", image_html(path, title), f"<p class='note'>{inline_html(caption)}</p>"]
+        m += [f"### {title}\n", f"![{title}]({path.parent.name}/{path.name})\n", caption + "\n"]
+    h += [ex_html, "</section>"]
+    m += [ex_md]
+    caption = f"{task}: metrics ×100, mean ± std over seeds; best in bold."
+    tex = table_latex(cols, caption, f"tab:{slug(task)}")
+    return "\n".join(h), "\n".join(m), tex
+
+
+def incomplete_runs(grid_dir: Path, runs: list[dict]) -> list[str]:
+    """Run folders without a result.json: still running, or killed before the end."""
+    done = {r.get("run_id") for r in runs}
+    return sorted(d.name for d in Path(grid_dir).iterdir()
+                  if d.is_dir() and d.name not in done and d.name != "report_plots" and not d.name.startswith("."))
+
+
+def report_header(grid_dir: Path, runs: list[dict], frame, opts: dict) -> tuple[str, str]:
+    ok = sum(r.get("status") == "ok" for r in runs)
+    failed = len(runs) - ok
+    tasks = list(dict.fromkeys(frame["task"])) if not frame.empty else []
+    meta = (f"{len(runs)} runs: {ok} finished, {failed} failed. Uncertainty from {opts['n_resamples']} bootstrap / "
+            f"randomisation resamples (RNG seed {opts['seed']}); a difference is called real only at p < 0.05 "
+            f"with at least {SEEDS_FOR_A_CLAIM} seeds per row.")
+    nav = "".join(f"<a href='#{slug(t)}'>{html.escape(t)}</a>" for t in tasks) + "<a href='#failures'>failures</a>"
+    h = (f"<h1>medpeft report: {html.escape(grid_dir.name)}</h1><p class='meta'>{inline_html(meta)}</p>"
+         f"<nav>{nav}</nav>")
+    return h, f"# medpeft report: {grid_dir.name}\n\n{meta}\n"
+
+
+def build_report(grid_dir: Path, *, n_resamples: int = 2000, seed: int = 0, within_points: float = 1.0) -> dict:
+    """Write report.html, report.md, report.tex and report_plots/*.png into grid_dir; return their paths."""
+    grid_dir = Path(grid_dir)
+    opts = {"n_resamples": n_resamples, "seed": seed, "within_points": within_points}
+    runs = collect_runs(grid_dir)
+    frame = aggregate(runs, n_resamples, seed)
+    runs_by_id = {r["run_id"]: r for r in runs}
+    plot_dir = grid_dir / "report_plots"
+    head_html, head_md = report_header(grid_dir, runs, frame, opts)
+    parts_html, parts_md, parts_tex = [head_html], [head_md], []
+    for task, task_frame in (frame.groupby("task", sort=False) if not frame.empty else []):
+        h, m, t = task_sections(task, task_frame.reset_index(drop=True), runs_by_id, plot_dir, opts)
+        parts_html.append(h)
+        parts_md.append(m)
+        parts_tex.append(t)
+    if frame.empty:
+        parts_html.append("<p>No finished runs yet.</p>")
+        parts_md.append("\nNo finished runs yet.\n")
+    fail_html, fail_md = failure_section(runs, incomplete_runs(grid_dir, runs))
+    parts_html.append(fail_html)
+    parts_md.append(fail_md)
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>medpeft report: "
+            f"{html.escape(grid_dir.name)}</title><style>{CSS}</style></head><body>{''.join(parts_html)}</body></html>\n")
+    paths = {"html": grid_dir / "report.html", "md": grid_dir / "report.md", "tex": grid_dir / "report.tex"}
+    write_atomic(paths["html"], page)
+    write_atomic(paths["md"], "\n".join(parts_md))
+    write_atomic(paths["tex"], "% medpeft main tables; needs \\usepackage{booktabs}\n" + "\n".join(parts_tex))
+    paths["plots"] = sorted(plot_dir.glob("*.png")) if plot_dir.is_dir() else []
+    return paths

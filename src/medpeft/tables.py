@@ -1,0 +1,126 @@
+"""The report's main table as one list of columns, rendered to HTML, Markdown and LaTeX.
+
+Building the cells once and rendering them three ways keeps the formats in agreement: the same
+values, the same best-in-column marks.
+"""
+from __future__ import annotations
+
+import html
+import math
+
+from medpeft.results import format_bytes
+
+METRIC_NAMES = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum",
+                "accuracy": "Accuracy", "macro_f1": "Macro-F1", "auroc": "AUROC"}
+# (column, header, formatter) of the cost columns; lower is better for every one of them
+COSTS = (("trainable_params", "Trainable params", lambda v: format_count(v)),
+         ("trainable_pct", "Trainable %", lambda v: f"{v:.3g}%"),
+         ("train_seconds", "Train time", lambda v: format_seconds(v)),
+         ("peak_memory_bytes", "Peak memory", lambda v: format_bytes(v)),
+         ("adapter_bytes", "Adapter size", lambda v: format_bytes(v)))
+ROUGE_L_NOTE = ("ROUGE-L is `rougeL` (longest common subsequence over the whole summary); ROUGE-Lsum is "
+                "`rougeLsum` (sentence-split, what most summarization papers print). They can differ by more "
+                "than 10 points on long summaries, so both are shown.")
+
+
+def format_count(n: float) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return f"{n:.0f}"
+
+
+def format_seconds(s: float) -> str:
+    if s < 120:
+        return f"{s:.0f} s"
+    return f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
+
+
+def format_score(mean: float, std: float) -> str:
+    """×100 with two decimals, as the papers print them; ± std only when there are >= 2 seeds."""
+    if mean != mean:
+        return ""
+    return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std == std else "")
+
+
+def format_ci(ci, seeds: int | None = None) -> str:
+    lo, hi = ci
+    if lo != lo:
+        return "n/a (1 seed)" if seeds == 1 else "n/a"
+    return f"[{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def row_label(row) -> str:
+    return row["method"] + (f" ({row['variant']})" if row.get("variant") else "")
+
+
+def best_indices(values: list[float], trained: list[bool], higher: bool) -> set[int]:
+    """Positions of the best value among trained rows (ties all marked); the baseline never wins."""
+    pool = [v for v, t in zip(values, trained) if t and v == v]
+    if not pool:
+        return set()
+    target = max(pool) if higher else min(pool)
+    return {i for i, (v, t) in enumerate(zip(values, trained)) if t and v == v and math.isclose(v, target, rel_tol=1e-9)}
+
+
+def table_columns(frame) -> list[dict]:
+    """Columns of one task's main table: {header, cells, best (row positions)}."""
+    trained = [not b for b in frame["is_baseline"]]
+    rows = list(frame.to_dict("records"))
+    cols = [{"header": "Model", "cells": [r["model"] for r in rows], "best": set()},
+            {"header": "Method", "cells": [row_label(r) for r in rows], "best": set()}]
+    for key, name in METRIC_NAMES.items():
+        means = [r.get(f"{key}_mean", math.nan) for r in rows]
+        if all(m != m for m in means):
+            continue
+        cells = [format_score(m, r.get(f"{key}_std", math.nan)) for m, r in zip(means, rows)]
+        cols.append({"header": name, "cells": cells, "best": best_indices(means, trained, higher=True)})
+    primary = METRIC_NAMES.get(rows[0]["primary"], rows[0]["primary"]) if rows else ""
+    cols.append({"header": f"{primary} 95% CI, seeds", "cells": [format_ci(r["ci_seeds"], r["seeds"]) for r in rows], "best": set()})
+    cols.append({"header": f"{primary} 95% CI, test set", "cells": [format_ci(r["ci_examples"]) for r in rows], "best": set()})
+    cols.append({"header": "Seeds", "cells": [str(r["seeds"]) for r in rows], "best": set()})
+    for key, header, fmt in COSTS:
+        means = [r.get(f"{key}_mean", math.nan) for r in rows]
+        cells = ["—" if not t else (fmt(m) if m == m else "") for m, t in zip(means, trained)]
+        cols.append({"header": header, "cells": cells, "best": best_indices(means, trained, higher=False)})
+    return cols
+
+
+def table_html(cols: list[dict], baseline_rows: set[int] = frozenset()) -> str:
+    head = "".join(f"<th>{html.escape(c['header'])}</th>" for c in cols)
+    body = []
+    for i in range(len(cols[0]["cells"])):
+        cells = "".join(f"<td class='best'>{html.escape(c['cells'][i])}</td>" if i in c["best"]
+                        else f"<td>{html.escape(c['cells'][i])}</td>" for c in cols)
+        body.append(f"<tr class='baseline'>{cells}</tr>" if i in baseline_rows else f"<tr>{cells}</tr>")
+    return f"<table class='main'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def table_markdown(cols: list[dict]) -> str:
+    lines = ["| " + " | ".join(c["header"] for c in cols) + " |", "|" + "---|" * len(cols)]
+    for i in range(len(cols[0]["cells"])):
+        cells = [f"**{c['cells'][i]}**" if i in c["best"] and c["cells"][i] else c["cells"][i] for c in cols]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$",
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "—": "--"}
+
+
+def latex_escape(text: str) -> str:
+    """Character by character, so an escape's own backslash or braces are never escaped again."""
+    return "".join(LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def table_latex(cols: list[dict], caption: str, label: str) -> str:
+    """A booktabs table (needs \\usepackage{booktabs}); best values in bold."""
+    spec = "ll" + "r" * (len(cols) - 2)
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
+             " & ".join(latex_escape(c["header"]) for c in cols) + r" \\", r"\midrule"]
+    for i in range(len(cols[0]["cells"])):
+        cells = [latex_escape(c["cells"][i]) for c in cols]
+        cells = [rf"\textbf{{{cell}}}" if i in c["best"] and cell else cell for cell, c in zip(cells, cols)]
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{latex_escape(caption)}}}", rf"\label{{{label}}}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
