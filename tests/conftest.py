@@ -22,6 +22,8 @@ KIND_SETUPS = {
     "seq2seq": ("tiny-t5", "pubmed-conclusion"),
     "causal": ("tiny-llama", "pubmed-conclusion"),
     "seq_cls": ("tiny-bert", "pubmed-rct"),
+    "multilabel": ("tiny-bert", "mesh"),
+    "token_cls": ("tiny-bert", None),  # no offline NER corpus: tests build a BIO data set themselves
 }
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medpeft.features import encode_examples
+from medpeft.features import encode_examples, token_collator
 from medpeft.measure import count_parameters
-from medpeft.methods import KINDS, build_peft_config
+from medpeft.methods import KINDS, build_peft_config, output_prefix_tokens
 from medpeft.models import load_model, resolve_model
 from medpeft.registry import METHODS
 from medpeft.tasks import RCT_LABELS
@@ -26,6 +26,19 @@ EXAMPLES = [
     {"id": "b", "text": "Mortality fell by a third in the treated group.", "target": "RESULTS"},
     {"id": "c", "text": "Aspirin is safe and effective.", "target": "CONCLUSIONS"},
 ]
+# Per head kind: the label set and examples in that kind's format.
+HEAD_DATA = {
+    "seq_cls": (LABELS, EXAMPLES),
+    "multilabel": (LABELS, [dict(ex, target=[ex["target"], "RESULTS"]) for ex in EXAMPLES]),
+    "token_cls": (["O", "B-DRUG", "I-DRUG"], [
+        {"id": "a", "text": ["Patients", "received", "aspirin", "daily"], "target": ["O", "O", "B-DRUG", "O"]},
+        {"id": "b", "text": ["low", "dose", "acetyl", "salicylic", "acid", "helps"], "target": ["O", "O", "B-DRUG", "I-DRUG", "I-DRUG", "O"]},
+    ]),
+}
+
+
+def labels_for(kind: str):
+    return HEAD_DATA[kind][0] if kind in HEAD_DATA else None
 
 
 def build(method: str, kind: str, method_args=None):
@@ -35,19 +48,25 @@ def build(method: str, kind: str, method_args=None):
     model_name, _ = KIND_SETUPS[kind]
     path = resolve_model(model_name, online=False)
     torch.manual_seed(0)
-    model, tokenizer, new_modules = load_model(path, kind, LABELS if kind == "seq_cls" else None)
+    model, tokenizer, new_modules = load_model(path, kind, labels_for(kind))
     config = build_peft_config(method, kind, method_args or {}, model_path=path, instruction=INSTRUCTION, new_modules=new_modules)
     if config is not None:
         model = get_peft_model(model, config)
     return model, tokenizer, config
 
 
-def make_batch(tokenizer, kind: str) -> dict:
+def make_batch(tokenizer, kind: str, config=None) -> dict:
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
 
     data_cfg = type("Data", (), TINY_DATA)()
-    rows, _ = encode_examples(EXAMPLES, tokenizer, kind, INSTRUCTION, data_cfg, LABELS if kind == "seq_cls" else None)
-    collator = DataCollatorWithPadding(tokenizer) if kind == "seq_cls" else DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+    examples = HEAD_DATA[kind][1] if kind in HEAD_DATA else EXAMPLES
+    rows, _ = encode_examples(examples, tokenizer, kind, INSTRUCTION, data_cfg, labels_for(kind))
+    if kind in ("seq_cls", "multilabel"):
+        collator = DataCollatorWithPadding(tokenizer)
+    elif kind == "token_cls":  # soft prompts shift the token labels (methods.output_prefix_tokens)
+        collator = token_collator(tokenizer, output_prefix_tokens(config))
+    else:
+        collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
     return collator(rows)
 
 
@@ -92,7 +111,7 @@ def test_method_trains_exactly_its_parameters(method, kind, tmp_path):
         assert 0 < counts["trainable_params"] < 0.10 * counts["total_params"], counts
 
     before = snapshot(model)
-    losses = train_steps(model, make_batch(tokenizer, kind))
+    losses = train_steps(model, make_batch(tokenizer, kind, config))
     assert all(torch.isfinite(torch.tensor(losses))), losses
     after = dict(model.named_parameters())
     assert set(after) == set(before)
@@ -100,7 +119,7 @@ def test_method_trains_exactly_its_parameters(method, kind, tmp_path):
     trainable_unchanged = [n for n, p in after.items() if p.requires_grad and torch.equal(p, before[n])]
     assert not frozen_changed, f"{method}/{kind}: frozen parameters changed: {frozen_changed[:5]}"
     assert not trainable_unchanged, f"{method}/{kind}: trainable parameters never moved: {trainable_unchanged[:5]}"
-    if kind == "seq_cls" and config is not None:
+    if kind in HEAD_DATA and config is not None:
         check_head_is_trained_and_saved(model, config, tmp_path)
 
 
@@ -131,10 +150,11 @@ def test_soft_prompts_count_only_what_trains(kind, method):
     prompt = model.prompt_encoder["default"].embedding.weight
     assert prompt.shape == (7, d_model)
     if method == "prompt_tuning":
-        head = 5 * d_model + 5 if kind == "seq_cls" else 0  # the new classifier is trained too
+        n = len(labels_for(kind) or [])
+        head = n * d_model + n if kind in HEAD_DATA else 0  # the new classifier is trained too
         assert count_parameters(model)["trainable_params"] == 7 * d_model + head
     model.train()
-    model(**make_batch(tokenizer, kind)).loss.backward()
+    model(**make_batch(tokenizer, kind, config)).loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and g.abs().sum() > 0 for g in grads), "a trainable tensor got no gradient"
 

@@ -17,6 +17,31 @@ def cfg(train_size=200, val_size=50, test_size=100, split_seed=0) -> SimpleNames
     return SimpleNamespace(train_size=train_size, val_size=val_size, test_size=test_size, split_seed=split_seed)
 
 
+# Registered tasks that load offline (hub tasks are tested for failing fast instead).
+OFFLINE = sorted(n for n, s in TASKS.items() if not s.online and not n.startswith("user:"))
+# (train, validation, test) sizes that fit the small data sets; the rest use 200/50/100.
+SIZES = {"aci-bench": (24, 4, 12), "mts-dialog": (60, 10, 30), "mts-section": (60, 10, 30), "pmc-abstract": (1, 0, 6)}
+# Examples per source split, measured on the pinned wheels.
+EXPECTED_COUNTS = {
+    "pubmed-conclusion": {"all": 4_887}, "pubmed-rct": {"all": 60_469}, "pubmed-title": {"all": 33_272},
+    "mesh": {"all": 1_105}, "pmc-abstract": {"all": 8}, "aci-bench": {"all": 40}, "mts-dialog": {"all": 100},
+    "mts-section": {"all": 100}, "pubmedqa": {"all": 500}, "medmcqa-subject": {"all": 4_181},
+    "drug-review": {"train": 599, "test": 379},
+}
+
+
+def sizes_for(name: str, **changes) -> SimpleNamespace:
+    train, val, test = SIZES.get(name, (200, 50, 100))
+    return cfg(**{"train_size": train, "val_size": val, "test_size": test, **changes})
+
+
+def split_counts(name: str) -> dict[str, int]:
+    train, val, test = SIZES.get(name, (200, 50, 100))
+    if TASKS[name].eval_only:
+        return {"train": 0, "validation": 0, "test": test}
+    return {"train": train, "validation": val, "test": test}
+
+
 @pytest.fixture(scope="module", autouse=True)
 def medline_cache():
     """Skip (with the fix) when the pubmed wheel is not in the cache; tests never download."""
@@ -62,40 +87,62 @@ def test_spec_is_complete(name):
     assert spec.source and spec.license and callable(spec.load)
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_offline_task_has_its_measured_counts():
+    assert sorted(EXPECTED_COUNTS) == OFFLINE
+    for name, expected in EXPECTED_COUNTS.items():
+        assert {k: len(v) for k, v in TASKS[name].pool().items()} == expected, name
+
+
+@pytest.mark.parametrize("name", OFFLINE)
 def test_splits_exact_disjoint_and_well_formed(name):
-    data = tasks.load_task(name, cfg())
+    data = tasks.load_task(name, sizes_for(name))
     assert (data.name, data.type) == (name, TASKS[name].type)
     assert data.instruction and "\n" not in data.instruction
-    assert {k: len(v) for k, v in data.splits.items()} == {"train": 200, "validation": 50, "test": 100}
+    assert {k: len(v) for k, v in data.splits.items()} == split_counts(name)
     ids = [ex["id"] for split in data.splits.values() for ex in split]
     assert len(ids) == len(set(ids))
+    texts = [ex["text"] for split in data.splits.values() for ex in split]
+    assert len(texts) == len(set(map(str, texts))), "the same text in two examples (or two splits)"
     for ex in (ex for split in data.splits.values() for ex in split):
         assert set(ex) == {"id", "text", "target"}
-        assert ex["text"].strip() and ex["target"].strip()
+        assert ex["text"].strip() and (ex["target"] if data.type == "multilabel" else ex["target"].strip())
     if data.type == "classification":
         assert data.labels and all(ex["target"] in data.labels for split in data.splits.values() for ex in split)
+    if data.type == "multilabel":
+        assert all(set(ex["target"]) <= set(data.labels) for split in data.splits.values() for ex in split)
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("name", OFFLINE)
 def test_splits_are_stable(name):
     def ids(data, split):
         return [ex["id"] for ex in data.splits[split]]
 
-    a, b = tasks.load_task(name, cfg()), tasks.load_task(name, cfg())
+    a, b = tasks.load_task(name, sizes_for(name)), tasks.load_task(name, sizes_for(name))
     assert all(ids(a, s) == ids(b, s) for s in tasks.SPLITS)
-    bigger = tasks.load_task(name, cfg(train_size=400))
-    assert ids(bigger, "test") == ids(a, "test") and ids(bigger, "validation") == ids(a, "validation")
-    other_seed = tasks.load_task(name, cfg(split_seed=1))
+    smaller = tasks.load_task(name, sizes_for(name, train_size=max(1, len(a.splits["train"]) // 2)))
+    assert ids(smaller, "test") == ids(a, "test") and ids(smaller, "validation") == ids(a, "validation")
+    other_seed = tasks.load_task(name, sizes_for(name, split_seed=1))
     assert ids(other_seed, "test") != ids(a, "test")
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("name", OFFLINE)
 @pytest.mark.parametrize("key", ["train_size", "val_size", "test_size"])
 def test_too_many_examples_names_the_key(name, key):
-    sizes = {"train_size": 10, "val_size": 10, "test_size": 10, key: 10_000_000}
+    if TASKS[name].eval_only and key != "test_size":
+        pytest.skip("an evaluation-only task ignores train_size and val_size")
+    sizes = {"train_size": 5, "val_size": 2, "test_size": 5, key: 10_000_000}
     with pytest.raises(ValueError, match=f"lower data.{key} to at most"):
         tasks.load_task(name, cfg(**sizes))
+
+
+@pytest.mark.parametrize("name", sorted(n for n, s in TASKS.items() if s.online))
+def test_hub_task_fails_fast_offline_naming_the_offline_tasks(name, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("the hub was contacted"))
+    with pytest.raises(ValueError, match="--online") as err:
+        tasks.load_task(name, cfg())
+    assert "pubmed-conclusion" in str(err.value) and "aci-bench" in str(err.value)
 
 
 def test_negative_size_is_rejected():
@@ -110,7 +157,7 @@ def test_unknown_task_lists_registered_ones():
 
 def test_register_task_rejects_unknown_type():
     with pytest.raises(ValueError, match="valid types"):
-        tasks.register_task("x", type="ner", description="d", source="s", license="l")
+        tasks.register_task("x", type="regression", description="d", source="s", license="l")
 
 
 # --- task specifics ----------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The `medpeft` command: run a grid, list what is registered, fetch the offline assets."""
+"""The `medpeft` command: run a grid, report on it, list what is registered, fetch the offline assets."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,10 @@ EPILOG = """examples:
   medpeft run configs/quick.yaml                      run the demo grid (offline)
   medpeft run configs/quick.yaml --set train.epochs=1 override a setting in every run
   medpeft run my-grid.yaml --online                   allow hub models and data (e.g. google/flan-t5-base)
+  medpeft report runs/quick                           rebuild report.html / report.md / report.tex of a grid
   medpeft list                                        registered models, methods and tasks
+  medpeft tasks                                       every task: type, source, sizes, labels or lengths, license
+  medpeft tasks show pubmedqa                         two examples of a task
   medpeft fetch                                       download the pinned, hash-checked offline assets
 """
 
@@ -30,7 +33,40 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--runs-dir", default="runs", help="where run folders go (default: runs)")
     run.add_argument("--online", action="store_true",
                      help="allow downloads of hub models and data sets; without it medpeft never touches the network")
+    run.add_argument("--shard", metavar="I/N", help="run only shard I of N (0 <= I < N): a deterministic, disjoint slice "
+                     "of the grid, for Slurm job arrays or any scheduler; all shards share --runs-dir")
     run.add_argument("--dry-run", action="store_true", help="expand and validate the grid, print the run ids, train nothing")
+    report = sub.add_parser("report", help="write report.html, report.md and report.tex for a grid's runs",
+                            description="Read runs/<grid>/*/result.json and predictions.jsonl and write, next to the "
+                                        "runs, report.html (one self-contained file), report.md, report.tex (the main "
+                                        "tables for a paper) and report-*.png. `medpeft run` does this at the end.")
+    report.add_argument("grid_dir", help="a grid's run folder, e.g. runs/quick")
+    report.add_argument("--resamples", type=int, default=2000, help="bootstrap / randomisation resamples (default 2000)")
+    report.add_argument("--within", type=float, default=1.0, metavar="POINTS",
+                        help="'cheapest within POINTS of the best' in the answer block (metric ×100; default 1)")
+    pre = sub.add_parser("pretrain", help="continue pre-training a model on MEDLINE (masked-LM or causal-LM)",
+                         description="Domain-adaptive pre-training: masked-LM for encoders, causal-LM for decoders, "
+                                     "on the packaged MEDLINE abstracts minus every abstract in a validation or test "
+                                     "split of the --for-grid grids (so no evaluation text leaks). Writes a model "
+                                     "directory usable as `model:` in any grid.")
+    pre.add_argument("--model", required=True, help="registered model, local directory or hub id (with --online)")
+    pre.add_argument("--out", required=True, help="output model directory")
+    pre.add_argument("--for-grid", dest="grids", action="append", default=[], metavar="GRID",
+                     help="a grid the adapted model will be evaluated in: its validation/test abstracts are left out (repeatable)")
+    pre.add_argument("--max-docs", type=int, default=0, help="use at most this many abstracts (default: all)")
+    pre.add_argument("--max-tokens", type=int, default=128, help="truncate each abstract to this many tokens (default 128)")
+    pre.add_argument("--epochs", type=float, default=1.0)
+    pre.add_argument("--max-steps", type=int, default=-1, help="optimiser steps; overrides --epochs when > 0")
+    pre.add_argument("--lr", type=float, default=5e-5)
+    pre.add_argument("--batch-size", type=int, default=16)
+    pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--online", action="store_true", help="allow a hub model download")
+    tasks = sub.add_parser("tasks", help="the task catalogue: type, source, split sizes, labels or lengths, license",
+                           description="List every task with its type, data source, sizes, label set or summary "
+                                       "lengths and license; `medpeft tasks show NAME` prints two examples. Your own "
+                                       "data is a task too: task: {type, path, text_field, target_field} in a grid.")
+    tasks.add_argument("action", nargs="?", choices=["show"], help="show: print two examples of task NAME")
+    tasks.add_argument("name", nargs="?", help="a task name (with show)")
     sub.add_parser("list", help="list registered models, methods and tasks",
                    description="List registered models (with their source), methods and tasks.")
     sub.add_parser("fetch", help="download and hash-check the pinned offline assets (models, data)",
@@ -42,15 +78,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 def command_run(args) -> int:
     from medpeft.config import load_grid
-    from medpeft.grid import run_grid, with_baselines
+    from medpeft.grid import parse_shard, run_grid, select_shard, with_baselines
 
     grid = load_grid(args.grid, args.overrides)
+    shard = parse_shard(args.shard) if args.shard else None
     if args.dry_run:
-        for cfg in with_baselines(grid.runs):
+        runs = select_shard(with_baselines(grid.runs), shard)
+        for cfg in runs:
             print(cfg.run_id)
-        print(f"{len(grid.runs)} runs + baselines; nothing trained (--dry-run)")
+        print(f"{len(runs)} runs (untrained baselines included); nothing trained (--dry-run)")
         return 0
-    run_grid(grid, args.runs_dir, online=args.online)
+    run_grid(grid, args.runs_dir, online=args.online, shard=shard)
+    return 0
+
+
+def command_pretrain(args) -> int:
+    from medpeft.pretrain import PretrainConfig, pretrain
+
+    if not args.grids:
+        print("medpeft: warning: no --for-grid given, so no evaluation split is held out of the corpus; "
+              "pass the grid(s) you will evaluate the adapted model in", file=sys.stderr)
+    cfg = PretrainConfig(model=args.model, out=args.out, exclude_grids=tuple(args.grids), max_docs=args.max_docs,
+                         max_tokens=args.max_tokens, epochs=args.epochs, max_steps=args.max_steps, lr=args.lr,
+                         batch_size=args.batch_size, seed=args.seed)
+    pretrain(cfg, online=args.online)
+    return 0
+
+
+def command_tasks(args) -> int:
+    from medpeft.tasks.catalogue import catalogue_lines, example_lines
+
+    if args.action == "show" and not args.name:
+        print("medpeft: error: `medpeft tasks show` needs a task name (see `medpeft tasks`)", file=sys.stderr)
+        return 2
+    print("\n".join(example_lines(args.name) if args.action == "show" else catalogue_lines()))
     return 0
 
 
@@ -70,6 +131,20 @@ def command_list(args) -> int:
     return 0
 
 
+def command_report(args) -> int:
+    from pathlib import Path
+
+    from medpeft.report import build_report
+
+    if not Path(args.grid_dir).is_dir():
+        print(f"medpeft: error: {args.grid_dir} is not a directory (expected a grid's runs, e.g. runs/quick)", file=sys.stderr)
+        return 2
+    paths = build_report(args.grid_dir, n_resamples=args.resamples, within_points=args.within)
+    for key in ("html", "md", "tex"):
+        print(paths[key])
+    return 0
+
+
 def command_fetch(args) -> int:
     from medpeft.assets import fetch_all
 
@@ -85,6 +160,7 @@ def quiet_libraries() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="peft")
 
@@ -101,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     from medpeft.registry import UnknownNameError
 
     quiet_libraries()
-    handlers = {"run": command_run, "list": command_list, "fetch": command_fetch}
+    handlers = {"pretrain": command_pretrain, "run": command_run, "report": command_report, "list": command_list, "fetch": command_fetch,
+                "tasks": command_tasks}
     try:
         return handlers[args.command](args)
     except (ConfigError, ModelError, AssetError, UnknownNameError) as err:

@@ -76,23 +76,27 @@ class TrainConfig:
 class ExperimentConfig:
     """One run: a model adapted to a task with a method under one seed."""
 
-    task: str  # a registered task (`medpeft list`)
+    task: str  # a registered task (`medpeft tasks`), or your own data as a mapping {type, path, text_field, target_field}
     model: str  # a registered model, a local model directory, or a hub id (needs --online)
     method: str  # a registered method (`medpeft list`); `full` is full fine-tuning
     seed: int = 0  # seeds data order, new-head init, dropout and the method's init
     method_args: dict = field(default_factory=dict)  # keyword arguments of the method's peft config
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    user_data: dict | None = None  # set from a task: mapping (your own data); task then holds its name, user:<file stem>
 
     def __post_init__(self):
         from medpeft.methods import validate_method_args
         from medpeft.models import check_model_name
         from medpeft.registry import METHODS, TASKS
+        from medpeft.tasks import check_task_method
 
         if isinstance(self.data, dict):
             self.data = build_dataclass(DataConfig, self.data, "data")
         if isinstance(self.train, dict):
             self.train = build_dataclass(TrainConfig, self.train, "train")
+        if isinstance(self.task, dict) or self.user_data is not None:
+            self.register_user_data()
         check_types(self, "")
         for key, registry in (("task", TASKS), ("method", METHODS)):
             if getattr(self, key) not in registry:
@@ -104,8 +108,25 @@ class ExperimentConfig:
         except ValueError as err:
             raise ConfigError(str(err)) from None
         validate_method_args(self.method, self.method_args)
+        try:
+            check_task_method(self.task, self.method, self.model)  # evaluation-only tasks cannot train
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         if self.train.lr is None:
             self.train.lr = METHODS[self.method].default_lr
+
+    def register_user_data(self) -> None:
+        """Validate the task: mapping (keys, file, fields), register it as a task and use its name."""
+        from medpeft.tasks import register_user_task
+
+        if isinstance(self.task, dict):
+            self.user_data = dict(self.task)
+        if not isinstance(self.user_data, dict):
+            raise ConfigError(f"user_data must be a mapping, got {self.user_data!r}")
+        try:
+            self.task = register_user_task(self.user_data)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
     @property
     def run_id(self) -> str:

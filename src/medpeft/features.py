@@ -1,7 +1,12 @@
 """Turn task examples into model inputs for each model kind (no padding: batches pad dynamically)."""
 from __future__ import annotations
 
+import logging
+
 ANSWER_CUE = "\n\nAnswer:"  # ends a decoder-only prompt; the target follows it
+TRUNCATION_WARN_FRACTION = 0.10  # warn when more than this share of inputs or targets is cut
+
+log = logging.getLogger("medpeft")
 
 
 def source_text(instruction: str, text: str) -> str:
@@ -16,33 +21,94 @@ def encode_causal_prompt(tokenizer, instruction: str, text: str, max_source_toke
     return head + source[:max_source_tokens] + tail, len(source) > max_source_tokens
 
 
+def encode_classification(ex: dict, tokenizer, kind: str, max_tokens: int, labels: list[str]) -> tuple[dict, bool]:
+    """Text -> ids with a class index (seq_cls) or a float 0/1 vector over the labels (multilabel)."""
+    enc = tokenizer(ex["text"], truncation=True, max_length=max_tokens)
+    was_cut = len(tokenizer(ex["text"])["input_ids"]) > max_tokens
+    if kind == "multilabel":
+        label = [1.0 if name in ex["target"] else 0.0 for name in labels]
+    else:
+        label = labels.index(ex["target"])
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": label}, was_cut
+
+
+def encode_tokens(ex: dict, tokenizer, max_tokens: int, labels: list[str]) -> tuple[dict, bool]:
+    """Words -> sub-word ids; each word's tag on its first sub-word, -100 on the rest and on special tokens."""
+    enc = tokenizer(ex["text"], is_split_into_words=True, truncation=True, max_length=max_tokens)
+    word_ids = enc.word_ids()
+    tags, previous = [], None
+    for word in word_ids:
+        tags.append(-100 if word is None or word == previous else labels.index(ex["target"][word]))
+        previous = word
+    kept_words = len({w for w in word_ids if w is not None})
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": tags}, kept_words < len(ex["text"])
+
+
+def token_collator(tokenizer, prefix: int = 0):
+    """Pad token-classification batches (labels with -100), and put `prefix` -100s before the labels
+    for the soft prompt positions (see methods.output_prefix_tokens)."""
+    import torch
+    from transformers import DataCollatorForTokenClassification
+
+    pad = DataCollatorForTokenClassification(tokenizer)
+
+    def collate(features):
+        batch = pad(features)
+        if prefix:
+            batch["labels"] = torch.cat([torch.full((batch["labels"].shape[0], prefix), -100), batch["labels"]], dim=1)
+        return batch
+
+    return collate
+
+
+def encode_generation(ex: dict, tokenizer, kind: str, instruction: str, data_cfg, for_generation: bool) -> tuple[dict, bool, bool]:
+    """Prompt (and, for training, target) ids for seq2seq or causal models; whether source and target were cut."""
+    target = tokenizer(ex["target"], add_special_tokens=False)["input_ids"]
+    cut_target = len(target) + 1 > data_cfg.max_target_tokens
+    target = target[: data_cfg.max_target_tokens - 1] + [tokenizer.eos_token_id]
+    if kind == "seq2seq":
+        full = tokenizer(source_text(instruction, ex["text"]))["input_ids"]
+        prompt = tokenizer(source_text(instruction, ex["text"]), truncation=True, max_length=data_cfg.max_source_tokens)["input_ids"]
+        row = {"input_ids": prompt, "attention_mask": [1] * len(prompt)}
+        if not for_generation:
+            row["labels"] = target
+        return row, len(full) > data_cfg.max_source_tokens, cut_target
+    # causal: the loss covers the target tokens only
+    prompt, cut_source = encode_causal_prompt(tokenizer, instruction, ex["text"], data_cfg.max_source_tokens)
+    ids = prompt if for_generation else prompt + target
+    row = {"input_ids": ids, "attention_mask": [1] * len(ids)}
+    if not for_generation:
+        row["labels"] = [-100] * len(prompt) + target
+    return row, cut_source, cut_target
+
+
 def encode_examples(examples, tokenizer, kind: str, instruction: str, data_cfg, labels=None, *, for_generation=False):
-    """Features for training (`for_generation=False`) or for generation, plus truncation counts."""
+    """Features for training (`for_generation=False`) or for generation, plus truncation counts and fractions."""
     rows, cut_source, cut_target = [], 0, 0
     for ex in examples:
-        if kind == "seq_cls":
-            enc = tokenizer(ex["text"], truncation=True, max_length=data_cfg.max_source_tokens)
-            full_len = len(tokenizer(ex["text"])["input_ids"])
-            cut_source += full_len > data_cfg.max_source_tokens
-            rows.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels.index(ex["target"])})
-            continue
-        target = tokenizer(ex["target"], add_special_tokens=False)["input_ids"]
-        cut_target += len(target) + 1 > data_cfg.max_target_tokens
-        target = target[: data_cfg.max_target_tokens - 1] + [tokenizer.eos_token_id]
-        if kind == "seq2seq":
-            full = tokenizer(source_text(instruction, ex["text"]))["input_ids"]
-            cut_source += len(full) > data_cfg.max_source_tokens
-            prompt = tokenizer(source_text(instruction, ex["text"]), truncation=True, max_length=data_cfg.max_source_tokens)["input_ids"]
-            row = {"input_ids": prompt, "attention_mask": [1] * len(prompt)}
-            if not for_generation:
-                row["labels"] = target
-        else:  # causal: the loss covers the target tokens only
-            prompt, was_cut = encode_causal_prompt(tokenizer, instruction, ex["text"], data_cfg.max_source_tokens)
-            cut_source += was_cut
-            ids = prompt if for_generation else prompt + target
-            row = {"input_ids": ids, "attention_mask": [1] * len(ids)}
-            if not for_generation:
-                row["labels"] = [-100] * len(prompt) + target
+        if kind in ("seq_cls", "multilabel"):
+            row, was_cut = encode_classification(ex, tokenizer, kind, data_cfg.max_source_tokens, labels)
+        elif kind == "token_cls":
+            row, was_cut = encode_tokens(ex, tokenizer, data_cfg.max_source_tokens, labels)
+        else:
+            row, was_cut, target_cut = encode_generation(ex, tokenizer, kind, instruction, data_cfg, for_generation)
+            cut_target += target_cut
+        cut_source += was_cut
         rows.append(row)
-    stats = {"examples": len(rows), "truncated_sources": cut_source, "truncated_targets": cut_target}
+    n = max(len(rows), 1)
+    stats = {"examples": len(rows), "truncated_sources": cut_source, "truncated_targets": cut_target,
+             "truncated_sources_fraction": cut_source / n, "truncated_targets_fraction": cut_target / n}
     return rows, stats
+
+
+def truncation_warnings(split: str, stats: dict, data_cfg) -> list[str]:
+    """A warning (also logged) per side where more than 10% of a split's examples are cut."""
+    warnings = []
+    for side, key in (("inputs", "max_source_tokens"), ("targets", "max_target_tokens")):
+        fraction = stats["truncated_sources_fraction" if side == "inputs" else "truncated_targets_fraction"]
+        if fraction > TRUNCATION_WARN_FRACTION:
+            warnings.append(f"{100 * fraction:.0f}% of the {split} {side} are longer than data.{key}="
+                            f"{getattr(data_cfg, key)} tokens and were truncated; raise data.{key} if the cut text matters")
+    for message in warnings:
+        log.warning(message)
+    return warnings

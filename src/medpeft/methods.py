@@ -1,6 +1,6 @@
 """Adaptation methods: each is a peft config (never a re-implementation), or None for full fine-tuning.
 
-A method's builder gets the model kind (`seq2seq`, `causal`, `seq_cls`), the user's
+A method's builder gets the model kind (`seq2seq`, `causal`, `seq_cls`, `multilabel`, `token_cls`), the user's
 `method_args` and the run context, and returns a peft config. Defaults follow the
 studies in the brief: LoRA r=16, alpha=32 on the attention query/value projections
 (peft's per-architecture default targets), 20 prompt tokens initialised from text.
@@ -13,7 +13,9 @@ from typing import Callable
 
 from medpeft.registry import METHODS
 
-KINDS = ("seq2seq", "causal", "seq_cls")
+KINDS = ("seq2seq", "causal", "seq_cls", "multilabel", "token_cls")
+# Kinds with a new, randomly initialised head that must be trained and saved with the adapter.
+HEAD_KINDS = ("seq_cls", "multilabel", "token_cls")
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,8 @@ def register_method(name, description, default_lr, peft_class, trains=True):
 def peft_task_type(kind: str):
     from peft import TaskType
 
-    return {"seq2seq": TaskType.SEQ_2_SEQ_LM, "causal": TaskType.CAUSAL_LM, "seq_cls": TaskType.SEQ_CLS}[kind]
+    return {"seq2seq": TaskType.SEQ_2_SEQ_LM, "causal": TaskType.CAUSAL_LM, "seq_cls": TaskType.SEQ_CLS,
+            "multilabel": TaskType.SEQ_CLS, "token_cls": TaskType.TOKEN_CLS}[kind]
 
 
 def validate_method_args(method: str, args: dict) -> None:
@@ -70,11 +73,20 @@ def build_peft_config(method: str, kind: str, args: dict, *, model_path: str, in
     if kind not in KINDS:
         raise ValueError(f"unknown model kind {kind!r}; kinds: {', '.join(KINDS)}")
     config = spec.build(kind, dict(args), model_path=model_path, instruction=instruction)
-    if config is not None and new_modules and kind == "seq_cls":
+    if config is not None and new_modules and kind in HEAD_KINDS:
         # Freshly initialised modules (the classifier head, a missing pooler) must be trained
         # and saved with the adapter, or the adapter reloads with a different random head.
         config.modules_to_save = sorted(set(config.modules_to_save or []) | set(new_modules))
     return config
+
+
+def output_prefix_tokens(peft_config) -> int:
+    """Soft prompts peft puts before the input (prompt tuning, P-tuning) also come first in a token
+    classifier's output, while peft passes the token labels through unshifted: they need this many
+    -100s in front. Prefix tuning adds keys/values only, not positions."""
+    if peft_config is None or not peft_config.is_prompt_learning or peft_config.peft_type.value == "PREFIX_TUNING":
+        return 0
+    return peft_config.num_virtual_tokens
 
 
 def encoder_only(kind: str) -> dict:

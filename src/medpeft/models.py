@@ -52,8 +52,12 @@ def build_cached(name: str, build: Callable[[Path], None]) -> str:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     build(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process (e.g. a second rank) finished the same build first
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").is_file():
+            raise
     return str(target)
 
 
@@ -167,8 +171,11 @@ def resolve_model(name: str, online: bool) -> str:
         return spec.locate()
     path = Path(name).expanduser()
     if path.is_dir():
+        if adapter_base(str(path)) is not None:  # a trained run's peft adapter: its base is loaded, then the adapter
+            return str(path)
         if not (path / "config.json").is_file():
-            raise ModelError(f"model directory {path} has no config.json; point model: at a transformers save_pretrained folder")
+            raise ModelError(f"model directory {path} has no config.json; point model: at a transformers save_pretrained "
+                             "folder or a run's adapter/ folder")
         return str(path)
     if is_hub_id(name):
         if not online:
@@ -183,14 +190,28 @@ def offline_models() -> list[str]:
     return sorted(n for n, s in MODELS.items() if s.source != "hub")
 
 
+# Task type -> model kind for the types that need an encoder head (summarization depends on the model).
+TASK_HEADS = {"classification": "seq_cls", "multilabel": "multilabel", "ner": "token_cls"}
+
+
+def adapter_base(path: str) -> str | None:
+    """The base model of a saved peft adapter folder, or None if `path` is not one."""
+    import json
+
+    config = Path(path) / "adapter_config.json"
+    if not config.is_file():
+        return None
+    return json.loads(config.read_text())["base_model_name_or_path"]
+
+
 def infer_model_kind(path: str, task_type: str) -> str:
-    """`seq_cls` for classification; `seq2seq` or `causal` for summarization, from the model config."""
+    """The head for classification/multilabel/ner; `seq2seq` or `causal` for summarization, from the model config."""
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-    config = AutoConfig.from_pretrained(path)
-    if task_type == "classification":
-        return "seq_cls"
+    config = AutoConfig.from_pretrained(adapter_base(path) or path)
+    if task_type in TASK_HEADS:
+        return TASK_HEADS[task_type]
     if config.is_encoder_decoder:
         return "seq2seq"
     if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
@@ -200,20 +221,30 @@ def infer_model_kind(path: str, task_type: str) -> str:
 
 
 def load_model(path: str, kind: str, labels: list[str] | None = None):
-    """Model, tokenizer and the names of modules the checkpoint did not have (new heads)."""
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer
+    """Model, tokenizer and the names of modules the checkpoint did not have (new heads).
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    A peft adapter folder is loaded onto its base model and merged, so it behaves as a plain model
+    (e.g. a model trained on one task, evaluated on an evaluation-only task)."""
+    from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification,
+                              AutoModelForTokenClassification, AutoTokenizer)
+
+    base = adapter_base(path)
+    tokenizer = AutoTokenizer.from_pretrained(path if (Path(path) / "tokenizer_config.json").is_file() else (base or path))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     kwargs = {"output_loading_info": True}
-    if kind == "seq_cls":
+    if kind in ("seq_cls", "multilabel", "token_cls"):
         kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
-        auto = AutoModelForSequenceClassification
-    else:
-        auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
-    model, info = auto.from_pretrained(path, **kwargs)
+    if kind == "multilabel":
+        kwargs["problem_type"] = "multi_label_classification"  # sigmoid + BCE over float label vectors
+    auto = {"seq2seq": AutoModelForSeq2SeqLM, "causal": AutoModelForCausalLM, "seq_cls": AutoModelForSequenceClassification,
+            "multilabel": AutoModelForSequenceClassification, "token_cls": AutoModelForTokenClassification}[kind]
+    model, info = auto.from_pretrained(base or path, **kwargs)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     new_modules = sorted({key.rsplit(".", 1)[0] for key in info.get("missing_keys", [])})
+    if base is not None:
+        from peft import PeftModel
+
+        model, new_modules = PeftModel.from_pretrained(model, path).merge_and_unload(), []
     return model, tokenizer, new_modules

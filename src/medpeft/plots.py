@@ -5,7 +5,10 @@ report touches no global backend state and works on machines without a display.
 """
 from __future__ import annotations
 
+import base64
+import html
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +20,10 @@ METHOD_COLORS = {"full": "#222222", "lora": "#1f77b4", "dora": "#17becf", "ia3":
                  "untrained": "#999999"}
 SPARE_COLORS = ("#8c564b", "#e377c2", "#bcbd22", "#7f7f7f", "#aec7e8", "#98df8a")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-# (column, axis label, divisor to the unit shown, log scale)
-TRADEOFF_AXES = (("trainable_pct_mean", "trainable parameters (%)", 1.0, True),
-                 ("peak_memory_bytes_mean", "peak memory (GiB)", 2**30, False),
-                 ("train_seconds_mean", "train time (s)", 1.0, True))
+# (column, axis label, divisor to the unit shown, log scale: always / when the range spans 10x / never)
+TRADEOFF_AXES = (("trainable_pct_mean", "trainable parameters (%)", 1.0, "always"),
+                 ("peak_memory_bytes_mean", "peak memory (GiB)", 2**30, "never"),
+                 ("train_seconds_mean", "train time (s)", 1.0, "wide"))
 
 
 def method_color(method: str, methods: list[str]) -> str:
@@ -43,9 +46,12 @@ def new_figure(width: float, height: float, ncols: int = 1):
 
 
 def save_figure(fig, path: Path) -> Path:
+    """Write to a temporary name and rename, so concurrent grid shards never leave a torn PNG."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fig.savefig(tmp, format="png", metadata={"Software": None})  # no version stamp: reproducible bytes
+    os.replace(tmp, path)
     return path
 
 
@@ -90,13 +96,26 @@ def plot_tradeoffs(frame, path: Path, metric_label: str) -> Path:
         ax.plot([xs[i] for i in front], [ys[i] for i in front], ls="--", color="#bbbbbb", zorder=0, label="Pareto front")
         for _, row in frame[frame["is_baseline"]].iterrows():
             ax.axhline(100 * row["primary_mean"], color=METHOD_COLORS["untrained"], ls=":", lw=1)
-        if log and xs and min(xs) > 0:
-            ax.set_xscale("log")
+        positive = [x for x in xs if x == x and x > 0]
+        if positive and (log == "always" or (log == "wide" and max(positive) >= 10 * min(positive))):
+            set_log_x(ax)
+        if ax is axes[0]:  # names on the first panel, where the methods are spread out the most
+            for x, y, (_, row) in zip(xs, ys, trained.iterrows()):
+                ax.annotate(row["method"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=7, color="#444444")
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(metric_label)
     add_legends(fig, frame)
     return save_figure(fig, path)
+
+
+def set_log_x(ax) -> None:
+    """Log x with plain tick labels (0.01, 1, 100), not 10^-2 or 5x10^1."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def numeric_or_none(values) -> list[float] | None:
@@ -123,7 +142,7 @@ def plot_sensitivity(frame, key: str, path: Path, metric_label: str) -> Path:
     if numeric_or_none(categories) is None:
         ax.set_xticks(range(len(categories)), categories)
     elif min(numeric_or_none(categories)) > 0 and max(numeric_or_none(categories)) / min(numeric_or_none(categories)) >= 10:
-        ax.set_xscale("log")
+        set_log_x(ax)
     ax.set_xlabel(key)
     ax.set_ylabel(metric_label)
     ax.grid(alpha=0.3)
@@ -141,7 +160,7 @@ def plot_model_size(frame, path: Path, metric_label: str) -> Path:
         errs = np.array([y_error(r)[:2] for _, r in line.iterrows()]).T
         ax.errorbar(line["total_params"] / 1e6, 100 * line["primary_mean"], yerr=errs, marker="o", capsize=3,
                     color=method_color(method, methods), ls=":" if method == "untrained" else "-", label=method)
-    ax.set_xscale("log")
+    set_log_x(ax)
     ax.set_xlabel("model parameters (millions)")
     ax.set_ylabel(metric_label)
     ax.grid(alpha=0.3)
@@ -164,3 +183,9 @@ def plot_confusion(labels: list[str], matrix, path: Path, title: str) -> Path:
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
     return save_figure(fig, path)
+
+
+def image_html(path: Path, alt: str) -> str:
+    """The PNG embedded as a data URI, so report.html is one file that can be mailed or archived."""
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"

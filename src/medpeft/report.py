@@ -7,12 +7,12 @@ Narrative text is written once in a tiny Markdown subset (**bold**, `code`) and 
 """
 from __future__ import annotations
 
-import base64
 import html
 import re
 from pathlib import Path
 
 from medpeft import plots
+from medpeft.plots import image_html
 from medpeft.results import write_atomic
 from medpeft.sections import answer_first, comparison_table, example_section, failure_section, warnings_for
 from medpeft.stats import SEEDS_FOR_A_CLAIM, aggregate, collect_runs, compare_task
@@ -26,10 +26,10 @@ h3{font-size:16px;margin:22px 0 8px}.meta{color:#555;margin:0 0 12px}
 .answer ul{margin:4px 0;padding-left:20px}.answer li{margin:3px 0}
 .warn{background:#fff6e0;border-left:5px solid #e0a000;padding:6px 14px;margin:8px 0;font-size:13px}
 .warn ul{margin:2px 0;padding-left:18px}
-table{border-collapse:collapse;font-size:12.5px;margin:6px 0}th,td{border-bottom:1px solid #ddd;padding:4px 8px;text-align:right;white-space:nowrap}
+.scroll{overflow-x:auto}table{border-collapse:collapse;font-size:12.5px;margin:6px 0}th,td{border-bottom:1px solid #ddd;padding:4px 7px;text-align:right;white-space:nowrap}th{white-space:normal;vertical-align:bottom;min-width:60px}
 th{background:#f3f3f3;position:sticky;top:0}td:first-child,td:nth-child(2),th:first-child,th:nth-child(2){text-align:left}
 td.best{font-weight:700;background:#e3f3e3}tr.baseline td{color:#666;font-style:italic}
-table.cmp td:last-child{text-align:left;white-space:normal;max-width:520px}
+table.cmp td:last-child,table.cmp th:last-child{text-align:left;white-space:normal;max-width:520px}
 .note{color:#555;font-size:12.5px;margin:4px 0 10px}img{max-width:100%;border:1px solid #eee}
 .examples .ex{border:1px solid #ddd;border-radius:6px;padding:8px 12px;margin:10px 0}
 .src{display:grid;grid-template-columns:3fr 2fr;gap:12px;font-size:12.5px}
@@ -51,12 +51,6 @@ def bullets_html(lines: list[str]) -> str:
     return "<ul>" + "".join(f"<li>{inline_html(line)}</li>" for line in lines) + "</ul>"
 
 
-def image_html(path: Path, alt: str) -> str:
-    """The PNG embedded as a data URI, so report.html is one file that can be mailed or archived."""
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
-
-
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
 
@@ -66,8 +60,11 @@ def metric_label(frame) -> str:
 
 
 def make_task_plots(frame, task: str, plot_dir: Path) -> list[tuple[str, Path, str]]:
-    """(title, png, caption) of every figure this task supports."""
-    label, name = metric_label(frame), slug(task)
+    """(title, png, caption) of every figure this task supports, as plot_dir/report-<task>-<kind>.png.
+
+    Files, not a folder: every sub-folder of a grid directory is a run.
+    """
+    label, name = metric_label(frame), "report-" + slug(task)
     out = [("Quality against cost", plots.plot_tradeoffs(frame, plot_dir / f"{name}-tradeoff.png", label),
             "Error bars: ± std over seeds; a row with one seed shows its 95% test-set bootstrap CI instead. "
             "Dashed grey: Pareto front (nothing else is both cheaper and better). Dotted: untrained baseline.")]
@@ -81,8 +78,8 @@ def make_task_plots(frame, task: str, plot_dir: Path) -> list[tuple[str, Path, s
     return out
 
 
-def task_sections(task: str, frame, runs_by_id: dict, plot_dir: Path, opts: dict) -> tuple[str, str, str]:
-    """HTML, Markdown and LaTeX of one task."""
+def task_sections(task: str, frame, runs_by_id: dict, plot_dir: Path, opts: dict) -> dict:
+    """One task's html, md and tex, its answer lines, and the plots it wrote."""
     comparisons = compare_task(frame, runs_by_id, opts["n_resamples"], opts["seed"])
     answer = answer_first(frame, comparisons, opts["within_points"])
     warnings = warnings_for(frame)
@@ -90,37 +87,52 @@ def task_sections(task: str, frame, runs_by_id: dict, plot_dir: Path, opts: dict
     baseline_rows = {i for i, b in enumerate(frame["is_baseline"]) if b}
     n_test = int(frame["n_examples"].max())
     heading = f"{task} ({frame['task_type'].iloc[0]}, {n_test} test examples)"
+    has_rouge = "rougeL_mean" in frame and frame["rougeL_mean"].notna().any()
     table_note = ("Metrics ×100, mean ± std over seeds. **Bold**: best among trained rows (highest score, "
                   "lowest cost); the untrained baseline (italic) is never marked. "
-                  + (ROUGE_L_NOTE + " " if "rougeL_mean" in frame else "")
+                  + (ROUGE_L_NOTE + " " if has_rouge else "")
                   + "Peak memory is the process's resident set on CPU, the allocator peak on GPU.")
     cmp_html, cmp_md = comparison_table(frame, comparisons)
     figures = make_task_plots(frame, task, plot_dir)
-    ex_html, ex_md = example_section(frame, runs_by_id, plot_dir / f"{slug(task)}-confusion.png")
+    confusion = plot_dir / f"report-{slug(task)}-confusion.png"
+    ex_html, ex_md = example_section(frame, runs_by_id, confusion)
 
     h = [f"<section id='{slug(task)}'><h2>{html.escape(heading)}</h2>",
          f"<div class='answer'><b>Answer first</b>{bullets_html(answer)}</div>",
          f"<div class='warn'>{bullets_html(warnings)}</div>" if warnings else "",
-         "<h3>Main table</h3>", table_html(cols, baseline_rows), f"<p class='note'>{inline_html(table_note)}</p>",
+         "<h3>Main table</h3>", f"<div class='scroll'>{table_html(cols, baseline_rows)}</div>", f"<p class='note'>{inline_html(table_note)}</p>",
          "<h3>Is the difference real?</h3>", cmp_html]
     m = [f"\n## {heading}\n", "**Answer first**\n", *[f"- {a}" for a in answer], "",
          *[f"> ⚠ {w}" for w in warnings], "", "### Main table\n", table_markdown(cols), table_note + "\n",
          "### Is the difference real?\n", cmp_md]
     for title, path, caption in figures:
         h += [f"<h3>{inline_html(title)}</h3>", image_html(path, title), f"<p class='note'>{inline_html(caption)}</p>"]
-        m += [f"### {title}\n", f"![{title}]({path.parent.name}/{path.name})\n", caption + "\n"]
+        m += [f"### {title}\n", f"![{title}]({path.name})\n", caption + "\n"]
     h += [ex_html, "</section>"]
     m += [ex_md]
-    caption = f"{task}: metrics ×100, mean ± std over seeds; best in bold."
+    caption = (f"{task}: metrics ×100, mean ± std over seeds; best in bold."
+               + (" ROUGE-L is rougeL (summary-level LCS), ROUGE-Lsum is rougeLsum (sentence-split)." if has_rouge else ""))
     tex = table_latex(cols, caption, f"tab:{slug(task)}")
-    return "\n".join(h), "\n".join(m), tex
+    written = [path for _, path, _ in figures] + ([confusion] if ex_html and frame["task_type"].iloc[0] == "classification" else [])
+    return {"html": "\n".join(h), "md": "\n".join(m), "tex": tex, "answer": answer, "plots": written}
+
+
+def glance_section(answers: dict[str, list[str]], failed: int) -> tuple[str, str]:
+    """Every task's verdict in two lines at the top of the page: the ten-second read."""
+    lines = [f"**{task}**: " + " ".join(answer[:2]) for task, answer in answers.items()]
+    if failed:
+        lines.append(f"**{failed} failed run(s)**: see Failures at the end.")
+    if not lines:
+        return "", ""
+    return (f"<div class='answer'><b>At a glance</b>{bullets_html(lines)}</div>",
+            "**At a glance**\n\n" + "\n".join(f"- {line}" for line in lines) + "\n")
 
 
 def incomplete_runs(grid_dir: Path, runs: list[dict]) -> list[str]:
     """Run folders without a result.json: still running, or killed before the end."""
     done = {r.get("run_id") for r in runs}
     return sorted(d.name for d in Path(grid_dir).iterdir()
-                  if d.is_dir() and d.name not in done and d.name != "report_plots" and not d.name.startswith("."))
+                  if d.is_dir() and d.name not in done and not d.name.startswith("."))
 
 
 def report_header(grid_dir: Path, runs: list[dict], frame, opts: dict) -> tuple[str, str]:
@@ -137,20 +149,24 @@ def report_header(grid_dir: Path, runs: list[dict], frame, opts: dict) -> tuple[
 
 
 def build_report(grid_dir: Path, *, n_resamples: int = 2000, seed: int = 0, within_points: float = 1.0) -> dict:
-    """Write report.html, report.md, report.tex and report_plots/*.png into grid_dir; return their paths."""
+    """Write report.html, report.md, report.tex and report-*.png into grid_dir; return their paths."""
     grid_dir = Path(grid_dir)
     opts = {"n_resamples": n_resamples, "seed": seed, "within_points": within_points}
     runs = collect_runs(grid_dir)
     frame = aggregate(runs, n_resamples, seed)
     runs_by_id = {r["run_id"]: r for r in runs}
-    plot_dir = grid_dir / "report_plots"
     head_html, head_md = report_header(grid_dir, runs, frame, opts)
-    parts_html, parts_md, parts_tex = [head_html], [head_md], []
+    parts_html, parts_md, parts_tex, answers, written = [head_html], [head_md], [], {}, []
     for task, task_frame in (frame.groupby("task", sort=False) if not frame.empty else []):
-        h, m, t = task_sections(task, task_frame.reset_index(drop=True), runs_by_id, plot_dir, opts)
-        parts_html.append(h)
-        parts_md.append(m)
-        parts_tex.append(t)
+        part = task_sections(task, task_frame.reset_index(drop=True), runs_by_id, grid_dir, opts)
+        parts_html.append(part["html"])
+        parts_md.append(part["md"])
+        parts_tex.append(part["tex"])
+        answers[task] = part["answer"]
+        written += part["plots"]
+    glance_html, glance_md = glance_section(answers, sum(r.get("status") != "ok" for r in runs))
+    parts_html.insert(1, glance_html)
+    parts_md.insert(1, glance_md)
     if frame.empty:
         parts_html.append("<p>No finished runs yet.</p>")
         parts_md.append("\nNo finished runs yet.\n")
@@ -163,5 +179,5 @@ def build_report(grid_dir: Path, *, n_resamples: int = 2000, seed: int = 0, with
     write_atomic(paths["html"], page)
     write_atomic(paths["md"], "\n".join(parts_md))
     write_atomic(paths["tex"], "% medpeft main tables; needs \\usepackage{booktabs}\n" + "\n".join(parts_tex))
-    paths["plots"] = sorted(plot_dir.glob("*.png")) if plot_dir.is_dir() else []
+    paths["plots"] = written
     return paths

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import uuid
 from pathlib import Path
 
 METRIC_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "accuracy", "macro_f1", "auroc")
@@ -16,7 +18,8 @@ COST_KEYS = ("trainable_params", "trainable_pct", "train_seconds", "eval_seconds
 def write_atomic(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    # Unique per writer, so shards on several nodes sharing one runs directory never collide.
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)

@@ -44,8 +44,14 @@ def varying_keys(configs: list[dict]) -> list[str]:
     return [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1]
 
 
+def short_names(keys: list[str]) -> dict[str, str]:
+    """`method_args.r` -> `r` for row labels, unless two varying keys would then share a name."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: name if last.count(name) == 1 else k for k, name in zip(keys, last)}
+
+
 def label_runs(results: list[dict]) -> list[dict]:
-    """Add `variant` ("method_args.r=4", or "" when nothing varies) and `varying` to each result.
+    """Add `variant` ("r=4", or "" when nothing varies) and `varying` ({"method_args.r": 4}) to each result.
 
     A grid that sweeps a hyper-parameter must not pool r=4 and r=16 as if they were seeds.
     """
@@ -54,10 +60,11 @@ def label_runs(results: list[dict]) -> list[dict]:
         groups.setdefault((r.get("task"), r.get("model"), r.get("method")), []).append(r)
     for runs in groups.values():
         keys = varying_keys([r.get("config", {}) for r in runs])
+        short = short_names(keys)
         for r in runs:
             flat = flatten_config(r.get("config", {}))
             r["varying"] = {k: flat.get(k) for k in keys}
-            r["variant"] = ", ".join(f"{k}={flat.get(k)}" for k in keys)
+            r["variant"] = ", ".join(f"{short[k]}={flat.get(k)}" for k in keys)
     return results
 
 
@@ -229,19 +236,18 @@ def compare_rows(row_a: dict, row_b: dict, runs_by_id: dict, n_resamples: int, s
 def describe_comparison(cmp: dict, alpha: float = 0.05) -> str:
     """The comparison in plain words, with the caveat a reader needs before quoting it."""
     p = cmp["p_examples"]
-    if cmp["n_examples"] == 0:
+    if cmp["n_examples"] == 0 or p != p:
         return "no shared per-example scores: not tested"
-    if p != p:
-        verdict = "not tested"
-    elif p < alpha:
-        verdict = "better" if cmp["delta"] > 0 else "worse"
-    else:
-        verdict = "no detectable difference"
+    verdict = ("better" if cmp["delta"] > 0 else "worse") if p < alpha else "no detectable difference"
     few = min(cmp["seeds"])
-    if few < SEEDS_FOR_A_CLAIM and verdict in ("better", "worse"):
-        verdict += f" on this test set; only {few} seed(s), so training noise is unmeasured: not yet a claim"
-    elif few < SEEDS_FOR_A_CLAIM:
-        verdict += f" (only {few} seed(s))"
+    seeds = f"{few} seed" + ("s" if few != 1 else "")
+    if p < alpha and cmp["p_seeds"] == cmp["p_seeds"] and cmp["p_seeds"] >= alpha:
+        # the test set says yes, the seeds say it could be training noise: both must agree for a claim
+        return f"{verdict} on this test set, but within seed noise (Welch p = {cmp['p_seeds']:.2f}): not a claim"
+    if few < SEEDS_FOR_A_CLAIM and p < alpha:
+        return f"{verdict} on this test set, but only {seeds}: training noise unmeasured, not yet a claim"
+    if few < SEEDS_FOR_A_CLAIM:
+        return f"{verdict} (only {seeds})"
     return verdict
 
 
@@ -263,11 +269,12 @@ def compare_task(frame, runs_by_id: dict, n_resamples: int = 2000, seed: int = 0
     best, full = best_rows(frame)
     out = []
     for idx, row in frame[~frame["is_baseline"]].iterrows():
-        refs = [("full", full.get(row["model"])), ("best", best)]
-        for kind, ref in refs:
-            if ref is None or ref == idx:
-                continue
+        refs: dict[int, list[str]] = {}
+        for kind, ref in (("full", full.get(row["model"])), ("best", best)):
+            if ref is not None and ref != idx:
+                refs.setdefault(ref, []).append(kind)  # full may also be the best: one test, both labels
+        for ref, kinds in refs.items():
             cmp = compare_rows(row.to_dict(), frame.loc[ref].to_dict(), runs_by_id, n_resamples, seed)
-            cmp.update(row=int(idx), ref=int(ref), against=kind, verdict=describe_comparison(cmp))
+            cmp.update(row=int(idx), ref=int(ref), against=" & ".join(kinds), verdict=describe_comparison(cmp))
             out.append(cmp)
     return out

@@ -76,7 +76,8 @@ def table_columns(frame) -> list[dict]:
         cells = [format_score(m, r.get(f"{key}_std", math.nan)) for m, r in zip(means, rows)]
         cols.append({"header": name, "cells": cells, "best": best_indices(means, trained, higher=True)})
     primary = METRIC_NAMES.get(rows[0]["primary"], rows[0]["primary"]) if rows else ""
-    cols.append({"header": f"{primary} 95% CI, seeds", "cells": [format_ci(r["ci_seeds"], r["seeds"]) for r in rows], "best": set()})
+    if any(r["seeds"] > 1 for r in rows):  # with one seed everywhere the column would only say n/a
+        cols.append({"header": f"{primary} 95% CI, seeds", "cells": [format_ci(r["ci_seeds"], r["seeds"]) for r in rows], "best": set()})
     cols.append({"header": f"{primary} 95% CI, test set", "cells": [format_ci(r["ci_examples"]) for r in rows], "best": set()})
     cols.append({"header": "Seeds", "cells": [str(r["seeds"]) for r in rows], "best": set()})
     for key, header, fmt in COSTS:
@@ -105,7 +106,7 @@ def table_markdown(cols: list[dict]) -> str:
 
 
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$",
-                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "—": "--"}
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "×": r"$\times$", "—": "--"}
 
 
 def latex_escape(text: str) -> str:

@@ -1,0 +1,270 @@
+"""The report's per-task prose and evidence: answer first, warnings, significance, examples, failures.
+
+Each function returns text in a tiny Markdown subset (**bold**, `code`) or an (html, markdown) pair.
+"""
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+
+import numpy as np
+
+from medpeft.plots import image_html, plot_confusion
+from medpeft.results import format_bytes
+from medpeft.stats import SEEDS_FOR_A_CLAIM, example_scores, read_predictions
+from medpeft.tables import METRIC_NAMES, format_seconds, row_label
+
+# (column, budget, how the cost is printed)
+BUDGETS = (("trainable_pct_mean", "Fewest trainable parameters", lambda v: f"{v:.3g}% trainable"),
+           ("peak_memory_bytes_mean", "Least peak memory", lambda v: f"{format_bytes(v)} peak"),
+           ("train_seconds_mean", "Fastest training", lambda v: f"{format_seconds(v)} training"))
+SOURCE_CHARS, OUTPUT_CHARS = 700, 600
+
+
+def describe_row(row, several_models: bool) -> str:
+    return row_label(row) + (f" · {row['model']}" if several_models else "")
+
+
+def format_mean(row) -> str:
+    text = f"{100 * row['primary_mean']:.2f}"
+    if row["primary_std"] == row["primary_std"]:
+        text += f" ± {100 * row['primary_std']:.2f}"
+    return text + f" ({row['seeds']} seed{'s' if row['seeds'] != 1 else ''})"
+
+
+def format_p(p: float) -> str:
+    return "n/a" if p != p else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def p_text(p: float) -> str:
+    """'p = 0.121' or 'p < 0.001', for prose."""
+    text = format_p(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
+def answer_first(frame, comparisons: list[dict], within_points: float) -> list[str]:
+    """What to pick for this task: the best row, the best parameter-efficient one, the cheapest near the best."""
+    trained = frame[~frame["is_baseline"] & frame["primary_mean"].notna()]
+    if trained.empty:
+        return ["No trained run finished for this task."]
+    name, many = METRIC_NAMES.get(frame["primary"].iloc[0], frame["primary"].iloc[0]), frame["model"].nunique() > 1
+    best_idx = trained["primary_mean"].idxmax()
+    best = trained.loc[best_idx]
+    lines = [f"**Best {name}: {describe_row(best, many)}**, {format_mean(best)}, {cost_text(best)}."]
+    peft = trained[trained["method"] != "full"]
+    named = {best_idx}  # rows already recommended: not repeated below
+    if best["method"] == "full" and not peft.empty:
+        pick = peft["primary_mean"].idxmax()
+        named.add(pick)
+        lines.append(f"**Best parameter-efficient: {describe_row(trained.loc[pick], many)}**, {format_mean(trained.loc[pick])}, "
+                     f"{cost_text(trained.loc[pick])}; {versus(comparisons, pick, best_idx)}.")
+    elif best["method"] != "full":
+        full = [c for c in comparisons if c["row"] == best_idx and "full" in c["against"]]
+        if full:
+            lines.append(f"Against full fine-tuning ({100 * frame.loc[full[0]['ref'], 'primary_mean']:.2f}): "
+                         f"{100 * full[0]['delta']:+.2f} points, {p_text(full[0]['p_examples'])}: {full[0]['verdict']}.")
+    lines.append(cheapest_near_best(trained, best_idx, within_points, name, many))
+    tied = [c for c in comparisons if c["ref"] == best_idx and c["p_examples"] >= 0.05 and c["row"] != best_idx]
+    cheap = min(tied, key=lambda c: frame.loc[c["row"]].get("trainable_pct_mean", float("inf"))) if tied else None
+    if cheap and cheap["row"] not in named:
+        row = frame.loc[cheap["row"]]
+        lines.append(f"Cheapest not significantly worse than the best ({p_text(cheap['p_examples'])}): "
+                     f"**{describe_row(row, many)}**, {name} {100 * row['primary_mean']:.2f}, {cost_text(row)}.")
+    refs = [(f"{r['model']} " if many else "") + f"{100 * r['primary_mean']:.2f}" for _, r in frame.iterrows()
+            if r["method"] == "untrained"]
+    if refs:
+        lines.append("Untrained baseline: " + "; ".join(refs) + ".")
+    return lines
+
+
+def cost_text(row) -> str:
+    parts = []
+    if row.get("trainable_pct_mean") == row.get("trainable_pct_mean"):
+        parts.append(f"{row['trainable_pct_mean']:.3g}% trainable")
+    if row.get("adapter_bytes_mean") == row.get("adapter_bytes_mean"):
+        parts.append(f"{format_bytes(row['adapter_bytes_mean'])} on disk")
+    return ", ".join(parts)
+
+
+def versus(comparisons: list[dict], row_idx: int, ref_idx: int) -> str:
+    found = [c for c in comparisons if c["row"] == row_idx and c["ref"] == ref_idx]
+    if not found:
+        return "not compared"
+    c = found[0]
+    return f"{100 * c['delta']:+.2f} points vs the best, {p_text(c['p_examples'])}: {c['verdict']}"
+
+
+def cheapest_near_best(trained, best_idx: int, within_points: float, name: str, many: bool) -> str:
+    """The cheapest row per budget (parameters, memory, time) among rows within `within_points` of the best."""
+    near = trained[trained["primary_mean"] >= trained.loc[best_idx, "primary_mean"] - within_points / 100 - 1e-12]
+    picks: dict[int, list[str]] = {}
+    for column, budget, _ in BUDGETS:
+        costs = near[column].dropna() if column in near else near.iloc[0:0]
+        if not costs.empty and costs.idxmin() != best_idx:
+            picks.setdefault(costs.idxmin(), []).append(budget.lower())
+    if not picks:
+        return f"Nothing cheaper than the best comes within {within_points:g} point of it."
+    return " ".join(f"Within {within_points:g} point of the best, {' / '.join(budgets)}: **{describe_row(trained.loc[i], many)}**, "
+                    f"{name} {100 * trained.loc[i, 'primary_mean']:.2f}, {cost_text(trained.loc[i])}." for i, budgets in picks.items())
+
+
+def warnings_for(frame) -> list[str]:
+    """Plain-language reasons to be careful with this task's numbers."""
+    out = []
+    seeds = frame.loc[~frame["is_baseline"], "seeds"]
+    if len(seeds) and seeds.max() == 1:
+        out.append("Every row has a **single seed**: no ± std, no seed CI, and the tests below measure test-set "
+                   "sampling only, not training randomness. Run at least 3 seeds (`seed: [0, 1, 2]`) before "
+                   "claiming one method beats another.")
+    elif len(seeds) and seeds.min() < SEEDS_FOR_A_CLAIM:
+        many = frame["model"].nunique() > 1
+        few = ", ".join(describe_row(r, many) for _, r in frame[~frame["is_baseline"]].iterrows() if r["seeds"] < SEEDS_FOR_A_CLAIM)
+        out.append(f"Fewer than {SEEDS_FOR_A_CLAIM} seeds for: {few}. Differences involving them are not yet claims.")
+    n = int(frame["n_examples"].max()) if len(frame) else 0
+    if 0 < n < 100:
+        out.append(f"Only **{n} test examples**: differences of a few points can be noise; read the test-set CIs.")
+    return out
+
+
+def comparison_table(frame, comparisons: list[dict]) -> tuple[str, str]:
+    """Each method against full fine-tuning and against the best row: Δ, its CI and p-values."""
+    if not comparisons:
+        text = "Only one trained row: nothing to compare."
+        return f"<p class='note'>{text}</p>", text + "\n"
+    many = frame["model"].nunique() > 1
+    header = ["Method", "vs", "Δ points", "95% CI of Δ (test set)", "p (test set)", "p (seeds, Welch)", "Verdict"]
+    rows = []
+    for c in comparisons:
+        lo, hi = c["delta_ci"]
+        p_seeds = format_p(c["p_seeds"]) if c["p_seeds"] == c["p_seeds"] else f"n/a ({min(c['seeds'])} seed)"
+        ref = describe_row(frame.loc[c["ref"]], many) + (" (best)" if "best" in c["against"] else "")
+        rows.append([describe_row(frame.loc[c["row"]], many), ref,
+                     f"{100 * c['delta']:+.2f}", "n/a" if lo != lo else f"[{100 * lo:+.1f}, {100 * hi:+.1f}]",
+                     f"{format_p(c['p_examples'])} (n={c['n_examples']})", p_seeds, c["verdict"]])
+    note = ("p (test set): two-sided paired approximate randomisation on per-example "
+            f"{METRIC_NAMES.get(comparisons[0]['metric'])} (seed-averaged, shared test ids). p (seeds): Welch's t-test "
+            "over seed scores, needs >= 2 seeds each. p-values are not adjusted for multiple comparisons.")
+    h = ("<table class='cmp'><thead><tr>" + "".join(f"<th>{html.escape(x)}</th>" for x in header) + "</tr></thead><tbody>"
+         + "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in r) + "</tr>" for r in rows)
+         + f"</tbody></table><p class='note'>{html.escape(note)}</p>")
+    m = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+    return h, "\n".join(m) + "\n\n" + note + "\n"
+
+
+def example_section(frame, runs_by_id: dict, confusion_path: Path) -> tuple[str, str]:
+    if frame["task_type"].iloc[0] == "classification":
+        return confusion_section(frame, runs_by_id, confusion_path)
+    return summary_examples(frame, runs_by_id)
+
+
+def pick_examples(scores: dict[str, float], ids: list[str], k: int = 3) -> list[str]:
+    """Test ids at evenly spaced quantiles (25/50/75% for k=3) of a row's scores: typical, not cherry-picked."""
+    ranked = sorted(ids, key=lambda i: (scores.get(i, 0.0), i))
+    if len(ranked) <= k:
+        return ranked
+    return list(dict.fromkeys(ranked[int(q * (len(ranked) - 1))] for q in np.linspace(0, 1, k + 2)[1:-1]))
+
+
+def one_line(text: str) -> str:
+    """Newlines in a model's output would end a Markdown list item."""
+    return " ".join(str(text).split())
+
+
+def clip(text: str, n: int) -> str:
+    text = str(text)
+    return text if len(text) <= n else text[:n].rsplit(" ", 1)[0] + " …"
+
+
+def summary_examples(frame, runs_by_id: dict) -> tuple[str, str]:
+    """Three test examples: source, reference and every row's output (its first seed) side by side."""
+    rows = [r for _, r in frame.iterrows()]
+    runs = [runs_by_id[r["run_ids"][0]] for r in rows]
+    preds = [{str(p["id"]): p for p in read_predictions(run)} for run in runs]
+    ids = [i for i in preds[0] if all(i in p for p in preds[1:])]
+    if not ids:
+        return "", ""
+    best = frame[~frame["is_baseline"]]["primary_mean"].idxmax() if (~frame["is_baseline"]).any() else 0
+    metric = frame["primary"].iloc[0]
+    chosen = pick_examples(example_scores(runs[best], metric), ids)
+    name, many = METRIC_NAMES.get(metric, metric), frame["model"].nunique() > 1
+    intro = (f"Test examples at the 25th, 50th and 75th percentile of the best row's per-example {name}; "
+             f"outputs from each row's first seed, with their {name} (×100).")
+    h, m = [f"<div class='examples'><h3>Examples</h3><p class='note'>{intro}</p>"], ["### Examples\n", intro + "\n"]
+    for n, i in enumerate(chosen, 1):
+        ex = preds[0][i]
+        h.append(f"<div class='ex'><b>Example {n}</b> <code>{html.escape(i)}</code><div class='src'>"
+                 f"<div><span class='label'>Source</span><br>{html.escape(clip(ex.get('input', ''), SOURCE_CHARS))}</div>"
+                 f"<div><span class='label'>Reference</span><br>{html.escape(ex.get('reference', ''))}</div></div><div class='outs'>")
+        m += [f"**Example {n}** (`{i}`)\n", f"- *Source*: {one_line(clip(ex.get('input', ''), SOURCE_CHARS))}",
+              f"- *Reference*: {one_line(ex.get('reference', ''))}"]
+        for row, p in zip(rows, preds):
+            score = p[i].get("scores", {}).get(metric, math.nan)
+            label = f"{describe_row(row, many)} · {100 * score:.1f}"
+            h.append(f"<div><span class='label'>{html.escape(label)}</span><br>{html.escape(clip(p[i].get('prediction', ''), OUTPUT_CHARS))}</div>")
+            m.append(f"- *{label}*: {one_line(clip(p[i].get('prediction', ''), OUTPUT_CHARS))}")
+        h.append("</div></div>")
+        m.append("")
+    h.append("</div>")
+    return "".join(h), "\n".join(m).replace("\n\n\n", "\n\n") + "\n"
+
+
+def label_order(predictions: list[dict]) -> list[str]:
+    """Labels in the model's own index order, recovered from argmax of `probs`.
+
+    Labels never predicted have no known index: they fill the free slots in sorted order, so a
+    matrix still reads in (nearly) the task's order. Only the display order depends on this guess.
+    """
+    by_index = {}
+    for p in predictions:
+        if p.get("probs"):
+            by_index.setdefault(int(np.argmax(p["probs"])), p["prediction"])
+    seen = {p["reference"] for p in predictions} | {p["prediction"] for p in predictions}
+    rest = iter(sorted(seen - set(by_index.values())))
+    size = max([len(p.get("probs") or []) for p in predictions] + [len(seen)])
+    order = [by_index[i] if i in by_index else next(rest, None) for i in range(size)]
+    return [label for label in order if label is not None] + list(rest)
+
+
+def confusion_section(frame, runs_by_id: dict, path: Path) -> tuple[str, str]:
+    """Confusion matrix of the best trained row, summed over its seeds."""
+    trained = frame[~frame["is_baseline"]]
+    if trained.empty:
+        return "", ""
+    row = frame.loc[trained["primary_mean"].idxmax()]
+    predictions = [p for rid in row["run_ids"] for p in read_predictions(runs_by_id[rid])]
+    if not predictions:
+        return "", ""
+    labels = label_order(predictions)
+    matrix = np.zeros((len(labels), len(labels)), dtype=int)
+    for p in predictions:
+        matrix[labels.index(p["reference"]), labels.index(p["prediction"])] += 1
+    seeds = f"{row['seeds']} seeds summed" if row["seeds"] > 1 else f"seed {runs_by_id[row['run_ids'][0]].get('seed')}"
+    title = f"{describe_row(row, frame['model'].nunique() > 1)}, {seeds}"
+    plot_confusion(labels, matrix, path, title)
+    intro = f"Confusion matrix of the best row ({title}): rows are true labels, columns predicted."
+    md_rows = ["| true \\ predicted | " + " | ".join(labels) + " |", "|" + "---|" * (len(labels) + 1)]
+    md_rows += [f"| {label} | " + " | ".join(str(v) for v in matrix[i]) + " |" for i, label in enumerate(labels)]
+    h = f"<h3>Confusion matrix</h3><p class='note'>{html.escape(intro)}</p>{image_html(path, 'confusion matrix')}"
+    return h, "### Confusion matrix\n\n" + intro + "\n\n" + "\n".join(md_rows) + f"\n\n![confusion matrix]({path.name})\n"
+
+
+def failure_section(runs: list[dict], incomplete: list[str]) -> tuple[str, str]:
+    """Every failed run with its error (never dropped silently), and run folders with no result yet."""
+    failed = [r for r in runs if r.get("status") != "ok"]
+    h, m = [f"<section id='failures'><h2>Failures ({len(failed)})</h2>"], [f"\n## Failures ({len(failed)})\n"]
+    if not failed:
+        h.append("<p>No failed runs.</p>")
+        m.append("No failed runs.\n")
+    for r in failed:
+        what = f"{r.get('task')} · {r.get('model')} · {r.get('method')} · seed {r.get('seed')}"
+        h.append(f"<div class='fail'><b>{html.escape(str(r.get('run_id')))}</b> ({html.escape(what)})<br>"
+                 f"{html.escape(str(r.get('error')))}<details><summary>traceback</summary>"
+                 f"<pre>{html.escape(str(r.get('traceback', '')))}</pre></details></div>")
+        m.append(f"- `{r.get('run_id')}` ({what}): {r.get('error')}")
+    if incomplete:
+        text = f"Unfinished ({len(incomplete)}; no result.json: still running, or interrupted): "
+        h.append(f"<p class='note'>{html.escape(text)}{', '.join(f'<code>{html.escape(d)}</code>' for d in incomplete)}</p>")
+        m.append("\n" + text + ", ".join(f"`{d}`" for d in incomplete))
+    h.append("</section>")
+    return "".join(h), "\n".join(m) + "\n"

@@ -1,0 +1,272 @@
+"""The user's own data: `task: {type, path, text_field, target_field, ...}` in a grid.
+
+The file (JSON lines or CSV, UTF-8) is validated before any training; every problem names the
+file, the line and the fix. Splits come from a `split` column (train/validation/test) or from
+fractions of a deterministic shuffle; `data.*_size` does not apply to user data.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from medpeft.registry import TASKS
+from medpeft.tasks.base import SPLITS, DataError, TaskData, TaskSpec, check_task_data, data_error, shuffled
+
+USER_TYPES = ("summarization", "classification", "multilabel", "ner")
+USER_KEYS = {
+    "type": "summarization | classification | multilabel | ner",
+    "path": "a .jsonl or .csv file (UTF-8), read relative to the current directory",
+    "text_field": "the input column (ner: a list of tokens; default tokens)",
+    "target_field": "the summary, label, label list or tag list column (ner: default tags)",
+    "labels": "the label set (default: the labels seen in the train split)",
+    "split_field": "column holding train/validation/test (default: split, when the file has it)",
+    "fractions": "{train, validation, test} fractions when the file has no split column (default 0.8/0.1/0.1)",
+    "id_field": "column with example ids (default: id when present, else the line number)",
+    "label_sep": "separator of several labels in one CSV cell (multilabel; default ;)",
+    "name": "task name in run ids and summaries (default user:<file stem>)",
+    "instruction": "one-line instruction used to prompt decoder-only models",
+}
+DEFAULT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
+SPLIT_ALIASES = {"train": "train", "validation": "validation", "val": "validation", "valid": "validation",
+                 "dev": "validation", "test": "test"}
+MIN_EXAMPLES = {"train": 4, "validation": 0, "test": 1}  # below this a split cannot train or score
+MAX_LISTED = 10  # problems listed in one error
+INSTRUCTIONS = {
+    "summarization": "Summarise this clinical text.",
+    "classification": "Classify this clinical text.",
+    "multilabel": "List every label that applies to this clinical text.",
+    "ner": "Tag the entities in this text.",
+}
+
+
+def check_user_task(mapping: dict) -> dict:
+    """Validate a user-data task mapping (keys, type, file, fields); return a plain copy."""
+    if not isinstance(mapping, dict):
+        raise ValueError(f"task must be a registered task name or a mapping, got {mapping!r}")
+    unknown = sorted(set(mapping) - set(USER_KEYS))
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))} in task:; valid keys: {', '.join(USER_KEYS)}")
+    if mapping.get("type") not in USER_TYPES:
+        raise ValueError(f"task.type must be one of {', '.join(USER_TYPES)}, got {mapping.get('type')!r}")
+    path = mapping.get("path")
+    if not isinstance(path, str) or not Path(path).expanduser().is_file():
+        raise ValueError(f"task.path {path!r} is not a file (relative paths are read from {Path.cwd()})")
+    if Path(path).suffix.lower() not in (".jsonl", ".csv"):
+        raise ValueError(f"task.path {path!r} must be a .jsonl or .csv file")
+    for key in ("text_field", "target_field"):
+        if mapping["type"] != "ner" and not isinstance(mapping.get(key), str):
+            raise ValueError(f"task.{key} must name a field of {path} ({USER_KEYS[key]})")
+    fractions = mapping.get("fractions")
+    if fractions is not None and (not isinstance(fractions, dict) or set(fractions) - set(SPLITS)
+                                  or abs(sum(fractions.values()) - 1) > 1e-6):
+        raise ValueError(f"task.fractions must map train/validation/test to fractions summing to 1, got {fractions!r}")
+    return dict(mapping)
+
+
+def user_task_name(mapping: dict) -> str:
+    return mapping.get("name") or f"user:{Path(mapping['path']).stem}"
+
+
+def register_user_task(mapping: dict) -> str:
+    """Register (once) a user-data task in TASKS and return its name."""
+    mapping = check_user_task(mapping)
+    name = user_task_name(mapping)
+    existing = TASKS.get(name)
+    if existing is not None:
+        if getattr(existing.load, "user_mapping", None) == mapping:
+            return name
+        raise ValueError(f"task name {name!r} is already used by another task; give this data set its own "
+                         f"name (task: {{name: ..., path: {mapping['path']}}})")
+
+    def load(data_cfg: Any, online: bool = False) -> TaskData:
+        return check_task_data(spec, load_user_data(name, mapping, data_cfg))
+
+    load.user_mapping = mapping
+    spec = TaskSpec(name, mapping["type"], f"user data from {mapping['path']}", f"user file {mapping['path']}",
+                    "the user's own data", load, pool=lambda: {"all": read_user_examples(mapping)[0]})
+    TASKS.register(name)(spec)
+    return name
+
+
+# --- reading -------------------------------------------------------------------------
+
+
+def decode_error(path: Path, raw: bytes, err: UnicodeDecodeError, offset: int = 0) -> DataError:
+    line = raw[: offset + err.start].count(b"\n") + 1
+    return data_error(f"{path}:{line}", f"byte {raw[offset + err.start:offset + err.start + 1]!r} is not UTF-8 text",
+                      f"re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 {path.name} > fixed.{path.suffix[1:]}`)")
+
+
+def read_records(path: Path) -> list[tuple[int, dict]]:
+    """(line number, record) for every non-empty record of a JSONL or CSV file."""
+    raw = path.read_bytes()
+    if path.suffix.lower() == ".csv":
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            raise decode_error(path, raw, err) from None
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        return [(reader.line_num, row) for row in reader if any((v or "").strip() for v in row.values())]
+    records, offset = [], 0
+    for number, line in enumerate(raw.split(b"\n"), 1):
+        try:
+            text = line.decode("utf-8").strip()
+        except UnicodeDecodeError as err:
+            raise decode_error(path, raw, err, offset) from None
+        offset += len(line) + 1
+        if not text:
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise data_error(f"{path}:{number}", f"not valid JSON ({err.msg})", "write one JSON object per line") from None
+        if not isinstance(record, dict):
+            raise data_error(f"{path}:{number}", "a JSON line must be an object", 'write {"field": value, ...} per line')
+        records.append((number, record))
+    return records
+
+
+def fields_of(mapping: dict) -> tuple[str, str]:
+    ner = mapping["type"] == "ner"
+    return mapping.get("text_field") or ("tokens" if ner else "text"), mapping.get("target_field") or ("tags" if ner else "target")
+
+
+def parse_target(value, task_type: str, sep: str):
+    """The target as the task type wants it (labels of a CSV multilabel cell split on `sep`)."""
+    if task_type == "multilabel" and isinstance(value, str):
+        return [part.strip() for part in value.split(sep) if part.strip()]
+    if task_type == "classification" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def record_problem(record: dict, mapping: dict) -> tuple[str, str] | None:
+    """(problem, fix) for one record's fields and values, or None when it is usable."""
+    text_field, target_field = fields_of(mapping)
+    for field in (text_field, target_field):
+        if field not in record:
+            return (f"no field {field!r} (the record has {', '.join(map(repr, record)) or 'no fields'})",
+                    f"add {field!r} to every record, or set task.{'text' if field == text_field else 'target'}_field "
+                    "to the right column")
+    text, target = record[text_field], parse_target(record[target_field], mapping["type"], mapping.get("label_sep", ";"))
+    if mapping["type"] == "ner":
+        if not (isinstance(text, list) and text and all(isinstance(t, str) and t.strip() for t in text)):
+            return f"field {text_field!r} must be a non-empty list of non-empty tokens", "fix the tokens or drop the line"
+        if not (isinstance(target, list) and len(target) == len(text)):
+            return f"field {target_field!r} must be a list with one tag per token ({len(text)})", "give every token a tag"
+        bad = [t for t in target if not (t == "O" or (isinstance(t, str) and t[:2] in ("B-", "I-") and len(t) > 2))]
+        return (f"tags {bad} are not BIO tags", "use O, B-<type> or I-<type>") if bad else None
+    if not isinstance(text, str) or not text.strip():
+        return f"empty text in field {text_field!r}", "fill in the text or remove the line"
+    if mapping["type"] == "multilabel":
+        ok = isinstance(target, list) and all(isinstance(t, str) and t.strip() for t in target)
+        return None if ok else (f"field {target_field!r} must be a list of labels", 'write ["label a", "label b"] (CSV: "a;b")')
+    if not isinstance(target, str) or not target.strip():
+        return f"empty target in field {target_field!r}", "fill in the target or remove the line"
+    return None
+
+
+def raise_problems(problems: list[str]) -> None:
+    if problems:
+        more = f"\n... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        raise DataError(f"{len(problems)} problem(s) in the data:\n" + "\n".join(problems[:MAX_LISTED]) + more)
+
+
+def read_user_examples(mapping: dict) -> tuple[list[dict], dict[str, str]]:
+    """Validated examples ({id, text, target, _line}) and each example's split from the file (maybe empty)."""
+    path = Path(mapping["path"]).expanduser()
+    text_field, target_field = fields_of(mapping)
+    records = read_records(path)
+    if not records:
+        raise data_error(str(path), "the file has no records", "add one record per line")
+    split_field = mapping.get("split_field") or "split"
+    id_field = mapping.get("id_field") or "id"
+    problems, examples, file_splits = [], [], {}
+    for line, record in records:
+        problem = record_problem(record, mapping)
+        if problem is not None:
+            problems.append(f"{path}:{line}: {problem[0]}. Fix: {problem[1]}")
+            continue
+        ex_id = str(record[id_field]) if record.get(id_field) not in (None, "") else f"line-{line:06d}"
+        target = parse_target(record[target_field], mapping["type"], mapping.get("label_sep", ";"))
+        text = record[text_field]
+        examples.append({"id": ex_id, "text": text if mapping["type"] == "ner" else text.strip(),
+                         "target": target if isinstance(target, list) else target.strip(), "_line": line})
+        if record.get(split_field) not in (None, ""):
+            split = SPLIT_ALIASES.get(str(record[split_field]).strip().lower())
+            if split is None:
+                problems.append(f"{path}:{line}: split {record[split_field]!r} is not train, validation or test. "
+                                f"Fix: write train, validation or test in {split_field!r}")
+            file_splits[ex_id] = split
+    raise_problems(problems)
+    return examples, file_splits
+
+
+# --- splits and labels ---------------------------------------------------------------
+
+
+def assign_splits(path: Path, examples: list[dict], file_splits: dict[str, str], mapping: dict, seed: int) -> dict[str, list[dict]]:
+    """Splits from the file's split column when every record has one, else from fractions."""
+    if file_splits:
+        missing = [ex for ex in examples if ex["id"] not in file_splits]
+        if missing:
+            field = mapping.get("split_field") or "split"
+            raise data_error(f"{path}:{missing[0]['_line']}", f"no {field!r} value, while other records have one",
+                             f"give every record a {field!r} (train/validation/test), or none to split by task.fractions")
+        return {split: [ex for ex in examples if file_splits[ex["id"]] == split] for split in SPLITS}
+    given = mapping.get("fractions")
+    fractions = {split: float(given.get(split, 0.0)) for split in SPLITS} if given else DEFAULT_FRACTIONS
+    order = shuffled(examples, seed)
+    n_test = round(fractions["test"] * len(order))
+    n_val = round(fractions["validation"] * len(order))
+    # Test first, as for registered tasks.
+    return {"test": order[:n_test], "validation": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
+
+
+def check_split_sizes(path: Path, splits: dict[str, list[dict]], from_file: bool) -> None:
+    for split, minimum in MIN_EXAMPLES.items():
+        if len(splits[split]) < minimum:
+            how = "add rows with that split value" if from_file else "add data or raise its share in task.fractions"
+            raise data_error(str(path), f"the {split} split has {len(splits[split])} examples, fewer than the "
+                                        f"{minimum} needed to train and score", how)
+
+
+def label_set(path: Path, splits: dict[str, list[dict]], mapping: dict) -> list[str] | None:
+    """The given label set, or the train split's (ner: with O first); every label must be in it."""
+    kind = mapping["type"]
+    if kind == "summarization":
+        return None
+
+    def labels_of(ex):
+        return ex["target"] if isinstance(ex["target"], list) else [ex["target"]]
+
+    given = mapping.get("labels")
+    labels = [str(label) for label in given] if given else sorted({l for ex in splits["train"] for l in labels_of(ex)})
+    if kind == "ner" and "O" in labels:
+        labels = ["O"] + [l for l in labels if l != "O"]
+    where = "task.labels" if given else "the labels of the train split"
+    problems = [
+        f"{path}:{ex['_line']}: label {label!r} ({split}) is not in the label set ({where}: {', '.join(labels)}). "
+        f"Fix: correct the label, {'add it to task.labels' if given else 'add training examples with it, or list every label in task.labels'}"
+        for split in SPLITS for ex in splits[split] for label in labels_of(ex) if label not in labels
+    ]
+    raise_problems(problems)
+    return labels
+
+
+def load_user_data(name: str, mapping: dict, data_cfg: Any) -> TaskData:
+    """Read, validate and split the user's file; data.*_size is not used (the file sets the splits)."""
+    path = Path(mapping["path"]).expanduser()
+    examples, file_splits = read_user_examples(mapping)
+    ids = [ex["id"] for ex in examples]
+    if len(set(ids)) != len(ids):
+        dup = next(ex for i, ex in enumerate(examples) if ex["id"] in ids[:i])
+        raise data_error(f"{path}:{dup['_line']}", f"id {dup['id']!r} is used twice", "give every record its own id")
+    splits = assign_splits(path, examples, file_splits, mapping, data_cfg.split_seed)
+    check_split_sizes(path, splits, bool(file_splits))
+    labels = label_set(path, splits, mapping)
+    clean = {split: [{k: ex[k] for k in ("id", "text", "target")} for ex in exs] for split, exs in splits.items()}
+    return TaskData(name, mapping["type"], clean, labels, mapping.get("instruction") or INSTRUCTIONS[mapping["type"]])

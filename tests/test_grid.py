@@ -1,0 +1,55 @@
+"""Grid-level behaviour that needs no training: sharding for clusters and baseline insertion."""
+from __future__ import annotations
+
+import pytest
+
+from medpeft.config import ConfigError, expand_grid
+from medpeft.grid import parse_shard, select_shard, with_baselines
+
+SPEC = {
+    "base": {"task": "pubmed-conclusion", "model": "tiny-t5"},
+    "grid": [
+        {"method": ["full", "lora", "ia3", "prompt_tuning"], "seed": [0, 1, 2], },
+        {"task": "pubmed-rct", "model": "tiny-bert", "method": ["lora", "dora"], "seed": [0, 1]},
+    ],
+}
+
+
+def runs_of(spec):
+    return with_baselines(expand_grid(spec, name="g").runs)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5, 7, 40])
+def test_shards_cover_the_grid_exactly_once(count):
+    spec = {**SPEC, "grid": [dict(SPEC["grid"][0], method=["lora", "dora"]), SPEC["grid"][1]]}
+    runs = runs_of(spec)
+    ids = [cfg.run_id for i in range(count) for cfg in select_shard(runs, (i, count))]
+    assert sorted(ids) == sorted(cfg.run_id for cfg in runs)  # every run once: no gap, no duplicate
+    sizes = [len(select_shard(runs, (i, count))) for i in range(count)]
+    assert max(sizes) - min(sizes) <= 1  # balanced
+
+
+def test_shards_do_not_depend_on_the_order_of_the_grid_file():
+    spec = {**SPEC, "grid": [dict(SPEC["grid"][0], method=["lora", "dora"]), SPEC["grid"][1]]}
+    reordered = {**spec, "grid": list(reversed(spec["grid"]))}
+    for i in range(3):
+        assert [c.run_id for c in select_shard(runs_of(spec), (i, 3))] == [c.run_id for c in select_shard(runs_of(reordered), (i, 3))]
+
+
+@pytest.mark.parametrize("text", ["3/3", "-1/2", "1/0", "a/b", "2", "1/2/3"])
+def test_bad_shard_is_a_clear_error(text):
+    with pytest.raises(ConfigError, match="shard"):
+        parse_shard(text)
+
+
+def test_parse_shard():
+    assert parse_shard("0/4") == (0, 4)
+    assert parse_shard("3/4") == (3, 4)
+
+
+def test_one_baseline_per_model_and_task():
+    spec = {"base": {"task": "pubmed-rct", "model": "tiny-bert"}, "grid": {"method": ["full", "lora"], "seed": [0, 1]}}
+    runs = runs_of(spec)
+    baselines = [c for c in runs if c.method == "untrained"]
+    assert len(baselines) == 1 and baselines[0].seed == 0
+    assert len(runs) == 5

@@ -1,0 +1,130 @@
+"""The report from synthetic grids: files, plots, failures, self-contained HTML, LaTeX, CLI and grid hook."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from report_fixtures import base_config, summary_rows, write_demo_grid, write_failed, write_run
+
+from medpeft import cli, grid
+from medpeft.report import build_report
+from medpeft.tables import latex_escape
+
+RESAMPLES = 200  # enough to exercise every path; the default (2000) is for real reports
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    grid_dir = write_demo_grid(tmp_path_factory.mktemp("grid") / "demo")
+    return grid_dir, build_report(grid_dir, n_resamples=RESAMPLES)
+
+
+def test_report_files_are_written_next_to_the_runs(demo):
+    grid_dir, paths = demo
+    for key in ("html", "md", "tex"):
+        assert paths[key].parent == grid_dir and paths[key].stat().st_size > 0
+
+
+def test_every_plot_exists_and_is_a_non_empty_png(demo):
+    grid_dir, paths = demo
+    names = {p.name for p in paths["plots"]}
+    assert names == {f"report-{name}.png" for name in ("pubmed-conclusion-tradeoff", "pubmed-conclusion-sensitivity-method-args-r",
+                                                       "pubmed-conclusion-model-size", "pubmed-rct-tradeoff", "pubmed-rct-confusion")}
+    assert not [d for d in grid_dir.iterdir() if d.is_dir() and not (d / "result.json").exists()]  # every folder is a run
+    for path in paths["plots"]:
+        assert path.parent == grid_dir
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_html_is_self_contained_with_every_plot_embedded(demo):
+    _, paths = demo
+    page = paths["html"].read_text()
+    assert page.count("src='data:image/png;base64,") == len(paths["plots"])
+    assert not re.search(r"src=['\"](?!data:)", page)  # no image, script or style fetched from elsewhere
+    assert "<link" not in page and "<script" not in page
+
+
+def test_failed_runs_are_listed_with_their_error(demo):
+    _, paths = demo
+    for key in ("html", "md"):
+        text = paths[key].read_text()
+        assert "Failures (1)" in text
+        assert "pubmed-conclusion.tiny.prompt_tuning.seed0" in text
+        assert "training loss is nan" in text
+
+
+def test_answer_first_and_table_contents(demo):
+    _, paths = demo
+    md = paths["md"].read_text()
+    summ = md.split("## pubmed-conclusion")[1].split("## pubmed-rct")[0]
+    assert summ.index("**Answer first**") < summ.index("### Main table")
+    # the best row: lora r=16 on the small model (0.34 + 0.05), three seeds
+    assert "**Best ROUGE-1: lora (r=16) · small**" in summ
+    assert "rougeLsum" in summ and "ROUGE-Lsum" in summ  # the ROUGE-L variant is stated
+    assert "ia3" in summ and "only 1 seed" in summ  # the single-seed group is there, with its caveat
+    assert "Cheapest not significantly worse" in summ or "Within 1 point" in summ or "Nothing cheaper" in summ
+    rct = md.split("## pubmed-rct")[1]
+    assert "Confusion matrix" in rct and "rougeLsum" not in rct  # the ROUGE-L note only where ROUGE is shown
+
+
+def test_latex_table_has_a_bold_best_and_escaped_names(demo):
+    _, paths = demo
+    tex = paths["tex"].read_text()
+    assert tex.count(r"\begin{tabular}") == 2 and r"\toprule" in tex
+    assert r"\textbf{" in tex and r"$\pm$" in tex
+    assert "prompt_tuning" not in tex.replace(r"prompt\_tuning", "")  # every underscore escaped
+    assert latex_escape("a_b 5% {x}") == r"a\_b 5\% \{x\}"
+
+
+def test_report_is_deterministic(demo, tmp_path):
+    grid_dir, paths = demo
+    again = build_report(write_demo_grid(tmp_path / grid_dir.name), n_resamples=RESAMPLES)
+    assert again["html"].read_text() == paths["html"].read_text()  # same runs, same bytes: fixed RNG seeds
+
+
+def test_report_of_only_failures_and_unfinished_runs(tmp_path):
+    write_failed(tmp_path, "t.m.lora.seed0", base_config("t", "m", "lora", 0), "ModelError: cannot apply")
+    (tmp_path / "t.m.full.seed0").mkdir()  # still running: no result.json
+    paths = build_report(tmp_path, n_resamples=RESAMPLES)
+    page = paths["html"].read_text()
+    assert "No finished runs yet" in page and "ModelError: cannot apply" in page
+    assert "t.m.full.seed0" in page and "Unfinished (1" in page
+    assert paths["plots"] == []
+
+
+def test_cli_report_prints_the_paths(tmp_path, capsys):
+    write_run(tmp_path, "t.m.lora.seed0", base_config("t", "m", "lora", 0), summary_rows([0.3, 0.4]), "summarization")
+    assert cli.main(["report", str(tmp_path), "--resamples", "100"]) == 0
+    out = capsys.readouterr().out.split()
+    assert out == [str(tmp_path / "report.html"), str(tmp_path / "report.md"), str(tmp_path / "report.tex")]
+
+
+def test_cli_report_on_a_missing_folder_exits_2(tmp_path, capsys):
+    assert cli.main(["report", str(tmp_path / "nope")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+
+
+def test_run_grid_survives_a_broken_report(tmp_path, monkeypatch):
+    """A report failure is a warning: the grid's finished runs and summary stay."""
+    from medpeft import report, train
+    from medpeft.config import expand_grid
+
+    def fake_run(cfg, run_dir, online=False):
+        result = {"run_id": cfg.run_id, "status": "ok", "task": cfg.task, "model": cfg.model, "method": cfg.method,
+                  "seed": cfg.seed, "metrics": {"accuracy": 0.5}, "efficiency": {"trainable_pct": 1.0}}
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "result.json").write_text(json.dumps(result))
+        return result
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("plotting exploded")
+
+    monkeypatch.setattr(grid, "check_grid", lambda runs, online: None)
+    monkeypatch.setattr(train, "run_experiment", fake_run)
+    monkeypatch.setattr(report, "build_report", broken)
+    logs = []
+    spec = {"base": {"task": "pubmed-rct", "model": "tiny-bert", "method": "lora"}}
+    grid_dir = grid.run_grid(expand_grid(spec, name="g"), tmp_path, log=logs.append)
+    assert (grid_dir / "summary.md").is_file()
+    assert any("warning: report not written" in line and "plotting exploded" in line for line in logs)

@@ -1,0 +1,138 @@
+"""Seed statistics against hand-computed values: grouping, mean ± std, bootstrap CIs, paired tests."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from report_fixtures import base_config, class_rows, summary_rows, write_failed, write_run
+
+from medpeft import stats
+
+
+def test_mean_and_std_over_seeds_are_the_papers_sample_std(tmp_path):
+    for seed, score in enumerate([0.2, 0.3, 0.4]):
+        write_run(tmp_path, f"t.m.lora.seed{seed}", base_config("t", "m", "lora", seed), summary_rows([score] * 4), "summarization")
+    frame = stats.aggregate(stats.collect_runs(tmp_path), n_resamples=200)
+    row = frame.iloc[0]
+    assert row["seeds"] == 3
+    assert row["rouge1_mean"] == pytest.approx(0.3)
+    assert row["rouge1_std"] == pytest.approx(0.1)  # ddof=1: sqrt((0.01 + 0 + 0.01) / 2)
+    assert row["train_seconds_mean"] == pytest.approx(5.0)
+    # each extreme (all three resamples 0.2, or all 0.4) has probability 1/27 > 2.5%: the CI is the full range
+    assert row["ci_seeds"] == pytest.approx((0.2, 0.4))
+
+
+def test_a_single_seed_has_no_std_and_no_seed_ci_but_a_test_set_ci(tmp_path):
+    write_run(tmp_path, "t.m.lora.seed0", base_config("t", "m", "lora", 0), summary_rows([0.0, 1.0] * 10), "summarization")
+    row = stats.aggregate(stats.collect_runs(tmp_path), n_resamples=500).iloc[0]
+    assert math.isnan(row["rouge1_std"]) and math.isnan(row["ci_seeds"][0])
+    assert row["n_examples"] == 20
+    lo, hi = row["ci_examples"]
+    assert 0.2 < lo < 0.5 < hi < 0.8
+
+
+def test_failed_runs_are_not_aggregated_and_baselines_come_first(tmp_path):
+    write_run(tmp_path, "t.m.lora.seed0", base_config("t", "m", "lora", 0), summary_rows([0.5]), "summarization")
+    write_run(tmp_path, "t.m.untrained.seed0", base_config("t", "m", "untrained", 0), summary_rows([0.1]), "summarization")
+    write_failed(tmp_path, "t.m.full.seed0", base_config("t", "m", "full", 0), "RuntimeError: boom")
+    frame = stats.aggregate(stats.collect_runs(tmp_path), n_resamples=100)
+    assert list(frame["method"]) == ["untrained", "lora"]
+    assert list(frame["is_baseline"]) == [True, False]
+
+
+def test_a_swept_setting_splits_rows_instead_of_pooling_as_seeds(tmp_path):
+    for r in (4, 16):
+        for seed in (0, 1):
+            write_run(tmp_path, f"t.m.lora.r{r}.s{seed}", base_config("t", "m", "lora", seed, method_args__r=r),
+                      summary_rows([r / 100]), "summarization")
+    frame = stats.aggregate(stats.collect_runs(tmp_path), n_resamples=100)
+    assert sorted(frame["variant"]) == ["r=16", "r=4"]
+    assert list(frame["seeds"]) == [2, 2]
+    assert sorted(frame["rouge1_mean"]) == pytest.approx([0.04, 0.16])
+    assert frame["varying"].iloc[0] in ({"method_args.r": 4}, {"method_args.r": 16})
+
+
+def test_bootstrap_ci_by_hand():
+    assert stats.bootstrap_mean_ci([0.7, 0.7, 0.7]) == pytest.approx((0.7, 0.7))
+    # resampled means of [0, 1] are 0, 0.5 or 1 with probabilities 1/4, 1/2, 1/4: the 2.5% and 97.5% quantiles are 0 and 1
+    assert stats.bootstrap_mean_ci([0.0, 1.0], n_resamples=4000) == pytest.approx((0.0, 1.0))
+    assert all(math.isnan(x) for x in stats.bootstrap_mean_ci([0.5]))
+    values = np.random.default_rng(1).random(50)
+    assert stats.bootstrap_mean_ci(values, seed=3) == stats.bootstrap_mean_ci(values, seed=3)  # fixed RNG: reproducible
+
+
+def test_identical_methods_are_not_significantly_different():
+    scores = [0.1, 0.5, 0.3, 0.9, 0.2, 0.4] * 5
+    assert stats.paired_randomization_p(scores, scores, n_resamples=1000) == 1.0
+
+
+def test_randomization_p_by_hand_exact_enumeration():
+    # differences (1, 1, 1): of the 8 sign patterns only +++ and --- reach |mean| = 1, so p = 2/8
+    assert stats.paired_randomization_p([1, 1, 1], [0, 0, 0], n_resamples=100) == pytest.approx(0.25)
+    # differences (1, -1): the observed mean is 0, which every sign pattern reaches, so p = 1
+    assert stats.paired_randomization_p([1, 0], [0, 1], n_resamples=100) == pytest.approx(1.0)
+    assert stats.paired_randomization_p([1] * 10, [0] * 10, n_resamples=2000) == pytest.approx(2 / 1024)
+
+
+def test_clearly_different_methods_have_a_small_p():
+    rng = np.random.default_rng(0)
+    base = rng.random(200)
+    p = stats.paired_randomization_p(base + 0.2, base + rng.normal(0, 0.05, 200), n_resamples=999)
+    assert p == pytest.approx(1 / 1000)  # Monte Carlo with the +1 correction: never exactly 0
+
+
+def test_welch_p_by_hand():
+    # means 2 and 5, variances 1 and 1, n = 3: t = -3 / sqrt(2/3) = -3.674, df = 4, two-sided p = 0.0213
+    assert stats.welch_p([1, 2, 3], [4, 5, 6]) == pytest.approx(0.02131, abs=2e-4)
+    assert math.isnan(stats.welch_p([1], [2, 3]))
+    assert stats.welch_p([0.3, 0.3], [0.3, 0.3]) == 1.0
+
+
+def test_pareto_front():
+    # (cost, score): (2, 3) dominates (3, 2); (1, 1) is cheapest; (4, 4) is best
+    assert stats.pareto_front([1, 2, 3, 4], [1, 3, 2, 4]) == [0, 1, 3]
+    assert stats.pareto_front([1, 1], [2, 2]) == [0, 1]  # ties dominate nothing
+
+
+def write_pair(tmp_path, a: list[int], b: list[int], seeds: int):
+    for seed in range(seeds):
+        write_run(tmp_path, f"t.m.full.s{seed}", base_config("t", "m", "full", seed), class_rows(a), "classification")
+        write_run(tmp_path, f"t.m.lora.s{seed}", base_config("t", "m", "lora", seed), class_rows(b), "classification")
+    runs = stats.collect_runs(tmp_path)
+    frame = stats.aggregate(runs, n_resamples=500)
+    return stats.compare_task(frame, {r["run_id"]: r for r in runs}, n_resamples=500)
+
+
+def test_compare_identical_methods_reports_no_difference(tmp_path):
+    (cmp,) = write_pair(tmp_path, [1, 0, 1, 1] * 10, [1, 0, 1, 1] * 10, seeds=3)
+    assert cmp["p_examples"] == 1.0 and cmp["delta"] == 0.0
+    assert cmp["p_seeds"] == 1.0
+    assert cmp["verdict"] == "no detectable difference"
+
+
+def test_compare_clearly_different_methods(tmp_path):
+    by_kind = {c["against"]: c for c in write_pair(tmp_path, [0] * 40, [1] * 36 + [0] * 4, seeds=3)}
+    lora_vs_full, full_vs_best = by_kind["full"], by_kind["best"]  # lora is the best row
+    assert lora_vs_full["delta"] == pytest.approx(0.9) and full_vs_best["delta"] == pytest.approx(-0.9)
+    assert lora_vs_full["n_examples"] == 40 and lora_vs_full["p_examples"] < 0.01
+    assert lora_vs_full["p_seeds"] == 0.0  # no spread over seeds at all
+    assert (lora_vs_full["verdict"], full_vs_best["verdict"]) == ("better", "worse")
+
+
+def test_one_seed_is_never_called_a_claim(tmp_path):
+    cmp = {c["against"]: c for c in write_pair(tmp_path, [0] * 40, [1] * 40, seeds=1)}["full"]
+    assert cmp["p_examples"] < 0.01 and math.isnan(cmp["p_seeds"])
+    assert "not yet a claim" in cmp["verdict"] and "1 seed" in cmp["verdict"]
+
+
+def test_test_set_and_seeds_must_agree_before_a_claim():
+    cmp = {"n_examples": 50, "p_examples": 0.001, "p_seeds": 0.3, "delta": 0.02, "seeds": (3, 3)}
+    assert "within seed noise" in stats.describe_comparison(cmp)
+    assert stats.describe_comparison(dict(cmp, p_seeds=0.01)) == "better"
+    assert stats.describe_comparison(dict(cmp, p_examples=0.2)) == "no detectable difference"
+
+
+def test_row_labels_use_short_names_unless_ambiguous():
+    assert stats.short_names(["method_args.r", "train.lr"]) == {"method_args.r": "r", "train.lr": "lr"}
+    assert stats.short_names(["a.lr", "b.lr"]) == {"a.lr": "a.lr", "b.lr": "b.lr"}

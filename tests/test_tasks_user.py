@@ -1,0 +1,227 @@
+"""The user's own data: validation errors (file, line, fix), splits, and whole runs on tiny models."""
+from __future__ import annotations
+
+import itertools
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from medpeft.config import ConfigError, config_from_dict
+from medpeft.tasks import DataError, load_task, register_user_task
+from medpeft.tasks.user import load_user_data
+
+from conftest import TINY_TRAIN
+
+COUNTER = itertools.count()
+DATA = SimpleNamespace(train_size=1, val_size=0, test_size=1, split_seed=0)
+NOTES = ["Patient reports chest pain after exercise.", "No complaints today, vitals normal.",
+         "Severe headache with nausea since morning.", "Follow-up visit, wound healing well.",
+         "Shortness of breath when climbing stairs.", "Routine check, blood pressure controlled.",
+         "Fever and cough for three days.", "Knee pain improved with physiotherapy."]
+
+
+def write_jsonl(folder, records, name=None) -> str:
+    path = folder / f"{name or f'notes{next(COUNTER)}'}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+def notes(n=10, split=False) -> list[dict]:
+    records = [{"note": NOTES[i % len(NOTES)] + f" Visit {i}.", "label": ["urgent", "routine"][i % 2],
+                "summary": NOTES[i % len(NOTES)].split(",")[0]} for i in range(n)]
+    if split:
+        for i, r in enumerate(records):
+            r["split"] = "test" if i < 2 else "train"
+    return records
+
+
+def mapping(path, **extra) -> dict:
+    return {"type": "classification", "path": path, "text_field": "note", "target_field": "label", **extra}
+
+
+def load(m: dict):
+    return load_user_data("user:x", m, DATA)
+
+
+# --- validation: every error names file, line and fix ----------------------------------
+
+
+def check_error(err, path, line, *needles):
+    msg = str(err.value)
+    assert f"{path}:{line}:" in msg if line else path in msg, msg
+    assert "Fix:" in msg, msg
+    for needle in needles:
+        assert needle in msg, msg
+
+
+def test_missing_field(tmp_path):
+    records = notes()
+    del records[3]["note"]
+    path = write_jsonl(tmp_path, records)
+    with pytest.raises(DataError) as err:
+        load(mapping(path))
+    check_error(err, path, 4, "no field 'note'", "text_field")
+
+
+def test_empty_text(tmp_path):
+    records = notes()
+    records[5]["note"] = "   "
+    path = write_jsonl(tmp_path, records)
+    with pytest.raises(DataError) as err:
+        load(mapping(path))
+    check_error(err, path, 6, "empty text")
+
+
+def test_label_not_in_the_given_label_set(tmp_path):
+    records = notes()
+    records[7]["label"] = "urgnet"
+    path = write_jsonl(tmp_path, records)
+    with pytest.raises(DataError) as err:
+        load(mapping(path, labels=["urgent", "routine"]))
+    check_error(err, path, 8, "'urgnet'", "task.labels")
+
+
+def test_test_label_never_seen_in_training(tmp_path):
+    records = notes(split=True)
+    records[0]["label"] = "emergency"  # a test record
+    path = write_jsonl(tmp_path, records)
+    with pytest.raises(DataError) as err:
+        load(mapping(path))
+    check_error(err, path, 1, "'emergency'", "train split")
+
+
+def test_undecodable_bytes(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    lines = [json.dumps(r).encode() for r in notes(4)]
+    lines[2] = '{"note": "Caf\xe9 visit", "label": "urgent"}'.encode("latin-1")
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(DataError) as err:
+        load(mapping(str(path)))
+    check_error(err, str(path), 3, "not UTF-8", "iconv")
+
+
+def test_undecodable_bytes_in_a_csv(tmp_path):
+    path = tmp_path / "notes.csv"
+    path.write_bytes(b"note,label\nfine,urgent\nalso fine,routine\nbad \xff byte,urgent\n")
+    with pytest.raises(DataError) as err:
+        load(mapping(str(path)))
+    check_error(err, str(path), 4, "not UTF-8")
+
+
+def test_split_too_small(tmp_path):
+    records = notes(6, split=True)
+    for r in records[2:4]:
+        r["split"] = "validation"
+    records[4]["split"] = records[5]["split"] = "validation"  # only the 2 test records remain... and 0 train
+    path = write_jsonl(tmp_path, records)
+    with pytest.raises(DataError) as err:
+        load(mapping(path))
+    check_error(err, path, None, "train split has 0 examples")
+
+
+def test_bad_split_value_and_bad_json(tmp_path):
+    records = notes(split=True)
+    records[4]["split"] = "holdout"
+    path = write_jsonl(tmp_path, records)
+    with pytest.raises(DataError) as err:
+        load(mapping(path))
+    check_error(err, path, 5, "'holdout'")
+    bad = tmp_path / "broken.jsonl"
+    bad.write_text(json.dumps(notes(1)[0]) + "\n{not json\n")
+    with pytest.raises(DataError) as err:
+        load(mapping(str(bad)))
+    check_error(err, str(bad), 2, "not valid JSON")
+
+
+def test_several_problems_are_listed_together(tmp_path):
+    records = notes()
+    records[1]["note"] = ""
+    del records[6]["label"]
+    path = write_jsonl(tmp_path, records)
+    with pytest.raises(DataError) as err:
+        load(mapping(path))
+    assert "2 problem(s)" in str(err.value) and f"{path}:2:" in str(err.value) and f"{path}:7:" in str(err.value)
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"txt_field": "note"}, "'txt_field'"),
+    ({"type": "regression"}, "task.type"),
+    ({"path": "/no/such/notes.jsonl"}, "is not a file"),
+    ({"text_field": None}, "task.text_field"),
+    ({"fractions": {"train": 0.5, "test": 0.2}}, "fractions"),
+])
+def test_bad_task_mapping_is_a_config_error(tmp_path, change, needle):
+    m = {k: v for k, v in {**mapping(write_jsonl(tmp_path, notes())), **change}.items() if v is not None}
+    with pytest.raises(ConfigError, match=needle):
+        config_from_dict({"task": m, "model": "tiny-bert", "method": "lora"})
+
+
+# --- splits and names --------------------------------------------------------------------
+
+
+def test_splits_from_fractions_are_stable_and_disjoint(tmp_path):
+    path = write_jsonl(tmp_path, notes(40))
+    a, b = load(mapping(path)), load(mapping(path))
+    assert {k: len(v) for k, v in a.splits.items()} == {"train": 32, "validation": 4, "test": 4}
+    assert a.splits == b.splits
+    ids = [ex["id"] for split in a.splits.values() for ex in split]
+    assert len(ids) == len(set(ids)) == 40
+    assert a.labels == ["routine", "urgent"]
+
+
+def test_splits_from_the_file(tmp_path):
+    path = write_jsonl(tmp_path, notes(10, split=True))
+    data = load(mapping(path))
+    assert [len(data.splits[s]) for s in ("train", "validation", "test")] == [8, 0, 2]
+    assert [ex["id"] for ex in data.splits["test"]] == ["line-000001", "line-000002"]
+
+
+def test_csv_multilabel(tmp_path):
+    path = tmp_path / "codes.csv"
+    path.write_text("text,codes\n" + "".join(f'"{n}","I10; E11"\n' if i % 2 else f'"{n}",I10\n' for i, n in enumerate(NOTES * 2)))
+    data = load({"type": "multilabel", "path": str(path), "text_field": "text", "target_field": "codes"})
+    assert data.labels == ["E11", "I10"]
+    assert sorted(map(tuple, (ex["target"] for s in data.splits.values() for ex in s))) == [("I10",)] * 8 + [("I10", "E11")] * 8
+
+
+def test_config_names_the_task_and_round_trips(tmp_path):
+    path = write_jsonl(tmp_path, notes(), name="ward-notes")
+    cfg = config_from_dict({"task": mapping(path), "model": "tiny-bert", "method": "lora"})
+    assert cfg.task == "user:ward-notes" and cfg.run_id.startswith("user:ward-notes.tiny-bert.lora.")
+    again = config_from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again.task == cfg.task and again.run_id == cfg.run_id
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    clash = write_jsonl(other, notes(), name="ward-notes")
+    with pytest.raises(ConfigError, match="name"):
+        config_from_dict({"task": mapping(clash), "model": "tiny-bert", "method": "lora"})
+    named = config_from_dict({"task": mapping(clash, name="ward-b"), "model": "tiny-bert", "method": "lora"})
+    assert named.task == "ward-b"
+
+
+# --- whole runs ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model, task_type", [("tiny-bert", "classification"), ("tiny-llama", "summarization")])
+def test_user_data_end_to_end(tmp_path, assets_ready, model, task_type):
+    from medpeft.train import run_experiment
+
+    path = write_jsonl(tmp_path, notes(12, split=True))
+    m = mapping(path) if task_type == "classification" else {**mapping(path), "type": "summarization", "target_field": "summary"}
+    cfg = config_from_dict({"task": m, "model": model, "method": "lora", "train": TINY_TRAIN,
+                            "data": {"max_source_tokens": 8, "max_target_tokens": 8}})
+    result = run_experiment(cfg, tmp_path / cfg.run_id)
+    assert result["status"] == "ok" and result["task"] == cfg.task and result["task_type"] == task_type
+    assert all(0.0 <= v <= 1.0 for v in result["metrics"].values())
+    preds = [json.loads(line) for line in (tmp_path / cfg.run_id / "predictions.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in preds] == ["line-000001", "line-000002"]
+    assert (tmp_path / cfg.run_id / "adapter" / "adapter_config.json").is_file()
+    data = result["data"]
+    assert data["train"]["examples"] == 10 and 0 <= data["train"]["truncated_sources_fraction"] <= 1
+    assert data["train"]["truncated_sources_fraction"] > 0.1 and any("max_source_tokens" in w for w in data["warnings"])
+
+
+def test_registered_user_task_loads_through_the_registry(tmp_path):
+    name = register_user_task({**mapping(write_jsonl(tmp_path, notes(20))), "name": "reg-check"})
+    assert load_task(name, DATA).type == "classification"
