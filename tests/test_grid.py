@@ -53,3 +53,27 @@ def test_one_baseline_per_model_and_task():
     baselines = [c for c in runs if c.method == "untrained"]
     assert len(baselines) == 1 and baselines[0].seed == 0
     assert len(runs) == 5
+
+
+def test_qlora_on_a_cpu_machine_fails_before_training(tmp_path, monkeypatch):
+    import torch
+
+    from medpeft.grid import run_grid
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    grid = expand_grid({"base": {"task": "pubmed-rct", "model": "tiny-bert", "method": "qlora"}}, name="q")
+    with pytest.raises(ConfigError, match="CUDA GPU.*method: lora"):
+        run_grid(grid, tmp_path)
+    assert not (tmp_path / "q").exists()  # nothing ran, nothing written
+
+
+def test_fp16_on_a_cpu_machine_fails_before_training(tmp_path, monkeypatch):
+    import torch
+
+    from medpeft.grid import run_grid
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    grid = expand_grid({"base": {"task": "pubmed-rct", "model": "tiny-bert", "method": "lora",
+                                 "train": {"precision": "fp16"}}}, name="h")
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
+        run_grid(grid, tmp_path)

@@ -18,7 +18,7 @@ def cfg(train_size=200, val_size=50, test_size=100, split_seed=0) -> SimpleNames
 
 
 # Registered tasks that load offline (hub tasks are tested for failing fast instead).
-OFFLINE = sorted(n for n, s in TASKS.items() if not s.online and not n.startswith("user:"))
+OFFLINE = sorted(n for n, s in TASKS.items() if not s.online and not n.startswith("user-"))
 # (train, validation, test) sizes that fit the small data sets; the rest use 200/50/100.
 SIZES = {"aci-bench": (24, 4, 12), "mts-dialog": (60, 10, 30), "mts-section": (60, 10, 30), "pmc-abstract": (1, 0, 6)}
 # Examples per source split, measured on the pinned wheels.

@@ -104,7 +104,7 @@ def test_tasks_command_lists_every_task(capsys):
     assert cli.main(["tasks"]) == 0
     out = capsys.readouterr().out
     for name, spec in TASKS.items():
-        if not name.startswith("user:"):
+        if not name.startswith("user-"):
             assert f"{name}  [{spec.type}]" in out and spec.license in out
     assert "4,887 examples" in out and "599 train, 379 test" in out
     assert "yes 276, no 169, maybe 55" in out  # pubmedqa label counts

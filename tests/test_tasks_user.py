@@ -188,7 +188,7 @@ def test_csv_multilabel(tmp_path):
 def test_config_names_the_task_and_round_trips(tmp_path):
     path = write_jsonl(tmp_path, notes(), name="ward-notes")
     cfg = config_from_dict({"task": mapping(path), "model": "tiny-bert", "method": "lora"})
-    assert cfg.task == "user:ward-notes" and cfg.run_id.startswith("user:ward-notes.tiny-bert.lora.")
+    assert cfg.task == "user-ward-notes" and cfg.run_id.startswith("user-ward-notes.tiny-bert.lora.")
     again = config_from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again.task == cfg.task and again.run_id == cfg.run_id
     other = tmp_path / "elsewhere"

@@ -311,3 +311,11 @@ def test_interrupted_write_leaves_no_temporary_file(tmp_path, monkeypatch):
 def test_truncated_result_counts_as_unfinished(tmp_path):
     (tmp_path / "result.json").write_text('{"status": "ok", "metr')
     assert results.read_result(tmp_path) is None and not results.is_finished(tmp_path)
+
+
+def test_gradient_checkpointing_gives_the_same_training(tmp_path, assets_ready):
+    """Recomputing activations changes memory and time, not the result (same seed, no dropout noise)."""
+    plain = train.run_experiment(tiny_config("pubmed-conclusion", "tiny-llama", "lora"), tmp_path / "a")
+    ckpt = train.run_experiment(tiny_config("pubmed-conclusion", "tiny-llama", "lora", gradient_checkpointing=True), tmp_path / "b")
+    assert ckpt["config"]["train"]["gradient_checkpointing"] is True
+    assert ckpt["training"]["train_loss"] == pytest.approx(plain["training"]["train_loss"], rel=1e-4)

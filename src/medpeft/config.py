@@ -57,7 +57,8 @@ class TrainConfig:
     scheduler: str = "linear"  # transformers lr_scheduler_type
     eval_batch_size: int = 16  # examples per batch at evaluation and generation
     num_beams: int = 1  # beams for summary generation (the summarization study used 4)
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (mixed precision needs a GPU)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 needs a GPU)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30 % more time
 
     def __post_init__(self):
         check_types(self, "train")
@@ -83,7 +84,7 @@ class ExperimentConfig:
     method_args: dict = field(default_factory=dict)  # keyword arguments of the method's peft config
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    user_data: dict | None = None  # set from a task: mapping (your own data); task then holds its name, user:<file stem>
+    user_data: dict | None = None  # set from a task: mapping (your own data); task then holds its name, user-<file stem>
 
     def __post_init__(self):
         from medpeft.methods import validate_method_args

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from medpeft.config import ConfigError, ExperimentConfig, Grid
 from medpeft.dist import is_main_process, wait_for_everyone
+from medpeft.methods import check_hardware
 from medpeft.models import infer_model_kind, resolve_model
 from medpeft.results import is_finished, write_json, write_summary
 
@@ -31,6 +32,8 @@ def check_grid(runs: list[ExperimentConfig], online: bool) -> None:
     """Fail before any training: every model must resolve and every task's data must load."""
     from medpeft.registry import TASKS
 
+    for cfg in runs:
+        check_hardware(cfg.method, cfg.train.precision)
     paths = {model: resolve_model(model, online) for model in dict.fromkeys(cfg.model for cfg in runs)}
     for model, task in dict.fromkeys((cfg.model, cfg.task) for cfg in runs):
         infer_model_kind(paths[model], TASKS[task].type)

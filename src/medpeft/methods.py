@@ -28,11 +28,12 @@ class MethodSpec:
     peft_class: str | None  # name of the peft config class; None = no adapter
     build: Callable[..., object]
     trains: bool = True  # False for the untrained baseline
+    quantize_4bit: bool = False  # load the frozen base in 4-bit (QLoRA): needs CUDA and bitsandbytes
 
 
-def register_method(name, description, default_lr, peft_class, trains=True):
+def register_method(name, description, default_lr, peft_class, trains=True, quantize_4bit=False):
     def decorator(fn):
-        METHODS.register(name)(MethodSpec(name, description, default_lr, peft_class, fn, trains))
+        METHODS.register(name)(MethodSpec(name, description, default_lr, peft_class, fn, trains, quantize_4bit))
         return fn
 
     return decorator
@@ -65,6 +66,25 @@ def validate_method_args(method: str, args: dict) -> None:
             raise ConfigError(
                 f"unknown method_args key {key!r} for {method} ({spec.peft_class}); valid keys: {', '.join(sorted(valid))}"
             )
+
+
+def check_hardware(method: str, precision: str) -> None:
+    """Fail before training when this machine cannot run the method or precision asked for."""
+    import importlib.util
+
+    import torch
+
+    from medpeft.config import ConfigError
+
+    cuda = torch.cuda.is_available()
+    if METHODS[method].quantize_4bit:
+        if not cuda:
+            raise ConfigError(f"method {method!r} quantises the base model to 4 bits with bitsandbytes, which needs a CUDA GPU; "
+                              "this machine has none. Use method: lora (the same adapter on a full-precision base).")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ConfigError(f"method {method!r} needs the bitsandbytes package: .venv/bin/pip install bitsandbytes")
+    if precision == "fp16" and not cuda:
+        raise ConfigError("train.precision: fp16 needs a CUDA GPU; on CPU use fp32 (or bf16 where the CPU supports it)")
 
 
 def build_peft_config(method: str, kind: str, args: dict, *, model_path: str, instruction: str, new_modules: list[str]):
@@ -111,6 +131,12 @@ def build_lora(kind, args, **_):
 
     args = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, **args}
     return LoraConfig(task_type=peft_task_type(kind), **args)
+
+
+@register_method("qlora", "QLoRA: LoRA (r=16, alpha=32) on a 4-bit NF4-quantised frozen base (needs a CUDA GPU and bitsandbytes)",
+                 2e-4, "LoraConfig", quantize_4bit=True)
+def build_qlora(kind, args, **_):
+    return build_lora(kind, args)
 
 
 @register_method("dora", "DoRA: LoRA with a learned per-column magnitude (weight-decomposed)", 3e-4, "LoraConfig")

@@ -220,7 +220,19 @@ def infer_model_kind(path: str, task_type: str) -> str:
                      "use a seq2seq model (e.g. flan-t5-small, tiny-t5) or a causal LM (smollm2-135m, tiny-llama)")
 
 
-def load_model(path: str, kind: str, labels: list[str] | None = None):
+def quantization_kwargs() -> dict:
+    """QLoRA's 4-bit NF4 base with double quantisation and bf16 compute, placed on this process's GPU."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    from medpeft.dist import local_device
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=torch.bfloat16)
+    return {"quantization_config": config, "device_map": {"": local_device()}}
+
+
+def load_model(path: str, kind: str, labels: list[str] | None = None, quantize_4bit: bool = False):
     """Model, tokenizer and the names of modules the checkpoint did not have (new heads).
 
     A peft adapter folder is loaded onto its base model and merged, so it behaves as a plain model
@@ -239,6 +251,8 @@ def load_model(path: str, kind: str, labels: list[str] | None = None):
         kwargs["problem_type"] = "multi_label_classification"  # sigmoid + BCE over float label vectors
     auto = {"seq2seq": AutoModelForSeq2SeqLM, "causal": AutoModelForCausalLM, "seq_cls": AutoModelForSequenceClassification,
             "multilabel": AutoModelForSequenceClassification, "token_cls": AutoModelForTokenClassification}[kind]
+    if quantize_4bit:
+        kwargs.update(quantization_kwargs())
     model, info = auto.from_pretrained(base or path, **kwargs)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id

@@ -15,7 +15,7 @@ from medpeft.evaluate import (generate_texts, predict_probs, predict_tags, score
                               score_rouge)
 from medpeft.features import encode_examples, token_collator, truncation_warnings
 from medpeft.measure import count_parameters, describe_env, folder_bytes, peak_memory_bytes, reset_peak_memory
-from medpeft.methods import build_peft_config, output_prefix_tokens
+from medpeft.methods import build_peft_config, check_hardware, output_prefix_tokens
 from medpeft.models import ModelError, infer_model_kind, load_model, resolve_model
 from medpeft.registry import METHODS, TASKS
 from medpeft.tasks import check_task_method
@@ -34,7 +34,13 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, *, online: bool = False
     task = TASKS[cfg.task].load(cfg.data, online=online)
     model_path = resolve_model(cfg.model, online)
     kind = infer_model_kind(model_path, task.type)
-    model, tokenizer, new_modules = load_model(model_path, kind, task.labels)
+    spec = METHODS[cfg.method]
+    check_hardware(cfg.method, cfg.train.precision)
+    model, tokenizer, new_modules = load_model(model_path, kind, task.labels, quantize_4bit=spec.quantize_4bit)
+    if spec.quantize_4bit:  # QLoRA: fp32 norms/head, input grads for the frozen 4-bit base
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
     peft_config = build_peft_config(cfg.method, kind, cfg.method_args, model_path=model_path,
                                     instruction=task.instruction, new_modules=new_modules)
     if peft_config is not None:
@@ -43,7 +49,8 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, *, online: bool = False
         model.requires_grad_(False)
     params = count_parameters(model)
     device = local_device()
-    model.to(device)
+    if not spec.quantize_4bit:  # a 4-bit model is already placed and cannot be moved
+        model.to(device)
 
     train_rows, train_stats = encode_examples(task.splits["train"], tokenizer, kind, task.instruction, cfg.data, task.labels)
     val_rows, _ = encode_examples(task.splits["validation"], tokenizer, kind, task.instruction, cfg.data, task.labels)
@@ -117,6 +124,8 @@ def train_model(model, tokenizer, kind: str, cfg: ExperimentConfig, train_rows, 
         train_sampling_strategy="group_by_length", include_num_input_tokens_seen="non_padding",
         logging_steps=max(1, total_steps // 5), save_strategy="no", report_to="none", logging_nan_inf_filter=False,
         remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=True,
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},  # works with a frozen embedding (peft)
     )
     if kind in ("seq_cls", "multilabel"):
         collator = DataCollatorWithPadding(tokenizer)

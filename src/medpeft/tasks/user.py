@@ -26,7 +26,7 @@ USER_KEYS = {
     "fractions": "{train, validation, test} fractions when the file has no split column (default 0.8/0.1/0.1)",
     "id_field": "column with example ids (default: id when present, else the line number)",
     "label_sep": "separator of several labels in one CSV cell (multilabel; default ;)",
-    "name": "task name in run ids and summaries (default user:<file stem>)",
+    "name": "task name in run ids and summaries (default user-<file stem>)",
     "instruction": "one-line instruction used to prompt decoder-only models",
 }
 DEFAULT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
@@ -67,7 +67,7 @@ def check_user_task(mapping: dict) -> dict:
 
 
 def user_task_name(mapping: dict) -> str:
-    return mapping.get("name") or f"user:{Path(mapping['path']).stem}"
+    return mapping.get("name") or f"user-{Path(mapping['path']).stem}"
 
 
 def register_user_task(mapping: dict) -> str:
