@@ -235,7 +235,7 @@ def confusion_section(frame, runs_by_id: dict, path: Path) -> tuple[str, str]:
     predictions = [p for rid in row["run_ids"] for p in read_predictions(runs_by_id[rid])]
     if not predictions:
         return "", ""
-    labels = label_order(predictions)
+    labels = runs_by_id[row["run_ids"][0]].get("labels") or label_order(predictions)  # older results lack labels
     matrix = np.zeros((len(labels), len(labels)), dtype=int)
     for p in predictions:
         matrix[labels.index(p["reference"]), labels.index(p["prediction"])] += 1

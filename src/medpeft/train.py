@@ -74,7 +74,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, *, online: bool = False
     seconds = training["train_seconds"]
     result = {
         "run_id": cfg.run_id, "status": "ok", "error": None,
-        "task": cfg.task, "task_type": task.type, "model": cfg.model, "model_path": model_path, "model_kind": kind,
+        "task": cfg.task, "task_type": task.type, "labels": task.labels, "model": cfg.model, "model_path": model_path, "model_kind": kind,
         "method": cfg.method, "seed": cfg.seed, "config": cfg.to_dict(),
         "metrics": metrics,
         "efficiency": {
