@@ -30,7 +30,7 @@ KIND_SETUPS = {
 @pytest.fixture(scope="session")
 def assets_ready():
     """Skip (with the fix) when the pinned MiniLM/MEDLINE wheels are not cached; tests never download."""
-    from medpeft import assets
+    from medpeft.data import assets
 
     for name in ("minilm", "pubmed"):
         try:

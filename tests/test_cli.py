@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from medpeft import cli, train
+from medpeft import cli
+from medpeft.run import execute
 from medpeft.registry import METHODS, MODELS, TASKS
 
 GOOD = """
@@ -20,7 +21,7 @@ def no_training(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the CLI trained a run")
 
-    monkeypatch.setattr(train, "run_experiment", refuse)
+    monkeypatch.setattr(execute, "run_experiment", refuse)
 
 
 def write(tmp_path, text: str, name="grid.yaml") -> str:
@@ -87,13 +88,14 @@ def test_run_without_a_grid_is_a_usage_error(capsys):
 
 def test_dry_run_prints_every_run_id_with_baselines(tmp_path, capsys, no_training, monkeypatch):
     from medpeft.config import load_grid
+    from medpeft.grid import grid_configs
 
     monkeypatch.chdir(tmp_path)
     path = write(tmp_path, GOOD)
     assert cli.main(["run", path, "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
     ids = [line for line in out if line.count(".") >= 4]
-    expected = [cfg.run_id for cfg in load_grid(path).runs]
+    expected = [cfg.run_id for cfg in grid_configs(load_grid(path)) if cfg.method != "untrained"]
     assert len(expected) == 5 and set(expected) <= set(ids)
     baselines = [i for i in ids if ".untrained." in i]
     assert len(baselines) == 2  # one per (model, task)

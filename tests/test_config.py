@@ -5,9 +5,13 @@ import itertools
 
 import pytest
 
-from medpeft.config import (ConfigError, ExperimentConfig, config_from_dict, expand_grid, load_grid, parse_override)
-from medpeft.models import ModelError, resolve_model
+from medpeft.config import ExperimentConfig, config_from_dict, expand_grid, load_grid, parse_override
+from medpeft.errors import ConfigError, ModelError
+from medpeft.grid import grid_configs
+from medpeft.models import resolve_model
 from medpeft.registry import METHODS, MODELS, TASKS
+
+from helpers import checked_config
 
 BASE = {"task": "pubmed-rct", "model": "tiny-bert", "method": "lora"}
 
@@ -146,20 +150,20 @@ def test_grid_file_must_be_a_mapping(tmp_path):
 
 
 def test_run_id_is_stable_and_readable():
-    a = config_from_dict(dict(BASE, seed=1, method_args={"r": 8}))
-    b = config_from_dict(dict(BASE, seed=1, method_args={"r": 8}))
+    a = checked_config(dict(BASE, seed=1, method_args={"r": 8}))
+    b = checked_config(dict(BASE, seed=1, method_args={"r": 8}))
     assert a is not b and a.run_id == b.run_id
     assert a.run_id.startswith("pubmed-rct.tiny-bert.lora.seed1.")
 
 
 def test_run_id_survives_a_round_trip_through_result_json_config():
-    cfg = config_from_dict(dict(BASE, seed=2, method_args={"r": 4}, train={"lr": 1e-3}))
-    assert config_from_dict(cfg.to_dict()).run_id == cfg.run_id
+    cfg = checked_config(dict(BASE, seed=2, method_args={"r": 4}, train={"lr": 1e-3}))
+    assert checked_config(cfg.to_dict()).run_id == cfg.run_id
 
 
 def test_run_id_of_the_default_lr_equals_the_explicit_default():
-    implicit = config_from_dict(dict(BASE))
-    explicit = config_from_dict(dict(BASE, train={"lr": METHODS["lora"].default_lr}))
+    implicit = checked_config(dict(BASE))
+    explicit = checked_config(dict(BASE, train={"lr": METHODS["lora"].default_lr}))
     assert implicit.run_id == explicit.run_id
 
 
@@ -168,11 +172,11 @@ def test_run_id_of_the_default_lr_equals_the_explicit_default():
     {"data": {"train_size": 10}}, {"model": "tiny-llama", "task": "pubmed-conclusion"},
 ])
 def test_run_id_changes_with_any_setting(change):
-    assert config_from_dict(dict(BASE, **change)).run_id != config_from_dict(dict(BASE)).run_id
+    assert checked_config(dict(BASE, **change)).run_id != checked_config(dict(BASE)).run_id
 
 
 def test_run_id_of_a_hub_id_is_a_single_folder_name():
-    cfg = config_from_dict(dict(BASE, model="google/flan-t5-small", task="pubmed-conclusion"))
+    cfg = checked_config(dict(BASE, model="google/flan-t5-small", task="pubmed-conclusion"))
     assert "/" not in cfg.run_id and "google--flan-t5-small" in cfg.run_id
 
 
@@ -220,11 +224,11 @@ def test_unknown_nested_key_names_the_dotted_key_and_the_valid_ones(section, key
 ])
 def test_wrong_type_is_an_error_naming_the_key(change, key):
     with pytest.raises(ConfigError, match=rf"^{key} must be of type"):
-        config_from_dict(dict(BASE, **change))
+        checked_config(dict(BASE, **change))
 
 
 def test_integral_float_is_accepted_for_an_int():
-    assert config_from_dict(dict(BASE, seed=2.0)).seed == 2
+    assert checked_config(dict(BASE, seed=2.0)).seed == 2
 
 
 @pytest.mark.parametrize("change, needle", [
@@ -237,18 +241,18 @@ def test_integral_float_is_accepted_for_an_int():
 ])
 def test_out_of_range_values_are_errors(change, needle):
     with pytest.raises(ConfigError, match=needle):
-        config_from_dict(dict(BASE, **change))
+        checked_config(dict(BASE, **change))
 
 
 def test_missing_required_field_is_a_config_error():
     with pytest.raises(ConfigError, match="task"):
-        config_from_dict({"model": "tiny-bert", "method": "lora"})
+        checked_config({"model": "tiny-bert", "method": "lora"})
 
 
 @pytest.mark.parametrize("key, registry", [("method", METHODS), ("task", TASKS)])
 def test_unknown_method_or_task_lists_the_valid_choices(key, registry):
     with pytest.raises(ConfigError) as err:
-        config_from_dict(dict(BASE, **{key: "nope"}))
+        checked_config(dict(BASE, **{key: "nope"}))
     msg = str(err.value)
     assert "'nope'" in msg
     assert registry, f"no {key}s registered"
@@ -258,7 +262,7 @@ def test_unknown_method_or_task_lists_the_valid_choices(key, registry):
 
 def test_unknown_method_args_key_names_the_peft_config_keys():
     with pytest.raises(ConfigError) as err:
-        config_from_dict(dict(BASE, method_args={"rank": 8}))
+        checked_config(dict(BASE, method_args={"rank": 8}))
     msg = str(err.value)
     assert "'rank'" in msg and "LoraConfig" in msg
     for valid in ("r", "lora_alpha", "lora_dropout", "target_modules", "modules_to_save"):
@@ -269,13 +273,13 @@ def test_unknown_method_args_key_names_the_peft_config_keys():
 @pytest.mark.parametrize("method, key", [("prompt_tuning", "num_virtual_tokens"), ("ia3", "target_modules"),
                                          ("p_tuning", "encoder_hidden_size"), ("prefix_tuning", "num_virtual_tokens")])
 def test_valid_method_args_are_accepted(method, key):
-    assert key in config_from_dict(dict(BASE, method=method, method_args={key: 8 if "num" in key or "size" in key else ["query"]})).method_args
+    assert key in checked_config(dict(BASE, method=method, method_args={key: 8 if "num" in key or "size" in key else ["query"]})).method_args
 
 
 @pytest.mark.parametrize("method", [m for m, spec in METHODS.items() if spec.peft_class is None])
 def test_methods_without_peft_config_take_no_method_args(method):
     with pytest.raises(ConfigError, match=f"{method}.*takes no method_args"):
-        config_from_dict(dict(BASE, method=method, method_args={"r": 4}))
+        checked_config(dict(BASE, method=method, method_args={"r": 4}))
 
 
 def test_dotted_key_into_a_scalar_is_an_error():
@@ -295,17 +299,18 @@ def test_grid_block_must_be_a_mapping():
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_lr_none_resolves_to_the_method_default(method):
-    cfg = config_from_dict(dict(BASE, method=method))
+    cfg = checked_config(dict(BASE, method=method))
     assert cfg.train.lr == METHODS[method].default_lr
     assert isinstance(cfg, ExperimentConfig)
 
 
 def test_explicit_lr_wins_over_the_method_default():
-    assert config_from_dict(dict(BASE, train={"lr": 1e-5})).train.lr == 1e-5
+    assert checked_config(dict(BASE, train={"lr": 1e-5})).train.lr == 1e-5
 
 
 def test_lr_axis_none_means_the_default_per_method():
-    runs = expand({"method": ["lora", "prompt_tuning"], "train.lr": [None]})
+    spec = {"base": BASE, "grid": {"method": ["lora", "prompt_tuning"], "train.lr": [None]}}
+    runs = [c for c in grid_configs(expand_grid(spec, name="t")) if c.method != "untrained"]
     assert [r.train.lr for r in runs] == [METHODS["lora"].default_lr, METHODS["prompt_tuning"].default_lr]
 
 

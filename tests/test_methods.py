@@ -9,13 +9,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medpeft.features import encode_examples, token_collator
-from medpeft.measure import count_parameters
-from medpeft.methods import KINDS, build_peft_config, output_prefix_tokens
-from medpeft.models import load_model, resolve_model
+from medpeft.run.encode import encode_examples, token_collator
+from medpeft.run.kinds import KINDS
+from medpeft.methods import build_peft_config, output_prefix_tokens
+from medpeft.models import resolve_model
+from medpeft.run.measure import count_parameters
 from medpeft.registry import METHODS
 from medpeft.tasks import RCT_LABELS
 
+from helpers import load_for_kind
 from conftest import KIND_SETUPS, TINY_DATA
 
 TRAINED_METHODS = sorted(name for name, spec in METHODS.items() if spec.trains)
@@ -48,26 +50,21 @@ def build(method: str, kind: str, method_args=None):
     model_name, _ = KIND_SETUPS[kind]
     path = resolve_model(model_name, online=False)
     torch.manual_seed(0)
-    model, tokenizer, new_modules = load_model(path, kind, labels_for(kind))
-    config = build_peft_config(method, kind, method_args or {}, model_path=path, instruction=INSTRUCTION, new_modules=new_modules)
+    model, tokenizer, new_modules = load_for_kind(path, kind, labels_for(kind))
+    new_modules = new_modules if KINDS[kind].new_head else []
+    config = build_peft_config(method, KINDS[kind].peft_task_type, method_args or {}, model_path=path, instruction=INSTRUCTION,
+                               new_modules=new_modules)
     if config is not None:
         model = get_peft_model(model, config)
     return model, tokenizer, config
 
 
 def make_batch(tokenizer, kind: str, config=None) -> dict:
-    from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
-
     data_cfg = type("Data", (), TINY_DATA)()
     examples = HEAD_DATA[kind][1] if kind in HEAD_DATA else EXAMPLES
-    rows, _ = encode_examples(examples, tokenizer, kind, INSTRUCTION, data_cfg, labels_for(kind))
-    if kind in ("seq_cls", "multilabel"):
-        collator = DataCollatorWithPadding(tokenizer)
-    elif kind == "token_cls":  # soft prompts shift the token labels (methods.output_prefix_tokens)
-        collator = token_collator(tokenizer, output_prefix_tokens(config))
-    else:
-        collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
-    return collator(rows)
+    rows, _ = encode_examples(examples, tokenizer, KINDS[kind], INSTRUCTION, data_cfg, labels_for(kind))
+    # soft prompts shift the token labels (methods.output_prefix_tokens)
+    return KINDS[kind].collator(tokenizer, output_prefix_tokens(config))(rows)
 
 
 def snapshot(model) -> dict[str, torch.Tensor]:
@@ -173,8 +170,8 @@ def test_lora_targets_follow_method_args():
     assert all(p.shape[0] == 2 for n, p in model.named_parameters() if "lora_A" in n)
 
 
-def test_unknown_kind_is_an_error():
-    with pytest.raises(ValueError, match="kinds"):
+def test_unknown_peft_task_type_is_an_error():
+    with pytest.raises(ValueError, match="peft task type"):
         build_peft_config("lora", "vision", {}, model_path="x", instruction="", new_modules=[])
 
 
@@ -190,9 +187,9 @@ def test_new_modules_missing_from_the_checkpoint_are_trained_and_saved(tmp_path)
     AutoTokenizer.from_pretrained(source).save_pretrained(folder)
 
     torch.manual_seed(1)
-    model, tokenizer, new_modules = load_model(str(folder), "seq_cls", LABELS)
+    model, tokenizer, new_modules = load_for_kind(str(folder), "seq_cls", LABELS)
     assert new_modules == ["bert.pooler.dense", "classifier"]
-    config = build_peft_config("lora", "seq_cls", {}, model_path=str(folder), instruction="", new_modules=new_modules)
+    config = build_peft_config("lora", "SEQ_CLS", {}, model_path=str(folder), instruction="", new_modules=new_modules)
     assert {"bert.pooler.dense", "classifier"} <= set(config.modules_to_save)
     model = get_peft_model(model, config)
     pooler = [p for n, p in model.named_parameters() if "pooler" in n and "modules_to_save" in n]
@@ -205,7 +202,7 @@ def test_new_modules_missing_from_the_checkpoint_are_trained_and_saved(tmp_path)
         expected = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
 
     torch.manual_seed(2)  # a different random pooler and head in the fresh base
-    base, _, _ = load_model(str(folder), "seq_cls", LABELS)
+    base, _, _ = load_for_kind(str(folder), "seq_cls", LABELS)
     reloaded = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
     with torch.no_grad():
         got = reloaded(**{k: v for k, v in batch.items() if k != "labels"}).logits

@@ -9,7 +9,7 @@ import torch
 from medpeft.config import config_from_dict
 from medpeft.pretrain import PretrainConfig, build_corpus, evaluation_pmids, pretrain
 from medpeft.registry import TASKS
-from medpeft.train import run_experiment
+from helpers import run_config
 
 GRID = """
 name: g
@@ -34,7 +34,7 @@ def test_corpus_leaves_out_every_evaluation_abstract(grid_file, assets_ready):
     assert excluded == expected and expected
     docs, stats = build_corpus(excluded, max_docs=0, seed=0)
     assert stats["dropped_for_evaluation"] == len(excluded)
-    from medpeft.medline import latest_versions, load_citations
+    from medpeft.data.medline import latest_versions, load_citations
 
     texts = {c["pmid"]: " ".join(s["text"] for s in c["sections"]) for c in latest_versions(load_citations())}
     held_out = {texts[p] for p in excluded}
@@ -58,8 +58,8 @@ def test_pretrained_model_is_usable_in_a_run(tmp_path, grid_file, model, objecti
     cfg = config_from_dict({"task": task, "model": str(out), "method": "lora", "data": {
         "train_size": 8, "val_size": 0, "test_size": 4, "max_source_tokens": 32, "max_target_tokens": 8},
         "train": {"max_steps": 1, "batch_size": 4}})
-    result = run_experiment(cfg, tmp_path / "run")
-    assert result["status"] == "ok"
+    result = run_config(cfg, tmp_path / "run")
+    assert result.status == "ok"
 
 
 def test_adapted_encoder_keeps_its_pooler_and_changes_its_encoder(tmp_path, grid_file, assets_ready):

@@ -78,15 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def command_run(args) -> int:
     from medpeft.config import load_grid
-    from medpeft.grid import parse_shard, run_grid, select_shard, with_baselines
+    from medpeft.grid import grid_configs, parse_shard, run_grid
+    from medpeft.plan import plan_runs
 
     grid = load_grid(args.grid, args.overrides)
     shard = parse_shard(args.shard) if args.shard else None
-    if args.dry_run:
-        runs = select_shard(with_baselines(grid.runs), shard)
-        for cfg in runs:
-            print(cfg.run_id)
-        print(f"{len(runs)} runs (untrained baselines included); nothing trained (--dry-run)")
+    if args.dry_run:  # every check the real run makes: names, models, hardware, each task's data
+        plans = plan_runs(grid_configs(grid, shard), args.online)
+        for plan in plans:
+            print(plan.run_id)
+        print(f"{len(plans)} runs (untrained baselines included); nothing trained (--dry-run)")
         return 0
     run_grid(grid, args.runs_dir, online=args.online, shard=shard)
     return 0
@@ -134,7 +135,7 @@ def command_list(args) -> int:
 def command_report(args) -> int:
     from pathlib import Path
 
-    from medpeft.report import build_report
+    from medpeft.report.build import build_report
 
     if not Path(args.grid_dir).is_dir():
         print(f"medpeft: error: {args.grid_dir} is not a directory (expected a grid's runs, e.g. runs/quick)", file=sys.stderr)
@@ -146,7 +147,7 @@ def command_report(args) -> int:
 
 
 def command_fetch(args) -> int:
-    from medpeft.assets import fetch_all
+    from medpeft.data.assets import fetch_all
 
     for name, path in fetch_all().items():
         print(f"{name}: {path}")
@@ -171,16 +172,13 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from medpeft.assets import AssetError
-    from medpeft.config import ConfigError
-    from medpeft.models import ModelError
-    from medpeft.registry import UnknownNameError
+    from medpeft.errors import MedpeftError
 
     quiet_libraries()
     handlers = {"pretrain": command_pretrain, "run": command_run, "report": command_report, "list": command_list, "fetch": command_fetch,
                 "tasks": command_tasks}
     try:
         return handlers[args.command](args)
-    except (ConfigError, ModelError, AssetError, UnknownNameError) as err:
+    except MedpeftError as err:
         print(f"medpeft: error: {err}", file=sys.stderr)
         return 2

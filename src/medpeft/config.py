@@ -18,9 +18,7 @@ from pathlib import Path
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A grid or run configuration that cannot be run; the message says how to fix it."""
+from medpeft.errors import ConfigError
 
 
 @dataclass
@@ -75,7 +73,10 @@ class TrainConfig:
 
 @dataclass
 class ExperimentConfig:
-    """One run: a model adapted to a task with a method under one seed."""
+    """One run: a model adapted to a task with a method under one seed.
+
+    Pure data: types and values are checked here; names (task, model, method) are resolved and
+    checked against the registries once, in `plan.py`."""
 
     task: str  # a registered task (`medpeft tasks`), or your own data as a mapping {type, path, text_field, target_field}
     model: str  # a registered model, a local model directory, or a hub id (needs --online)
@@ -85,60 +86,44 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     user_data: dict | None = None  # set from a task: mapping (your own data); task then holds its name, user-<file stem>
+    # The grid axes that set this run ({"method_args.r": 4}), recorded at expansion so the report keeps
+    # a sweep's variants apart without guessing. Not a setting and not part of the run's identity.
+    variant: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def __post_init__(self):
-        from medpeft.methods import validate_method_args
-        from medpeft.models import check_model_name
-        from medpeft.registry import METHODS, TASKS
-        from medpeft.tasks import check_task_method
-
         if isinstance(self.data, dict):
             self.data = build_dataclass(DataConfig, self.data, "data")
         if isinstance(self.train, dict):
             self.train = build_dataclass(TrainConfig, self.train, "train")
-        if isinstance(self.task, dict) or self.user_data is not None:
-            self.register_user_data()
-        check_types(self, "")
-        for key, registry in (("task", TASKS), ("method", METHODS)):
-            if getattr(self, key) not in registry:
-                raise ConfigError(
-                    f"unknown {key} {getattr(self, key)!r}; valid {key}s: {', '.join(sorted(registry))}"
-                )
-        try:
-            check_model_name(self.model)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-        validate_method_args(self.method, self.method_args)
-        try:
-            check_task_method(self.task, self.method, self.model)  # evaluation-only tasks cannot train
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-        if self.train.lr is None:
-            self.train.lr = METHODS[self.method].default_lr
-
-    def register_user_data(self) -> None:
-        """Validate the task: mapping (keys, file, fields), register it as a task and use its name."""
-        from medpeft.tasks import register_user_task
-
-        if isinstance(self.task, dict):
+        if isinstance(self.task, dict):  # your own data: the mapping is kept, the task is named after it
             self.user_data = dict(self.task)
-        if not isinstance(self.user_data, dict):
+            self.task = user_task_name(self.user_data)
+        if self.user_data is not None and not isinstance(self.user_data, dict):
             raise ConfigError(f"user_data must be a mapping, got {self.user_data!r}")
-        try:
-            self.task = register_user_task(self.user_data)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
+        check_types(self, "")
+        if not isinstance(self.method_args, dict):
+            raise ConfigError(f"method_args must be a mapping, got {self.method_args!r}")
 
     @property
     def run_id(self) -> str:
         """Readable and stable: the same resolved config always gets the same id."""
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
         digest = hashlib.sha256(blob.encode()).hexdigest()[:8]
         model = self.model.strip("/").replace("/", "--")
         return f"{self.task}.{model}.{self.method}.seed{self.seed}.{digest}"
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The settings as plain data (what result.json stores as `config`)."""
+        data = dataclasses.asdict(self)
+        data.pop("variant")
+        return data
+
+
+def user_task_name(mapping: dict) -> str:
+    """The task name of your own data: `name:`, or user-<file stem>."""
+    if not isinstance(mapping.get("path", ""), str):
+        raise ConfigError(f"task.path must be a file path, got {mapping.get('path')!r}")
+    return str(mapping.get("name") or f"user-{Path(mapping.get('path') or 'data').stem}")
 
 
 def check_types(obj, prefix: str) -> None:
@@ -174,7 +159,7 @@ def build_dataclass(cls, values: dict, prefix: str):
     """Build `cls` from a dict; an unknown key is an error that lists the valid ones."""
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix} must be a mapping of settings, got {values!r}")
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
     for key in values:
         if key not in names:
             where = f"{prefix}.{key}" if prefix else key
@@ -196,8 +181,12 @@ def set_dotted(config: dict, key: str, value) -> None:
     node[parts[-1]] = value
 
 
-def expand_block(base: dict, block: dict) -> list[dict]:
-    """The cartesian product of a grid block's list-valued axes, each merged into `base`."""
+NAMING_AXES = ("task", "model", "method", "seed")  # name a row (or a seed) by themselves: not part of a variant
+
+
+def expand_block(base: dict, block: dict) -> list[tuple[dict, dict]]:
+    """The cartesian product of a grid block's list-valued axes, each merged into `base`,
+    with its variant: the block's axes other than task, model, method and seed."""
     if not isinstance(block, dict):
         raise ConfigError(f"each grid block must be a mapping of axis: [values], got {block!r}")
     axes = {k: (v if isinstance(v, list) else [v]) for k, v in block.items()}
@@ -209,7 +198,8 @@ def expand_block(base: dict, block: dict) -> list[dict]:
         config = json.loads(json.dumps(base))  # deep copy of plain YAML data
         for key, value in zip(axes, combo):
             set_dotted(config, key, value)
-        runs.append(config)
+        variant = {key: value for key, value in zip(axes, combo) if key not in NAMING_AXES}
+        runs.append((config, variant))
     return runs
 
 
@@ -223,7 +213,7 @@ def parse_override(text: str) -> tuple[str, object]:
 
 @dataclass
 class Grid:
-    """An expanded grid: its name (the runs/ sub-folder) and one config per run."""
+    """An expanded grid: its name (the runs/ sub-folder) and one config per run (each with its variant)."""
 
     name: str
     runs: list[ExperimentConfig]
@@ -233,7 +223,7 @@ GRID_KEYS = ("name", "description", "base", "grid")
 
 
 def load_grid(path: str | Path, overrides: list[str] = ()) -> Grid:
-    """Read a YAML grid, expand it, apply `--set` overrides, validate every run."""
+    """Read a YAML grid, expand it, apply `--set` overrides, check every run's keys, types and values."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"grid file {path} does not exist")
@@ -244,6 +234,7 @@ def load_grid(path: str | Path, overrides: list[str] = ()) -> Grid:
 
 
 def expand_grid(spec: dict, name: str, overrides=(), source: str = "grid") -> Grid:
+    """Every run of a grid spec; a `--set` override applies to every run, so it is no variant."""
     for key in spec:
         if key not in GRID_KEYS:
             raise ConfigError(f"{source}: unknown top-level key {key!r}; valid keys: {', '.join(GRID_KEYS)}")
@@ -253,10 +244,12 @@ def expand_grid(spec: dict, name: str, overrides=(), source: str = "grid") -> Gr
     pairs = [parse_override(o) for o in overrides]
     runs, seen = [], set()
     for block in blocks:
-        for raw in expand_block(base, block):
+        for raw, variant in expand_block(base, block):
             for key, value in pairs:
                 set_dotted(raw, key, value)
+                variant.pop(key, None)
             cfg = config_from_dict(raw)
+            cfg.variant = variant
             if cfg.run_id not in seen:
                 seen.add(cfg.run_id)
                 runs.append(cfg)

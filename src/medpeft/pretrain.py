@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from medpeft.results import write_json
+from medpeft.run.record import write_json
 
 
 @dataclass
@@ -36,7 +36,7 @@ class PretrainConfig:
 def evaluation_pmids(grid_paths) -> set[str]:
     """PMIDs of every validation and test example in the given grids (MEDLINE task ids start with the PMID)."""
     from medpeft.config import load_grid
-    from medpeft.registry import TASKS
+    from medpeft.plan import task_spec
 
     pmids = set()
     for path in grid_paths:
@@ -46,9 +46,10 @@ def evaluation_pmids(grid_paths) -> set[str]:
             if key in seen:
                 continue
             seen.add(key)
-            if TASKS[cfg.task].online:  # hub data sets carry their own ids, not MEDLINE PMIDs
+            spec = task_spec(cfg)
+            if spec.online:  # hub data sets carry their own ids, not MEDLINE PMIDs
                 continue
-            task = TASKS[cfg.task].load(cfg.data)
+            task = spec.load(cfg.data)
             for split in ("validation", "test"):
                 pmids.update(str(ex["id"]).split("-")[0] for ex in task.splits[split])
     return pmids
@@ -58,7 +59,7 @@ def build_corpus(excluded: set[str], max_docs: int, seed: int) -> tuple[list[str
     """MEDLINE title + abstract texts whose PMID is not excluded, in a seeded random order."""
     import random
 
-    from medpeft.medline import latest_versions, load_citations
+    from medpeft.data.medline import latest_versions, load_citations
 
     citations = sorted(latest_versions(load_citations()), key=lambda c: c["pmid"])
     kept = [c for c in citations if c["pmid"] not in excluded]
@@ -111,7 +112,7 @@ def pretrain(cfg: PretrainConfig, *, online: bool = False, log=print) -> Path:
     from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments, set_seed
 
-    from medpeft.measure import describe_env
+    from medpeft.run.measure import describe_env
     from medpeft.models import resolve_model
 
     set_seed(cfg.seed)
@@ -133,7 +134,7 @@ def pretrain(cfg: PretrainConfig, *, online: bool = False, log=print) -> Path:
         logging_steps=max(1, steps // 10), remove_unused_columns=False, warmup_steps=0.06,
     )
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator, processing_class=tokenizer)
-    trainer.model_accepts_loss_kwargs = objective == "causal-lm"  # masked-LM heads take a plain mean (see train.py)
+    trainer.model_accepts_loss_kwargs = objective == "causal-lm"  # masked-LM heads take a plain mean (see run/kinds.py)
     start = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - start

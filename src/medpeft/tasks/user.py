@@ -12,8 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from medpeft.registry import TASKS
-from medpeft.tasks.base import SPLITS, DataError, TaskData, TaskSpec, check_task_data, data_error, shuffled
+from medpeft.config import user_task_name
+from medpeft.errors import DataError
+from medpeft.tasks.base import SPLITS, TaskData, TaskSpec, check_task_data, data_error, shuffled
 
 USER_TYPES = ("summarization", "classification", "multilabel", "ner")
 USER_KEYS = {
@@ -66,29 +67,18 @@ def check_user_task(mapping: dict) -> dict:
     return dict(mapping)
 
 
-def user_task_name(mapping: dict) -> str:
-    return mapping.get("name") or f"user-{Path(mapping['path']).stem}"
-
-
-def register_user_task(mapping: dict) -> str:
-    """Register (once) a user-data task in TASKS and return its name."""
+def user_task_spec(mapping: dict) -> TaskSpec:
+    """The task of a user-data mapping, validated (keys, type, file, fields); it is not registered:
+    a run's plan holds it, so reading a config never changes the registry."""
     mapping = check_user_task(mapping)
     name = user_task_name(mapping)
-    existing = TASKS.get(name)
-    if existing is not None:
-        if getattr(existing.load, "user_mapping", None) == mapping:
-            return name
-        raise ValueError(f"task name {name!r} is already used by another task; give this data set its own "
-                         f"name (task: {{name: ..., path: {mapping['path']}}})")
 
     def load(data_cfg: Any, online: bool = False) -> TaskData:
         return check_task_data(spec, load_user_data(name, mapping, data_cfg))
 
-    load.user_mapping = mapping
     spec = TaskSpec(name, mapping["type"], f"user data from {mapping['path']}", f"user file {mapping['path']}",
                     "the user's own data", load, pool=lambda: {"all": read_user_examples(mapping)[0]})
-    TASKS.register(name)(spec)
-    return name
+    return spec
 
 
 # --- reading -------------------------------------------------------------------------

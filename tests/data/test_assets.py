@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from medpeft import assets
-from medpeft.assets import Asset, AssetError
+from medpeft.data import assets
+from medpeft.data.assets import Asset, AssetError
 
 MEMBERS = {"fake/data/a.txt": b"alpha", "fake/data/sub/b.txt": b"beta", "fake/other.txt": b"x"}
 

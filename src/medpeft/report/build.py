@@ -11,12 +11,15 @@ import html
 import re
 from pathlib import Path
 
-from medpeft import plots
-from medpeft.plots import image_html
-from medpeft.results import write_atomic
-from medpeft.sections import answer_first, comparison_table, example_section, failure_section, warnings_for
-from medpeft.stats import SEEDS_FOR_A_CLAIM, aggregate, collect_runs, compare_task
-from medpeft.tables import METRIC_NAMES, ROUGE_L_NOTE, table_columns, table_html, table_latex, table_markdown
+from medpeft.report import plots
+from medpeft.report.compare import SEEDS_FOR_A_CLAIM, compare_task
+from medpeft.report.frame import aggregate, collect_runs
+from medpeft.report.plots import image_html
+from medpeft.report.sections import answer_first, comparison_table, example_section, failure_section, warnings_for
+from medpeft.report.summary import write_summary
+from medpeft.report.tables import ROUGE_L_NOTE, table_columns, table_html, table_latex, table_markdown
+from medpeft.run.metrics import metric_label as label_of
+from medpeft.run.record import write_atomic
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;color:#1b1b1b;max-width:1360px;margin:24px auto;padding:0 20px}
@@ -56,7 +59,7 @@ def slug(text: str) -> str:
 
 
 def metric_label(frame) -> str:
-    return f"{METRIC_NAMES.get(frame['primary'].iloc[0], frame['primary'].iloc[0])} (×100)"
+    return f"{label_of(frame['primary'].iloc[0])} (×100)"
 
 
 def make_task_plots(frame, task: str, plot_dir: Path) -> list[tuple[str, Path, str]]:
@@ -130,13 +133,13 @@ def glance_section(answers: dict[str, list[str]], failed: int) -> tuple[str, str
 
 def incomplete_runs(grid_dir: Path, runs: list[dict]) -> list[str]:
     """Run folders without a result.json: still running, or killed before the end."""
-    done = {r.get("run_id") for r in runs}
+    done = {r.run_id for r in runs}
     return sorted(d.name for d in Path(grid_dir).iterdir()
                   if d.is_dir() and d.name not in done and not d.name.startswith("."))
 
 
 def report_header(grid_dir: Path, runs: list[dict], frame, opts: dict) -> tuple[str, str]:
-    ok = sum(r.get("status") == "ok" for r in runs)
+    ok = sum(r.ok for r in runs)
     failed = len(runs) - ok
     tasks = list(dict.fromkeys(frame["task"])) if not frame.empty else []
     meta = (f"{len(runs)} runs: {ok} finished, {failed} failed. Uncertainty from {opts['n_resamples']} bootstrap / "
@@ -154,7 +157,8 @@ def build_report(grid_dir: Path, *, n_resamples: int = 2000, seed: int = 0, with
     opts = {"n_resamples": n_resamples, "seed": seed, "within_points": within_points}
     runs = collect_runs(grid_dir)
     frame = aggregate(runs, n_resamples, seed)
-    runs_by_id = {r["run_id"]: r for r in runs}
+    summary_text = write_summary(grid_dir, frame, runs)  # first: the plain table survives a failing figure
+    runs_by_id = {r.run_id: r for r in runs}
     head_html, head_md = report_header(grid_dir, runs, frame, opts)
     parts_html, parts_md, parts_tex, answers, written = [head_html], [head_md], [], {}, []
     for task, task_frame in (frame.groupby("task", sort=False) if not frame.empty else []):
@@ -164,7 +168,7 @@ def build_report(grid_dir: Path, *, n_resamples: int = 2000, seed: int = 0, with
         parts_tex.append(part["tex"])
         answers[task] = part["answer"]
         written += part["plots"]
-    glance_html, glance_md = glance_section(answers, sum(r.get("status") != "ok" for r in runs))
+    glance_html, glance_md = glance_section(answers, sum(not r.ok for r in runs))
     parts_html.insert(1, glance_html)
     parts_md.insert(1, glance_md)
     if frame.empty:
@@ -180,4 +184,5 @@ def build_report(grid_dir: Path, *, n_resamples: int = 2000, seed: int = 0, with
     write_atomic(paths["md"], "\n".join(parts_md))
     write_atomic(paths["tex"], "% medpeft main tables; needs \\usepackage{booktabs}\n" + "\n".join(parts_tex))
     paths["plots"] = written
+    paths["summary"], paths["summary_text"] = grid_dir / "summary.md", summary_text
     return paths

@@ -10,10 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from medpeft.plots import image_html, plot_confusion
-from medpeft.results import format_bytes
-from medpeft.stats import SEEDS_FOR_A_CLAIM, example_scores, read_predictions
-from medpeft.tables import METRIC_NAMES, format_seconds, row_label
+from medpeft.report.compare import SEEDS_FOR_A_CLAIM
+from medpeft.report.frame import example_scores
+from medpeft.report.plots import image_html, plot_confusion
+from medpeft.report.stats import statistic
+from medpeft.report.tables import format_bytes, format_seconds, row_label
+from medpeft.run.metrics import metric_label
+from medpeft.run.record import RunResult
 
 # (column, budget, how the cost is printed)
 BUDGETS = (("trainable_pct_mean", "Fewest trainable parameters", lambda v: f"{v:.3g}% trainable"),
@@ -48,7 +51,7 @@ def answer_first(frame, comparisons: list[dict], within_points: float) -> list[s
     trained = frame[~frame["is_baseline"] & frame["primary_mean"].notna()]
     if trained.empty:
         return ["No trained run finished for this task."]
-    name, many = METRIC_NAMES.get(frame["primary"].iloc[0], frame["primary"].iloc[0]), frame["model"].nunique() > 1
+    name, many = metric_label(frame["primary"].iloc[0]), frame["model"].nunique() > 1
     best_idx = trained["primary_mean"].idxmax()
     best = trained.loc[best_idx]
     lines = [f"**Best {name}: {describe_row(best, many)}**, {format_mean(best)}, {cost_text(best)}."]
@@ -143,7 +146,7 @@ def comparison_table(frame, comparisons: list[dict]) -> tuple[str, str]:
                      f"{100 * c['delta']:+.2f}", "n/a" if lo != lo else f"[{100 * lo:+.1f}, {100 * hi:+.1f}]",
                      f"{format_p(c['p_examples'])} (n={c['n_examples']})", p_seeds, c["verdict"]])
     note = ("p (test set): two-sided paired approximate randomisation on per-example "
-            f"{METRIC_NAMES.get(comparisons[0]['metric'])} (seed-averaged, shared test ids). p (seeds): Welch's t-test "
+            f"{metric_label(comparisons[0]['metric'])} (seed-averaged, shared test ids). p (seeds): Welch's t-test "
             "over seed scores, needs >= 2 seeds each. p-values are not adjusted for multiple comparisons.")
     h = ("<table class='cmp'><thead><tr>" + "".join(f"<th>{html.escape(x)}</th>" for x in header) + "</tr></thead><tbody>"
          + "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in r) + "</tr>" for r in rows)
@@ -180,33 +183,45 @@ def summary_examples(frame, runs_by_id: dict) -> tuple[str, str]:
     """Three test examples: source, reference and every row's output (its first seed) side by side."""
     rows = [r for _, r in frame.iterrows()]
     runs = [runs_by_id[r["run_ids"][0]] for r in rows]
-    preds = [{str(p["id"]): p for p in read_predictions(run)} for run in runs]
+    preds = [{str(p["id"]): p for p in run.predictions()} for run in runs]
     ids = [i for i in preds[0] if all(i in p for p in preds[1:])]
     if not ids:
         return "", ""
     best = frame[~frame["is_baseline"]]["primary_mean"].idxmax() if (~frame["is_baseline"]).any() else 0
     metric = frame["primary"].iloc[0]
-    chosen = pick_examples(example_scores(runs[best], metric), ids)
-    name, many = METRIC_NAMES.get(metric, metric), frame["model"].nunique() > 1
+    scores = [example_scores(run, metric) for run in runs]
+    chosen = pick_examples({i: statistic([v]) for i, v in scores[best].items()}, ids)
+    name, many = metric_label(metric), frame["model"].nunique() > 1
     intro = (f"Test examples at the 25th, 50th and 75th percentile of the best row's per-example {name}; "
              f"outputs from each row's first seed, with their {name} (×100).")
     h, m = [f"<div class='examples'><h3>Examples</h3><p class='note'>{intro}</p>"], ["### Examples\n", intro + "\n"]
     for n, i in enumerate(chosen, 1):
         ex = preds[0][i]
         h.append(f"<div class='ex'><b>Example {n}</b> <code>{html.escape(i)}</code><div class='src'>"
-                 f"<div><span class='label'>Source</span><br>{html.escape(clip(ex.get('input', ''), SOURCE_CHARS))}</div>"
-                 f"<div><span class='label'>Reference</span><br>{html.escape(ex.get('reference', ''))}</div></div><div class='outs'>")
-        m += [f"**Example {n}** (`{i}`)\n", f"- *Source*: {one_line(clip(ex.get('input', ''), SOURCE_CHARS))}",
-              f"- *Reference*: {one_line(ex.get('reference', ''))}"]
-        for row, p in zip(rows, preds):
-            score = p[i].get("scores", {}).get(metric, math.nan)
+                 f"<div><span class='label'>Source</span><br>{html.escape(clip(show(ex.get('input', '')), SOURCE_CHARS))}</div>"
+                 f"<div><span class='label'>Reference</span><br>{html.escape(show(ex.get('reference', ''), ex.get('input')))}</div></div>"
+                 "<div class='outs'>")
+        m += [f"**Example {n}** (`{i}`)\n", f"- *Source*: {one_line(clip(show(ex.get('input', '')), SOURCE_CHARS))}",
+              f"- *Reference*: {one_line(show(ex.get('reference', ''), ex.get('input')))}"]
+        for row, p, s in zip(rows, preds, scores):
+            score = statistic([s[i]]) if i in s else math.nan
             label = f"{describe_row(row, many)} · {100 * score:.1f}"
-            h.append(f"<div><span class='label'>{html.escape(label)}</span><br>{html.escape(clip(p[i].get('prediction', ''), OUTPUT_CHARS))}</div>")
-            m.append(f"- *{label}*: {one_line(clip(p[i].get('prediction', ''), OUTPUT_CHARS))}")
+            output = clip(show(p[i].get("prediction", ""), p[i].get("input")), OUTPUT_CHARS)
+            h.append(f"<div><span class='label'>{html.escape(label)}</span><br>{html.escape(output)}</div>")
+            m.append(f"- *{label}*: {one_line(output)}")
         h.append("</div></div>")
         m.append("")
     h.append("</div>")
     return "".join(h), "\n".join(m).replace("\n\n\n", "\n\n") + "\n"
+
+
+def show(value, words=None) -> str:
+    """A text, a label set ("a; b", "(none)") or a tag sequence over its words ("aspirin [B-Chemical] ...")."""
+    if not isinstance(value, list):
+        return str(value)
+    if isinstance(words, list) and len(words) == len(value):
+        return " ".join(f"{w} [{tag}]" if tag != "O" else str(w) for w, tag in zip(words, value))
+    return "; ".join(map(str, value)) if value else "(none)"
 
 
 def label_order(predictions: list[dict]) -> list[str]:
@@ -232,14 +247,14 @@ def confusion_section(frame, runs_by_id: dict, path: Path) -> tuple[str, str]:
     if trained.empty:
         return "", ""
     row = frame.loc[trained["primary_mean"].idxmax()]
-    predictions = [p for rid in row["run_ids"] for p in read_predictions(runs_by_id[rid])]
+    predictions = [p for rid in row["run_ids"] for p in runs_by_id[rid].predictions()]
     if not predictions:
         return "", ""
-    labels = runs_by_id[row["run_ids"][0]].get("labels") or label_order(predictions)  # older results lack labels
+    labels = runs_by_id[row["run_ids"][0]].labels or label_order(predictions)  # older results lack labels
     matrix = np.zeros((len(labels), len(labels)), dtype=int)
     for p in predictions:
         matrix[labels.index(p["reference"]), labels.index(p["prediction"])] += 1
-    seeds = f"{row['seeds']} seeds summed" if row["seeds"] > 1 else f"seed {runs_by_id[row['run_ids'][0]].get('seed')}"
+    seeds = f"{row['seeds']} seeds summed" if row["seeds"] > 1 else f"seed {runs_by_id[row['run_ids'][0]].seed}"
     title = f"{describe_row(row, frame['model'].nunique() > 1)}, {seeds}"
     plot_confusion(labels, matrix, path, title)
     intro = f"Confusion matrix of the best row ({title}): rows are true labels, columns predicted."
@@ -249,19 +264,19 @@ def confusion_section(frame, runs_by_id: dict, path: Path) -> tuple[str, str]:
     return h, "### Confusion matrix\n\n" + intro + "\n\n" + "\n".join(md_rows) + f"\n\n![confusion matrix]({path.name})\n"
 
 
-def failure_section(runs: list[dict], incomplete: list[str]) -> tuple[str, str]:
+def failure_section(runs: list[RunResult], incomplete: list[str]) -> tuple[str, str]:
     """Every failed run with its error (never dropped silently), and run folders with no result yet."""
-    failed = [r for r in runs if r.get("status") != "ok"]
+    failed = [r for r in runs if not r.ok]
     h, m = [f"<section id='failures'><h2>Failures ({len(failed)})</h2>"], [f"\n## Failures ({len(failed)})\n"]
     if not failed:
         h.append("<p>No failed runs.</p>")
         m.append("No failed runs.\n")
     for r in failed:
-        what = f"{r.get('task')} · {r.get('model')} · {r.get('method')} · seed {r.get('seed')}"
-        h.append(f"<div class='fail'><b>{html.escape(str(r.get('run_id')))}</b> ({html.escape(what)})<br>"
-                 f"{html.escape(str(r.get('error')))}<details><summary>traceback</summary>"
-                 f"<pre>{html.escape(str(r.get('traceback', '')))}</pre></details></div>")
-        m.append(f"- `{r.get('run_id')}` ({what}): {r.get('error')}")
+        what = f"{r.task} · {r.model} · {r.method} · seed {r.seed}"
+        h.append(f"<div class='fail'><b>{html.escape(r.run_id)}</b> ({html.escape(what)})<br>"
+                 f"{html.escape(str(r.error))}<details><summary>traceback</summary>"
+                 f"<pre>{html.escape(str(r.traceback or ''))}</pre></details></div>")
+        m.append(f"- `{r.run_id}` ({what}): {r.error}")
     if incomplete:
         text = f"Unfinished ({len(incomplete)}; no result.json: still running, or interrupted): "
         h.append(f"<p class='note'>{html.escape(text)}{', '.join(f'<code>{html.escape(d)}</code>' for d in incomplete)}</p>")

@@ -12,15 +12,18 @@ import pytest
 import torch
 
 from medpeft import grid as grid_module
-from medpeft import results, train
 from medpeft.config import config_from_dict, expand_grid
-from medpeft.evaluate import ROUGE_KEYS, generate_texts, predict_probs
-from medpeft.features import encode_examples
 from medpeft.models import load_model, resolve_model
 from medpeft.registry import TASKS
-from medpeft.results import write_atomic, write_json
+from medpeft.run import execute, record
+from medpeft.run.encode import encode_examples
+from medpeft.run.kinds import KINDS
+from medpeft.run.metrics import ROUGE_KEYS
+from medpeft.run.predict import generate_texts, predict_probs
+from medpeft.run.record import write_atomic, write_json
 
 from conftest import TINY_DATA, TINY_TRAIN
+from helpers import run_config
 
 CLASSIFICATION_KEYS = {"accuracy", "macro_f1", "auroc"}
 EFFICIENCY_KEYS = {"trainable_params", "total_params", "trainable_pct", "train_seconds", "eval_seconds",
@@ -51,7 +54,7 @@ def finished(tmp_path_factory, assets_ready):
         if key not in cache:
             cfg = tiny_config(*RUNS[name])
             run_dir = tmp_path_factory.mktemp(f"{name}-{copy}") / cfg.run_id
-            cache[key] = cfg, run_dir, train.run_experiment(cfg, run_dir)
+            cache[key] = cfg, run_dir, run_config(cfg, run_dir)
         return cache[key]
 
     return get
@@ -67,17 +70,17 @@ def reload_and_predict(cfg, adapter_dir: Path | None):
 
     task = TASKS[cfg.task].load(cfg.data)
     path = resolve_model(cfg.model, online=False)
-    kind = "seq_cls" if task.type == "classification" else ("seq2seq" if cfg.model == "tiny-t5" else "causal")
+    kind = KINDS["seq_cls" if task.type == "classification" else ("seq2seq" if cfg.model == "tiny-t5" else "causal")]
     torch.manual_seed(12345)  # a different random head than in training: only the adapter may restore it
-    model, tokenizer, _ = load_model(path, kind, task.labels)
+    model, tokenizer, _ = load_model(path, kind.auto_class, task.labels if kind.new_head else None)
     if adapter_dir is not None:
         model = PeftModel.from_pretrained(model, adapter_dir)
     rows, _ = encode_examples(task.splits["test"], tokenizer, kind, task.instruction, cfg.data, task.labels, for_generation=True)
     device = torch.device("cpu")
-    if kind == "seq_cls":
+    if kind.new_head:
         probs = predict_probs(model, tokenizer, rows, cfg.train.eval_batch_size, device)
         return [task.labels[int(p.argmax())] for p in probs], probs
-    texts = generate_texts(model, tokenizer, rows, kind, cfg.data.max_target_tokens, cfg.train.num_beams,
+    texts = generate_texts(model, tokenizer, rows, kind.name == "causal", cfg.data.max_target_tokens, cfg.train.num_beams,
                            cfg.train.eval_batch_size, device)
     return texts, None
 
@@ -95,7 +98,8 @@ def adapter_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
 def test_result_contract(finished, name):
     cfg, run_dir, result = finished(name)
     on_disk = json.loads((run_dir / "result.json").read_text())
-    assert on_disk == json.loads(json.dumps(result, default=str))
+    assert on_disk == json.loads(json.dumps(result.to_json(), default=str))
+    assert "traceback" not in on_disk and on_disk["variant"] == {}
     task = TASKS[cfg.task].load(cfg.data)
 
     assert on_disk["run_id"] == cfg.run_id == run_dir.name
@@ -165,8 +169,8 @@ def test_same_config_twice_gives_identical_results(finished, name):
     _, first_dir, first = finished(name)
     _, second_dir, second = finished(name, copy=1)
     assert first_dir != second_dir
-    assert second["metrics"] == first["metrics"]
-    assert second["training"]["train_loss"] == first["training"]["train_loss"]
+    assert second.metrics == first.metrics
+    assert second.training["train_loss"] == first.training["train_loss"]
     assert read_predictions(second_dir) == read_predictions(first_dir)
     a, b = adapter_tensors(first_dir), adapter_tensors(second_dir)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -176,7 +180,7 @@ def test_different_seed_gives_a_different_adapter(finished, tmp_path):
     cfg, run_dir, _ = finished("bert-lora")
     other = tiny_config(cfg.task, cfg.model, cfg.method, seed=1)
     assert other.run_id != cfg.run_id
-    train.run_experiment(other, tmp_path / other.run_id)
+    run_config(other, tmp_path / other.run_id)
     a, b = adapter_tensors(run_dir), adapter_tensors(tmp_path / other.run_id)
     assert a.keys() == b.keys()
     for part in ("lora_A", "classifier"):  # the method's init and the new head's init both follow the seed
@@ -231,7 +235,7 @@ def test_second_grid_run_skips_finished_runs(grid_run, monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished run was run again")
 
-    monkeypatch.setattr(train, "run_experiment", must_not_run)
+    monkeypatch.setattr(execute, "run_experiment", must_not_run)
     lines = []
     grid_module.run_grid(grid, grid_dir.parent, log=lines.append)
     assert {p: p.stat().st_mtime_ns for p in grid_dir.glob("*/result.json")} == stamps
@@ -239,38 +243,40 @@ def test_second_grid_run_skips_finished_runs(grid_run, monkeypatch):
 
 
 def test_failed_run_is_recorded_and_the_grid_goes_on_then_resumes(tmp_path, monkeypatch, assets_ready):
-    real = train.run_experiment
+    real = execute.run_experiment
     calls = []
 
-    def flaky(cfg, run_dir, **kwargs):
-        calls.append(cfg.method)
-        if cfg.method == "lora":
+    def flaky(plan, run_dir):
+        calls.append(plan.config.method)
+        if plan.config.method == "lora":
             raise RuntimeError("boom: out of memory")
-        return real(cfg, run_dir, **kwargs)
+        return real(plan, run_dir)
 
-    monkeypatch.setattr(train, "run_experiment", flaky)
+    monkeypatch.setattr(execute, "run_experiment", flaky)
     grid = tiny_grid("flaky", methods=("lora", "ia3"))
     grid_dir = grid_module.run_grid(grid, tmp_path, log=lambda *a: None)
     assert calls == ["untrained", "lora", "ia3"]  # the grid went on after the failure
-    by_method = {r["method"]: r for r in results.load_results(grid_dir)}
+    by_method = {r.method: r for r in record.load_results(grid_dir)}
     failed = by_method["lora"]
-    assert failed["status"] == "failed" and failed["error"] == "RuntimeError: boom: out of memory"
-    assert "RuntimeError" in failed["traceback"] and failed["run_id"] == grid.runs[0].run_id
-    assert by_method["ia3"]["status"] == "ok" and by_method["untrained"]["status"] == "ok"
+    assert failed.status is record.Status.FAILED and failed.error == "RuntimeError: boom: out of memory"
+    lora_id = next(c.run_id for c in grid_module.grid_configs(grid) if c.method == "lora")
+    assert "RuntimeError" in failed.traceback and failed.run_id == lora_id
+    assert json.loads((grid_dir / lora_id / "result.json").read_text())["status"] == "failed"
+    assert by_method["ia3"].ok and by_method["untrained"].ok
     assert sorted(pd.read_csv(grid_dir / "summary.csv")["method"]) == ["ia3", "untrained"]
 
     # Resuming retries only the failed run.
     calls.clear()
-    monkeypatch.setattr(train, "run_experiment", lambda cfg, run_dir, **kw: (calls.append(cfg.method), real(cfg, run_dir, **kw))[1])
+    monkeypatch.setattr(execute, "run_experiment", lambda plan, run_dir: (calls.append(plan.config.method), real(plan, run_dir))[1])
     grid_module.run_grid(grid, tmp_path, log=lambda *a: None)
     assert calls == ["lora"]
-    assert {r["method"]: r["status"] for r in results.load_results(grid_dir)} == {"lora": "ok", "ia3": "ok", "untrained": "ok"}
+    assert {r.method: r.status.value for r in record.load_results(grid_dir)} == {"lora": "ok", "ia3": "ok", "untrained": "ok"}
 
 
 def test_nan_loss_is_a_failed_run(tmp_path, assets_ready):
     cfg = tiny_config("pubmed-rct", "tiny-bert", "full", lr=1e30)
     with pytest.raises(FloatingPointError, match="train.lr"):
-        train.run_experiment(cfg, tmp_path / cfg.run_id)
+        run_config(cfg, tmp_path / cfg.run_id)
     assert not (tmp_path / cfg.run_id / "result.json").exists()
 
 
@@ -281,7 +287,7 @@ def interrupt_fsync(monkeypatch):
     def fail(fd):
         raise KeyboardInterrupt("killed mid-write")
 
-    monkeypatch.setattr(results.os, "fsync", fail)
+    monkeypatch.setattr(record.os, "fsync", fail)
 
 
 def test_interrupted_write_keeps_the_previous_result(tmp_path, monkeypatch):
@@ -298,7 +304,7 @@ def test_interrupted_first_write_leaves_no_result(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         write_json(tmp_path / "result.json", {"status": "ok"})
     assert not (tmp_path / "result.json").exists()
-    assert results.read_result(tmp_path) is None and not results.is_finished(tmp_path)
+    assert record.read_result(tmp_path) is None and not record.is_finished(tmp_path)
 
 
 def test_interrupted_write_leaves_no_temporary_file(tmp_path, monkeypatch):
@@ -310,12 +316,12 @@ def test_interrupted_write_leaves_no_temporary_file(tmp_path, monkeypatch):
 
 def test_truncated_result_counts_as_unfinished(tmp_path):
     (tmp_path / "result.json").write_text('{"status": "ok", "metr')
-    assert results.read_result(tmp_path) is None and not results.is_finished(tmp_path)
+    assert record.read_result(tmp_path) is None and not record.is_finished(tmp_path)
 
 
 def test_gradient_checkpointing_gives_the_same_training(tmp_path, assets_ready):
     """Recomputing activations changes memory and time, not the result (same seed, no dropout noise)."""
-    plain = train.run_experiment(tiny_config("pubmed-conclusion", "tiny-llama", "lora"), tmp_path / "a")
-    ckpt = train.run_experiment(tiny_config("pubmed-conclusion", "tiny-llama", "lora", gradient_checkpointing=True), tmp_path / "b")
-    assert ckpt["config"]["train"]["gradient_checkpointing"] is True
-    assert ckpt["training"]["train_loss"] == pytest.approx(plain["training"]["train_loss"], rel=1e-4)
+    plain = run_config(tiny_config("pubmed-conclusion", "tiny-llama", "lora"), tmp_path / "a")
+    ckpt = run_config(tiny_config("pubmed-conclusion", "tiny-llama", "lora", gradient_checkpointing=True), tmp_path / "b")
+    assert ckpt.config["train"]["gradient_checkpointing"] is True
+    assert ckpt.training["train_loss"] == pytest.approx(plain.training["train_loss"], rel=1e-4)

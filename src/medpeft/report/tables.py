@@ -8,10 +8,8 @@ from __future__ import annotations
 import html
 import math
 
-from medpeft.results import format_bytes
+from medpeft.run.metrics import METRICS, metric_label
 
-METRIC_NAMES = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum",
-                "accuracy": "Accuracy", "macro_f1": "Macro-F1", "auroc": "AUROC"}
 # (column, header, formatter) of the cost columns; lower is better for every one of them
 COSTS = (("trainable_params", "Trainable params", lambda v: format_count(v)),
          ("trainable_pct", "Trainable %", lambda v: f"{v:.3g}%"),
@@ -21,6 +19,13 @@ COSTS = (("trainable_params", "Trainable params", lambda v: format_count(v)),
 ROUGE_L_NOTE = ("ROUGE-L is `rougeL` (longest common subsequence over the whole summary); ROUGE-Lsum is "
                 "`rougeLsum` (sentence-split, what most summarization papers print). They can differ by more "
                 "than 10 points on long summaries, so both are shown.")
+
+
+def format_bytes(n: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} B"
 
 
 def format_count(n: float) -> str:
@@ -69,13 +74,13 @@ def table_columns(frame) -> list[dict]:
     rows = list(frame.to_dict("records"))
     cols = [{"header": "Model", "cells": [r["model"] for r in rows], "best": set()},
             {"header": "Method", "cells": [row_label(r) for r in rows], "best": set()}]
-    for key, name in METRIC_NAMES.items():
+    for key, metric in METRICS.items():
         means = [r.get(f"{key}_mean", math.nan) for r in rows]
         if all(m != m for m in means):
             continue
         cells = [format_score(m, r.get(f"{key}_std", math.nan)) for m, r in zip(means, rows)]
-        cols.append({"header": name, "cells": cells, "best": best_indices(means, trained, higher=True)})
-    primary = METRIC_NAMES.get(rows[0]["primary"], rows[0]["primary"]) if rows else ""
+        cols.append({"header": metric.label, "cells": cells, "best": best_indices(means, trained, higher=metric.higher_is_better)})
+    primary = metric_label(rows[0]["primary"]) if rows else ""
     if any(r["seeds"] > 1 for r in rows):  # with one seed everywhere the column would only say n/a
         cols.append({"header": f"{primary} 95% CI, seeds", "cells": [format_ci(r["ci_seeds"], r["seeds"]) for r in rows], "best": set()})
     cols.append({"header": f"{primary} 95% CI, test set", "cells": [format_ci(r["ci_examples"]) for r in rows], "best": set()})

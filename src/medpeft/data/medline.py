@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Iterator
 
-from medpeft.assets import cache_dir, read_member
+from medpeft.data.assets import cache_dir, read_member
 
 ASSET = "pubmed"
 MEDLINE_FILES = ("data/pubmed20n0014.xml.gz", "data/pubmed21n1298.xml.gz")

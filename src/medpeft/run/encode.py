@@ -1,4 +1,7 @@
-"""Turn task examples into model inputs for each model kind (no padding: batches pad dynamically)."""
+"""Turn task examples into model inputs, one encoder per model kind (no padding: batches pad dynamically).
+
+Every encoder has the signature `(ex, tokenizer, instruction, data_cfg, labels, for_generation)` and
+returns `(row, source_was_cut, target_was_cut)`; run/kinds.py says which kind uses which."""
 from __future__ import annotations
 
 import logging
@@ -21,27 +24,35 @@ def encode_causal_prompt(tokenizer, instruction: str, text: str, max_source_toke
     return head + source[:max_source_tokens] + tail, len(source) > max_source_tokens
 
 
-def encode_classification(ex: dict, tokenizer, kind: str, max_tokens: int, labels: list[str]) -> tuple[dict, bool]:
-    """Text -> ids with a class index (seq_cls) or a float 0/1 vector over the labels (multilabel)."""
+def encode_text(ex: dict, tokenizer, max_tokens: int) -> tuple[dict, bool]:
+    """Text -> truncated ids, and whether it was cut."""
     enc = tokenizer(ex["text"], truncation=True, max_length=max_tokens)
     was_cut = len(tokenizer(ex["text"])["input_ids"]) > max_tokens
-    if kind == "multilabel":
-        label = [1.0 if name in ex["target"] else 0.0 for name in labels]
-    else:
-        label = labels.index(ex["target"])
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": label}, was_cut
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}, was_cut
 
 
-def encode_tokens(ex: dict, tokenizer, max_tokens: int, labels: list[str]) -> tuple[dict, bool]:
+def encode_class(ex: dict, tokenizer, instruction: str, data_cfg, labels: list[str], for_generation: bool = False):
+    """Text -> ids with the index of its class (single-label classification)."""
+    row, was_cut = encode_text(ex, tokenizer, data_cfg.max_source_tokens)
+    return dict(row, labels=labels.index(ex["target"])), was_cut, False
+
+
+def encode_label_set(ex: dict, tokenizer, instruction: str, data_cfg, labels: list[str], for_generation: bool = False):
+    """Text -> ids with a float 0/1 vector over the labels (multi-label: sigmoid + BCE)."""
+    row, was_cut = encode_text(ex, tokenizer, data_cfg.max_source_tokens)
+    return dict(row, labels=[1.0 if name in ex["target"] else 0.0 for name in labels]), was_cut, False
+
+
+def encode_tokens(ex: dict, tokenizer, instruction: str, data_cfg, labels: list[str], for_generation: bool = False):
     """Words -> sub-word ids; each word's tag on its first sub-word, -100 on the rest and on special tokens."""
-    enc = tokenizer(ex["text"], is_split_into_words=True, truncation=True, max_length=max_tokens)
+    enc = tokenizer(ex["text"], is_split_into_words=True, truncation=True, max_length=data_cfg.max_source_tokens)
     word_ids = enc.word_ids()
     tags, previous = [], None
     for word in word_ids:
         tags.append(-100 if word is None or word == previous else labels.index(ex["target"][word]))
         previous = word
     kept_words = len({w for w in word_ids if w is not None})
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": tags}, kept_words < len(ex["text"])
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": tags}, kept_words < len(ex["text"]), False
 
 
 def token_collator(tokenizer, prefix: int = 0):
@@ -61,19 +72,27 @@ def token_collator(tokenizer, prefix: int = 0):
     return collate
 
 
-def encode_generation(ex: dict, tokenizer, kind: str, instruction: str, data_cfg, for_generation: bool) -> tuple[dict, bool, bool]:
-    """Prompt (and, for training, target) ids for seq2seq or causal models; whether source and target were cut."""
+def encode_target(ex: dict, tokenizer, data_cfg) -> tuple[list[int], bool]:
+    """Summary ids ending in EOS, cut to data.max_target_tokens, and whether they were cut."""
     target = tokenizer(ex["target"], add_special_tokens=False)["input_ids"]
-    cut_target = len(target) + 1 > data_cfg.max_target_tokens
-    target = target[: data_cfg.max_target_tokens - 1] + [tokenizer.eos_token_id]
-    if kind == "seq2seq":
-        full = tokenizer(source_text(instruction, ex["text"]))["input_ids"]
-        prompt = tokenizer(source_text(instruction, ex["text"]), truncation=True, max_length=data_cfg.max_source_tokens)["input_ids"]
-        row = {"input_ids": prompt, "attention_mask": [1] * len(prompt)}
-        if not for_generation:
-            row["labels"] = target
-        return row, len(full) > data_cfg.max_source_tokens, cut_target
-    # causal: the loss covers the target tokens only
+    cut = len(target) + 1 > data_cfg.max_target_tokens
+    return target[: data_cfg.max_target_tokens - 1] + [tokenizer.eos_token_id], cut
+
+
+def encode_seq2seq(ex: dict, tokenizer, instruction: str, data_cfg, labels=None, for_generation: bool = False):
+    """Instruction + source for the encoder; the summary as decoder labels (training only)."""
+    target, cut_target = encode_target(ex, tokenizer, data_cfg)
+    full = tokenizer(source_text(instruction, ex["text"]))["input_ids"]
+    prompt = tokenizer(source_text(instruction, ex["text"]), truncation=True, max_length=data_cfg.max_source_tokens)["input_ids"]
+    row = {"input_ids": prompt, "attention_mask": [1] * len(prompt)}
+    if not for_generation:
+        row["labels"] = target
+    return row, len(full) > data_cfg.max_source_tokens, cut_target
+
+
+def encode_causal(ex: dict, tokenizer, instruction: str, data_cfg, labels=None, for_generation: bool = False):
+    """Prompt then summary in one sequence; the loss covers the summary tokens only."""
+    target, cut_target = encode_target(ex, tokenizer, data_cfg)
     prompt, cut_source = encode_causal_prompt(tokenizer, instruction, ex["text"], data_cfg.max_source_tokens)
     ids = prompt if for_generation else prompt + target
     row = {"input_ids": ids, "attention_mask": [1] * len(ids)}
@@ -82,18 +101,14 @@ def encode_generation(ex: dict, tokenizer, kind: str, instruction: str, data_cfg
     return row, cut_source, cut_target
 
 
-def encode_examples(examples, tokenizer, kind: str, instruction: str, data_cfg, labels=None, *, for_generation=False):
-    """Features for training (`for_generation=False`) or for generation, plus truncation counts and fractions."""
+def encode_examples(examples, tokenizer, kind, instruction: str, data_cfg, labels=None, *, for_generation=False):
+    """Features for training (`for_generation=False`) or for prediction with `kind`'s encoder, plus
+    truncation counts and fractions."""
     rows, cut_source, cut_target = [], 0, 0
     for ex in examples:
-        if kind in ("seq_cls", "multilabel"):
-            row, was_cut = encode_classification(ex, tokenizer, kind, data_cfg.max_source_tokens, labels)
-        elif kind == "token_cls":
-            row, was_cut = encode_tokens(ex, tokenizer, data_cfg.max_source_tokens, labels)
-        else:
-            row, was_cut, target_cut = encode_generation(ex, tokenizer, kind, instruction, data_cfg, for_generation)
-            cut_target += target_cut
-        cut_source += was_cut
+        row, source_cut, target_cut = kind.encode(ex, tokenizer, instruction, data_cfg, labels, for_generation)
+        cut_source += source_cut
+        cut_target += target_cut
         rows.append(row)
     n = max(len(rows), 1)
     stats = {"examples": len(rows), "truncated_sources": cut_source, "truncated_targets": cut_target,

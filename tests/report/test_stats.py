@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 from report_fixtures import base_config, class_rows, summary_rows, write_failed, write_run
 
-from medpeft import stats
+from medpeft.report import compare, stats
+from medpeft.report import frame as frames
 
 
 def test_mean_and_std_over_seeds_are_the_papers_sample_std(tmp_path):
     for seed, score in enumerate([0.2, 0.3, 0.4]):
         write_run(tmp_path, f"t.m.lora.seed{seed}", base_config("t", "m", "lora", seed), summary_rows([score] * 4), "summarization")
-    frame = stats.aggregate(stats.collect_runs(tmp_path), n_resamples=200)
+    frame = frames.aggregate(frames.collect_runs(tmp_path), n_resamples=200)
     row = frame.iloc[0]
     assert row["seeds"] == 3
     assert row["rouge1_mean"] == pytest.approx(0.3)
@@ -25,7 +26,7 @@ def test_mean_and_std_over_seeds_are_the_papers_sample_std(tmp_path):
 
 def test_a_single_seed_has_no_std_and_no_seed_ci_but_a_test_set_ci(tmp_path):
     write_run(tmp_path, "t.m.lora.seed0", base_config("t", "m", "lora", 0), summary_rows([0.0, 1.0] * 10), "summarization")
-    row = stats.aggregate(stats.collect_runs(tmp_path), n_resamples=500).iloc[0]
+    row = frames.aggregate(frames.collect_runs(tmp_path), n_resamples=500).iloc[0]
     assert math.isnan(row["rouge1_std"]) and math.isnan(row["ci_seeds"][0])
     assert row["n_examples"] == 20
     lo, hi = row["ci_examples"]
@@ -36,7 +37,7 @@ def test_failed_runs_are_not_aggregated_and_baselines_come_first(tmp_path):
     write_run(tmp_path, "t.m.lora.seed0", base_config("t", "m", "lora", 0), summary_rows([0.5]), "summarization")
     write_run(tmp_path, "t.m.untrained.seed0", base_config("t", "m", "untrained", 0), summary_rows([0.1]), "summarization")
     write_failed(tmp_path, "t.m.full.seed0", base_config("t", "m", "full", 0), "RuntimeError: boom")
-    frame = stats.aggregate(stats.collect_runs(tmp_path), n_resamples=100)
+    frame = frames.aggregate(frames.collect_runs(tmp_path), n_resamples=100)
     assert list(frame["method"]) == ["untrained", "lora"]
     assert list(frame["is_baseline"]) == [True, False]
 
@@ -46,7 +47,7 @@ def test_a_swept_setting_splits_rows_instead_of_pooling_as_seeds(tmp_path):
         for seed in (0, 1):
             write_run(tmp_path, f"t.m.lora.r{r}.s{seed}", base_config("t", "m", "lora", seed, method_args__r=r),
                       summary_rows([r / 100]), "summarization")
-    frame = stats.aggregate(stats.collect_runs(tmp_path), n_resamples=100)
+    frame = frames.aggregate(frames.collect_runs(tmp_path), n_resamples=100)
     assert sorted(frame["variant"]) == ["r=16", "r=4"]
     assert list(frame["seeds"]) == [2, 2]
     assert sorted(frame["rouge1_mean"]) == pytest.approx([0.04, 0.16])
@@ -54,12 +55,12 @@ def test_a_swept_setting_splits_rows_instead_of_pooling_as_seeds(tmp_path):
 
 
 def test_bootstrap_ci_by_hand():
-    assert stats.bootstrap_mean_ci([0.7, 0.7, 0.7]) == pytest.approx((0.7, 0.7))
+    assert stats.bootstrap_ci([0.7, 0.7, 0.7]) == pytest.approx((0.7, 0.7))
     # resampled means of [0, 1] are 0, 0.5 or 1 with probabilities 1/4, 1/2, 1/4: the 2.5% and 97.5% quantiles are 0 and 1
-    assert stats.bootstrap_mean_ci([0.0, 1.0], n_resamples=4000) == pytest.approx((0.0, 1.0))
-    assert all(math.isnan(x) for x in stats.bootstrap_mean_ci([0.5]))
+    assert stats.bootstrap_ci([0.0, 1.0], n_resamples=4000) == pytest.approx((0.0, 1.0))
+    assert all(math.isnan(x) for x in stats.bootstrap_ci([0.5]))
     values = np.random.default_rng(1).random(50)
-    assert stats.bootstrap_mean_ci(values, seed=3) == stats.bootstrap_mean_ci(values, seed=3)  # fixed RNG: reproducible
+    assert stats.bootstrap_ci(values, seed=3) == stats.bootstrap_ci(values, seed=3)  # fixed RNG: reproducible
 
 
 def test_identical_methods_are_not_significantly_different():
@@ -99,9 +100,9 @@ def write_pair(tmp_path, a: list[int], b: list[int], seeds: int):
     for seed in range(seeds):
         write_run(tmp_path, f"t.m.full.s{seed}", base_config("t", "m", "full", seed), class_rows(a), "classification")
         write_run(tmp_path, f"t.m.lora.s{seed}", base_config("t", "m", "lora", seed), class_rows(b), "classification")
-    runs = stats.collect_runs(tmp_path)
-    frame = stats.aggregate(runs, n_resamples=500)
-    return stats.compare_task(frame, {r["run_id"]: r for r in runs}, n_resamples=500)
+    runs = frames.collect_runs(tmp_path)
+    frame = frames.aggregate(runs, n_resamples=500)
+    return compare.compare_task(frame, {r.run_id: r for r in runs}, n_resamples=500)
 
 
 def test_compare_identical_methods_reports_no_difference(tmp_path):
@@ -128,11 +129,11 @@ def test_one_seed_is_never_called_a_claim(tmp_path):
 
 def test_test_set_and_seeds_must_agree_before_a_claim():
     cmp = {"n_examples": 50, "p_examples": 0.001, "p_seeds": 0.3, "delta": 0.02, "seeds": (3, 3)}
-    assert "within seed noise" in stats.describe_comparison(cmp)
-    assert stats.describe_comparison(dict(cmp, p_seeds=0.01)) == "better"
-    assert stats.describe_comparison(dict(cmp, p_examples=0.2)) == "no detectable difference"
+    assert "within seed noise" in compare.describe_comparison(cmp)
+    assert compare.describe_comparison(dict(cmp, p_seeds=0.01)) == "better"
+    assert compare.describe_comparison(dict(cmp, p_examples=0.2)) == "no detectable difference"
 
 
 def test_row_labels_use_short_names_unless_ambiguous():
-    assert stats.short_names(["method_args.r", "train.lr"]) == {"method_args.r": "r", "train.lr": "lr"}
-    assert stats.short_names(["a.lr", "b.lr"]) == {"a.lr": "a.lr", "b.lr": "b.lr"}
+    assert frames.short_names(["method_args.r", "train.lr"]) == {"method_args.r": "r", "train.lr": "lr"}
+    assert frames.short_names(["a.lr", "b.lr"]) == {"a.lr": "a.lr", "b.lr": "b.lr"}

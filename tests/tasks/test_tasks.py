@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from medpeft import assets, tasks
+from medpeft import tasks
+from medpeft.data import assets
 from medpeft.registry import TASKS, UnknownNameError
 
 # sha256 prefix of the pubmed-conclusion test ids at split_seed=0, test_size=100 (pinned data).
@@ -59,7 +60,7 @@ def group_of(example_id: str) -> str:
 
 
 def test_citation_counts():
-    from medpeft.medline import latest_versions, load_citations
+    from medpeft.data.medline import latest_versions, load_citations
 
     citations = load_citations()
     # 14,832 + 18,446 <Abstract> elements; 3 PMIDs come in several versions (2+2+4 records).

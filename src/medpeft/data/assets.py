@@ -18,12 +18,10 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from medpeft.errors import AssetError
+
 CACHE_ENV = "MEDPEFT_CACHE"
 WHEELS_ENV = "MEDPEFT_WHEELS"
-
-
-class AssetError(RuntimeError):
-    """An asset that cannot be fetched, verified or found in the cache."""
 
 
 @dataclass(frozen=True)

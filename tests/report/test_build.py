@@ -8,8 +8,8 @@ import pytest
 from report_fixtures import base_config, summary_rows, write_demo_grid, write_failed, write_run
 
 from medpeft import cli, grid
-from medpeft.report import build_report
-from medpeft.tables import latex_escape
+from medpeft.report.build import build_report
+from medpeft.report.tables import latex_escape
 
 RESAMPLES = 200  # enough to exercise every path; the default (2000) is for real reports
 
@@ -105,24 +105,24 @@ def test_cli_report_on_a_missing_folder_exits_2(tmp_path, capsys):
     assert "not a directory" in capsys.readouterr().err
 
 
-def test_run_grid_survives_a_broken_report(tmp_path, monkeypatch):
+def test_run_grid_survives_a_broken_report(tmp_path, monkeypatch, assets_ready):
     """A report failure is a warning: the grid's finished runs and summary stay."""
-    from medpeft import report, train
     from medpeft.config import expand_grid
+    from medpeft.report import build
+    from medpeft.run import execute
+    from medpeft.run.record import RunResult
 
-    def fake_run(cfg, run_dir, online=False):
-        result = {"run_id": cfg.run_id, "status": "ok", "task": cfg.task, "model": cfg.model, "method": cfg.method,
-                  "seed": cfg.seed, "metrics": {"accuracy": 0.5}, "efficiency": {"trainable_pct": 1.0}}
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "result.json").write_text(json.dumps(result))
+    def fake_run(plan, run_dir):
+        result = RunResult.succeeded(plan.config, plan.config.variant, task_type="classification",
+                                     metrics={"accuracy": 0.5}, efficiency={"trainable_pct": 1.0})
+        result.write(run_dir)
         return result
 
     def broken(*args, **kwargs):
         raise RuntimeError("plotting exploded")
 
-    monkeypatch.setattr(grid, "check_grid", lambda runs, online: None)
-    monkeypatch.setattr(train, "run_experiment", fake_run)
-    monkeypatch.setattr(report, "build_report", broken)
+    monkeypatch.setattr(execute, "run_experiment", fake_run)
+    monkeypatch.setattr(build, "task_sections", broken)
     logs = []
     spec = {"base": {"task": "pubmed-rct", "model": "tiny-bert", "method": "lora"}}
     grid_dir = grid.run_grid(expand_grid(spec, name="g"), tmp_path, log=logs.append)

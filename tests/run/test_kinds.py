@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from medpeft.config import config_from_dict
-from medpeft.evaluate import score_multilabel, score_ner
-from medpeft.features import encode_examples
+from medpeft.run.metrics import score_multilabel, score_ner
+from medpeft.run.encode import encode_examples
+from medpeft.run.kinds import KINDS
 
+from helpers import load_for_kind
 from conftest import TINY_DATA, TINY_TRAIN
 
 # --- metrics -------------------------------------------------------------------------------
@@ -49,7 +51,7 @@ def test_token_labels_sit_on_the_first_sub_word(assets_ready):
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("tiny-bert", online=False))
     ex = {"id": "a", "text": ["Acetylsalicylic", "acid", "helps"], "target": ["B-DRUG", "I-DRUG", "O"]}
     data_cfg = type("Data", (), TINY_DATA)()
-    (row,), stats = encode_examples([ex], tokenizer, "token_cls", "", data_cfg, ["O", "B-DRUG", "I-DRUG"])
+    (row,), stats = encode_examples([ex], tokenizer, KINDS["token_cls"], "", data_cfg, ["O", "B-DRUG", "I-DRUG"])
     words = tokenizer(ex["text"], is_split_into_words=True).word_ids()
     assert words.count(0) > 1  # the drug name is split into several sub-words
     assert [l for l in row["labels"] if l != -100] == [1, 2, 0]
@@ -80,51 +82,51 @@ def bio_file(tmp_path_factory) -> str:
 
 @pytest.mark.parametrize("method", ["lora", "prompt_tuning", "untrained"])
 def test_ner_run_end_to_end(tmp_path, assets_ready, bio_file, method):
-    from medpeft.train import run_experiment
+    from helpers import run_config
 
     cfg = config_from_dict({"task": {"type": "ner", "path": bio_file}, "model": "tiny-bert",
                             "method": method, "train": {**TINY_TRAIN, "max_steps": 3, "lr": 1e-2},
                             "data": {"max_source_tokens": 32}})
-    result = run_experiment(cfg, tmp_path / cfg.run_id)
-    assert result["status"] == "ok" and result["model_kind"] == "token_cls" and result["task_type"] == "ner"
-    assert set(result["metrics"]) == {"entity_f1", "entity_precision", "entity_recall", "token_accuracy"}
-    assert all(0.0 <= v <= 1.0 for v in result["metrics"].values())
+    result = run_config(cfg, tmp_path / cfg.run_id)
+    assert result.status == "ok" and result.model_kind == "token_cls" and result.task_type == "ner"
+    assert set(result.metrics) == {"entity_f1", "entity_precision", "entity_recall", "token_accuracy"}
+    assert all(0.0 <= v <= 1.0 for v in result.metrics.values())
     preds = [json.loads(line) for line in (tmp_path / cfg.run_id / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == round(0.1 * 24)
     for p in preds:
         assert len(p["prediction"]) == len(p["reference"]) == len(p["input"])
     if method == "untrained":  # the majority tag everywhere: no entity found, O tokens right
-        assert result["metrics"]["entity_f1"] == 0.0
+        assert result.metrics["entity_f1"] == 0.0
         share_o = np.mean([t == "O" for p in preds for t in p["reference"]])
-        assert result["metrics"]["token_accuracy"] == pytest.approx(share_o)
+        assert result.metrics["token_accuracy"] == pytest.approx(share_o)
     else:
         assert (tmp_path / cfg.run_id / "adapter" / "adapter_config.json").is_file()
-        assert 0 < result["efficiency"]["trainable_pct"] < 10
+        assert 0 < result.efficiency["trainable_pct"] < 10
 
 
 def test_multilabel_run_end_to_end_and_reload(tmp_path, assets_ready):
     from peft import PeftModel
 
-    from medpeft.evaluate import predict_probs
+    from medpeft.run.predict import predict_probs
     from medpeft.models import load_model, resolve_model
     from medpeft.registry import TASKS
-    from medpeft.train import run_experiment
+    from helpers import run_config
 
     cfg = config_from_dict({"task": "mesh", "model": "tiny-bert", "method": "lora", "data": TINY_DATA,
                             "train": {**TINY_TRAIN, "lr": 1e-2}})
     run_dir = tmp_path / cfg.run_id
-    result = run_experiment(cfg, run_dir)
-    assert result["model_kind"] == "multilabel"
-    assert set(result["metrics"]) == {"micro_f1", "macro_f1", "exact_match"}
+    result = run_config(cfg, run_dir)
+    assert result.model_kind == "multilabel"
+    assert set(result.metrics) == {"micro_f1", "macro_f1", "exact_match"}
     saved = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
     assert all(isinstance(p["prediction"], list) and isinstance(p["reference"], list) for p in saved)
     assert all(len(p["probs"]) == 20 for p in saved)
 
     task = TASKS["mesh"].load(cfg.data)
     torch.manual_seed(7)  # a different random head: only the saved adapter may restore it
-    base, tokenizer, _ = load_model(resolve_model("tiny-bert", online=False), "multilabel", task.labels)
+    base, tokenizer, _ = load_for_kind(resolve_model("tiny-bert", online=False), "multilabel", task.labels)
     assert base.config.problem_type == "multi_label_classification"
     model = PeftModel.from_pretrained(base, run_dir / "adapter")
-    rows, _ = encode_examples(task.splits["test"], tokenizer, "multilabel", task.instruction, cfg.data, task.labels)
+    rows, _ = encode_examples(task.splits["test"], tokenizer, KINDS["multilabel"], task.instruction, cfg.data, task.labels)
     probs = predict_probs(model, tokenizer, rows, 4, torch.device("cpu"), multilabel=True)
     np.testing.assert_allclose(probs, [p["probs"] for p in saved], rtol=0, atol=2e-6)

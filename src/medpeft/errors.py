@@ -1,0 +1,30 @@
+"""Every error medpeft shows a user, in one place (the bottom layer: it imports nothing of medpeft).
+
+Each message names the file, line or key at fault and says how to fix it; the CLI prints it
+without a traceback. All of them derive from `MedpeftError`, so one `except` catches them.
+"""
+from __future__ import annotations
+
+
+class MedpeftError(Exception):
+    """An error whose message is meant for the user, not a bug."""
+
+
+class ConfigError(MedpeftError, ValueError):
+    """A grid or run configuration that cannot be run; the message names the key and the valid choices."""
+
+
+class ModelError(MedpeftError, ValueError):
+    """A model that cannot be used for this run; the message says why and what to do."""
+
+
+class DataError(MedpeftError, ValueError):
+    """Data that cannot be used; the message names the file, the line and the fix."""
+
+
+class AssetError(MedpeftError, RuntimeError):
+    """A pinned offline asset that is missing or does not match its hash; the message says how to get it."""
+
+
+class UnknownNameError(MedpeftError, LookupError):
+    """A registry lookup of a name that is not registered (the message lists the valid ones)."""

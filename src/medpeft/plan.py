@@ -1,0 +1,131 @@
+"""Resolve and validate runs once, before any training: each config becomes a `RunPlan`.
+
+A plan holds everything a run needs that can be known without training: the config with its
+defaults filled in, the task and its loaded splits, the method, the local model path and the model
+kind. Every check happens here, once per distinct model, task and data setting, so a grid fails
+before its first run rather than in its tenth; the run itself (run/execute.py) checks nothing again.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass
+
+from medpeft.config import ExperimentConfig
+from medpeft.errors import ConfigError, MedpeftError
+from medpeft.methods import MethodSpec, check_hardware, validate_method_args
+from medpeft.models import check_model_name, model_architecture, resolve_model
+from medpeft.registry import METHODS, TASKS
+from medpeft.tasks import TaskData, TaskSpec, user_task_spec
+
+# The model kind (a head, see run/kinds.py) each task type needs; summarization takes the model's
+# own architecture (seq2seq or causal).
+KIND_FOR_TASK_TYPE = {"classification": "seq_cls", "multilabel": "multilabel", "ner": "token_cls"}
+GENERATIVE_ARCHITECTURES = ("seq2seq", "causal")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One run, resolved and validated."""
+
+    config: ExperimentConfig  # with train.lr filled in (the method's default when unset)
+    task: TaskSpec
+    data: TaskData  # the loaded train/validation/test splits
+    method: MethodSpec
+    model_path: str  # a local directory (or, with --online, a hub id)
+    kind: str  # the ModelKind name: seq2seq, causal, seq_cls, multilabel or token_cls
+
+    @property
+    def run_id(self) -> str:
+        return self.config.run_id
+
+
+def task_spec(cfg: ExperimentConfig) -> TaskSpec:
+    """The registered task, or the task of your own data (validated, never registered)."""
+    if cfg.user_data is None:
+        if cfg.task not in TASKS:
+            raise ConfigError(f"unknown task {cfg.task!r}; valid tasks: {', '.join(sorted(TASKS))} "
+                              "(or your own data: task: {type, path, text_field, target_field})")
+        return TASKS[cfg.task]
+    if cfg.task in TASKS:
+        raise ConfigError(f"task name {cfg.task!r} is already a registered task; give your data set its own "
+                          f"name (task: {{name: ..., path: {cfg.user_data.get('path')}}})")
+    try:
+        return user_task_spec(cfg.user_data)
+    except MedpeftError:
+        raise
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def resolve_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Check the config's names against the registries and fill the method's default learning rate."""
+    spec = task_spec(cfg)
+    if cfg.method not in METHODS:
+        raise ConfigError(f"unknown method {cfg.method!r}; valid methods: {', '.join(sorted(METHODS))}")
+    check_model_name(cfg.model)
+    validate_method_args(cfg.method, cfg.method_args)
+    if spec.eval_only and METHODS[cfg.method].trains:
+        raise ConfigError(
+            f"task {cfg.task!r} is evaluation-only (no train split), so method {cfg.method!r} cannot train on it; "
+            f"use method: untrained with the base model (zero-shot), or with a model trained on another task "
+            f"(model: runs/<grid>/<run_id>/adapter, e.g. from pubmed-conclusion); model is now {cfg.model!r}")
+    if cfg.train.lr is not None:
+        return cfg
+    train = copy.copy(cfg.train)
+    train.lr = METHODS[cfg.method].default_lr  # set, not validated: the untrained baseline's is 0
+    resolved = dataclasses.replace(cfg, train=train)
+    resolved.variant = dict(cfg.variant)  # not a constructor field: carried over by hand
+    return resolved
+
+
+def model_kind(task_type: str, architecture: str, model: str) -> str:
+    """The head a task type needs, or the generative architecture a summarization task needs."""
+    if task_type in KIND_FOR_TASK_TYPE:
+        return KIND_FOR_TASK_TYPE[task_type]
+    if architecture not in GENERATIVE_ARCHITECTURES:
+        raise ConfigError(f"model {model!r} is an encoder and cannot generate text for a {task_type} task; use a "
+                          "seq2seq model (e.g. flan-t5-small, tiny-t5) or a causal LM (smollm2-135m, tiny-llama)")
+    return architecture
+
+
+def load_data(spec: TaskSpec, cfg: ExperimentConfig, online: bool) -> TaskData:
+    try:
+        return spec.load(cfg.data, online=online)
+    except MedpeftError:
+        raise
+    except ValueError as err:  # a split that does not fit, a malformed source: say which task
+        raise ConfigError(f"task {cfg.task!r}: {err}") from None
+
+
+def plan_runs(configs: list[ExperimentConfig], online: bool = False) -> list[RunPlan]:
+    """A plan per config, in order. Each distinct model is resolved, each distinct (task, data)
+    loaded and each (method, precision) checked once; the loaded splits are shared by the plans."""
+    resolved = [resolve_config(cfg) for cfg in configs]
+    paths, architectures, data, specs, owners = {}, {}, {}, {}, {}
+    for cfg in resolved:
+        check_hardware(cfg.method, cfg.train.precision)
+        if cfg.model not in paths:
+            paths[cfg.model] = resolve_model(cfg.model, online)
+            architectures[cfg.model] = model_architecture(paths[cfg.model])
+        spec = task_spec(cfg)
+        specs.setdefault(spec.name, spec)
+        if owners.setdefault(spec.name, cfg.user_data) != cfg.user_data:
+            raise ConfigError(f"two data sets in this grid are both named {spec.name!r}; give each its own name: "
+                              "task: {name: ..., path: ...}")
+        key = (spec.name, json.dumps(dataclasses.asdict(cfg.data), sort_keys=True))
+        if key not in data:
+            data[key] = load_data(spec, cfg, online)
+    plans = []
+    for cfg in resolved:
+        spec = specs[cfg.task]
+        kind = model_kind(spec.type, architectures[cfg.model], cfg.model)
+        key = (spec.name, json.dumps(dataclasses.asdict(cfg.data), sort_keys=True))
+        plans.append(RunPlan(cfg, spec, data[key], METHODS[cfg.method], paths[cfg.model], kind))
+    return plans
+
+
+def plan_run(cfg: ExperimentConfig, online: bool = False) -> RunPlan:
+    """The plan of a single run (see `plan_runs`)."""
+    return plan_runs([cfg], online)[0]

@@ -1,0 +1,76 @@
+"""Is a difference real? Each trained row against full fine-tuning (same model) and against the
+task's best row: paired over shared test examples, and over seeds; a verdict in plain words."""
+from __future__ import annotations
+
+import numpy as np
+
+from medpeft.report.frame import group_example_scores
+from medpeft.report.stats import paired_bootstrap_ci, paired_randomization_p, welch_p
+
+SEEDS_FOR_A_CLAIM = 3  # fewer seeds than this per row and a difference is not called real
+
+
+def compare_rows(row_a: dict, row_b: dict, runs_by_id: dict, n_resamples: int, seed: int) -> dict:
+    """Row a against row b on the primary metric: paired over shared test ids, and over seeds."""
+    metric = row_a["primary"]
+    a = group_example_scores([runs_by_id[i] for i in row_a["run_ids"]], metric)
+    b = group_example_scores([runs_by_id[i] for i in row_b["run_ids"]], metric)
+    ids = [i for i in a if i in b]
+    va, vb = np.array([a[i] for i in ids]), np.array([b[i] for i in ids])
+    seeds_a = [runs_by_id[i].metrics[metric] for i in row_a["run_ids"]]
+    seeds_b = [runs_by_id[i].metrics[metric] for i in row_b["run_ids"]]
+    return {
+        "metric": metric, "n_examples": len(ids), "ids_differ": len(ids) < max(len(a), len(b)),
+        "delta": float(np.mean(seeds_a) - np.mean(seeds_b)),
+        "delta_ci": paired_bootstrap_ci(va, vb, n_resamples, seed),
+        "p_examples": paired_randomization_p(va, vb, n_resamples, seed),
+        "p_seeds": welch_p(seeds_a, seeds_b),
+        "seeds": (len(seeds_a), len(seeds_b)),
+    }
+
+
+def describe_comparison(cmp: dict, alpha: float = 0.05) -> str:
+    """The comparison in plain words, with the caveat a reader needs before quoting it."""
+    p = cmp["p_examples"]
+    if cmp["n_examples"] == 0 or p != p:
+        return "no shared per-example scores: not tested"
+    verdict = ("better" if cmp["delta"] > 0 else "worse") if p < alpha else "no detectable difference"
+    few = min(cmp["seeds"])
+    seeds = f"{few} seed" + ("s" if few != 1 else "")
+    if p < alpha and cmp["p_seeds"] == cmp["p_seeds"] and cmp["p_seeds"] >= alpha:
+        # the test set says yes, the seeds say it could be training noise: both must agree for a claim
+        return f"{verdict} on this test set, but within seed noise (Welch p = {cmp['p_seeds']:.2f}): not a claim"
+    if few < SEEDS_FOR_A_CLAIM and p < alpha:
+        return f"{verdict} on this test set, but only {seeds}: training noise unmeasured, not yet a claim"
+    if few < SEEDS_FOR_A_CLAIM:
+        return f"{verdict} (only {seeds})"
+    return verdict
+
+
+def best_rows(frame) -> tuple[int | None, dict]:
+    """Index of the best trained row of one task's frame, and of the best `full` row per model."""
+    trained = frame[~frame["is_baseline"]]
+    scores = trained["primary_mean"].dropna() if "primary_mean" in trained else trained.iloc[0:0]
+    best = int(scores.idxmax()) if len(scores) else None
+    full = {}
+    for idx in scores.index:
+        row = frame.loc[idx]
+        if row["method"] == "full" and (row["model"] not in full or scores[idx] > scores[full[row["model"]]]):
+            full[row["model"]] = int(idx)
+    return best, full
+
+
+def compare_task(frame, runs_by_id: dict, n_resamples: int = 2000, seed: int = 0) -> list[dict]:
+    """Each trained row of one task against `full` (same model) and against the task's best row."""
+    best, full = best_rows(frame)
+    out = []
+    for idx, row in frame[~frame["is_baseline"]].iterrows():
+        refs: dict[int, list[str]] = {}
+        for kind, ref in (("full", full.get(row["model"])), ("best", best)):
+            if ref is not None and ref != idx:
+                refs.setdefault(ref, []).append(kind)  # full may also be the best: one test, both labels
+        for ref, kinds in refs.items():
+            cmp = compare_rows(row.to_dict(), frame.loc[ref].to_dict(), runs_by_id, n_resamples, seed)
+            cmp.update(row=int(idx), ref=int(ref), against=" & ".join(kinds), verdict=describe_comparison(cmp))
+            out.append(cmp)
+    return out

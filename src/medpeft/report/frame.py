@@ -1,0 +1,147 @@
+"""The one aggregation: a grid's runs -> one row per (task, model, method, variant).
+
+Every output (summary.md, summary.csv, report.html/md/tex, the plots) renders this frame; none
+groups runs again. Runs are grouped by their whole config except the seed, so a sweep's variants,
+and runs left in the folder by an older config, are never pooled as if they were seeds. A row is
+labelled by the grid axes recorded in its runs (`variant`), plus any other setting that tells two
+rows of one method apart.
+
+Two sources of uncertainty are kept apart, because they answer different questions:
+- over seeds: how much the score moves when training is repeated (needs >= 2 seeds per row);
+- over test examples: how much the score would move on another test set of the same size
+  (per-example scores from predictions.jsonl; informative even with one seed).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from medpeft.report.stats import bootstrap_ci, std_or_nan
+from medpeft.run.metrics import METRICS, PRIMARY_METRIC, example_value
+from medpeft.run.record import RunResult, load_results
+
+COST_KEYS = ("trainable_params", "trainable_pct", "train_seconds", "eval_seconds", "train_tokens_per_second",
+             "peak_memory_bytes", "adapter_bytes")
+BASELINE = "untrained"
+NAMING_KEYS = ("task", "model", "method", "seed")  # name a row (or a seed) by themselves
+
+
+def collect_runs(grid_dir: Path) -> list[RunResult]:
+    """Every result.json of a grid (finished or failed)."""
+    return load_results(grid_dir)
+
+
+def flatten_config(config: dict, prefix: str = "") -> dict:
+    """Dotted keys of a run's config (method_args.r, train.lr, ...), without what names the row."""
+    flat = {}
+    for key, value in (config or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten_config(value, f"{name}."))
+        elif name not in NAMING_KEYS:
+            flat[name] = json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
+    return flat
+
+
+def setting_key(run: RunResult) -> str:
+    """A run's identity without its seed: runs with the same key are seeds of one row."""
+    return json.dumps({k: v for k, v in flatten_config(run.config).items()}, sort_keys=True, default=str)
+
+
+def short_names(keys: list[str]) -> dict[str, str]:
+    """`method_args.r` -> `r` for row labels, unless two keys would then share a name."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: name if last.count(name) == 1 else k for k, name in zip(keys, last)}
+
+
+def differing(dicts: list[dict]) -> list[str]:
+    """Keys whose value is not the same in every dict (a missing key counts as a value)."""
+    keys = sorted(set().union(*dicts)) if dicts else []
+    return [k for k in keys if len({repr(d.get(k)) for d in dicts}) > 1]
+
+
+def label_groups(groups: list[list[RunResult]]) -> list[dict]:
+    """The `varying` settings of each group of one (task, model, method): its recorded grid axes that
+    differ between the groups, and, where two groups would still look the same (older result files,
+    runs from an earlier config), every other setting that differs."""
+    variants = [dict(g[0].variant) for g in groups]
+    keys = differing(variants)
+    varying = [{k: v.get(k) for k in keys} for v in variants]
+    labels = [json.dumps(v, sort_keys=True, default=str) for v in varying]
+    if len(set(labels)) < len(labels):
+        flats = [flatten_config(g[0].config) for g in groups]
+        extra = [k for k in differing(flats) if k not in keys]
+        varying = [dict(v, **{k: f.get(k) for k in extra}) for v, f in zip(varying, flats)]
+    return varying
+
+
+def example_scores(run: RunResult, metric: str) -> dict[str, object]:
+    """Per-example value of `metric` in one run keyed by test id (a number, or [tp, fp, fn])."""
+    spec = METRICS.get(metric)
+    if spec is None or spec.per_example is None:
+        return {}
+    out = {}
+    for row in run.predictions():
+        value = example_value(row, spec)
+        if value is not None:
+            out[str(row["id"])] = value
+    return out
+
+
+def group_example_scores(runs: list[RunResult], metric: str) -> dict[str, object]:
+    """Per-example values averaged over a group's seeds (counts too: F1 is scale-free), on the ids every seed scored."""
+    per_run = [s for s in (example_scores(r, metric) for r in runs) if s]
+    if not per_run:
+        return {}
+    ids = [i for i in per_run[0] if all(i in s for s in per_run[1:])]
+    return {i: np.mean([np.asarray(s[i], dtype=float) for s in per_run], axis=0) for i in ids}
+
+
+def summarize_group(runs: list[RunResult], varying: dict, n_resamples: int, seed: int) -> dict:
+    """One table row: mean, std and 95% CIs of every metric and cost over a group's seeds."""
+    first = runs[0]
+    short = short_names(list(varying))
+    row = {"task": first.task, "model": first.model, "method": first.method, "task_type": first.task_type,
+           "variant": ", ".join(f"{short[k]}={v}" for k, v in varying.items()), "varying": varying,
+           "seeds": len({r.seed for r in runs}), "run_ids": [r.run_id for r in runs],
+           "total_params": first.efficiency.get("total_params")}
+    for source, keys in (("metrics", list(METRICS)), ("efficiency", COST_KEYS)):
+        for key in keys:
+            values = [getattr(r, source)[key] for r in runs if getattr(r, source).get(key) is not None]
+            if values:
+                row[f"{key}_mean"], row[f"{key}_std"] = float(np.mean(values)), std_or_nan(values)
+    primary = PRIMARY_METRIC.get(first.task_type, "rouge1")
+    row["primary"] = primary
+    row["primary_mean"], row["primary_std"] = row.get(f"{primary}_mean", math.nan), row.get(f"{primary}_std", math.nan)
+    row["ci_seeds"] = bootstrap_ci([r.metrics[primary] for r in runs if primary in r.metrics], n_resamples, seed)
+    per_example = group_example_scores(runs, primary)
+    row["n_examples"] = len(per_example) or int(first.data.get("test", {}).get("examples", 0))
+    row["ci_examples"] = bootstrap_ci(list(per_example.values()), n_resamples, seed)
+    return row
+
+
+def aggregate(runs: list[RunResult], n_resamples: int = 2000, seed: int = 0):
+    """One row per (task, model, method, variant) of the finished runs, in grid order; baselines first."""
+    import pandas as pd
+
+    groups: dict[tuple, list[RunResult]] = {}
+    for r in runs:
+        if r.ok:
+            groups.setdefault((r.task, r.model, r.method, setting_key(r)), []).append(r)
+    families: dict[tuple, list[list[RunResult]]] = {}
+    for key, members in groups.items():
+        families.setdefault(key[:3], []).append(members)
+    rows = []
+    for members_list in families.values():
+        for members, varying in zip(members_list, label_groups(members_list)):
+            rows.append(summarize_group(members, varying, n_resamples, seed))
+    if not rows:
+        return pd.DataFrame()
+    frame = pd.DataFrame(rows)
+    frame["is_baseline"] = frame["method"] == BASELINE
+    order = {task: i for i, task in enumerate(dict.fromkeys(frame["task"]))}
+    frame["_order"] = frame["task"].map(order)
+    return frame.sort_values(["_order", "is_baseline"], ascending=[True, False], kind="stable").drop(columns="_order").reset_index(drop=True)

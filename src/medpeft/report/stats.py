@@ -1,0 +1,134 @@
+"""Pure numerics of the report: CIs, tests and the Pareto front (no files, no frames).
+
+Per-example values come in two shapes (see run/metrics.py): a number per example, whose statistic
+is the mean, or [tp, fp, fn] per example, whose statistic is the F1 of the summed counts. Every
+function here takes either. All resampling uses a fixed RNG seed, so a report is reproducible
+byte for byte.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def statistic(values) -> float:
+    """The mean of per-example numbers, or the micro F1 of per-example [tp, fp, fn] counts."""
+    values = np.asarray(values, dtype=float)
+    return float(values.mean()) if values.ndim == 1 else float(f1_of_sums(values.sum(axis=0)))
+
+
+def f1_of_sums(sums: np.ndarray) -> np.ndarray:
+    """2tp / (2tp + fp + fn) over the last axis of summed [tp, fp, fn]; 0 where there is nothing at all."""
+    sums = np.asarray(sums, dtype=float)
+    tp, fp, fn = sums[..., 0], sums[..., 1], sums[..., 2]
+    denominator = 2 * tp + fp + fn
+    return np.divide(2 * tp, denominator, out=np.zeros_like(denominator), where=denominator > 0)
+
+
+def resampled(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """The statistic of each resample (one row of `index` per resample)."""
+    picked = values[index]
+    return picked.mean(axis=1) if values.ndim == 1 else f1_of_sums(picked.sum(axis=1))
+
+
+def bootstrap_ci(values, n_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of the statistic (mean, or F1 of counts); (nan, nan) with fewer than two values."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    stats = resampled(values, rng.integers(0, len(values), size=(n_resamples, len(values))))
+    alpha = (1 - level) / 2
+    return (float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha)))
+
+
+def paired_bootstrap_ci(a, b, n_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of statistic(a) - statistic(b), resampling the shared examples in pairs."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.ndim == 1:
+        return bootstrap_ci(a - b, n_resamples, seed, level)  # the mean of differences is the difference of means
+    if len(a) < 2:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, len(a), size=(n_resamples, len(a)))
+    deltas = resampled(a, index) - resampled(b, index)
+    alpha = (1 - level) / 2
+    return (float(np.quantile(deltas, alpha)), float(np.quantile(deltas, 1 - alpha)))
+
+
+def paired_randomization_p(a, b, n_resamples: int = 2000, seed: int = 0) -> float:
+    """Two-sided approximate randomisation test of mean(a) = mean(b) on paired per-example scores.
+
+    Under the null either system could have produced either score of a pair, so each difference's
+    sign is flipped at random. Exact (every sign pattern) when 2**n <= n_resamples; otherwise
+    Monte Carlo with the +1 correction, so p is never 0. Identical inputs give p = 1.
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.ndim == 2:
+        return paired_randomization_p_counts(a, b, n_resamples, seed)
+    diff = a - b
+    n = len(diff)
+    if n == 0:
+        return math.nan
+    observed = abs(diff.mean())
+    tol = 1e-12 * max(1.0, observed)  # float noise must not turn a tie into a miss
+    if n <= 20 and 2**n <= n_resamples:
+        signs = 1 - 2 * ((np.arange(2**n)[:, None] >> np.arange(n)) & 1)
+        return float(np.mean(np.abs((signs * diff).mean(axis=1)) >= observed - tol))
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for start in range(0, n_resamples, 500):  # chunks keep memory at 500 x n
+        signs = rng.choice([-1.0, 1.0], size=(min(500, n_resamples - start), n))
+        hits += int(np.sum(np.abs((signs * diff).mean(axis=1)) >= observed - tol))
+    return (hits + 1) / (n_resamples + 1)
+
+
+def paired_randomization_p_counts(a: np.ndarray, b: np.ndarray, n_resamples: int = 2000, seed: int = 0) -> float:
+    """The same test for an F1 of per-example [tp, fp, fn]: each example's pair of counts is swapped
+    at random and the F1 difference recomputed (exact when every swap pattern fits in n_resamples)."""
+    n = len(a)
+    if n == 0:
+        return math.nan
+    observed = abs(statistic(a) - statistic(b))
+    tol = 1e-12 * max(1.0, observed)
+    if n <= 20 and 2**n <= n_resamples:
+        swaps = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1).astype(float)
+        exact = True
+    else:
+        swaps = np.random.default_rng(seed).integers(0, 2, size=(n_resamples, n)).astype(float)
+        exact = False
+    sums_a = (1 - swaps) @ a + swaps @ b
+    sums_b = swaps @ a + (1 - swaps) @ b
+    hits = int(np.sum(np.abs(f1_of_sums(sums_a) - f1_of_sums(sums_b)) >= observed - tol))
+    return hits / len(swaps) if exact else (hits + 1) / (n_resamples + 1)
+
+
+def welch_p(a, b) -> float:
+    """Welch's t-test p over seed-level scores; nan unless both sides have >= 2 seeds."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 2 or len(b) < 2:
+        return math.nan
+    if a.std() == 0 and b.std() == 0:
+        return 1.0 if a.mean() == b.mean() else 0.0
+    from scipy import stats  # scikit-learn's own dependency
+
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def pareto_front(xs, ys) -> list[int]:
+    """Indices of points no other point beats (lower-or-equal x and higher-or-equal y, one strictly), by x."""
+    points = [(x, y, i) for i, (x, y) in enumerate(zip(xs, ys)) if x == x and y == y]
+    front = []
+    for x, y, i in points:
+        dominated = any(x2 <= x and y2 >= y and (x2 < x or y2 > y) for x2, y2, _ in points)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: (xs[i], -ys[i]))
+
+
+def std_or_nan(values) -> float:
+    """Sample standard deviation (ddof=1) as the papers print it; nan for a single seed."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+
+

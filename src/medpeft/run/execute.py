@@ -1,0 +1,125 @@
+"""One run, top to bottom: load the model, apply the method, train, predict, score, measure, save.
+
+The run gets a `RunPlan` (plan.py) in which every name is resolved and every check done; it only
+orchestrates. What differs between model kinds is asked of the run's `ModelKind` (kinds.py).
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from medpeft.dist import is_main_process, local_device, wait_for_everyone
+from medpeft.errors import ModelError
+from medpeft.methods import build_peft_config, output_prefix_tokens
+from medpeft.models import load_model
+from medpeft.plan import RunPlan
+from medpeft.run.encode import encode_examples, truncation_warnings
+from medpeft.run.fit import NOT_TRAINED, train_model
+from medpeft.run.kinds import KINDS
+from medpeft.run.measure import count_parameters, describe_env, folder_bytes, peak_memory_bytes, reset_peak_memory
+from medpeft.run.record import RunResult, write_jsonl
+
+
+def run_experiment(plan: RunPlan, run_dir: Path) -> RunResult:
+    """Train and evaluate one planned run; write predictions.jsonl, adapter/ and, last, result.json."""
+    from transformers import set_seed
+
+    cfg, kind, task = plan.config, KINDS[plan.kind], plan.data
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    reset_peak_memory()
+    set_seed(cfg.seed)  # python, numpy and torch: data order, new-head init, dropout, method init
+    model, tokenizer, peft_config, new_modules = prepare_model(plan, kind)
+    params = count_parameters(model)
+    train_rows, train_stats = encode_examples(task.splits["train"], tokenizer, kind, task.instruction, cfg.data, task.labels)
+    val_rows, _ = encode_examples(task.splits["validation"], tokenizer, kind, task.instruction, cfg.data, task.labels)
+    training = train_model(model, tokenizer, kind, cfg, train_rows, val_rows, run_dir) if plan.method.trains else NOT_TRAINED
+
+    start = time.perf_counter()
+    use_model = plan.method.trains or not new_modules  # an untrained random head is replaced by the prior
+    predictions, metrics, test_stats = evaluate_model(model, tokenizer, kind, plan, train_rows, use_model)
+    eval_seconds = time.perf_counter() - start
+    adapter_bytes = save_adapter(model, tokenizer, plan, peft_config, run_dir / "adapter")
+
+    warnings = truncation_warnings("train", train_stats, cfg.data) + truncation_warnings("test", test_stats, cfg.data)
+    result = RunResult.succeeded(
+        cfg, cfg.variant, task_type=task.type, labels=task.labels, model_path=plan.model_path, model_kind=kind.name,
+        metrics=metrics, efficiency=efficiency(params, training, eval_seconds, adapter_bytes),
+        training={k: training[k] for k in ("steps", "train_loss", "val_loss", "train_tokens")},
+        data={"train": train_stats, "test": test_stats, "validation_examples": len(val_rows), "warnings": warnings},
+        env=describe_env())
+    if is_main_process():
+        write_jsonl(run_dir / "predictions.jsonl", predictions)
+        result.write(run_dir)  # last: its presence marks the run finished
+    wait_for_everyone()
+    return result
+
+
+def prepare_model(plan: RunPlan, kind):
+    """The model with its method applied and placed on this process's device, its tokenizer, its peft
+    config (None for full fine-tuning and the untrained baseline) and the new modules (a new head)."""
+    spec, cfg = plan.method, plan.config
+    labels = plan.data.labels if kind.new_head else None
+    model, tokenizer, new_modules = load_model(plan.model_path, kind.auto_class, labels, kind.problem_type, spec.quantize_4bit)
+    new_modules = new_modules if kind.new_head else []
+    if spec.quantize_4bit:  # QLoRA: fp32 norms/head, input grads for the frozen 4-bit base
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
+    peft_config = build_peft_config(cfg.method, kind.peft_task_type, cfg.method_args, model_path=plan.model_path,
+                                    instruction=plan.data.instruction, new_modules=new_modules)
+    if peft_config is not None:
+        model = apply_peft(model, peft_config, cfg, kind)
+    if not spec.trains:
+        model.requires_grad_(False)
+    if not spec.quantize_4bit:  # a 4-bit model is already placed and cannot be moved
+        model.to(local_device())
+    return model, tokenizer, peft_config, new_modules
+
+
+def apply_peft(model, peft_config, cfg, kind):
+    """Wrap the model with its peft adapter; a pair peft cannot build is a clear error, not a traceback."""
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(model, peft_config)
+    except (ValueError, TypeError, NotImplementedError, AttributeError) as err:
+        raise ModelError(f"method {cfg.method!r} cannot be applied to model {cfg.model!r} ({kind.name}, "
+                         f"{model.config.model_type}): {err}. Pass method_args (e.g. target_modules) or pick another method.") from err
+
+
+def evaluate_model(model, tokenizer, kind, plan: RunPlan, train_rows: list[dict], use_model: bool = True):
+    """Predictions (one dict per test example, with its own scores), the task's metrics and truncation stats.
+
+    `use_model=False` (untrained method, random new head) scores the training split's prior instead:
+    the majority class, each label's share of the training examples, or the majority tag."""
+    cfg, task = plan.config, plan.data
+    test = task.splits["test"]
+    rows, stats = encode_examples(test, tokenizer, kind, task.instruction, cfg.data, task.labels, for_generation=True)
+    if use_model:
+        prefix = output_prefix_tokens(getattr(model, "peft_config", {}).get("default"))
+        outputs = kind.predict(model, tokenizer, rows, test, task.labels, cfg, local_device(), prefix)
+    else:
+        outputs = kind.prior(train_rows, test, task.labels)
+    metrics, scored = kind.score(test, outputs, task.labels)
+    predictions = [{"id": ex["id"], "input": ex["text"], "reference": ex["target"], **s} for ex, s in zip(test, scored)]
+    return predictions, metrics, stats
+
+
+def save_adapter(model, tokenizer, plan: RunPlan, peft_config, adapter_dir: Path) -> int:
+    """Save what was trained (an adapter, or a whole model for full fine-tuning); its bytes on disk."""
+    if is_main_process():  # under `accelerate launch` every process trains; one writes
+        shutil.rmtree(adapter_dir, ignore_errors=True)
+        if plan.method.trains:
+            model.save_pretrained(adapter_dir)
+            if peft_config is None:  # full fine-tuning stores a whole, self-contained model
+                tokenizer.save_pretrained(adapter_dir)
+    return folder_bytes(adapter_dir)
+
+
+def efficiency(params: dict, training: dict, eval_seconds: float, adapter_bytes: int) -> dict:
+    seconds = training["train_seconds"]
+    return {**params, "train_seconds": seconds, "eval_seconds": eval_seconds,
+            "train_tokens_per_second": training["train_tokens"] / seconds if seconds else 0.0,
+            "peak_memory_bytes": peak_memory_bytes(), "adapter_bytes": adapter_bytes}

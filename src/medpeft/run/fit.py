@@ -1,0 +1,59 @@
+"""Fit a model with the transformers Trainer (Seq2SeqTrainer for encoder-decoders), dynamic padding."""
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from medpeft.config import ExperimentConfig
+from medpeft.methods import output_prefix_tokens
+
+NOT_TRAINED = {"train_seconds": 0.0, "train_tokens": 0, "train_loss": None, "val_loss": None, "steps": 0}
+
+
+def training_arguments(kind, cfg: ExperimentConfig, n_train: int, output_dir: Path):
+    """TrainingArguments from the run's train settings; logging about 5 times per run, no checkpoints."""
+    from transformers import Seq2SeqTrainingArguments, TrainingArguments
+
+    t = cfg.train
+    steps_per_epoch = math.ceil(n_train / (t.batch_size * t.grad_accum))
+    total_steps = t.max_steps if t.max_steps > 0 else math.ceil(steps_per_epoch * t.epochs)
+    args_cls = Seq2SeqTrainingArguments if kind.seq2seq_trainer else TrainingArguments
+    return args_cls(
+        output_dir=str(output_dir), per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.eval_batch_size, gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.lr, num_train_epochs=t.epochs, max_steps=t.max_steps, weight_decay=t.weight_decay,
+        warmup_steps=t.warmup, lr_scheduler_type=t.scheduler, seed=cfg.seed, data_seed=cfg.seed,
+        bf16=t.precision == "bf16", fp16=t.precision == "fp16", use_cpu=not torch.cuda.is_available(),
+        train_sampling_strategy="group_by_length", include_num_input_tokens_seen="non_padding",
+        logging_steps=max(1, total_steps // 5), save_strategy="no", report_to="none", logging_nan_inf_filter=False,
+        remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=True,
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},  # works with a frozen embedding (peft)
+    )
+
+
+def train_model(model, tokenizer, kind, cfg: ExperimentConfig, train_rows, val_rows, run_dir: Path) -> dict:
+    """Train on `train_rows`; the validation loss at the end; seconds, tokens seen, losses and steps."""
+    from datasets import Dataset
+    from transformers import Seq2SeqTrainer, Trainer
+
+    args = training_arguments(kind, cfg, len(train_rows), run_dir / "trainer")
+    collator = kind.collator(tokenizer, output_prefix_tokens(getattr(model, "peft_config", {}).get("default")))
+    trainer_cls = Seq2SeqTrainer if kind.seq2seq_trainer else Trainer
+    trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
+                          eval_dataset=Dataset.from_list(val_rows) if val_rows else None,
+                          data_collator=collator, processing_class=tokenizer)
+    trainer.model_accepts_loss_kwargs = kind.loss_kwargs
+    start = time.perf_counter()
+    output = trainer.train()
+    seconds = time.perf_counter() - start
+    if not math.isfinite(output.training_loss):
+        raise FloatingPointError(f"training loss is {output.training_loss}; lower train.lr (now {cfg.train.lr}) or check the data")
+    val_loss = trainer.evaluate()["eval_loss"] if val_rows else None
+    shutil.rmtree(run_dir / "trainer", ignore_errors=True)
+    return {"train_seconds": seconds, "train_tokens": int(trainer.state.num_input_tokens_seen),
+            "train_loss": float(output.training_loss), "val_loss": val_loss, "steps": int(trainer.state.global_step)}

@@ -1,0 +1,149 @@
+"""The model kinds: one `ModelKind` per head, and everything that differs between them.
+
+A kind says how a model is loaded (Auto class, peft task type, a new head or not), how examples are
+encoded and batched, how its outputs are predicted and scored, and what the untrained baseline
+predicts when the head is random (the training split's prior). Code elsewhere asks its kind; it
+never branches on a kind's name. `plan.py` picks the kind of a run from its task type and model.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from medpeft.run.encode import encode_causal, encode_class, encode_label_set, encode_seq2seq, encode_tokens, token_collator
+from medpeft.run.metrics import (entity_counts, label_counts, score_classification, score_multilabel, score_ner,
+                                 score_rouge)
+from medpeft.run.predict import generate_texts, predict_probs, predict_tags
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """How one kind of model is loaded, fed, trained, predicted and scored."""
+
+    name: str
+    auto_class: str  # the transformers Auto class that loads it
+    peft_task_type: str  # peft's TaskType name
+    new_head: bool  # a freshly initialised head: trained and saved with the adapter (modules_to_save)
+    problem_type: str | None  # transformers problem_type of a classification head
+    encode: Callable  # (ex, tokenizer, instruction, data_cfg, labels, for_generation) -> (row, source_cut, target_cut)
+    collator: Callable  # (tokenizer, soft_prefix) -> a data collator that pads a batch
+    predict: Callable  # (model, tokenizer, rows, test, labels, cfg, device, soft_prefix) -> outputs
+    score: Callable  # (test, outputs, labels) -> (metrics, one dict per example: prediction and its scores)
+    prior: Callable | None  # (train_rows, test, labels) -> outputs of the untrained baseline with a random head
+    seq2seq_trainer: bool = False  # Seq2SeqTrainer rather than Trainer
+    # The Trainer multiplies the loss by the number of processes when the forward takes **kwargs, expecting
+    # it to divide by the global token count. Only causal LMs' loss_function does; T5 and the classification
+    # heads take a plain mean, so under DDP their loss (and gradient) would be doubled.
+    loss_kwargs: bool = False
+
+
+# --- collators ---------------------------------------------------------------------------
+
+
+def pad_seq2seq(tokenizer, prefix: int = 0):
+    """Pads inputs with the pad id and labels with -100."""
+    from transformers import DataCollatorForSeq2Seq
+
+    return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+
+
+def pad_inputs(tokenizer, prefix: int = 0):
+    from transformers import DataCollatorWithPadding
+
+    return DataCollatorWithPadding(tokenizer)
+
+
+# --- predictions -------------------------------------------------------------------------
+
+
+def generate(model, tokenizer, rows, test, labels, cfg, device, prefix=0, *, decoder_only: bool):
+    return generate_texts(model, tokenizer, rows, decoder_only, cfg.data.max_target_tokens, cfg.train.num_beams,
+                          cfg.train.eval_batch_size, device)
+
+
+def class_probs(model, tokenizer, rows, test, labels, cfg, device, prefix=0, *, multilabel: bool = False):
+    return predict_probs(model, tokenizer, rows, cfg.train.eval_batch_size, device, multilabel)
+
+
+def word_tags(model, tokenizer, rows, test, labels, cfg, device, prefix=0):
+    return predict_tags(model, tokenizer, rows, [len(ex["text"]) for ex in test], labels, cfg.train.eval_batch_size,
+                        device, prefix)
+
+
+# --- the untrained baseline's prior --------------------------------------------------------
+
+
+def majority_class(train_rows, test, labels) -> np.ndarray:
+    """One-hot majority class of the training split (uniform without one: an evaluation-only task)."""
+    if not train_rows:
+        return np.full((len(test), len(labels)), 1.0 / len(labels))
+    majority = np.bincount([r["labels"] for r in train_rows], minlength=len(labels)).argmax()
+    return np.tile(np.eye(len(labels))[majority], (len(test), 1))
+
+
+def label_shares(train_rows, test, labels) -> np.ndarray:
+    """Each label's share of the training examples, as every example's probability."""
+    if not train_rows:
+        return np.full((len(test), len(labels)), 1.0 / len(labels))
+    return np.tile(np.mean([r["labels"] for r in train_rows], axis=0), (len(test), 1))
+
+
+def majority_tag(train_rows, test, labels) -> list[list[str]]:
+    counts = np.bincount([t for r in train_rows for t in r["labels"] if t != -100], minlength=len(labels))
+    return [[labels[int(counts.argmax())]] * len(ex["text"]) for ex in test]
+
+
+# --- scores --------------------------------------------------------------------------------
+
+
+def score_texts(test, texts, labels=None):
+    metrics, per_example = score_rouge(texts, [ex["target"] for ex in test])
+    return metrics, [{"prediction": t, "scores": s} for t, s in zip(texts, per_example)]
+
+
+def score_classes(test, probs, labels):
+    metrics = score_classification([labels.index(ex["target"]) for ex in test], probs, len(labels))
+    rows = []
+    for ex, p in zip(test, probs):
+        predicted = labels[int(p.argmax())]
+        rows.append({"prediction": predicted, "correct": int(predicted == ex["target"]), "probs": rounded(p)})
+    return metrics, rows
+
+
+def score_label_sets(test, probs, labels):
+    """A label is predicted when its probability is >= 0.5; `correct` is an exact match of the set."""
+    metrics = score_multilabel([[int(name in ex["target"]) for name in labels] for ex in test], probs)
+    rows = []
+    for ex, p in zip(test, probs):
+        predicted = [name for name, q in zip(labels, p) if q >= 0.5]
+        rows.append({"prediction": predicted, "correct": int(sorted(predicted) == sorted(ex["target"])),
+                     "probs": rounded(p), "counts": label_counts(set(ex["target"]), set(predicted))})
+    return metrics, rows
+
+
+def score_tags(test, tags, labels=None):
+    metrics = score_ner([ex["target"] for ex in test], tags)
+    rows = [{"prediction": t, "correct": int(t == ex["target"]), "counts": entity_counts(ex["target"], t)}
+            for t, ex in zip(tags, test)]
+    return metrics, rows
+
+
+def rounded(probs) -> list[float]:
+    return [round(float(x), 6) for x in probs]
+
+
+KINDS: dict[str, ModelKind] = {k.name: k for k in (
+    ModelKind("seq2seq", "AutoModelForSeq2SeqLM", "SEQ_2_SEQ_LM", False, None, encode_seq2seq, pad_seq2seq,
+              functools.partial(generate, decoder_only=False), score_texts, None, seq2seq_trainer=True),
+    ModelKind("causal", "AutoModelForCausalLM", "CAUSAL_LM", False, None, encode_causal, pad_seq2seq,
+              functools.partial(generate, decoder_only=True), score_texts, None, loss_kwargs=True),
+    ModelKind("seq_cls", "AutoModelForSequenceClassification", "SEQ_CLS", True, None, encode_class, pad_inputs,
+              class_probs, score_classes, majority_class),
+    ModelKind("multilabel", "AutoModelForSequenceClassification", "SEQ_CLS", True, "multi_label_classification",
+              encode_label_set, pad_inputs, functools.partial(class_probs, multilabel=True), score_label_sets, label_shares),
+    ModelKind("token_cls", "AutoModelForTokenClassification", "TOKEN_CLS", True, None, encode_tokens, token_collator,
+              word_tags, score_tags, majority_tag),
+)}

@@ -1,0 +1,67 @@
+"""Model outputs on encoded rows: logits, class or label probabilities, word tags, generated text.
+
+Batches are formed from rows of similar length (longest first), so padding stays small; results
+come back in row order."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def length_batches(rows: list[dict], batch_size: int):
+    """Index batches of similar length (longest first), so padding stays small."""
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]["input_ids"]))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.no_grad()
+def predict_logits(model, tokenizer, rows: list[dict], batch_size: int, device, prefix: int = 0) -> list[np.ndarray]:
+    """The model's logits for each row (unpadded for token classification), in row order."""
+    model.eval()
+    out = [None] * len(rows)
+    for batch in length_batches(rows, batch_size):
+        feats = tokenizer.pad([{k: rows[i][k] for k in ("input_ids", "attention_mask")} for i in batch], return_tensors="pt")
+        logits = model(**{k: v.to(device) for k, v in feats.items()}).logits.float().cpu().numpy()
+        for i, row_logits in zip(batch, logits):
+            out[i] = row_logits if row_logits.ndim == 1 else row_logits[: prefix + len(rows[i]["input_ids"])]
+    return out
+
+
+def predict_probs(model, tokenizer, rows: list[dict], batch_size: int, device, multilabel: bool = False) -> np.ndarray:
+    """Class probabilities (softmax) or, for multi-label, independent label probabilities (sigmoid)."""
+    logits = torch.from_numpy(np.stack(predict_logits(model, tokenizer, rows, batch_size, device)))
+    return (torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=-1)).numpy()
+
+
+def predict_tags(model, tokenizer, rows: list[dict], n_words: list[int], labels: list[str], batch_size: int, device,
+                 prefix: int = 0) -> list[list[str]]:
+    """One tag per word: the arg-max at the word's first sub-word (after `prefix` soft-prompt positions);
+    words cut by truncation get "O"."""
+    tags = []
+    for row, logits, n in zip(rows, predict_logits(model, tokenizer, rows, batch_size, device, prefix), n_words):
+        firsts = [pos + prefix for pos, label in enumerate(row["labels"]) if label != -100]
+        words = [labels[int(logits[pos].argmax())] for pos in firsts]
+        tags.append(words + ["O"] * (n - len(words)))
+    return tags
+
+
+@torch.no_grad()
+def generate_texts(model, tokenizer, rows: list[dict], decoder_only: bool, max_new_tokens: int, num_beams: int, batch_size: int,
+                   device) -> list[str]:
+    """Batched generation (left padding for decoder-only models), decoded without the prompt."""
+    model.eval()
+    texts = [""] * len(rows)
+    tokenizer.padding_side = "left" if decoder_only else "right"
+    try:
+        for batch in length_batches(rows, batch_size):
+            feats = tokenizer.pad([{k: rows[i][k] for k in ("input_ids", "attention_mask")} for i in batch], return_tensors="pt")
+            feats = {k: v.to(device) for k, v in feats.items()}
+            out = model.generate(**feats, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            if decoder_only:
+                out = out[:, feats["input_ids"].shape[1]:]  # keep only the new tokens
+            for i, seq in zip(batch, out):
+                texts[i] = tokenizer.decode(seq, skip_special_tokens=True).strip()
+    finally:
+        tokenizer.padding_side = "right"
+    return texts

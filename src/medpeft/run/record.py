@@ -1,0 +1,138 @@
+"""The on-disk contract of a run: runs/<grid>/<run_id>/{result.json, predictions.jsonl, adapter/}.
+
+`RunResult` is the typed form of result.json, with one constructor for a finished run, one for a
+failed run, and one reader (`from_json`) that every consumer uses. The JSON keys stay as other
+tools read them. Files are written to a temporary name and renamed, so an interrupted run never
+leaves a half-written result; result.json is written last and marks the run finished.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import os
+import socket
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class Status(str, enum.Enum):
+    """How a run ended."""
+
+    OK = "ok"
+    FAILED = "failed"
+
+
+@dataclass
+class RunResult:
+    """One run's result.json."""
+
+    run_id: str
+    status: Status
+    task: str
+    model: str
+    method: str
+    seed: int
+    config: dict  # the resolved ExperimentConfig as plain data
+    variant: dict = field(default_factory=dict)  # the grid axes that set this run ({"method_args.r": 4})
+    error: str | None = None  # "ExceptionType: message" of a failed run
+    traceback: str | None = None
+    task_type: str | None = None
+    labels: list[str] | None = None  # label set in the model's index order (classification, multilabel, ner)
+    model_path: str | None = None
+    model_kind: str | None = None  # a ModelKind name (run/kinds.py)
+    metrics: dict = field(default_factory=dict)
+    efficiency: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    env: dict = field(default_factory=dict)
+    run_dir: Path | None = field(default=None, compare=False)  # where it was read from (not written)
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.OK
+
+    @classmethod
+    def succeeded(cls, cfg, variant: dict, **fields) -> RunResult:
+        """A finished run of config `cfg`; `fields` are the measured parts (metrics, efficiency, ...)."""
+        return cls(run_id=cfg.run_id, status=Status.OK, task=cfg.task, model=cfg.model, method=cfg.method,
+                   seed=cfg.seed, config=cfg.to_dict(), variant=dict(variant), **fields)
+
+    @classmethod
+    def failed(cls, cfg, variant: dict, err: BaseException) -> RunResult:
+        """A run that raised `err` (call inside the `except`, so the traceback is the error's)."""
+        return cls(run_id=cfg.run_id, status=Status.FAILED, task=cfg.task, model=cfg.model, method=cfg.method,
+                   seed=cfg.seed, config=cfg.to_dict(), variant=dict(variant),
+                   error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+
+    def to_json(self) -> dict:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "run_dir"}
+        data["status"] = self.status.value
+        if self.ok:
+            data.pop("traceback")
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict, run_dir: Path | None = None) -> RunResult:
+        """Read result.json data, older files included (fields added later take their defaults)."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"run_dir", "status"}
+        known = {k: v for k, v in data.items() if k in names and v is not None}
+        return cls(status=Status(data.get("status", "failed")), run_dir=run_dir, **known)
+
+    def write(self, run_dir: Path) -> None:
+        write_json(Path(run_dir) / "result.json", self.to_json())
+
+    def predictions(self) -> list[dict]:
+        """The run's predictions.jsonl rows (read once); [] when the file is missing."""
+        if not hasattr(self, "_predictions"):
+            path = Path(self.run_dir or ".") / "predictions.jsonl"
+            lines = path.read_text(encoding="utf-8").splitlines() if self.run_dir and path.is_file() else []
+            self._predictions = [json.loads(line) for line in lines if line.strip()]
+        return self._predictions
+
+
+def read_result(run_dir: Path) -> RunResult | None:
+    """A run's result, or None when it has none (never run, or interrupted before the end)."""
+    path = Path(run_dir) / "result.json"
+    if not path.is_file():
+        return None
+    try:
+        return RunResult.from_json(json.loads(path.read_text(encoding="utf-8")), run_dir=Path(run_dir))
+    except (json.JSONDecodeError, TypeError, ValueError):
+        return None
+
+
+def is_finished(run_dir: Path) -> bool:
+    result = read_result(run_dir)
+    return result is not None and result.ok
+
+
+def load_results(grid_dir: Path) -> list[RunResult]:
+    """Every run of a grid folder that has a result.json (finished or failed), in folder order."""
+    return [r for d in sorted(Path(grid_dir).iterdir()) if d.is_dir() and (r := read_result(d)) is not None]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Unique per writer, so shards on several nodes sharing one runs directory never collide.
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: dict) -> None:
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
