@@ -347,3 +347,34 @@ def test_local_model_directory(tmp_path):
 def test_missing_local_path_is_not_mistaken_for_a_hub_id(tmp_path):
     with pytest.raises(ModelError, match="unknown model"):
         resolve_model(str(tmp_path / "a" / "b"), online=True)
+
+
+# --- variants ------------------------------------------------------------------------
+
+
+def test_expansion_records_each_runs_variant():
+    runs = expand([{"method": "lora", "method_args.r": [4, 16], "seed": [0, 1]}, {"method": "full", "train.lr": [1e-5]}])
+    assert [r.variant for r in runs] == [{"method_args.r": 4}] * 2 + [{"method_args.r": 16}] * 2 + [{"train.lr": 1e-5}]
+
+
+def test_an_override_is_no_variant():
+    runs = expand({"method_args.r": [4, 16]}, overrides=["method_args.r=8"])
+    assert len(runs) == 1 and runs[0].variant == {} and runs[0].method_args == {"r": 8}
+
+
+def test_variant_is_not_part_of_the_runs_identity():
+    (a,) = expand({"method_args.r": [4]})
+    b = config_from_dict(dict(BASE, method_args={"r": 4}))
+    assert a.variant and not b.variant
+    assert a.run_id == b.run_id and a.to_dict() == b.to_dict() and "variant" not in a.to_dict()
+
+
+def test_baselines_and_resolved_configs_keep_or_drop_the_variant():
+    spec = {"base": BASE, "grid": {"method_args.r": [4, 16]}}
+    configs = grid_configs(expand_grid(spec, name="t"))
+    assert [(c.method, c.variant) for c in configs] == [("untrained", {}), ("lora", {"method_args.r": 4}), ("lora", {"method_args.r": 16})]
+
+
+def test_variant_is_not_a_setting():
+    with pytest.raises(ConfigError, match="unknown config key 'variant'"):
+        config_from_dict(dict(BASE, variant={"r": 4}))

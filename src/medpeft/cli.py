@@ -117,6 +117,9 @@ def command_tasks(args) -> int:
 
 
 def command_list(args) -> int:
+    import medpeft.methods  # noqa: F401  (importing them fills the registries)
+    import medpeft.models  # noqa: F401
+    import medpeft.tasks  # noqa: F401
     from medpeft.registry import METHODS, MODELS, TASKS
 
     print("models:")

@@ -1,4 +1,4 @@
-"""Multi-label and token-classification (NER) heads: metrics on hand-checked toy predictions, and whole
+"""The model kinds: the table itself, and multi-label and token-classification (NER) heads as whole
 runs on tiny-bert (NER on a small BIO data set built here: no offline NER corpus exists)."""
 from __future__ import annotations
 
@@ -10,37 +10,32 @@ import pytest
 import torch
 
 from medpeft.config import config_from_dict
-from medpeft.run.metrics import score_multilabel, score_ner
 from medpeft.run.encode import encode_examples
 from medpeft.run.kinds import KINDS
 
 from helpers import load_for_kind
-from conftest import TINY_DATA, TINY_TRAIN
+from conftest import KIND_SETUPS, TINY_DATA, TINY_TRAIN
 
-# --- metrics -------------------------------------------------------------------------------
-
-
-def test_multilabel_metrics_by_hand():
-    # 3 examples x 3 labels; predicted = probability >= 0.5
-    y_true = [[1, 0, 1], [0, 1, 0], [1, 1, 0]]
-    probs = np.array([[0.9, 0.2, 0.1], [0.3, 0.8, 0.6], [0.7, 0.6, 0.4]])
-    # predicted: [1,0,0], [0,1,1], [1,1,0] -> TP 4, FP 1, FN 1: micro P = R = 4/5
-    # per label: A tp2 fp0 fn0 -> 1; B tp2 -> 1; C tp0 fp1 fn1 -> 0 => macro 2/3; exact match 1/3
-    scores = score_multilabel(y_true, probs)
-    assert scores["micro_f1"] == pytest.approx(0.8)
-    assert scores["macro_f1"] == pytest.approx(2 / 3)
-    assert scores["exact_match"] == pytest.approx(1 / 3)
+# --- the table ---------------------------------------------------------------------------------
 
 
-def test_ner_metrics_are_entity_level():
-    true = [["B-DIS", "I-DIS", "O", "B-DRUG"], ["O", "B-DIS", "O"]]
-    pred = [["B-DIS", "O", "O", "B-DRUG"], ["O", "B-DIS", "O"]]
-    # entities: true {DIS 0-1, DRUG 3, DIS 1}; pred {DIS 0, DRUG 3, DIS 1}: the cut span is wrong
-    scores = score_ner(true, pred)
-    assert scores["entity_precision"] == pytest.approx(2 / 3)
-    assert scores["entity_recall"] == pytest.approx(2 / 3)
-    assert scores["entity_f1"] == pytest.approx(2 / 3)
-    assert scores["token_accuracy"] == pytest.approx(6 / 7)
+@pytest.mark.parametrize("name", sorted(KINDS))
+def test_every_kind_is_complete_and_loadable(name):
+    """Each kind names a real Auto class and peft task type, and a head kind has a prior for the baseline."""
+    import peft
+    import transformers
+
+    kind = KINDS[name]
+    assert kind.name == name and hasattr(transformers, kind.auto_class)
+    assert kind.peft_task_type in peft.TaskType.__members__
+    assert all(callable(f) for f in (kind.encode, kind.collator, kind.predict, kind.score))
+    assert (kind.prior is not None) == kind.new_head  # a random head is replaced by the prior when untrained
+
+
+def test_plan_picks_only_kinds_that_exist():
+    from medpeft.plan import GENERATIVE_ARCHITECTURES, KIND_FOR_TASK_TYPE
+
+    assert set(KIND_FOR_TASK_TYPE.values()) | set(GENERATIVE_ARCHITECTURES) == set(KINDS) == set(KIND_SETUPS)
 
 
 def test_token_labels_sit_on_the_first_sub_word(assets_ready):

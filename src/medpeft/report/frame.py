@@ -78,6 +78,14 @@ def label_groups(groups: list[list[RunResult]]) -> list[dict]:
     return varying
 
 
+def variant_order(varying: dict) -> tuple:
+    """Rows of one method in the order of their settings: r=4 before r=16, numbers before text."""
+    def key(value):
+        return (0, float(value), "") if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, 0.0, str(value))
+
+    return tuple(key(varying[k]) for k in sorted(varying))
+
+
 def example_scores(run: RunResult, metric: str) -> dict[str, object]:
     """Per-example value of `metric` in one run keyed by test id (a number, or [tp, fp, fn])."""
     spec = METRICS.get(metric)
@@ -136,8 +144,8 @@ def aggregate(runs: list[RunResult], n_resamples: int = 2000, seed: int = 0):
         families.setdefault(key[:3], []).append(members)
     rows = []
     for members_list in families.values():
-        for members, varying in zip(members_list, label_groups(members_list)):
-            rows.append(summarize_group(members, varying, n_resamples, seed))
+        labelled = sorted(zip(label_groups(members_list), members_list), key=lambda pair: variant_order(pair[0]))
+        rows += [summarize_group(members, varying, n_resamples, seed) for varying, members in labelled]
     if not rows:
         return pd.DataFrame()
     frame = pd.DataFrame(rows)

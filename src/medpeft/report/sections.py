@@ -161,9 +161,17 @@ def example_section(frame, runs_by_id: dict, confusion_path: Path) -> tuple[str,
     return summary_examples(frame, runs_by_id)
 
 
+def example_score(value) -> float:
+    """One example's score: its number, or the F1 of its [tp, fp, fn]. An example with no entity (or label)
+    to find and none found has no F1 of its own: nan (shown as —)."""
+    if isinstance(value, (list, tuple, np.ndarray)) and not np.asarray(value).sum():
+        return math.nan
+    return statistic([value])
+
+
 def pick_examples(scores: dict[str, float], ids: list[str], k: int = 3) -> list[str]:
     """Test ids at evenly spaced quantiles (25/50/75% for k=3) of a row's scores: typical, not cherry-picked."""
-    ranked = sorted(ids, key=lambda i: (scores.get(i, 0.0), i))
+    ranked = sorted(ids, key=lambda i: (s if (s := scores.get(i, 0.0)) == s else 1.0, i))  # nothing to find: nothing missed
     if len(ranked) <= k:
         return ranked
     return list(dict.fromkeys(ranked[int(q * (len(ranked) - 1))] for q in np.linspace(0, 1, k + 2)[1:-1]))
@@ -190,7 +198,7 @@ def summary_examples(frame, runs_by_id: dict) -> tuple[str, str]:
     best = frame[~frame["is_baseline"]]["primary_mean"].idxmax() if (~frame["is_baseline"]).any() else 0
     metric = frame["primary"].iloc[0]
     scores = [example_scores(run, metric) for run in runs]
-    chosen = pick_examples({i: statistic([v]) for i, v in scores[best].items()}, ids)
+    chosen = pick_examples({i: example_score(v) for i, v in scores[best].items()}, ids)
     name, many = metric_label(metric), frame["model"].nunique() > 1
     intro = (f"Test examples at the 25th, 50th and 75th percentile of the best row's per-example {name}; "
              f"outputs from each row's first seed, with their {name} (×100).")
@@ -199,14 +207,14 @@ def summary_examples(frame, runs_by_id: dict) -> tuple[str, str]:
         ex = preds[0][i]
         h.append(f"<div class='ex'><b>Example {n}</b> <code>{html.escape(i)}</code><div class='src'>"
                  f"<div><span class='label'>Source</span><br>{html.escape(clip(show(ex.get('input', '')), SOURCE_CHARS))}</div>"
-                 f"<div><span class='label'>Reference</span><br>{html.escape(show(ex.get('reference', ''), ex.get('input')))}</div></div>"
+                 f"<div><span class='label'>Reference</span><br>{html.escape(show(ex.get('reference', ''), ex.get('input', '')))}</div></div>"
                  "<div class='outs'>")
         m += [f"**Example {n}** (`{i}`)\n", f"- *Source*: {one_line(clip(show(ex.get('input', '')), SOURCE_CHARS))}",
-              f"- *Reference*: {one_line(show(ex.get('reference', ''), ex.get('input')))}"]
+              f"- *Reference*: {one_line(show(ex.get('reference', ''), ex.get('input', '')))}"]
         for row, p, s in zip(rows, preds, scores):
-            score = statistic([s[i]]) if i in s else math.nan
-            label = f"{describe_row(row, many)} · {100 * score:.1f}"
-            output = clip(show(p[i].get("prediction", ""), p[i].get("input")), OUTPUT_CHARS)
+            score = example_score(s[i]) if i in s else math.nan
+            label = f"{describe_row(row, many)} · " + (f"{100 * score:.1f}" if score == score else "—")
+            output = clip(show(p[i].get("prediction", ""), p[i].get("input", "")), OUTPUT_CHARS)
             h.append(f"<div><span class='label'>{html.escape(label)}</span><br>{html.escape(output)}</div>")
             m.append(f"- *{label}*: {one_line(output)}")
         h.append("</div></div>")
@@ -216,9 +224,12 @@ def summary_examples(frame, runs_by_id: dict) -> tuple[str, str]:
 
 
 def show(value, words=None) -> str:
-    """A text, a label set ("a; b", "(none)") or a tag sequence over its words ("aspirin [B-Chemical] ...")."""
+    """A text or a list of words, a label set ("a; b", "(none)") or a tag sequence over its words
+    ("aspirin [B-Chemical] ...")."""
     if not isinstance(value, list):
         return str(value)
+    if words is None:  # the source of a NER example: its words
+        return " ".join(map(str, value))
     if isinstance(words, list) and len(words) == len(value):
         return " ".join(f"{w} [{tag}]" if tag != "O" else str(w) for w, tag in zip(words, value))
     return "; ".join(map(str, value)) if value else "(none)"

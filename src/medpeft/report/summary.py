@@ -13,8 +13,8 @@ from medpeft.report.tables import format_bytes, row_label
 from medpeft.run.metrics import METRICS, metric_label
 from medpeft.run.record import RunResult, write_atomic
 
-NOTE = ("Metrics are ×100, mean ± std over seeds; ROUGE-L is `rougeL` (whole summary LCS), `rougeLsum` splits "
-        "sentences. Peak memory is process RSS on CPU, allocator peak on GPU.")
+NOTE = "Metrics are ×100, mean ± std over seeds. Peak memory is process RSS on CPU, allocator peak on GPU."
+ROUGE_NOTE = " ROUGE-L is `rougeL` (whole summary LCS), `rougeLsum` splits sentences."
 
 
 def metric_keys(frame) -> list[str]:
@@ -53,7 +53,8 @@ def summary_markdown(frame) -> str:
     """A markdown table per task; metrics ×100 as mean ± std over seeds."""
     if frame.empty:
         return "No finished runs.\n"
-    parts = [NOTE + "\n"]
+    has_rouge = "rougeL_mean" in frame and frame["rougeL_mean"].notna().any()
+    parts = [NOTE + (ROUGE_NOTE if has_rouge else "") + "\n"]
     for task, rows in frame.groupby("task", sort=False):
         keys = metric_keys(rows)
         costs = [k for k in COST_KEYS if f"{k}_mean" in rows and rows[f"{k}_mean"].notna().any()]

@@ -1,0 +1,54 @@
+"""The typed run result: one constructor per outcome, one reader, and the result.json keys other tools read."""
+from __future__ import annotations
+
+import json
+
+from medpeft.config import config_from_dict
+from medpeft.run.record import RunResult, Status, load_results, read_result
+
+CFG = {"task": "pubmed-rct", "model": "tiny-bert", "method": "lora", "seed": 3, "train": {"lr": 1e-3}}
+KEYS = {"run_id", "status", "error", "task", "task_type", "labels", "model", "model_path", "model_kind", "method", "seed",
+        "config", "variant", "metrics", "efficiency", "training", "data", "env"}
+
+
+def test_success_round_trips_through_result_json(tmp_path):
+    cfg = config_from_dict(CFG)
+    cfg.variant = {"method_args.r": 4}
+    result = RunResult.succeeded(cfg, cfg.variant, task_type="classification", metrics={"accuracy": 0.5})
+    result.write(tmp_path)
+    on_disk = json.loads((tmp_path / "result.json").read_text())
+    assert set(on_disk) == KEYS and on_disk["status"] == "ok" and on_disk["variant"] == {"method_args.r": 4}
+    again = read_result(tmp_path)
+    assert again.ok and again.run_dir == tmp_path
+    assert again.to_json() == result.to_json()
+    assert config_from_dict(on_disk["config"]).run_id == cfg.run_id == on_disk["run_id"]
+
+
+def test_failure_keeps_the_error_and_its_traceback(tmp_path):
+    cfg = config_from_dict(CFG)
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError as err:
+        result = RunResult.failed(cfg, {}, err)
+    result.write(tmp_path)
+    again = read_result(tmp_path)
+    assert again.status is Status.FAILED and not again.ok
+    assert again.error == "RuntimeError: boom" and "raise RuntimeError" in again.traceback
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "failed"
+
+
+def test_an_older_result_without_newer_fields_reads(tmp_path):
+    old = {"run_id": "x", "status": "ok", "error": None, "task": "t", "model": "m", "method": "lora", "seed": 0,
+           "config": {}, "metrics": {"accuracy": 1.0}, "efficiency": {}}
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "result.json").write_text(json.dumps(old))
+    (run,) = load_results(tmp_path)
+    assert run.ok and run.variant == {} and run.labels is None and run.metrics == {"accuracy": 1.0}
+
+
+def test_predictions_are_read_from_the_run_folder(tmp_path):
+    cfg = config_from_dict(CFG)
+    RunResult.succeeded(cfg, {}).write(tmp_path)
+    (tmp_path / "predictions.jsonl").write_text('{"id": "a", "correct": 1}\n{"id": "b", "correct": 0}\n')
+    assert [p["id"] for p in read_result(tmp_path).predictions()] == ["a", "b"]
+    assert RunResult.succeeded(cfg, {}).predictions() == []  # not read from anywhere
