@@ -1,6 +1,8 @@
 """The `medpeft` command in-process: list, run with bad grids (exit 2, nothing trained), --dry-run."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from medpeft import cli
@@ -110,3 +112,20 @@ def test_dry_run_applies_overrides(tmp_path, capsys, no_training):
     assert cli.main(["run", write(tmp_path, GOOD), "--dry-run", "--set", "seed=9"]) == 0
     ids = [line for line in capsys.readouterr().out.splitlines() if line.count(".") >= 4]
     assert ids and all(".seed9." in i for i in ids)
+
+
+def test_dry_run_checks_user_data_like_the_real_run(tmp_path, capsys, no_training, assets_ready):
+    # The dry run loads each task's data, so a bad line fails here, not hours into a grid.
+    data = tmp_path / "notes.jsonl"
+    rows = [{"note": f"Clinical note number {i}.", "label": ["urgent", "routine"][i % 2]} for i in range(20)]
+    rows[4]["label"] = ""
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    grid = write(tmp_path, "base: {model: tiny-bert, method: lora, task: {type: classification, "
+                           f"path: {data}, text_field: note, target_field: label}}}}\n")
+    runs_dir = tmp_path / "runs"
+    code = cli.main(["run", grid, "--dry-run", "--runs-dir", str(runs_dir)])
+    out, err = capsys.readouterr()
+    assert code == 2, (out, err)
+    assert err.startswith("medpeft: error: ") and f"{data}:5:" in err and "empty target" in err, err
+    assert "Traceback" not in err and "nothing trained" not in out
+    assert not runs_dir.exists()

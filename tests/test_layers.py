@@ -16,7 +16,7 @@ import medpeft
 PACKAGE = Path(medpeft.__file__).parent
 RANKS = {  # by module (dotted, without "medpeft.") or by folder
     "errors": 0,
-    "registry": 1, "config": 1, "data": 1, "dist": 1,
+    "registry": 1, "config": 1, "data": 1, "dist": 1, "files": 1,
     "methods": 2, "models": 2, "tasks": 2,
     "plan": 3,
     "run": 4, "report": 4,

@@ -91,7 +91,7 @@ def run_one(plan: RunPlan, run_dir: Path, log) -> RunResult:
             result.write(run_dir)
         log(f"    FAILED: {result.error}")
         return result
-    shown = ", ".join(f"{k}={100 * v:.1f}" for k, v in result.metrics.items())
+    shown = ", ".join(f"{k}={100 * v:.1f}" for k, v in result.metrics.items() if v is not None)
     log(f"    {shown}  ({time.perf_counter() - start:.0f}s, {result.efficiency['trainable_pct']:.3g}% trainable)")
     return result
 

@@ -6,13 +6,13 @@ every later load is a fast, ordinary `from_pretrained` of a local folder.
 """
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from medpeft.errors import ModelError
+from medpeft.files import temporary_path
 from medpeft.registry import MODELS
 
 
@@ -45,7 +45,7 @@ def build_cached(name: str, build: Callable[[Path], None]) -> str:
     target = models_cache() / name
     if (target / "config.json").is_file():
         return str(target)
-    tmp = target.with_name(f".{name}.tmp{os.getpid()}")
+    tmp = temporary_path(target)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     build(tmp)

@@ -20,8 +20,8 @@ def test_mean_and_std_over_seeds_are_the_papers_sample_std(tmp_path):
     assert row["rouge1_mean"] == pytest.approx(0.3)
     assert row["rouge1_std"] == pytest.approx(0.1)  # ddof=1: sqrt((0.01 + 0 + 0.01) / 2)
     assert row["train_seconds_mean"] == pytest.approx(5.0)
-    # each extreme (all three resamples 0.2, or all 0.4) has probability 1/27 > 2.5%: the CI is the full range
-    assert row["ci_seeds"] == pytest.approx((0.2, 0.4))
+    # Student-t over the seeds: 0.3 ± 4.303 · 0.1/√3 (a bootstrap would have given only the range 0.2..0.4)
+    assert row["ci_seeds"] == pytest.approx((0.3 - 0.24841, 0.3 + 0.24841), abs=1e-5)
 
 
 def test_a_single_seed_has_no_std_and_no_seed_ci_but_a_test_set_ci(tmp_path):
@@ -117,8 +117,9 @@ def test_compare_clearly_different_methods(tmp_path):
     lora_vs_full, full_vs_best = by_kind["full"], by_kind["best"]  # lora is the best row
     assert lora_vs_full["delta"] == pytest.approx(0.9) and full_vs_best["delta"] == pytest.approx(-0.9)
     assert lora_vs_full["n_examples"] == 40 and lora_vs_full["p_examples"] < 0.01
-    assert lora_vs_full["p_seeds"] == 0.0  # no spread over seeds at all
-    assert (lora_vs_full["verdict"], full_vs_best["verdict"]) == ("better", "worse")
+    assert math.isnan(lora_vs_full["p_seeds"])  # no spread over seeds at all: untestable (it was p = 0)
+    assert lora_vs_full["verdict"].startswith("better (seed scores do not vary")
+    assert full_vs_best["verdict"].startswith("worse (seed scores do not vary")
 
 
 def test_one_seed_is_never_called_a_claim(tmp_path):
@@ -137,3 +138,31 @@ def test_test_set_and_seeds_must_agree_before_a_claim():
 def test_row_labels_use_short_names_unless_ambiguous():
     assert frames.short_names(["method_args.r", "train.lr"]) == {"method_args.r": "r", "train.lr": "lr"}
     assert frames.short_names(["a.lr", "b.lr"]) == {"a.lr": "a.lr", "b.lr": "b.lr"}
+
+
+def test_seed_ci_is_the_student_t_interval():
+    from scipy import stats as scipy_stats
+
+    lo, hi = stats.t_interval([0.5, 0.6, 0.7])
+    assert (lo, hi) == pytest.approx((0.35159, 0.84841), abs=1e-5)  # mean 0.6 ± 4.303 · 0.1/√3
+    assert (lo, hi) == pytest.approx(scipy_stats.t.interval(0.95, 2, loc=0.6, scale=scipy_stats.sem([0.5, 0.6, 0.7])))
+    assert all(math.isnan(x) for x in stats.t_interval([0.5]))
+
+
+def test_seed_ci_covers_the_mean_95_percent_of_the_time():
+    rng = np.random.default_rng(0)
+    hits = [lo <= 0.0 <= hi for lo, hi in (stats.t_interval(rng.normal(0, 1, 3)) for _ in range(4000))]
+    assert 0.94 < np.mean(hits) < 0.96  # the percentile bootstrap over 3 values covered ~0.74
+
+
+def test_the_report_row_uses_the_t_interval_over_seeds(tmp_path):
+    for seed, level in enumerate((0.5, 0.6, 0.7)):
+        write_run(tmp_path, f"t.m.lora.seed{seed}", base_config("t", "m", "lora", seed), summary_rows([level] * 4), "summarization")
+    row = frames.aggregate(frames.collect_runs(tmp_path), n_resamples=100).iloc[0]
+    assert row["ci_seeds"] == pytest.approx(stats.t_interval([0.5, 0.6, 0.7]))
+
+
+def test_welch_on_two_constant_groups_is_untestable_not_significant():
+    assert math.isnan(stats.welch_p([0.5, 0.5, 0.5], [0.7, 0.7, 0.7]))  # was p = 0: a "real" difference from nothing
+    assert stats.welch_p([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]) == 1.0
+    assert stats.welch_p([0.5, 0.5, 0.5], [0.6, 0.7, 0.8]) < 0.1  # one group's spread is enough to test

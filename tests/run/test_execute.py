@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from medpeft import files
 from medpeft import grid as grid_module
 from medpeft.config import config_from_dict, expand_grid
 from medpeft.models import load_model, resolve_model
@@ -27,7 +28,7 @@ from helpers import run_config
 
 CLASSIFICATION_KEYS = {"accuracy", "macro_f1", "auroc"}
 EFFICIENCY_KEYS = {"trainable_params", "total_params", "trainable_pct", "train_seconds", "eval_seconds",
-                   "train_tokens_per_second", "peak_memory_bytes", "adapter_bytes"}
+                   "train_tokens_per_second", "peak_memory_bytes", "adapter_bytes", "adapter_folder_bytes"}
 # A high learning rate, so a trained adapter visibly changes predictions (a reload test must be able to fail).
 LR = 1e-2
 RUNS = {  # name -> (task, model, method, seed)
@@ -121,7 +122,10 @@ def test_result_contract(finished, name):
         assert eff["trainable_pct"] < 10.0
     assert eff["train_seconds"] > 0 and eff["eval_seconds"] > 0 and eff["train_tokens_per_second"] > 0
     assert eff["peak_memory_bytes"] > 0
-    assert eff["adapter_bytes"] == sum(f.stat().st_size for f in (run_dir / "adapter").rglob("*") if f.is_file()) > 0
+    files = [f for f in (run_dir / "adapter").rglob("*") if f.is_file()]
+    assert eff["adapter_folder_bytes"] == sum(f.stat().st_size for f in files)
+    weights = [f for f in files if f.suffix == ".safetensors"]  # no README, configs or tokenizer files
+    assert eff["adapter_bytes"] == sum(f.stat().st_size for f in weights) > 0 and weights
     assert on_disk["training"]["steps"] == cfg.train.max_steps
 
     env = on_disk["env"]
@@ -287,7 +291,7 @@ def interrupt_fsync(monkeypatch):
     def fail(fd):
         raise KeyboardInterrupt("killed mid-write")
 
-    monkeypatch.setattr(record.os, "fsync", fail)
+    monkeypatch.setattr(files.os, "fsync", fail)
 
 
 def test_interrupted_write_keeps_the_previous_result(tmp_path, monkeypatch):

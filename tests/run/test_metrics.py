@@ -100,3 +100,28 @@ def test_example_value_reads_each_metric_field():
     assert example_value(row, METRICS["entity_f1"]) == [1, 2, 3]
     assert example_value(row, METRICS["macro_f1"]) is None  # corpus-level only
     assert example_value({}, METRICS["rouge1"]) is None
+
+
+def test_macro_f1_ignores_a_class_absent_from_truth_and_predictions():
+    from medpeft.run.metrics import score_classification
+
+    probs = np.eye(3)[[0, 1, 0, 1]]  # a perfect classifier on a test set without class 2
+    scores = score_classification([0, 1, 0, 1], probs, 3)
+    assert scores["accuracy"] == 1.0 and scores["macro_f1"] == 1.0  # was 0.667: class 2 counted as F1 0
+    wrong = score_classification([0, 0, 0, 1], np.eye(3)[[0, 0, 2, 1]], 3)  # a predicted class counts, even if absent
+    assert wrong["macro_f1"] == pytest.approx((2 * 2 / 5 + 1.0 + 0.0) / 3)
+
+
+def test_multilabel_macro_f1_over_present_labels_only():
+    y_true = [[1, 0, 0], [0, 1, 0]]
+    scores = score_multilabel(y_true, np.array([[0.9, 0.1, 0.1], [0.1, 0.9, 0.1]]))
+    assert scores["macro_f1"] == 1.0 and scores["micro_f1"] == 1.0  # label 3: never true, never predicted
+    assert score_multilabel([[0, 0]], np.array([[0.1, 0.2]]))["macro_f1"] is None  # no label anywhere: undefined
+
+
+def test_auroc_is_missing_when_no_class_can_be_scored():
+    from medpeft.run.metrics import score_classification
+
+    scores = score_classification([1, 1, 1], np.array([[0.2, 0.8], [0.4, 0.6], [0.1, 0.9]]), 2)
+    assert scores["auroc"] is None  # one class only: no ROC curve (was a made-up 0.5)
+    assert score_classification([0, 1], np.array([[0.8, 0.2], [0.3, 0.7]]), 2)["auroc"] == 1.0

@@ -110,6 +110,30 @@ def test_undecodable_bytes_in_a_csv(tmp_path):
     check_error(err, str(path), 4, "not UTF-8")
 
 
+@pytest.mark.parametrize("name, bom", [("notes.csv", b""), ("bom.csv", b"\xef\xbb\xbf"), ("notes.jsonl", b"")])
+def test_undecodable_byte_and_line_are_named(tmp_path, name, bom):
+    # A latin-1 "ä" (0xe4) on line 3; the CSV decoder skips a BOM, so offsets must not count it.
+    path = tmp_path / name
+    if name.endswith(".csv"):
+        rows = [b"note,label", b"fine,urgent", "K\xe4se allergy,urgent".encode("latin-1"), b"also fine,routine"]
+    else:
+        rows = [json.dumps(r).encode() for r in notes(4)]
+        rows[2] = '{"note": "K\xe4se allergy", "label": "urgent"}'.encode("latin-1")
+    path.write_bytes(bom + b"\n".join(rows) + b"\n")
+    with pytest.raises(DataError) as err:
+        load(mapping(str(path)))
+    check_error(err, str(path), 3, "byte 0xe4 is not UTF-8")
+
+
+def test_csv_row_with_more_cells_than_the_header(tmp_path):
+    path = tmp_path / "notes.csv"
+    path.write_text("note,label\n" + "".join(f'"{n}",{["urgent", "routine"][i % 2]}\n' for i, n in enumerate(NOTES[:5]))
+                    + "Chest pain, resolved,urgent\n")  # unquoted comma: 3 cells under a 2-column header
+    with pytest.raises(DataError) as err:
+        load(mapping(str(path)))
+    check_error(err, str(path), 7, "3 cells", "2 columns", "quote")
+
+
 def test_split_too_small(tmp_path):
     records = notes(6, split=True)
     for r in records[2:4]:

@@ -105,11 +105,12 @@ def read_jsonl_gz(path: Path) -> list[dict]:
 
 
 def latest_versions(citations: list[dict]) -> list[dict]:
-    """Keep only the highest version of each PMID (first-seen order otherwise)."""
+    """Keep only the highest version of each PMID, in first-seen PMID order. Of records with the
+    same PMID and version the last wins: a later update file revises a citation in place."""
     best: dict[str, dict] = {}
     for citation in citations:
         kept = best.get(citation["pmid"])
-        if kept is None or citation["version"] > kept["version"]:
+        if kept is None or citation["version"] >= kept["version"]:
             best[citation["pmid"]] = citation
     return list(best.values())
 

@@ -18,9 +18,12 @@ from medpeft.report.plots import image_html
 from medpeft.report.sections import answer_first, comparison_table, example_section, failure_section, warnings_for
 from medpeft.report.summary import write_summary
 from medpeft.report.tables import ROUGE_L_NOTE, table_columns, table_html, table_latex, table_markdown
+from medpeft.run.metrics import MACRO_NOTE
 from medpeft.run.metrics import metric_label as label_of
 from medpeft.run.record import write_atomic
 
+CI_NOTE = ("95% CI, seeds: Student-t interval over the seed scores (mean ± t·s/√n); 95% CI, test set: "
+           "percentile bootstrap over the test examples.")
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;color:#1b1b1b;max-width:1360px;margin:24px auto;padding:0 20px}
 h1{font-size:24px;margin:0 0 4px}h2{font-size:20px;border-bottom:2px solid #1f77b4;padding-bottom:4px;margin-top:36px}
@@ -94,7 +97,8 @@ def task_sections(task: str, frame, runs_by_id: dict, plot_dir: Path, opts: dict
     table_note = ("Metrics ×100, mean ± std over seeds. **Bold**: best among trained rows (highest score, "
                   "lowest cost); the untrained baseline (italic) is never marked. "
                   + (ROUGE_L_NOTE + " " if has_rouge else "")
-                  + "Peak memory is the process's resident set on CPU, the allocator peak on GPU.")
+                  + (MACRO_NOTE + " " if "macro_f1_mean" in frame and frame["macro_f1_mean"].notna().any() else "")
+                  + CI_NOTE + " Peak memory is the process's resident set on CPU, the allocator peak on GPU.")
     cmp_html, cmp_md = comparison_table(frame, comparisons)
     figures = make_task_plots(frame, task, plot_dir)
     confusion = plot_dir / f"report-{slug(task)}-confusion.png"

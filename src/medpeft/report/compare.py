@@ -44,6 +44,8 @@ def describe_comparison(cmp: dict, alpha: float = 0.05) -> str:
         return f"{verdict} on this test set, but only {seeds}: training noise unmeasured, not yet a claim"
     if few < SEEDS_FOR_A_CLAIM:
         return f"{verdict} (only {seeds})"
+    if cmp["p_seeds"] != cmp["p_seeds"]:  # >= 2 seeds each, yet untestable: every seed of both rows scored the same
+        return f"{verdict} (seed scores do not vary within either row: no seed-level test)"
     return verdict
 
 

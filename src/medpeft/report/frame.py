@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from medpeft.report.stats import bootstrap_ci, std_or_nan
+from medpeft.report.stats import bootstrap_ci, std_or_nan, t_interval
 from medpeft.run.metrics import METRICS, PRIMARY_METRIC, example_value
 from medpeft.run.record import RunResult, load_results
 
 COST_KEYS = ("trainable_params", "trainable_pct", "train_seconds", "eval_seconds", "train_tokens_per_second",
-             "peak_memory_bytes", "adapter_bytes")
+             "peak_memory_bytes", "adapter_bytes", "adapter_folder_bytes")
 BASELINE = "untrained"
 NAMING_KEYS = ("task", "model", "method", "seed")  # name a row (or a seed) by themselves
 
@@ -124,7 +124,7 @@ def summarize_group(runs: list[RunResult], varying: dict, n_resamples: int, seed
     primary = PRIMARY_METRIC.get(first.task_type, "rouge1")
     row["primary"] = primary
     row["primary_mean"], row["primary_std"] = row.get(f"{primary}_mean", math.nan), row.get(f"{primary}_std", math.nan)
-    row["ci_seeds"] = bootstrap_ci([r.metrics[primary] for r in runs if primary in r.metrics], n_resamples, seed)
+    row["ci_seeds"] = t_interval([r.metrics[primary] for r in runs if r.metrics.get(primary) is not None])
     per_example = group_example_scores(runs, primary)
     row["n_examples"] = len(per_example) or int(first.data.get("test", {}).get("examples", 0))
     row["ci_examples"] = bootstrap_ci(list(per_example.values()), n_resamples, seed)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medpeft.files import temporary_path
 from medpeft.report.stats import pareto_front
 
 METHOD_COLORS = {"full": "#222222", "lora": "#1f77b4", "dora": "#17becf", "ia3": "#2ca02c",
@@ -49,7 +50,7 @@ def save_figure(fig, path: Path) -> Path:
     """Write to a temporary name and rename, so concurrent grid shards never leave a torn PNG."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temporary_path(path)
     fig.savefig(tmp, format="png", metadata={"Software": None})  # no version stamp: reproducible bytes
     os.replace(tmp, path)
     return path

@@ -140,7 +140,10 @@ def comparison_table(frame, comparisons: list[dict]) -> tuple[str, str]:
     rows = []
     for c in comparisons:
         lo, hi = c["delta_ci"]
-        p_seeds = format_p(c["p_seeds"]) if c["p_seeds"] == c["p_seeds"] else f"n/a ({min(c['seeds'])} seed)"
+        if c["p_seeds"] == c["p_seeds"]:
+            p_seeds = format_p(c["p_seeds"])
+        else:
+            p_seeds = f"n/a ({min(c['seeds'])} seed)" if min(c["seeds"]) < 2 else "n/a (no seed variance)"
         ref = describe_row(frame.loc[c["ref"]], many) + (" (best)" if "best" in c["against"] else "")
         rows.append([describe_row(frame.loc[c["row"]], many), ref,
                      f"{100 * c['delta']:+.2f}", "n/a" if lo != lo else f"[{100 * lo:+.1f}, {100 * hi:+.1f}]",

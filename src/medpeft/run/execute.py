@@ -40,12 +40,12 @@ def run_experiment(plan: RunPlan, run_dir: Path) -> RunResult:
     use_model = plan.method.trains or not new_modules  # an untrained random head is replaced by the prior
     predictions, metrics, test_stats = evaluate_model(model, tokenizer, kind, plan, train_rows, use_model)
     eval_seconds = time.perf_counter() - start
-    adapter_bytes = save_adapter(model, tokenizer, plan, peft_config, run_dir / "adapter")
+    adapter_dir = save_adapter(model, tokenizer, plan, peft_config, run_dir / "adapter")
 
     warnings = truncation_warnings("train", train_stats, cfg.data) + truncation_warnings("test", test_stats, cfg.data)
     result = RunResult.succeeded(
         cfg, cfg.variant, task_type=task.type, labels=task.labels, model_path=plan.model_path, model_kind=kind.name,
-        metrics=metrics, efficiency=efficiency(params, training, eval_seconds, adapter_bytes),
+        metrics=metrics, efficiency=efficiency(params, training, eval_seconds, adapter_dir),
         training={k: training[k] for k in ("steps", "train_loss", "val_loss", "train_tokens")},
         data={"train": train_stats, "test": test_stats, "validation_examples": len(val_rows), "warnings": warnings},
         env=describe_env())
@@ -107,19 +107,22 @@ def evaluate_model(model, tokenizer, kind, plan: RunPlan, train_rows: list[dict]
     return predictions, metrics, stats
 
 
-def save_adapter(model, tokenizer, plan: RunPlan, peft_config, adapter_dir: Path) -> int:
-    """Save what was trained (an adapter, or a whole model for full fine-tuning); its bytes on disk."""
+def save_adapter(model, tokenizer, plan: RunPlan, peft_config, adapter_dir: Path) -> Path:
+    """Save what was trained (an adapter, or a whole model for full fine-tuning) into `adapter_dir`."""
     if is_main_process():  # under `accelerate launch` every process trains; one writes
         shutil.rmtree(adapter_dir, ignore_errors=True)
         if plan.method.trains:
             model.save_pretrained(adapter_dir)
             if peft_config is None:  # full fine-tuning stores a whole, self-contained model
                 tokenizer.save_pretrained(adapter_dir)
-    return folder_bytes(adapter_dir)
+    return adapter_dir
 
 
-def efficiency(params: dict, training: dict, eval_seconds: float, adapter_bytes: int) -> dict:
+def efficiency(params: dict, training: dict, eval_seconds: float, adapter_dir: Path) -> dict:
+    """Cost of the run. adapter_bytes: the weights that must be stored (the adapter, or the whole model
+    for `full`); adapter_folder_bytes adds peft's README, the configs and, for `full`, the tokenizer."""
     seconds = training["train_seconds"]
     return {**params, "train_seconds": seconds, "eval_seconds": eval_seconds,
             "train_tokens_per_second": training["train_tokens"] / seconds if seconds else 0.0,
-            "peak_memory_bytes": peak_memory_bytes(), "adapter_bytes": adapter_bytes}
+            "peak_memory_bytes": peak_memory_bytes(), "adapter_bytes": folder_bytes(adapter_dir, weights_only=True),
+            "adapter_folder_bytes": folder_bytes(adapter_dir)}

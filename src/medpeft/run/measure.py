@@ -1,6 +1,8 @@
 """Cost measurements of one run: parameters, peak memory, bytes on disk, environment."""
 from __future__ import annotations
 
+import ctypes
+import gc
 import platform
 import resource
 import subprocess
@@ -13,31 +15,55 @@ import torch
 PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "rouge-score", "scikit-learn", "numpy")
 
 
-def count_parameters(model) -> dict:
-    """Trainable and total parameters, counted from the tensors themselves.
+def parameter_count(param) -> int:
+    """Weights in one tensor, as peft counts them: bitsandbytes packs two 4-bit weights per byte of
+    its storage dtype, so a `Params4bit` holds 2 x itemsize weights per element."""
+    n = param.numel()
+    if type(param).__name__ == "Params4bit":
+        storage = getattr(param, "quant_storage", None)
+        n *= 2 * (storage.itemsize if storage is not None else param.element_size())
+    return n
 
-    Counting the tensors (not peft's own report) gets prompt tuning on seq2seq right, whose
-    virtual tokens exist once for the encoder and once for the decoder.
-    """
+
+def count_parameters(model) -> dict:
+    """Trainable and total parameters, counted from the tensors themselves (tied weights once, 4-bit
+    weights unpacked). Counting the tensors rather than trusting a config gets soft prompts right."""
     seen, trainable, total = set(), 0, 0
     for param in model.parameters():
         if id(param) in seen:  # tied weights count once
             continue
         seen.add(id(param))
-        total += param.numel()
-        trainable += param.numel() if param.requires_grad else 0
+        n = parameter_count(param)
+        total += n
+        trainable += n if param.requires_grad else 0
     return {"trainable_params": trainable, "total_params": total, "trainable_pct": 100.0 * trainable / max(total, 1)}
 
 
 def reset_peak_memory() -> None:
-    """Start a fresh peak: CUDA's allocator peak, or the process's RSS high-water mark on Linux."""
+    """Start a fresh peak for this run: free what earlier runs left, then reset CUDA's allocator peak
+    or the process's RSS high-water mark on Linux.
+
+    The Trainer, the model and peft's wrappers hold reference cycles, so an earlier run's model is
+    only freed by the cycle collector; without collecting first, its memory counts in this run's peak.
+    glibc also keeps freed small blocks in its arenas: `malloc_trim` returns them to the system."""
+    gc.collect()
     if torch.cuda.is_available():
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         return
+    trim_malloc()
     try:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux >= 4.0)
     except OSError:
         pass  # elsewhere the peak is the process's lifetime peak
+
+
+def trim_malloc() -> None:
+    """Give freed heap memory back to the system (glibc only; elsewhere a no-op)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def peak_memory_bytes() -> int:
@@ -54,9 +80,15 @@ def peak_memory_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
 
 
-def folder_bytes(path: Path) -> int:
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")  # what a trained run must store; the rest is config and docs
+
+
+def folder_bytes(path: Path, weights_only: bool = False) -> int:
+    """Bytes of the files under `path` (0 when it does not exist); only weight files with `weights_only`."""
     path = Path(path)
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+    if not path.exists():
+        return 0
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and (not weights_only or f.suffix in WEIGHT_SUFFIXES))
 
 
 def device_name() -> str:

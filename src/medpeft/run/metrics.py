@@ -87,30 +87,41 @@ def score_rouge(predictions: list[str], references: list[str]) -> tuple[dict, li
     return means, per_example
 
 
+# Macro averages run over the labels present in the test set's truth or in the predictions: a label
+# that is in neither has no F1 of its own, and counting it as 0 would punish a perfect classifier
+# for the test set's sampling (3 classes, one absent from the test set: 0.667 instead of 1.0).
+MACRO_NOTE = "Macro-F1 averages over the labels present in the test set or in the predictions."
+
+
 def score_classification(y_true: list[int], probs: np.ndarray, n_labels: int) -> dict:
-    """Accuracy, macro-F1 over all labels, and macro one-vs-rest AUROC over labels present in the test set."""
+    """Accuracy, macro-F1 over the labels present (truth or prediction), and macro one-vs-rest AUROC over
+    the labels that can be scored (present in the test set, and not in every example). AUROC is None
+    (missing, never a made-up 0.5) when no label can be scored."""
     from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
     y_true = np.asarray(y_true)
     y_pred = probs.argmax(axis=1)
+    present = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
     aucs = [roc_auc_score(y_true == c, probs[:, c]) for c in range(n_labels) if 0 < (y_true == c).sum() < len(y_true)]
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, average="macro", labels=list(range(n_labels)), zero_division=0)),
-        "auroc": float(np.mean(aucs)) if aucs else 0.5,
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", labels=present, zero_division=0)),
+        "auroc": float(np.mean(aucs)) if aucs else None,
     }
 
 
 def score_multilabel(y_true: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict:
-    """Micro and macro F1 over all labels (a label is predicted when its probability >= threshold),
-    and exact match (every label of an example right)."""
+    """Micro F1, macro F1 over the labels present (in the truth or the predictions; None when no label is),
+    and exact match (every label of an example right). A label is predicted when its probability >= threshold."""
     from sklearn.metrics import f1_score
 
     y_true = np.asarray(y_true, dtype=int)
     y_pred = (np.asarray(probs) >= threshold).astype(int)
+    present = [j for j in range(y_true.shape[1]) if y_true[:, j].any() or y_pred[:, j].any()] if y_true.ndim == 2 else []
+    macro = f1_score(y_true[:, present], y_pred[:, present], average="macro", zero_division=0) if present else None
     return {
         "micro_f1": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
-        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "macro_f1": float(macro) if macro is not None else None,
         "exact_match": float((y_true == y_pred).all(axis=1).mean()) if len(y_true) else 0.0,
     }
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-import os
-import socket
 import traceback
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from medpeft.files import write_atomic
 
 
 class Status(str, enum.Enum):
@@ -112,22 +111,6 @@ def is_finished(run_dir: Path) -> bool:
 def load_results(grid_dir: Path) -> list[RunResult]:
     """Every run of a grid folder that has a result.json (finished or failed), in folder order."""
     return [r for d in sorted(Path(grid_dir).iterdir()) if d.is_dir() and (r := read_result(d)) is not None]
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Unique per writer, so shards on several nodes sharing one runs directory never collide.
-    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_json(path: Path, data: dict) -> None:

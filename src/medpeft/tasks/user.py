@@ -84,10 +84,28 @@ def user_task_spec(mapping: dict) -> TaskSpec:
 # --- reading -------------------------------------------------------------------------
 
 
-def decode_error(path: Path, raw: bytes, err: UnicodeDecodeError, offset: int = 0) -> DataError:
-    line = raw[: offset + err.start].count(b"\n") + 1
-    return data_error(f"{path}:{line}", f"byte {raw[offset + err.start:offset + err.start + 1]!r} is not UTF-8 text",
+def decode_error(path: Path, err: UnicodeDecodeError, first_line: int = 1) -> DataError:
+    """The bad byte and its line, from the bytes the decoder saw (`err.object`): for utf-8-sig
+    they start after the BOM, for a JSONL line at that line, so offsets into the raw file are wrong."""
+    line = first_line + err.object[: err.start].count(b"\n")
+    return data_error(f"{path}:{line}", f"byte 0x{err.object[err.start]:02x} is not UTF-8 text",
                       f"re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 {path.name} > fixed.{path.suffix[1:]}`)")
+
+
+def read_csv_records(path: Path, text: str) -> list[tuple[int, dict]]:
+    """(line number, row) for every non-empty CSV row; a row longer than the header is an error,
+    since DictReader would file its extra cells under None and drop them silently."""
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    records = []
+    for row in reader:
+        if None in row:
+            raise data_error(f"{path}:{reader.line_num}",
+                             f"{len(reader.fieldnames) + len(row[None])} cells, but the header has "
+                             f"{len(reader.fieldnames)} columns",
+                             'quote fields that contain commas ("a, b"), or add the missing column to the header')
+        if any((v or "").strip() for v in row.values()):
+            records.append((reader.line_num, row))
+    return records
 
 
 def read_records(path: Path) -> list[tuple[int, dict]]:
@@ -97,16 +115,14 @@ def read_records(path: Path) -> list[tuple[int, dict]]:
         try:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError as err:
-            raise decode_error(path, raw, err) from None
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        return [(reader.line_num, row) for row in reader if any((v or "").strip() for v in row.values())]
-    records, offset = [], 0
+            raise decode_error(path, err) from None
+        return read_csv_records(path, text)
+    records = []
     for number, line in enumerate(raw.split(b"\n"), 1):
         try:
             text = line.decode("utf-8").strip()
         except UnicodeDecodeError as err:
-            raise decode_error(path, raw, err, offset) from None
-        offset += len(line) + 1
+            raise decode_error(path, err, number) from None
         if not text:
             continue
         try:
