@@ -378,3 +378,52 @@ def test_baselines_and_resolved_configs_keep_or_drop_the_variant():
 def test_variant_is_not_a_setting():
     with pytest.raises(ConfigError, match="unknown config key 'variant'"):
         config_from_dict(dict(BASE, variant={"r": 4}))
+
+
+# --- run identity ----------------------------------------------------------------------
+
+
+def test_run_ids_of_registered_tasks_and_models_are_stable():
+    """A change of these ids makes every finished run of every user run again: only on purpose. (They changed
+    once, on 2026-11-23, when the decoding settings joined the config as its `generation` block.)"""
+    assert checked_config(BASE).run_id == "pubmed-rct.tiny-bert.lora.seed0.ca8fb6cd"
+    cfg = {"task": "pubmed-conclusion", "model": "smollm2-135m", "method": "full", "seed": 2, "data": {"test_size": 50}}
+    assert checked_config(cfg).run_id == "pubmed-conclusion.smollm2-135m.full.seed2.23322f61"
+
+
+def test_older_configs_with_train_num_beams_still_read():
+    cfg = config_from_dict(dict(BASE, train={"num_beams": 4}))
+    assert cfg.generation.num_beams == 4 and "num_beams" not in cfg.to_dict()["train"]
+    with pytest.raises(ConfigError, match="disagree"):
+        config_from_dict(dict(BASE, train={"num_beams": 4}, generation={"num_beams": 2}))
+
+
+@pytest.mark.parametrize("change, key", [({"num_beams": 0}, "num_beams"), ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size"),
+                                         ({"length_penalty": 0}, "length_penalty"), ({"max_new_tokens": 0}, "max_new_tokens"),
+                                         ({"beams": 4}, "beams")])
+def test_bad_generation_settings_name_the_key(change, key):
+    with pytest.raises(ConfigError, match=key):
+        config_from_dict(dict(BASE, generation=change))
+
+
+def test_a_data_file_edited_in_place_gets_a_new_run_id(tmp_path):
+    path = tmp_path / "notes.jsonl"
+    lines = [f'{{"text": "note {i}", "label": "{"ab"[i % 2]}"}}\n' for i in range(20)]
+    path.write_text("".join(lines))
+    task = {"type": "classification", "path": str(path), "text_field": "text", "target_field": "label"}
+    before = checked_config({"task": task, "model": "tiny-bert", "method": "lora"})
+    assert before.fingerprint["data"] and before.run_id == checked_config(before.to_dict()).run_id
+    path.write_text("".join(lines[:-1]) + '{"text": "a corrected note", "label": "b"}\n')
+    after = checked_config({"task": task, "model": "tiny-bert", "method": "lora"})
+    assert after.run_id != before.run_id
+
+
+def test_a_model_retrained_into_the_same_folder_gets_a_new_run_id(tmp_path):
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "bert"}')
+    (folder / "model.safetensors").write_bytes(b"\0" * (3 << 20))
+    first = checked_config(dict(BASE, model=str(folder)))
+    (folder / "model.safetensors").write_bytes(b"\1" + b"\0" * ((3 << 20) - 1))  # same size, new weights
+    assert checked_config(dict(BASE, model=str(folder))).run_id != first.run_id
+    assert first.fingerprint == {"model": first.fingerprint["model"]}

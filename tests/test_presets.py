@@ -52,7 +52,8 @@ def test_paper_summarization_matches_the_study():
     assert by_method["lora"].method_args["r"] == 16 and by_method["lora"].method_args["lora_alpha"] == 32
     assert by_method["lora"].train.lr == 3e-4 and by_method["full"].train.lr == 5e-5
     assert by_method["prompt_tuning"].method_args["num_virtual_tokens"] == 20 and by_method["prompt_tuning"].train.lr == 3e-2
-    assert all(c.data.max_source_tokens == 1024 and c.data.max_target_tokens == 256 and c.train.num_beams == 4 for c in runs)
+    assert all(c.data.max_source_tokens == 1024 and c.data.max_target_tokens == 256 and c.generation.num_beams == 4 for c in runs)
+    assert all((c.generation.length_penalty, c.generation.no_repeat_ngram_size) == (2.0, 3) for c in runs)  # the study's code
 
 
 @pytest.mark.parametrize("stem, axis, values", [

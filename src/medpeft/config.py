@@ -54,7 +54,6 @@ class TrainConfig:
     warmup: float = 0.0  # warm-up: a ratio of total steps in [0, 1), or a step count >= 1
     scheduler: str = "linear"  # transformers lr_scheduler_type
     eval_batch_size: int = 16  # examples per batch at evaluation and generation
-    num_beams: int = 1  # beams for summary generation (the summarization study used 4)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 needs a GPU)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30 % more time
 
@@ -62,13 +61,35 @@ class TrainConfig:
         check_types(self, "train")
         if self.epochs <= 0 and self.max_steps <= 0:
             raise ConfigError("train.epochs or train.max_steps must be > 0")
-        for name in ("batch_size", "grad_accum", "eval_batch_size", "num_beams"):
+        for name in ("batch_size", "grad_accum", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"train.precision must be one of fp32, bf16, fp16; got {self.precision!r}")
+
+
+@dataclass
+class GenerationConfig:
+    """How summaries are decoded (transformers generate(), greedy or beam search, never sampled)."""
+
+    num_beams: int = 1  # beams (the summarization study used 4)
+    length_penalty: float = 1.0  # > 1 favours longer beams (the study: 2.0); used with num_beams > 1
+    no_repeat_ngram_size: int = 3  # never repeat an n-gram of this size (the study: 3); 0 = off. Stops loops
+    repetition_penalty: float = 1.0  # > 1 discourages repeating any earlier token; 1 = off
+    max_new_tokens: int | None = None  # generation budget in tokens; None = data.max_target_tokens
+
+    def __post_init__(self):
+        check_types(self, "generation")
+        if self.num_beams < 1:
+            raise ConfigError(f"generation.num_beams must be >= 1, got {self.num_beams}")
+        if self.no_repeat_ngram_size < 0:
+            raise ConfigError(f"generation.no_repeat_ngram_size must be >= 0 (0 = off), got {self.no_repeat_ngram_size}")
+        if self.length_penalty <= 0 or self.repetition_penalty <= 0:
+            raise ConfigError("generation.length_penalty and generation.repetition_penalty must be > 0 (1.0 = neutral)")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ConfigError(f"generation.max_new_tokens must be >= 1 or unset, got {self.max_new_tokens}")
 
 
 @dataclass
@@ -85,7 +106,11 @@ class ExperimentConfig:
     method_args: dict = field(default_factory=dict)  # keyword arguments of the method's peft config
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
     user_data: dict | None = None  # set from a task: mapping (your own data); task then holds its name, user-<file stem>
+    # Set by medpeft (plan.py), not by you: content fingerprints of your data file and of a local model
+    # folder, so a file edited in place or a model re-trained into the same folder gets a new run id.
+    fingerprint: dict | None = None
     # The grid axes that set this run ({"method_args.r": 4}), recorded at expansion so the report keeps
     # a sweep's variants apart without guessing. Not a setting and not part of the run's identity.
     variant: dict = field(default_factory=dict, init=False, compare=False, repr=False)
@@ -94,7 +119,9 @@ class ExperimentConfig:
         if isinstance(self.data, dict):
             self.data = build_dataclass(DataConfig, self.data, "data")
         if isinstance(self.train, dict):
-            self.train = build_dataclass(TrainConfig, self.train, "train")
+            self.train = build_dataclass(TrainConfig, moved_beams(self.train, self), "train")
+        if isinstance(self.generation, dict):
+            self.generation = build_dataclass(GenerationConfig, self.generation, "generation")
         if isinstance(self.task, dict):  # your own data: the mapping is kept, the task is named after it
             self.user_data = dict(self.task)
             self.task = user_task_name(self.user_data)
@@ -116,7 +143,25 @@ class ExperimentConfig:
         """The settings as plain data (what result.json stores as `config`)."""
         data = dataclasses.asdict(self)
         data.pop("variant")
+        if data["fingerprint"] is None:  # registered tasks and models: the run id is what it always was
+            data.pop("fingerprint")
         return data
+
+
+def moved_beams(train: dict, cfg) -> dict:
+    """`train.num_beams` (medpeft 0.1, and older result.json files) is now `generation.num_beams`."""
+    if "num_beams" not in train:
+        return train
+    train = dict(train)
+    beams = train.pop("num_beams")
+    given = cfg.generation if isinstance(cfg.generation, dict) else {}
+    if given.get("num_beams", beams) != beams:
+        raise ConfigError("train.num_beams and generation.num_beams disagree; set only generation.num_beams")
+    if isinstance(cfg.generation, dict):
+        cfg.generation = {**given, "num_beams": beams}
+    else:
+        cfg.generation = dataclasses.replace(cfg.generation, num_beams=beams)
+    return train
 
 
 def user_task_name(mapping: dict) -> str:

@@ -5,6 +5,8 @@ Unique per host, process and call, so grid shards on several nodes that share a 
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import socket
 import uuid
@@ -31,3 +33,38 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+SMALL_FILE = 1 << 20  # bytes: files up to this size are hashed whole, larger ones by their head and tail
+
+
+def file_fingerprint(path: Path) -> str:
+    """sha256 of a file's bytes (16 hex digits): edited in place, it gets a new fingerprint."""
+    stat = Path(path).stat()
+    return hash_file(str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def hash_file(path: str, mtime_ns: int, size: int) -> str:
+    """Hash once per (file, modification time, size): a grid of many runs reads a large file once."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def folder_fingerprint(path: Path) -> str:
+    """A fingerprint of a model folder that changes when it is rebuilt or re-trained, in well under a
+    second for a multi-GB model: every file's name and size, small files whole (configs, pretrain.json),
+    large ones (weights) by their first and last MiB."""
+    digest = hashlib.sha256()
+    for f in sorted(p for p in Path(path).rglob("*") if p.is_file() and not p.name.startswith(".")):
+        size = f.stat().st_size
+        digest.update(f"{f.relative_to(path)}:{size}\n".encode())
+        with open(f, "rb") as fh:
+            digest.update(fh.read(SMALL_FILE))
+            if size > 2 * SMALL_FILE:
+                fh.seek(-SMALL_FILE, os.SEEK_END)
+                digest.update(fh.read(SMALL_FILE))
+    return digest.hexdigest()[:16]

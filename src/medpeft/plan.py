@@ -11,12 +11,14 @@ import copy
 import dataclasses
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from medpeft.config import ExperimentConfig
 from medpeft.errors import ConfigError, MedpeftError
 from medpeft.methods import MethodSpec, check_hardware, validate_method_args
 from medpeft.models import check_model_name, model_architecture, resolve_model
-from medpeft.registry import METHODS, TASKS
+from medpeft.files import file_fingerprint, folder_fingerprint
+from medpeft.registry import METHODS, MODELS, TASKS
 from medpeft.tasks import TaskData, TaskSpec, user_task_spec
 
 # The model kind (a head, see run/kinds.py) each task type needs; summarization takes the model's
@@ -71,13 +73,22 @@ def resolve_config(cfg: ExperimentConfig) -> ExperimentConfig:
             f"task {cfg.task!r} is evaluation-only (no train split), so method {cfg.method!r} cannot train on it; "
             f"use method: untrained with the base model (zero-shot), or with a model trained on another task "
             f"(model: runs/<grid>/<run_id>/adapter, e.g. from pubmed-conclusion); model is now {cfg.model!r}")
-    if cfg.train.lr is not None:
-        return cfg
     train = copy.copy(cfg.train)
-    train.lr = METHODS[cfg.method].default_lr  # set, not validated: the untrained baseline's is 0
-    resolved = dataclasses.replace(cfg, train=train)
+    if train.lr is None:
+        train.lr = METHODS[cfg.method].default_lr  # set, not validated: the untrained baseline's is 0
+    resolved = dataclasses.replace(cfg, train=train, fingerprint=content_fingerprint(cfg))
     resolved.variant = dict(cfg.variant)  # not a constructor field: carried over by hand
     return resolved
+
+
+def content_fingerprint(cfg: ExperimentConfig) -> dict | None:
+    """Fingerprints of what a run reads from your disk (a data file, a local model folder), or None."""
+    found = {}
+    if cfg.user_data is not None:
+        found["data"] = file_fingerprint(Path(cfg.user_data["path"]).expanduser())
+    if cfg.model not in MODELS and Path(cfg.model).expanduser().is_dir():
+        found["model"] = folder_fingerprint(Path(cfg.model).expanduser())
+    return found or None
 
 
 def model_kind(task_type: str, architecture: str, model: str) -> str:

@@ -18,7 +18,7 @@ from medpeft.models import load_model, resolve_model
 from medpeft.registry import TASKS
 from medpeft.run import execute, record
 from medpeft.run.encode import encode_examples
-from medpeft.run.kinds import KINDS
+from medpeft.run.kinds import KINDS, decoding
 from medpeft.run.metrics import ROUGE_KEYS
 from medpeft.run.predict import generate_texts, predict_probs
 from medpeft.run.record import write_atomic, write_json
@@ -81,8 +81,7 @@ def reload_and_predict(cfg, adapter_dir: Path | None):
     if kind.new_head:
         probs = predict_probs(model, tokenizer, rows, cfg.train.eval_batch_size, device)
         return [task.labels[int(p.argmax())] for p in probs], probs
-    texts = generate_texts(model, tokenizer, rows, kind.name == "causal", cfg.data.max_target_tokens, cfg.train.num_beams,
-                           cfg.train.eval_batch_size, device)
+    texts = generate_texts(model, tokenizer, rows, kind.name == "causal", decoding(cfg), cfg.train.eval_batch_size, device)
     return texts, None
 
 

@@ -60,8 +60,15 @@ def pad_inputs(tokenizer, prefix: int = 0):
 
 
 def generate(model, tokenizer, rows, test, labels, cfg, device, prefix=0, *, decoder_only: bool):
-    return generate_texts(model, tokenizer, rows, decoder_only, cfg.data.max_target_tokens, cfg.train.num_beams,
-                          cfg.train.eval_batch_size, device)
+    return generate_texts(model, tokenizer, rows, decoder_only, decoding(cfg), cfg.train.eval_batch_size, device)
+
+
+def decoding(cfg) -> dict:
+    """generate() keyword arguments of a run: its generation block, the budget defaulting to data.max_target_tokens."""
+    g = cfg.generation
+    return {"max_new_tokens": g.max_new_tokens or cfg.data.max_target_tokens, "num_beams": g.num_beams,
+            "length_penalty": g.length_penalty, "no_repeat_ngram_size": g.no_repeat_ngram_size,
+            "repetition_penalty": g.repetition_penalty}
 
 
 def class_probs(model, tokenizer, rows, test, labels, cfg, device, prefix=0, *, multilabel: bool = False):

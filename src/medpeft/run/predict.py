@@ -46,9 +46,9 @@ def predict_tags(model, tokenizer, rows: list[dict], n_words: list[int], labels:
 
 
 @torch.no_grad()
-def generate_texts(model, tokenizer, rows: list[dict], decoder_only: bool, max_new_tokens: int, num_beams: int, batch_size: int,
-                   device) -> list[str]:
-    """Batched generation (left padding for decoder-only models), decoded without the prompt."""
+def generate_texts(model, tokenizer, rows: list[dict], decoder_only: bool, decoding: dict, batch_size: int, device) -> list[str]:
+    """Batched, deterministic generation with `decoding` (generate() keyword arguments: max_new_tokens,
+    num_beams, ...); left padding for decoder-only models; decoded without the prompt."""
     model.eval()
     texts = [""] * len(rows)
     tokenizer.padding_side = "left" if decoder_only else "right"
@@ -56,8 +56,8 @@ def generate_texts(model, tokenizer, rows: list[dict], decoder_only: bool, max_n
         for batch in length_batches(rows, batch_size):
             feats = tokenizer.pad([{k: rows[i][k] for k in ("input_ids", "attention_mask")} for i in batch], return_tensors="pt")
             feats = {k: v.to(device) for k, v in feats.items()}
-            out = model.generate(**feats, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            out = model.generate(**feats, **decoding, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=tokenizer.eos_token_id)
             if decoder_only:
                 out = out[:, feats["input_ids"].shape[1]:]  # keep only the new tokens
             for i, seq in zip(batch, out):
