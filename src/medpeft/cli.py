@@ -46,13 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="'cheapest within POINTS of the best' in the answer block (metric ×100; default 1)")
     pre = sub.add_parser("pretrain", help="continue pre-training a model on MEDLINE (masked-LM or causal-LM)",
                          description="Domain-adaptive pre-training: masked-LM for encoders, causal-LM for decoders, "
-                                     "on the packaged MEDLINE abstracts minus every abstract in a validation or test "
-                                     "split of the --for-grid grids (so no evaluation text leaks). Writes a model "
-                                     "directory usable as `model:` in any grid.")
+                                     "on the packaged MEDLINE abstracts minus every abstract that shares a sentence or "
+                                     "section with a validation or test example of the --for-grid grids (so no "
+                                     "evaluation text leaks; pretrain.json says what was held out, per task). Writes "
+                                     "a model directory usable as `model:` in any grid.")
     pre.add_argument("--model", required=True, help="registered model, local directory or hub id (with --online)")
     pre.add_argument("--out", required=True, help="output model directory")
     pre.add_argument("--for-grid", dest="grids", action="append", default=[], metavar="GRID",
-                     help="a grid the adapted model will be evaluated in: its validation/test abstracts are left out (repeatable)")
+                     help="a grid the adapted model will be evaluated in: its validation/test text is left out (repeatable)")
+    pre.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a setting in every run of the --for-grid grids, as `medpeft run --set` does, so "
+                          "the held-out text is what those runs evaluate on, e.g. --set data.test_size=50 (repeatable)")
     pre.add_argument("--max-docs", type=int, default=0, help="use at most this many abstracts (default: all)")
     pre.add_argument("--max-tokens", type=int, default=128, help="truncate each abstract to this many tokens (default 128)")
     pre.add_argument("--epochs", type=float, default=1.0)
@@ -60,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--lr", type=float, default=5e-5)
     pre.add_argument("--batch-size", type=int, default=16)
     pre.add_argument("--seed", type=int, default=0)
-    pre.add_argument("--online", action="store_true", help="allow a hub model download")
+    pre.add_argument("--online", action="store_true",
+                     help="allow a hub model download, and hub data sets of the --for-grid grids (to hold them out)")
     tasks = sub.add_parser("tasks", help="the task catalogue: type, source, split sizes, labels or lengths, license",
                            description="List every task with its type, data source, sizes, label set or summary "
                                        "lengths and license; `medpeft tasks show NAME` prints two examples. Your own "
@@ -96,12 +101,13 @@ def command_run(args) -> int:
 def command_pretrain(args) -> int:
     from medpeft.pretrain import PretrainConfig, pretrain
 
-    if not args.grids:
-        print("medpeft: warning: no --for-grid given, so no evaluation split is held out of the corpus; "
-              "pass the grid(s) you will evaluate the adapted model in", file=sys.stderr)
-    cfg = PretrainConfig(model=args.model, out=args.out, exclude_grids=tuple(args.grids), max_docs=args.max_docs,
+    cfg = PretrainConfig(model=args.model, out=args.out, exclude_grids=tuple(args.grids),
+                         exclude_overrides=tuple(args.overrides), max_docs=args.max_docs,
                          max_tokens=args.max_tokens, epochs=args.epochs, max_steps=args.max_steps, lr=args.lr,
                          batch_size=args.batch_size, seed=args.seed)
+    if not cfg.exclude_grids:
+        print("medpeft: warning: no --for-grid given, so no evaluation split is held out of the corpus; "
+              "pass the grid(s) you will evaluate the adapted model in", file=sys.stderr)
     pretrain(cfg, online=args.online)
     return 0
 
