@@ -38,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="expand and validate the grid, print the run ids, train nothing")
     report = sub.add_parser("report", help="write report.html, report.md and report.tex for a grid's runs",
                             description="Read runs/<grid>/*/result.json and predictions.jsonl and write, next to the "
-                                        "runs, report.html (one self-contained file), report.md, report.tex (the main "
-                                        "tables for a paper) and report-*.png. `medpeft run` does this at the end.")
+                                        "runs, summary.md and summary.csv (rewritten), report.html (one self-contained file), report.md, "
+                                        "report.tex (the main tables for a paper) and report-*.png. `medpeft run` does this at the end.")
     report.add_argument("grid_dir", help="a grid's run folder, e.g. runs/quick")
     report.add_argument("--resamples", type=int, default=2000, help="bootstrap / randomisation resamples (default 2000)")
     report.add_argument("--within", type=float, default=1.0, metavar="POINTS",

@@ -101,9 +101,8 @@ def write_outputs(grid_dir: Path, log) -> None:
     from medpeft.report.build import build_report
 
     try:
-        paths = build_report(grid_dir)
+        paths = build_report(grid_dir, on_summary=log)
     except Exception as err:  # noqa: BLE001
         log(f"warning: report not written ({type(err).__name__}: {err}); retry with: medpeft report {grid_dir}")
         return
-    log(paths["summary_text"])
     log(f"report: {paths['html']}")

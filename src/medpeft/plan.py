@@ -121,6 +121,7 @@ def plan_runs(configs: list[ExperimentConfig], online: bool = False) -> list[Run
             paths[cfg.model] = resolve_model(cfg.model, online)
             architectures[cfg.model] = model_architecture(paths[cfg.model])
         spec = task_spec(cfg)
+        model_kind(spec.type, architectures[cfg.model], cfg.model)  # before any data is read or downloaded
         specs.setdefault(spec.name, spec)
         if owners.setdefault(spec.name, cfg.user_data) != cfg.user_data:
             raise ConfigError(f"two data sets in this grid are both named {spec.name!r}; give each its own name: "

@@ -155,13 +155,15 @@ def report_header(grid_dir: Path, runs: list[dict], frame, opts: dict) -> tuple[
     return h, f"# medpeft report: {grid_dir.name}\n\n{meta}\n"
 
 
-def build_report(grid_dir: Path, *, n_resamples: int = 2000, seed: int = 0, within_points: float = 1.0) -> dict:
+def build_report(grid_dir: Path, *, n_resamples: int = 2000, seed: int = 0, within_points: float = 1.0,
+                 on_summary=lambda text: None) -> dict:
     """Write report.html, report.md, report.tex and report-*.png into grid_dir; return their paths."""
     grid_dir = Path(grid_dir)
     opts = {"n_resamples": n_resamples, "seed": seed, "within_points": within_points}
     runs = collect_runs(grid_dir)
     frame = aggregate(runs, n_resamples, seed)
     summary_text = write_summary(grid_dir, frame, runs)  # first: the plain table survives a failing figure
+    on_summary(summary_text)
     runs_by_id = {r.run_id: r for r in runs}
     head_html, head_md = report_header(grid_dir, runs, frame, opts)
     parts_html, parts_md, parts_tex, answers, written = [head_html], [head_md], [], {}, []

@@ -10,11 +10,14 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import logging
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from medpeft.files import write_atomic
+
+log = logging.getLogger("medpeft")
 
 
 class Status(str, enum.Enum):
@@ -99,7 +102,10 @@ def read_result(run_dir: Path) -> RunResult | None:
         return None
     try:
         return RunResult.from_json(json.loads(path.read_text(encoding="utf-8")), run_dir=Path(run_dir))
-    except (json.JSONDecodeError, TypeError, ValueError):
+    except json.JSONDecodeError:  # cut short by a kill before the atomic rename existed: unfinished
+        return None
+    except (TypeError, ValueError) as err:  # JSON, but not a result: say so rather than re-run in silence
+        log.warning("%s is not a medpeft result (%s); the run counts as unfinished and will run again", path, err)
         return None
 
 

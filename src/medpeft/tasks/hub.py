@@ -17,7 +17,7 @@ def require_online(task: str, online: bool) -> None:
     if not online:
         raise ValueError(
             f"task {task!r} downloads its data from the hub and medpeft is offline by default; pass --online "
-            f"(run_experiment(..., online=True)) to allow it. Offline tasks: {', '.join(offline_task_names())}")
+            f"(plan_run(cfg, online=True) in Python) to allow it. Offline tasks: {', '.join(offline_task_names())}")
 
 
 def load_hub_dataset(repo: str, config: str | None):
