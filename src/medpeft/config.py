@@ -93,6 +93,22 @@ class GenerationConfig:
 
 
 @dataclass
+class BertScoreConfig:
+    """BERTScore of the generated summaries (bert-score package), next to ROUGE; off unless set."""
+
+    model: str = "microsoft/deberta-xlarge-mnli"  # the summarization study's (hub: --online); or a local folder / registered model
+    num_layers: int | None = None  # which layer's embeddings; None: bert-score's tuned layer, or a local model's last
+    batch_size: int = 16  # summaries per batch
+
+    def __post_init__(self):
+        check_types(self, "bertscore")
+        if self.num_layers is not None and self.num_layers < 1:
+            raise ConfigError(f"bertscore.num_layers must be >= 1, got {self.num_layers}")
+        if self.batch_size < 1:
+            raise ConfigError(f"bertscore.batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
 class ExperimentConfig:
     """One run: a model adapted to a task with a method under one seed.
 
@@ -107,6 +123,7 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    bertscore: BertScoreConfig | None = None  # `bertscore: true` (the study's model, --online) or {model, num_layers}
     user_data: dict | None = None  # set from a task: mapping (your own data); task then holds its name, user-<file stem>
     # Set by medpeft (plan.py), not by you: content fingerprints of your data file and of a local model
     # folder, so a file edited in place or a model re-trained into the same folder gets a new run id.
@@ -122,6 +139,10 @@ class ExperimentConfig:
             self.train = build_dataclass(TrainConfig, moved_beams(self.train, self), "train")
         if isinstance(self.generation, dict):
             self.generation = build_dataclass(GenerationConfig, self.generation, "generation")
+        if self.bertscore is True or isinstance(self.bertscore, dict):
+            self.bertscore = build_dataclass(BertScoreConfig, {} if self.bertscore is True else self.bertscore, "bertscore")
+        if self.bertscore is False:
+            self.bertscore = None
         if isinstance(self.task, dict):  # your own data: the mapping is kept, the task is named after it
             self.user_data = dict(self.task)
             self.task = user_task_name(self.user_data)
@@ -143,8 +164,9 @@ class ExperimentConfig:
         """The settings as plain data (what result.json stores as `config`)."""
         data = dataclasses.asdict(self)
         data.pop("variant")
-        if data["fingerprint"] is None:  # registered tasks and models: the run id is what it always was
-            data.pop("fingerprint")
+        for optional in ("fingerprint", "bertscore"):  # unset, they leave the run id as it was without them
+            if data[optional] is None:
+                data.pop(optional)
         return data
 
 

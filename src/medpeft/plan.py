@@ -37,6 +37,7 @@ class RunPlan:
     method: MethodSpec
     model_path: str  # a local directory (or, with --online, a hub id)
     kind: str  # the ModelKind name: seq2seq, causal, seq_cls, multilabel or token_cls
+    bertscore: tuple[str, int] | None = None  # (model folder or hub id, layer) when the run asks for BERTScore
 
     @property
     def run_id(self) -> str:
@@ -114,7 +115,7 @@ def plan_runs(configs: list[ExperimentConfig], online: bool = False) -> list[Run
     """A plan per config, in order. Each distinct model is resolved, each distinct (task, data)
     loaded and each (method, precision) checked once; the loaded splits are shared by the plans."""
     resolved = [resolve_config(cfg) for cfg in configs]
-    paths, architectures, data, specs, owners = {}, {}, {}, {}, {}
+    paths, architectures, data, specs, owners, scorers = {}, {}, {}, {}, {}, {}
     for cfg in resolved:
         check_hardware(cfg.method, cfg.train.precision)
         if cfg.model not in paths:
@@ -134,8 +135,37 @@ def plan_runs(configs: list[ExperimentConfig], online: bool = False) -> list[Run
         spec = specs[cfg.task]
         kind = model_kind(spec.type, architectures[cfg.model], cfg.model)
         key = (spec.name, json.dumps(dataclasses.asdict(cfg.data), sort_keys=True))
-        plans.append(RunPlan(cfg, spec, data[key], METHODS[cfg.method], paths[cfg.model], kind))
+        scorer = bertscore_model(cfg, spec.type, online, scorers)
+        plans.append(RunPlan(cfg, spec, data[key], METHODS[cfg.method], paths[cfg.model], kind, scorer))
     return plans
+
+
+def bertscore_model(cfg: ExperimentConfig, task_type: str, online: bool, cache: dict) -> tuple[str, int] | None:
+    """The BERTScore model (local folder, or hub id with --online) and layer of a run, checked before training."""
+    import importlib.util
+
+    if cfg.bertscore is None:
+        return None
+    if task_type != "summarization":
+        raise ConfigError(f"bertscore scores generated text; task {cfg.task!r} is {task_type}: remove bertscore for it")
+    if importlib.util.find_spec("bert_score") is None:
+        raise ConfigError("bertscore needs the bert-score package: .venv/bin/pip install 'medpeft[bertscore]'")
+    name, layers = cfg.bertscore.model, cfg.bertscore.num_layers
+    if (name, layers) not in cache:
+        try:
+            path = resolve_model(name, online)
+        except MedpeftError as err:
+            raise ConfigError(f"bertscore.model: {err}") from None
+        cache[name, layers] = (path, layers or bertscore_layer(name, path))
+    return cache[name, layers]
+
+
+def bertscore_layer(name: str, path: str) -> int:
+    """bert-score's tuned layer for the models it knows (deberta-xlarge-mnli: 40), else the model's last layer."""
+    from bert_score.utils import model2layers
+    from transformers import AutoConfig
+
+    return model2layers.get(name) or AutoConfig.from_pretrained(path).num_hidden_layers
 
 
 def plan_run(cfg: ExperimentConfig, online: bool = False) -> RunPlan:

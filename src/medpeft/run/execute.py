@@ -17,6 +17,7 @@ from medpeft.plan import RunPlan
 from medpeft.run.encode import encode_examples, truncation_warnings
 from medpeft.run.fit import NOT_TRAINED, train_model
 from medpeft.run.kinds import KINDS
+from medpeft.run.metrics import score_bertscore
 from medpeft.run.measure import count_parameters, describe_env, folder_bytes, peak_memory_bytes, reset_peak_memory
 from medpeft.run.record import RunResult, write_jsonl
 
@@ -39,13 +40,14 @@ def run_experiment(plan: RunPlan, run_dir: Path) -> RunResult:
     start = time.perf_counter()
     use_model = plan.method.trains or not new_modules  # an untrained random head is replaced by the prior
     predictions, metrics, test_stats = evaluate_model(model, tokenizer, kind, plan, train_rows, use_model)
+    evaluation = add_bertscore(plan, predictions, metrics) if plan.bertscore else {}
     eval_seconds = time.perf_counter() - start
     adapter_dir = save_adapter(model, tokenizer, plan, peft_config, run_dir / "adapter")
 
     warnings = truncation_warnings("train", train_stats, cfg.data) + truncation_warnings("test", test_stats, cfg.data)
     result = RunResult.succeeded(
         cfg, cfg.variant, task_type=task.type, labels=task.labels, model_path=plan.model_path, model_kind=kind.name,
-        metrics=metrics, efficiency=efficiency(params, training, eval_seconds, adapter_dir),
+        metrics=metrics, evaluation=evaluation, efficiency=efficiency(params, training, eval_seconds, adapter_dir),
         training={k: training[k] for k in ("steps", "train_loss", "val_loss", "train_tokens")},
         data={"train": train_stats, "test": test_stats, "validation_examples": len(val_rows), "warnings": warnings},
         env=describe_env())
@@ -105,6 +107,17 @@ def evaluate_model(model, tokenizer, kind, plan: RunPlan, train_rows: list[dict]
     metrics, scored = kind.score(test, outputs, task.labels)
     predictions = [{"id": ex["id"], "input": ex["text"], "reference": ex["target"], **s} for ex, s in zip(test, scored)]
     return predictions, metrics, stats
+
+
+def add_bertscore(plan: RunPlan, predictions: list[dict], metrics: dict) -> dict:
+    """BERTScore F1 of every prediction (into its scores) and its mean (into metrics); how it was computed."""
+    model, layers = plan.bertscore
+    f1 = score_bertscore([p["prediction"] for p in predictions], [p["reference"] for p in predictions], model, layers,
+                         plan.config.bertscore.batch_size, local_device())
+    for p, value in zip(predictions, f1):
+        p["scores"]["bertscore_f1"] = value
+    metrics["bertscore_f1"] = sum(f1) / len(f1) if f1 else 0.0
+    return {"bertscore": {"model": plan.config.bertscore.model, "path": model, "num_layers": layers, "rescaled": False}}
 
 
 def save_adapter(model, tokenizer, plan: RunPlan, peft_config, adapter_dir: Path) -> Path:

@@ -39,6 +39,7 @@ METRICS: dict[str, Metric] = {m.key: m for m in (
     Metric("auroc", "AUROC"),
     Metric("micro_f1", "Micro-F1", per_example="f1", field="counts"),
     Metric("exact_match", "Exact match", per_example="mean", field="correct"),
+    Metric("bertscore_f1", "BERTScore F1", per_example="mean", field="scores.bertscore_f1"),
     Metric("entity_f1", "Entity F1", per_example="f1", field="counts"),
     Metric("entity_precision", "Entity precision"),
     Metric("entity_recall", "Entity recall"),
@@ -91,6 +92,16 @@ def score_rouge(predictions: list[str], references: list[str]) -> tuple[dict, li
 # that is in neither has no F1 of its own, and counting it as 0 would punish a perfect classifier
 # for the test set's sampling (3 classes, one absent from the test set: 0.667 instead of 1.0).
 MACRO_NOTE = "Macro-F1 averages over the labels present in the test set or in the predictions."
+
+
+def score_bertscore(predictions: list[str], references: list[str], model: str, num_layers: int, batch_size: int,
+                    device) -> list[float]:
+    """Per-example BERTScore F1 (bert-score, no baseline rescaling) with the given model and layer."""
+    from bert_score import score
+
+    _, _, f1 = score(predictions, references, model_type=model, num_layers=num_layers, batch_size=batch_size,
+                     device=str(device), lang="en", verbose=False)
+    return [float(x) for x in f1]
 
 
 def score_classification(y_true: list[int], probs: np.ndarray, n_labels: int) -> dict:

@@ -46,6 +46,7 @@ class RunResult:
     model_path: str | None = None
     model_kind: str | None = None  # a ModelKind name (run/kinds.py)
     metrics: dict = field(default_factory=dict)
+    evaluation: dict = field(default_factory=dict)  # how optional metrics were computed (BERTScore model and layer)
     efficiency: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
