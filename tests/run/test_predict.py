@@ -43,3 +43,19 @@ def test_decoding_takes_every_generation_setting():
                              "repetition_penalty": 1.2}
     cfg.generation.max_new_tokens = 20
     assert decoding(cfg)["max_new_tokens"] == 20
+
+
+def test_the_ngram_block_lets_a_decoder_copy_from_its_prompt(assets_ready):
+    """A summary may repeat three words of its source; only repeats within the summary are blocked."""
+    from transformers import LogitsProcessorList
+
+    from medpeft.run.predict import generated_only
+
+    prompt = torch.tensor([[5, 6, 7, 5, 6]])  # the prompt holds the trigram 5 6 7; 5 6 again at its end
+    args = generated_only({"no_repeat_ngram_size": 3, "num_beams": 1}, prompt_length=5)
+    assert args["no_repeat_ngram_size"] == 0 and isinstance(args["logits_processor"], LogitsProcessorList)
+    scores = args["logits_processor"][0](prompt, torch.zeros(1, 10))
+    assert scores[0, 7] == 0  # copying "5 6 7" from the prompt stays allowed
+    generated = torch.cat([prompt, torch.tensor([[8, 9, 8, 9]])], dim=1)  # another 8 would repeat "8 9 8": a loop
+    assert args["logits_processor"][0](generated, torch.zeros(1, 10))[0, 8] == float("-inf")
+    assert generated_only({"no_repeat_ngram_size": 3}, prompt_length=0) == {"no_repeat_ngram_size": 3}  # seq2seq

@@ -45,6 +45,22 @@ def predict_tags(model, tokenizer, rows: list[dict], n_words: list[int], labels:
     return tags
 
 
+def generated_only(decoding: dict, prompt_length: int) -> dict:
+    """generate() arguments where the n-gram block sees only the generated tokens.
+
+    transformers' `no_repeat_ngram_size` scans the whole sequence, which for a decoder-only model
+    includes the prompt: it would forbid copying any 3 tokens of the source into the summary. The
+    prompt (left-padded to one length per batch) is cut off before the same processor runs."""
+    n = decoding.get("no_repeat_ngram_size", 0)
+    if not prompt_length or not n:
+        return decoding
+    from transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor
+
+    block = NoRepeatNGramLogitsProcessor(n)
+    return {**decoding, "no_repeat_ngram_size": 0,
+            "logits_processor": LogitsProcessorList([lambda ids, scores: block(ids[:, prompt_length:], scores)])}
+
+
 @torch.no_grad()
 def generate_texts(model, tokenizer, rows: list[dict], decoder_only: bool, decoding: dict, batch_size: int, device) -> list[str]:
     """Batched, deterministic generation with `decoding` (generate() keyword arguments: max_new_tokens,
@@ -56,8 +72,8 @@ def generate_texts(model, tokenizer, rows: list[dict], decoder_only: bool, decod
         for batch in length_batches(rows, batch_size):
             feats = tokenizer.pad([{k: rows[i][k] for k in ("input_ids", "attention_mask")} for i in batch], return_tensors="pt")
             feats = {k: v.to(device) for k, v in feats.items()}
-            out = model.generate(**feats, **decoding, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=tokenizer.eos_token_id)
+            out = model.generate(**feats, **generated_only(decoding, feats["input_ids"].shape[1] if decoder_only else 0),
+                                 do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
             if decoder_only:
                 out = out[:, feats["input_ids"].shape[1]:]  # keep only the new tokens
             for i, seq in zip(batch, out):
