@@ -1,12 +1,20 @@
 """Turn task examples into model inputs, one encoder per model kind (no padding: batches pad dynamically).
 
 Every encoder has the signature `(ex, tokenizer, instruction, data_cfg, labels, for_generation)` and
-returns `(row, source_was_cut, target_was_cut)`; run/kinds.py says which kind uses which."""
+returns `(row, source_was_cut, target_was_cut)`; run/kinds.py says which kind uses which.
+
+A decoder-only prompt is built in one place, `encode_causal_prompt`, for training, evaluation and
+prediction alike. A tokenizer with a chat template (an instruction-tuned model) gets its user turn and
+generation prompt, and learns to close its reply with the template's end-of-turn token; any other
+gets instruction + source + a bare answer cue. `prompt_format` names the frame for result.json."""
 from __future__ import annotations
 
 import logging
 
-ANSWER_CUE = "\n\nAnswer:"  # ends a decoder-only prompt; the target follows it
+ANSWER_CUE = "\n\nAnswer:"  # ends a decoder-only prompt without a chat template; the target follows it
+CHAT_TEMPLATE = "chat-template"  # prompt_format names
+ANSWER_CUE_FORMAT = "instruction+answer-cue"
+REPLY_PROBE = "medpeft-reply-probe"  # a stand-in reply, to find what the chat template puts after a reply
 TRUNCATION_WARN_FRACTION = 0.10  # warn when more than this share of inputs or targets is cut
 
 log = logging.getLogger("medpeft")
@@ -16,12 +24,65 @@ def source_text(instruction: str, text: str) -> str:
     return f"{instruction}\n\n{text}"
 
 
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def prompt_format(tokenizer, encode=None) -> str:
+    """How an encoder (`encode`, a kind's; default the decoder-only one) frames an example with this
+    tokenizer: "chat-template", "instruction+answer-cue", "instruction+source" (seq2seq) or "text"."""
+    if encode is None or encode is encode_causal:
+        return CHAT_TEMPLATE if has_chat_template(tokenizer) else ANSWER_CUE_FORMAT
+    return "instruction+source" if encode is encode_seq2seq else "text"
+
+
 def encode_causal_prompt(tokenizer, instruction: str, text: str, max_source_tokens: int) -> tuple[list[int], bool]:
-    """Instruction + source (truncated to `max_source_tokens`) + answer cue, and whether it was truncated."""
+    """The prompt of a decoder-only model, and whether the source was cut to `max_source_tokens`.
+
+    With a chat template: one user turn holding instruction + source (the template's default system
+    prompt included, as the model was tuned with it), then the generation prompt; the source is cut
+    before templating, so the template's own tokens are never lost. Without: instruction + source +
+    answer cue."""
+    if has_chat_template(tokenizer):
+        source, was_cut = cut_text(tokenizer, text, max_source_tokens)
+        return chat_prompt(tokenizer, source_text(instruction, source)), was_cut
     source = tokenizer(text, add_special_tokens=False)["input_ids"]
     head = tokenizer(f"{instruction}\n\n", add_special_tokens=False)["input_ids"]
     tail = tokenizer(ANSWER_CUE, add_special_tokens=False)["input_ids"]
     return head + source[:max_source_tokens] + tail, len(source) > max_source_tokens
+
+
+def chat_prompt(tokenizer, user_text: str) -> list[int]:
+    """Ids of a one-turn chat ending in the assistant's generation prompt (rendered, then tokenized as
+    apply_chat_template does: the template writes its own special tokens)."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": user_text}], add_generation_prompt=True,
+                                         tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def cut_text(tokenizer, text: str, max_tokens: int) -> tuple[str, bool]:
+    """`text` up to the end of its `max_tokens`-th token (cut in the text, so it stays as written), and
+    whether it was cut."""
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    except NotImplementedError:  # a Python-only tokenizer has no offsets: decode the kept tokens
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return (text, False) if len(ids) <= max_tokens else (tokenizer.decode(ids[:max_tokens]), True)
+    if len(enc["input_ids"]) <= max_tokens:
+        return text, False
+    return text[: enc["offset_mapping"][max_tokens - 1][1]], True
+
+
+def end_of_turn_id(tokenizer) -> int:
+    """The token that ends the model's reply: the special token the chat template puts right after a
+    reply (SmolLM2, Qwen: <|im_end|>; Gemma: <end_of_turn>), else EOS. Generation must stop on it."""
+    if has_chat_template(tokenizer):
+        chat = [{"role": "user", "content": "?"}, {"role": "assistant", "content": REPLY_PROBE}]
+        after = tokenizer.apply_chat_template(chat, tokenize=False).partition(REPLY_PROBE)[2].strip()
+        ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+        if ids and (ids[0] in tokenizer.all_special_ids or ids[0] in tokenizer.added_tokens_decoder):
+            return ids[0]
+    return tokenizer.eos_token_id
 
 
 def encode_text(ex: dict, tokenizer, max_tokens: int) -> tuple[dict, bool]:
@@ -72,11 +133,11 @@ def token_collator(tokenizer, prefix: int = 0):
     return collate
 
 
-def encode_target(ex: dict, tokenizer, data_cfg) -> tuple[list[int], bool]:
-    """Summary ids ending in EOS, cut to data.max_target_tokens, and whether they were cut."""
+def encode_target(ex: dict, tokenizer, data_cfg, end_id: int | None = None) -> tuple[list[int], bool]:
+    """Summary ids ending in `end_id` (default EOS), cut to data.max_target_tokens, and whether they were cut."""
     target = tokenizer(ex["target"], add_special_tokens=False)["input_ids"]
     cut = len(target) + 1 > data_cfg.max_target_tokens
-    return target[: data_cfg.max_target_tokens - 1] + [tokenizer.eos_token_id], cut
+    return target[: data_cfg.max_target_tokens - 1] + [tokenizer.eos_token_id if end_id is None else end_id], cut
 
 
 def encode_seq2seq(ex: dict, tokenizer, instruction: str, data_cfg, labels=None, for_generation: bool = False):
@@ -91,8 +152,8 @@ def encode_seq2seq(ex: dict, tokenizer, instruction: str, data_cfg, labels=None,
 
 
 def encode_causal(ex: dict, tokenizer, instruction: str, data_cfg, labels=None, for_generation: bool = False):
-    """Prompt then summary in one sequence; the loss covers the summary tokens only."""
-    target, cut_target = encode_target(ex, tokenizer, data_cfg)
+    """Prompt then summary and end-of-turn in one sequence; the loss covers the summary and end-of-turn only."""
+    target, cut_target = encode_target(ex, tokenizer, data_cfg, end_of_turn_id(tokenizer))
     prompt, cut_source = encode_causal_prompt(tokenizer, instruction, ex["text"], data_cfg.max_source_tokens)
     ids = prompt if for_generation else prompt + target
     row = {"input_ids": ids, "attention_mask": [1] * len(ids)}

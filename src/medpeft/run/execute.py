@@ -14,7 +14,7 @@ from medpeft.errors import ModelError
 from medpeft.methods import build_peft_config, output_prefix_tokens
 from medpeft.models import load_model
 from medpeft.plan import RunPlan
-from medpeft.run.encode import encode_examples, truncation_warnings
+from medpeft.run.encode import encode_examples, prompt_format, truncation_warnings
 from medpeft.run.fit import NOT_TRAINED, train_model
 from medpeft.run.kinds import KINDS
 from medpeft.run.metrics import score_bertscore
@@ -49,7 +49,8 @@ def run_experiment(plan: RunPlan, run_dir: Path) -> RunResult:
         cfg, cfg.variant, task_type=task.type, labels=task.labels, model_path=plan.model_path, model_kind=kind.name,
         metrics=metrics, evaluation=evaluation, efficiency=efficiency(params, training, eval_seconds, adapter_dir),
         training={k: training[k] for k in ("steps", "train_loss", "val_loss", "train_tokens")},
-        data={"train": train_stats, "test": test_stats, "validation_examples": len(val_rows), "warnings": warnings},
+        data={"train": train_stats, "test": test_stats, "validation_examples": len(val_rows), "warnings": warnings,
+              "prompt_format": prompt_format(tokenizer, kind.encode)},
         env=describe_env())
     if is_main_process():
         write_jsonl(run_dir / "predictions.jsonl", predictions)

@@ -65,15 +65,18 @@ def generated_only(decoding: dict, prompt_length: int) -> dict:
 def generate_texts(model, tokenizer, rows: list[dict], decoder_only: bool, decoding: dict, batch_size: int, device) -> list[str]:
     """Batched, deterministic generation with `decoding` (generate() keyword arguments: max_new_tokens,
     num_beams, ...); left padding for decoder-only models; decoded without the prompt."""
+    from medpeft.run.encode import end_of_turn_id
+
     model.eval()
     texts = [""] * len(rows)
+    stop = sorted({tokenizer.eos_token_id, end_of_turn_id(tokenizer)} - {None})  # a chat model ends its turn, then EOS
     tokenizer.padding_side = "left" if decoder_only else "right"
     try:
         for batch in length_batches(rows, batch_size):
             feats = tokenizer.pad([{k: rows[i][k] for k in ("input_ids", "attention_mask")} for i in batch], return_tensors="pt")
             feats = {k: v.to(device) for k, v in feats.items()}
             out = model.generate(**feats, **generated_only(decoding, feats["input_ids"].shape[1] if decoder_only else 0),
-                                 do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                                 do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=stop)
             if decoder_only:
                 out = out[:, feats["input_ids"].shape[1]:]  # keep only the new tokens
             for i, seq in zip(batch, out):
