@@ -427,3 +427,14 @@ def test_a_model_retrained_into_the_same_folder_gets_a_new_run_id(tmp_path):
     (folder / "model.safetensors").write_bytes(b"\1" + b"\0" * ((3 << 20) - 1))  # same size, new weights
     assert checked_config(dict(BASE, model=str(folder))).run_id != first.run_id
     assert first.fingerprint == {"model": first.fingerprint["model"]}
+
+
+@pytest.mark.parametrize("key", ["bertscore", "forgetting"])
+def test_optional_measurements_take_true_false_or_settings(key):
+    assert getattr(config_from_dict(dict(BASE, **{key: False})), key) is None
+    assert getattr(config_from_dict(dict(BASE, **{key: True})), key) is not None
+    assert key not in config_from_dict(BASE).to_dict()  # off: the run id is as without the option
+    with pytest.raises(ConfigError, match=f"{key} must be true, false or a mapping"):
+        config_from_dict(dict(BASE, **{key: 3}))
+    with pytest.raises(ConfigError, match=f"unknown config key '{key}.nope'"):
+        config_from_dict(dict(BASE, **{key: {"nope": 1}}))

@@ -109,6 +109,20 @@ class BertScoreConfig:
 
 
 @dataclass
+class ForgettingConfig:
+    """What adapting costs in general ability (as peft's method benchmark measures it): the change in
+    language-model loss, adapted minus base, on MEDLINE abstracts in no split of the task. Off unless set."""
+
+    documents: int = 32  # held-out abstracts scored
+    max_tokens: int = 128  # tokens per abstract: the loss is on its second half, given the first
+
+    def __post_init__(self):
+        check_types(self, "forgetting")
+        if self.documents < 1 or self.max_tokens < 8:
+            raise ConfigError("forgetting.documents must be >= 1 and forgetting.max_tokens >= 8")
+
+
+@dataclass
 class ExperimentConfig:
     """One run: a model adapted to a task with a method under one seed.
 
@@ -124,6 +138,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     bertscore: BertScoreConfig | None = None  # `bertscore: true` (the study's model, --online) or {model, num_layers}
+    forgetting: ForgettingConfig | None = None  # `forgetting: true` or {documents, max_tokens}: generative models only
     user_data: dict | None = None  # set from a task: mapping (your own data); task then holds its name, user-<file stem>
     # Set by medpeft (plan.py), not by you: content fingerprints of your data file and of a local model
     # folder, so a file edited in place or a model re-trained into the same folder gets a new run id.
@@ -133,16 +148,13 @@ class ExperimentConfig:
     variant: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def __post_init__(self):
-        if isinstance(self.data, dict):
-            self.data = build_dataclass(DataConfig, self.data, "data")
         if isinstance(self.train, dict):
-            self.train = build_dataclass(TrainConfig, moved_beams(self.train, self), "train")
-        if isinstance(self.generation, dict):
-            self.generation = build_dataclass(GenerationConfig, self.generation, "generation")
-        if self.bertscore is True or isinstance(self.bertscore, dict):
-            self.bertscore = build_dataclass(BertScoreConfig, {} if self.bertscore is True else self.bertscore, "bertscore")
-        if self.bertscore is False:
-            self.bertscore = None
+            self.train = moved_beams(self.train, self)
+        for key, cls in (("data", DataConfig), ("train", TrainConfig), ("generation", GenerationConfig)):
+            if not isinstance(getattr(self, key), cls):  # a mapping from YAML; anything else is an error that says so
+                setattr(self, key, build_dataclass(cls, getattr(self, key), key))
+        self.bertscore = optional_block(BertScoreConfig, self.bertscore, "bertscore")
+        self.forgetting = optional_block(ForgettingConfig, self.forgetting, "forgetting")
         if isinstance(self.task, dict):  # your own data: the mapping is kept, the task is named after it
             self.user_data = dict(self.task)
             self.task = user_task_name(self.user_data)
@@ -164,10 +176,22 @@ class ExperimentConfig:
         """The settings as plain data (what result.json stores as `config`)."""
         data = dataclasses.asdict(self)
         data.pop("variant")
-        for optional in ("fingerprint", "bertscore"):  # unset, they leave the run id as it was without them
+        for optional in ("fingerprint", "bertscore", "forgetting"):  # unset, they leave the run id as it was without them
             if data[optional] is None:
                 data.pop(optional)
         return data
+
+
+def optional_block(cls, value, key: str):
+    """An optional measurement's settings: true (the defaults), a mapping, or false / null (off)."""
+    if value is True:
+        return cls()
+    if isinstance(value, dict):
+        return build_dataclass(cls, value, key)
+    if value is False or value is None or isinstance(value, cls):
+        return value or None
+    raise ConfigError(f"{key} must be true, false or a mapping of its settings ({', '.join(f.name for f in dataclasses.fields(cls))}), "
+                      f"got {value!r}")
 
 
 def moved_beams(train: dict, cfg) -> dict:

@@ -134,6 +134,9 @@ def plan_runs(configs: list[ExperimentConfig], online: bool = False) -> list[Run
     for cfg in resolved:
         spec = specs[cfg.task]
         kind = model_kind(spec.type, architectures[cfg.model], cfg.model)
+        if cfg.forgetting is not None and kind not in GENERATIVE_ARCHITECTURES:
+            raise ConfigError(f"forgetting measures a generative model's language-model loss; task {cfg.task!r} trains a "
+                              f"{kind} head on {cfg.model!r}: remove forgetting for it")
         key = (spec.name, json.dumps(dataclasses.asdict(cfg.data), sort_keys=True))
         scorer = bertscore_model(cfg, spec.type, online, scorers)
         plans.append(RunPlan(cfg, spec, data[key], METHODS[cfg.method], paths[cfg.model], kind, scorer))

@@ -24,6 +24,8 @@ from medpeft.run.record import write_atomic
 
 CI_NOTE = ("95% CI, seeds: Student-t interval over the seed scores (mean ± t·s/√n); 95% CI, test set: "
            "percentile bootstrap over the test examples.")
+FORGETTING_NOTE = ("Forgetting: the change in language-model loss (nats/token, adapted minus base) on held-out "
+                   "MEDLINE abstracts in no split of the task; above 0, the method cost general medical language ability.")
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;color:#1b1b1b;max-width:1360px;margin:24px auto;padding:0 20px}
 h1{font-size:24px;margin:0 0 4px}h2{font-size:20px;border-bottom:2px solid #1f77b4;padding-bottom:4px;margin-top:36px}
@@ -98,6 +100,7 @@ def task_sections(task: str, frame, runs_by_id: dict, plot_dir: Path, opts: dict
                   "lowest cost); the untrained baseline (italic) is never marked. "
                   + (ROUGE_L_NOTE + " " if has_rouge else "")
                   + (MACRO_NOTE + " " if "macro_f1_mean" in frame and frame["macro_f1_mean"].notna().any() else "")
+                  + (FORGETTING_NOTE + " " if "forgetting_mean" in frame and frame["forgetting_mean"].notna().any() else "")
                   + CI_NOTE + " Peak memory is the process's resident set on CPU, the allocator peak on GPU.")
     cmp_html, cmp_md = comparison_table(frame, comparisons)
     figures = make_task_plots(frame, task, plot_dir)

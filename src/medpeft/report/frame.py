@@ -24,7 +24,7 @@ from medpeft.run.metrics import METRICS, PRIMARY_METRIC, example_value
 from medpeft.run.record import RunResult, load_results
 
 COST_KEYS = ("trainable_params", "trainable_pct", "train_seconds", "eval_seconds", "train_tokens_per_second",
-             "peak_memory_bytes", "adapter_bytes", "adapter_folder_bytes")
+             "peak_memory_bytes", "adapter_bytes", "adapter_folder_bytes", "forgetting")
 BASELINE = "untrained"
 NAMING_KEYS = ("task", "model", "method", "seed")  # name a row (or a seed) by themselves
 

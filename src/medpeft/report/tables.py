@@ -15,7 +15,8 @@ COSTS = (("trainable_params", "Trainable params", lambda v: format_count(v)),
          ("trainable_pct", "Trainable %", lambda v: f"{v:.3g}%"),
          ("train_seconds", "Train time", lambda v: format_seconds(v)),
          ("peak_memory_bytes", "Peak memory", lambda v: format_bytes(v)),
-         ("adapter_bytes", "Adapter size", lambda v: format_bytes(v)))
+         ("adapter_bytes", "Adapter size", lambda v: format_bytes(v)),
+         ("forgetting", "Forgetting (Δ LM loss)", lambda v: f"{v:+.3f}"))
 ROUGE_L_NOTE = ("ROUGE-L is `rougeL` (longest common subsequence over the whole summary); ROUGE-Lsum is "
                 "`rougeLsum` (sentence-split, what most summarization papers print). They can differ by more "
                 "than 10 points on long summaries, so both are shown.")
@@ -87,6 +88,8 @@ def table_columns(frame) -> list[dict]:
     cols.append({"header": "Seeds", "cells": [str(r["seeds"]) for r in rows], "best": set()})
     for key, header, fmt in COSTS:
         means = [r.get(f"{key}_mean", math.nan) for r in rows]
+        if key == "forgetting" and all(m != m for m in means):  # an optional measurement: no column unless measured
+            continue
         cells = ["—" if not t else (fmt(m) if m == m else "") for m, t in zip(means, trained)]
         cols.append({"header": header, "cells": cells, "best": best_indices(means, trained, higher=False)})
     return cols

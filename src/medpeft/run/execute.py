@@ -16,6 +16,7 @@ from medpeft.models import load_model
 from medpeft.plan import RunPlan
 from medpeft.run.encode import encode_examples, prompt_format, truncation_warnings
 from medpeft.run.fit import NOT_TRAINED, train_model
+from medpeft.run.forgetting import continuation_rows, heldout_abstracts, measure_forgetting
 from medpeft.run.kinds import KINDS
 from medpeft.run.metrics import score_bertscore
 from medpeft.run.measure import count_parameters, describe_env, folder_bytes, peak_memory_bytes, reset_peak_memory
@@ -42,12 +43,14 @@ def run_experiment(plan: RunPlan, run_dir: Path) -> RunResult:
     predictions, metrics, test_stats = evaluate_model(model, tokenizer, kind, plan, train_rows, use_model)
     evaluation = add_bertscore(plan, predictions, metrics) if plan.bertscore else {}
     eval_seconds = time.perf_counter() - start
+    if plan.config.forgetting is not None and plan.method.trains:
+        evaluation["forgetting"] = measure_run_forgetting(model, tokenizer, plan, kind, peft_config)
     adapter_dir = save_adapter(model, tokenizer, plan, peft_config, run_dir / "adapter")
 
     warnings = truncation_warnings("train", train_stats, cfg.data) + truncation_warnings("test", test_stats, cfg.data)
     result = RunResult.succeeded(
         cfg, cfg.variant, task_type=task.type, labels=task.labels, model_path=plan.model_path, model_kind=kind.name,
-        metrics=metrics, evaluation=evaluation, efficiency=efficiency(params, training, eval_seconds, adapter_dir),
+        metrics=metrics, evaluation=evaluation, efficiency=efficiency(params, training, eval_seconds, adapter_dir, evaluation.get("forgetting")),
         training={k: training[k] for k in ("steps", "train_loss", "val_loss", "train_tokens")},
         data={"train": train_stats, "test": test_stats, "validation_examples": len(val_rows), "warnings": warnings,
               "prompt_format": prompt_format(tokenizer, kind.encode)},
@@ -132,11 +135,27 @@ def save_adapter(model, tokenizer, plan: RunPlan, peft_config, adapter_dir: Path
     return adapter_dir
 
 
-def efficiency(params: dict, training: dict, eval_seconds: float, adapter_dir: Path) -> dict:
+def efficiency(params: dict, training: dict, eval_seconds: float, adapter_dir: Path, forgetting: dict | None) -> dict:
     """Cost of the run. adapter_bytes: the weights that must be stored (the adapter, or the whole model
-    for `full`); adapter_folder_bytes adds peft's README, the configs and, for `full`, the tokenizer."""
+    for `full`); adapter_folder_bytes adds peft's README, the configs and, for `full`, the tokenizer;
+    forgetting: the change in LM loss on held-out abstracts (nats/token), when measured."""
     seconds = training["train_seconds"]
-    return {**params, "train_seconds": seconds, "eval_seconds": eval_seconds,
+    cost = {**params, "train_seconds": seconds, "eval_seconds": eval_seconds,
             "train_tokens_per_second": training["train_tokens"] / seconds if seconds else 0.0,
             "peak_memory_bytes": peak_memory_bytes(), "adapter_bytes": folder_bytes(adapter_dir, weights_only=True),
             "adapter_folder_bytes": folder_bytes(adapter_dir)}
+    if forgetting is not None:
+        cost["forgetting"] = forgetting["forgetting"]
+    return cost
+
+
+def measure_run_forgetting(model, tokenizer, plan: RunPlan, kind, peft_config) -> dict:
+    """Base and adapted LM loss on held-out MEDLINE abstracts (the same documents for every seed of a task).
+    Full fine-tuning reloads its base for the comparison (briefly twice the model's memory)."""
+    settings, decoder_only = plan.config.forgetting, kind.auto_class == "AutoModelForCausalLM"
+    documents = heldout_abstracts(plan.data.splits, settings.documents, seed=0)
+    rows = continuation_rows(documents, tokenizer, decoder_only, settings.max_tokens)
+    base = None
+    if peft_config is None:
+        base = load_model(plan.model_path, kind.auto_class, quantize_4bit=plan.method.quantize_4bit)[0].to(local_device())
+    return measure_forgetting(model, tokenizer, rows, plan.config.train.eval_batch_size, local_device(), decoder_only, base)
