@@ -41,11 +41,11 @@ SMALL_FILE = 1 << 20  # bytes: files up to this size are hashed whole, larger on
 def file_fingerprint(path: Path) -> str:
     """sha256 of a file's bytes (16 hex digits): edited in place, it gets a new fingerprint."""
     stat = Path(path).stat()
-    return hash_file(str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)
+    return hash_file(str(Path(path).resolve()), stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size)
 
 
 @functools.lru_cache(maxsize=64)
-def hash_file(path: str, mtime_ns: int, size: int) -> str:
+def hash_file(path: str, mtime_ns: int, ctime_ns: int, size: int) -> str:
     """Hash once per (file, modification time, size): a grid of many runs reads a large file once."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
