@@ -166,3 +166,15 @@ def test_welch_on_two_constant_groups_is_untestable_not_significant():
     assert math.isnan(stats.welch_p([0.5, 0.5, 0.5], [0.7, 0.7, 0.7]))  # was p = 0: a "real" difference from nothing
     assert stats.welch_p([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]) == 1.0
     assert stats.welch_p([0.5, 0.5, 0.5], [0.6, 0.7, 0.8]) < 0.1  # one group's spread is enough to test
+
+
+def test_the_answer_warns_when_the_untrained_baseline_beats_every_trained_row(tmp_path):
+    from medpeft.report.compare import compare_task
+    from medpeft.report.sections import answer_first
+
+    write_run(tmp_path, "t.m.untrained.seed0", base_config("t", "m", "untrained", 0), summary_rows([0.5] * 10), "summarization")
+    write_run(tmp_path, "t.m.lora.seed0", base_config("t", "m", "lora", 0), summary_rows([0.3] * 10), "summarization")
+    runs = frames.collect_runs(tmp_path)
+    frame = frames.aggregate(runs, n_resamples=100)
+    lines = answer_first(frame, compare_task(frame, {r.run_id: r for r in runs}, n_resamples=100), 1.0)
+    assert any("untrained m (50.00) scores at least as high as every trained row" in line for line in lines)

@@ -78,7 +78,20 @@ def answer_first(frame, comparisons: list[dict], within_points: float) -> list[s
             if r["method"] == "untrained"]
     if refs:
         lines.append("Untrained baseline: " + "; ".join(refs) + ".")
+    lines += baseline_beats_training(frame, trained, name)
     return lines
+
+
+def baseline_beats_training(frame, trained, name: str) -> list[str]:
+    """A warning when a model's untrained baseline scores at least as well as every trained row of it."""
+    out = []
+    for _, base in frame[frame["method"] == "untrained"].iterrows():
+        rows = trained[trained["model"] == base["model"]]
+        if len(rows) and base["primary_mean"] >= rows["primary_mean"].max():
+            out.append(f"**The untrained {base['model']} ({100 * base['primary_mean']:.2f}) scores at least as high as "
+                       f"every trained row on {name}**: at these budgets training did not improve the headline metric; "
+                       "read the other metrics and the examples before choosing a method.")
+    return out
 
 
 def cost_text(row) -> str:

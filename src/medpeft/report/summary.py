@@ -42,7 +42,7 @@ def format_cell(mean, std, key: str) -> str:
         return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std == std else "")
     if key == "trainable_pct":
         return f"{mean:.3g}%"
-    if key in ("peak_memory_bytes", "adapter_bytes"):
+    if key.endswith("_bytes"):
         return format_bytes(mean)
     if key == "trainable_params":
         return f"{mean:,.0f}"
