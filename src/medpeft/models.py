@@ -177,6 +177,8 @@ def resolve_model(name: str, online: bool) -> str:
     if is_hub_id(name):
         if not online:
             raise ModelError(f"model {name!r} looks like a hub id and medpeft is offline by default; pass --online to allow the download. "
+                             f"If you meant a local folder, there is none at {Path(name).expanduser().resolve()} (a model you "
+                             f"pre-train yourself exists only after `medpeft pretrain --out {name}`). "
                              f"Offline models: {', '.join(offline_models())}")
         return name
     raise ModelError(f"unknown model {name!r}: not a registered model, a local directory, or a hub id (org/name). "
