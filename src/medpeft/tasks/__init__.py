@@ -6,7 +6,7 @@ sets (need --online), and the user's own files (`task: {type, path, ...}`).
 """
 from medpeft.errors import DataError
 from medpeft.tasks.base import (SPLIT_KEYS, SPLITS, TASK_TYPES, TaskData, TaskSpec, check_task_data,
-                                load_task, offline_task_names, register_task, sort_key,
+                                load_task, offline_task_names, register_task, sample_per_class, sort_key,
                                 split_by_group, split_eval_only, split_examples, split_predefined, split_sizes)
 from medpeft.tasks.medline_tasks import (CONCLUSION_SOURCE_CATEGORIES, MEDLINE_LICENSE, MEDLINE_SOURCE, MESH_TOP_K,
                                          RCT_LABELS, conclusion_examples, mesh_examples, rct_abstracts,
@@ -16,7 +16,7 @@ from medpeft.tasks.user import check_user_task, user_task_spec
 
 __all__ = [
     "SPLIT_KEYS", "SPLITS", "TASK_TYPES", "DataError", "TaskData", "TaskSpec", "check_task_data",
-    "load_task", "offline_task_names", "register_task", "sort_key", "split_by_group", "split_eval_only",
+    "load_task", "offline_task_names", "register_task", "sample_per_class", "sort_key", "split_by_group", "split_eval_only",
     "split_examples", "split_predefined", "split_sizes", "CONCLUSION_SOURCE_CATEGORIES", "MEDLINE_LICENSE",
     "MEDLINE_SOURCE", "MESH_TOP_K", "RCT_LABELS", "conclusion_examples", "mesh_examples", "rct_abstracts",
     "split_sentences", "structured_abstracts", "title_examples", "check_user_task", "user_task_spec",

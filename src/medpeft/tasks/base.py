@@ -221,3 +221,34 @@ def split_by_group(
         # The rest of a cut group is dropped, never given to another split.
         splits[split] = chosen[:size]
     return {split: splits[split] for split in SPLITS}
+
+
+FEW_SHOT_TYPES = ("classification", "ner")
+
+
+def example_classes(ex: dict, task_type: str) -> set[str]:
+    """The classes an example counts towards: its label, or the entity types of its B- tags (NER)."""
+    if task_type == "classification":
+        return {ex["target"]}
+    return {tag[2:] for tag in ex["target"] if tag.startswith("B-")}
+
+
+def sample_per_class(examples: list[dict], k: int, seed: int, task_type: str) -> tuple[list[dict], dict[str, int]]:
+    """A few-shot training split: up to `k` examples of each class, the same for the same seed.
+
+    Classification takes k examples per label. NER, whose sentences hold several entity types, uses
+    the greedy sampling of few-shot NER: a sentence is taken while any of its entity types has fewer
+    than k, so a type may end with a little more than k; sentences without entities are left out.
+    Returns the examples (in the shuffled order) and the count per class; a class with fewer than k
+    examples in the training split keeps what it has."""
+    if task_type not in FEW_SHOT_TYPES:
+        raise ValueError(f"data.per_class samples classes; a {task_type} task has none (use data.train_size)")
+    counts: dict[str, int] = {}
+    chosen = []
+    for ex in shuffled(examples, seed):
+        classes = example_classes(ex, task_type)
+        if classes and any(counts.get(c, 0) < k for c in classes):
+            chosen.append(ex)
+            for c in classes:
+                counts[c] = counts.get(c, 0) + 1
+    return chosen, dict(sorted(counts.items()))
