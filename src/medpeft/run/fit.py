@@ -12,17 +12,56 @@ from medpeft.config import ExperimentConfig
 from medpeft.methods import output_prefix_tokens
 
 NOT_TRAINED = {"train_seconds": 0.0, "train_tokens": 0, "train_loss": None, "val_loss": None, "steps": 0}
+VALIDATIONS_PER_RUN = 4  # validation-loss checks during training when a tuner watches (pruning)
 
 
-def training_arguments(kind, cfg: ExperimentConfig, n_train: int, output_dir: Path):
-    """TrainingArguments from the run's train settings; logging about 5 times per run, no checkpoints."""
+class TimeBudget:
+    """Stops training once `seconds` of wall-clock training time have passed (the clinical study's
+    time-budget runs): methods compared at equal time, not equal steps. The schedule is the full run's."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.start, self.stopped_at = seconds, None, None
+
+    def on_train_begin(self, args, state, control, **_):
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **_):
+        if time.perf_counter() - self.start >= self.seconds and not control.should_training_stop:
+            control.should_training_stop = True
+            self.stopped_at = state.global_step
+
+
+class ValidationWatch:
+    """Hands each mid-training validation loss to `on_validation(step, loss)` (a tuner's pruner)."""
+
+    def __init__(self, on_validation):
+        self.on_validation = on_validation
+
+    def on_evaluate(self, args, state, control, metrics=None, **_):
+        if metrics and "eval_loss" in metrics:
+            self.on_validation(state.global_step, float(metrics["eval_loss"]))
+
+
+def as_callback(obj):
+    """A TrainerCallback that forwards to `obj`'s handlers (keeps transformers out of import time)."""
+    from transformers import TrainerCallback
+
+    return type(f"{type(obj).__name__}Callback", (TrainerCallback,), {
+        name: getattr(obj, name) for name in ("on_train_begin", "on_step_end", "on_evaluate") if hasattr(obj, name)})()
+
+
+def training_arguments(kind, cfg: ExperimentConfig, n_train: int, output_dir: Path, watch: bool = False):
+    """TrainingArguments from the run's train settings; logging about 5 times per run, no checkpoints;
+    with `watch`, a validation loss VALIDATIONS_PER_RUN times per run."""
     from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
     t = cfg.train
     steps_per_epoch = math.ceil(n_train / (t.batch_size * t.grad_accum))
     total_steps = t.max_steps if t.max_steps > 0 else math.ceil(steps_per_epoch * t.epochs)
     args_cls = Seq2SeqTrainingArguments if kind.seq2seq_trainer else TrainingArguments
+    evaluation = {"eval_strategy": "steps", "eval_steps": max(1, total_steps // VALIDATIONS_PER_RUN)} if watch else {}
     return args_cls(
+        **evaluation,
         output_dir=str(output_dir), per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.eval_batch_size, gradient_accumulation_steps=t.grad_accum,
         learning_rate=t.lr, num_train_epochs=t.epochs, max_steps=t.max_steps, weight_decay=t.weight_decay,
@@ -36,17 +75,22 @@ def training_arguments(kind, cfg: ExperimentConfig, n_train: int, output_dir: Pa
     )
 
 
-def train_model(model, tokenizer, kind, cfg: ExperimentConfig, train_rows, val_rows, run_dir: Path) -> dict:
-    """Train on `train_rows`; the validation loss at the end; seconds, tokens seen, losses and steps."""
+def train_model(model, tokenizer, kind, cfg: ExperimentConfig, train_rows, val_rows, run_dir: Path,
+                on_validation=None) -> dict:
+    """Train on `train_rows`; the validation loss at the end; seconds, tokens seen, losses and steps.
+    `on_validation(step, loss)`, when given, is called at each mid-training validation (it may raise to stop)."""
     from datasets import Dataset
     from transformers import Seq2SeqTrainer, Trainer
 
-    args = training_arguments(kind, cfg, len(train_rows), run_dir / "trainer")
+    watch = on_validation is not None and bool(val_rows)
+    args = training_arguments(kind, cfg, len(train_rows), run_dir / "trainer", watch)
+    budget = TimeBudget(cfg.train.time_budget_s) if cfg.train.time_budget_s else None
+    callbacks = [as_callback(c) for c in (budget, ValidationWatch(on_validation) if watch else None) if c]
     collator = kind.collator(tokenizer, output_prefix_tokens(getattr(model, "peft_config", {}).get("default")))
     trainer_cls = Seq2SeqTrainer if kind.seq2seq_trainer else Trainer
     trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
                           eval_dataset=Dataset.from_list(val_rows) if val_rows else None,
-                          data_collator=collator, processing_class=tokenizer)
+                          data_collator=collator, processing_class=tokenizer, callbacks=callbacks)
     trainer.model_accepts_loss_kwargs = kind.loss_kwargs
     start = time.perf_counter()
     output = trainer.train()
@@ -55,5 +99,9 @@ def train_model(model, tokenizer, kind, cfg: ExperimentConfig, train_rows, val_r
         raise FloatingPointError(f"training loss is {output.training_loss}; lower train.lr (now {cfg.train.lr}) or check the data")
     val_loss = trainer.evaluate()["eval_loss"] if val_rows else None
     shutil.rmtree(run_dir / "trainer", ignore_errors=True)
-    return {"train_seconds": seconds, "train_tokens": int(trainer.state.num_input_tokens_seen),
-            "train_loss": float(output.training_loss), "val_loss": val_loss, "steps": int(trainer.state.global_step)}
+    done = {"train_seconds": seconds, "train_tokens": int(trainer.state.num_input_tokens_seen),
+            "train_loss": float(output.training_loss), "val_loss": val_loss, "steps": int(trainer.state.global_step),
+            "planned_steps": int(trainer.state.max_steps)}
+    if budget is not None:
+        done["time_budget_s"], done["stopped_by_time_budget"] = budget.seconds, budget.stopped_at is not None
+    return done
