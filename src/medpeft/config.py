@@ -31,9 +31,12 @@ class DataConfig:
     split_seed: int = 1234  # seeds the split only; fixed so every run sees the same test set
     max_source_tokens: int = 512  # input truncation length, in tokens
     max_target_tokens: int = 128  # summary truncation length and generation budget, in tokens
+    per_class: int | None = None  # few-shot: K training examples per class (per entity type for NER), drawn by the run's seed
 
     def __post_init__(self):
         check_types(self, "data")
+        if self.per_class is not None and self.per_class < 1:
+            raise ConfigError(f"data.per_class must be >= 1 (examples per class) or unset, got {self.per_class}")
         for name in ("train_size", "test_size", "max_source_tokens", "max_target_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
@@ -56,6 +59,7 @@ class TrainConfig:
     eval_batch_size: int = 16  # examples per batch at evaluation and generation
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 needs a GPU)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30 % more time
+    time_budget_s: float | None = None  # stop training after this many wall-clock seconds (equal-time comparisons)
 
     def __post_init__(self):
         check_types(self, "train")
@@ -68,6 +72,8 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"train.precision must be one of fp32, bf16, fp16; got {self.precision!r}")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise ConfigError(f"train.time_budget_s must be > 0 seconds or unset, got {self.time_budget_s}")
 
 
 @dataclass
@@ -143,6 +149,10 @@ class ExperimentConfig:
     # Set by medpeft (plan.py), not by you: content fingerprints of your data file and of a local model
     # folder, so a file edited in place or a model re-trained into the same folder gets a new run id.
     fingerprint: dict | None = None
+    # Set by medpeft (tune.py) for a tuned grid: {"role": "trial", ...} on a tuning trial (scored on the
+    # validation split, never in the main table), {"role": "final", "over": candidates, ...} on a run
+    # whose settings were chosen by tuning.
+    tuning: dict | None = None
     # The grid axes that set this run ({"method_args.r": 4}), recorded at expansion so the report keeps
     # a sweep's variants apart without guessing. Not a setting and not part of the run's identity.
     variant: dict = field(default_factory=dict, init=False, compare=False, repr=False)
@@ -176,10 +186,16 @@ class ExperimentConfig:
         """The settings as plain data (what result.json stores as `config`)."""
         data = dataclasses.asdict(self)
         data.pop("variant")
-        for optional in ("fingerprint", "bertscore", "forgetting"):  # unset, they leave the run id as it was without them
+        for optional in ("fingerprint", "bertscore", "forgetting", "tuning"):  # unset, they leave the run id as it was without them
             if data[optional] is None:
                 data.pop(optional)
+        for block, key in UNSET_KEYS:  # settings added later: unset, a run keeps the id it had before they existed
+            if data[block][key] is None:
+                data[block].pop(key)
         return data
+
+
+UNSET_KEYS = (("data", "per_class"), ("train", "time_budget_s"))
 
 
 def optional_block(cls, value, key: str):
@@ -302,15 +318,73 @@ def parse_override(text: str) -> tuple[str, object]:
     return key.strip(), yaml.safe_load(raw)
 
 
+TUNABLE = ("train.", "method_args.", "generation.")  # what a tune: block may choose; data and names stay the grid's
+
+
+@dataclass
+class TuneConfig:
+    """A grid's `tune:` block: per group (task, model, method, variant), candidates trained at the first
+    seed and scored on the validation split; every seed then runs with the best one."""
+
+    space: dict  # axis -> a list of candidates; "auto" (train.lr only): the method's range; {low, high, log}: optuna
+    search: str = "grid"  # grid: every candidate (every combination) | optuna: TPE-sampled trials with pruning
+    trials: int = 12  # optuna: trials per group
+    metric: str = "primary"  # primary: the task's primary metric on validation | loss: validation loss (cheaper)
+
+    def __post_init__(self):
+        check_types(self, "tune")
+        if self.search not in ("grid", "optuna"):
+            raise ConfigError(f"tune.search must be grid or optuna, got {self.search!r}")
+        if self.metric not in ("primary", "loss"):
+            raise ConfigError(f"tune.metric must be primary (the task's primary metric) or loss, got {self.metric!r}")
+        if self.trials < 1:
+            raise ConfigError(f"tune.trials must be >= 1, got {self.trials}")
+        for key, values in self.space.items():
+            check_tune_axis(key, values, self.search)
+
+
+def check_tune_axis(key: str, values, search: str) -> None:
+    if not key.startswith(TUNABLE):
+        raise ConfigError(f"tune: cannot tune {key!r}; tune settings under {', '.join(TUNABLE)} "
+                          "(task, model, method, seed and data are the grid's axes)")
+    if values == "auto":
+        if key != "train.lr":
+            raise ConfigError(f"tune.{key}: auto is a learning-rate range (train.lr: auto); list candidates for {key}")
+    elif isinstance(values, dict):
+        if search != "optuna":
+            raise ConfigError(f"tune.{key}: a range {{low, high}} needs search: optuna; for grid search list the candidates")
+        if set(values) - {"low", "high", "log"} or not {"low", "high"} <= set(values):
+            raise ConfigError(f"tune.{key}: a range has keys low, high and optionally log (true for a log scale), got {values!r}")
+        if not values["low"] < values["high"]:
+            raise ConfigError(f"tune.{key}: low must be below high, got {values!r}")
+    elif not isinstance(values, list) or not values:
+        raise ConfigError(f"tune.{key} must be a non-empty list of candidates, got {values!r}")
+
+
+def parse_tune(value, source: str) -> TuneConfig | None:
+    """`tune: auto`, or a mapping of axes plus search, trials and metric; none or false: no tuning."""
+    if value is None or value is False:
+        return None
+    if value is True or value == "auto":
+        return TuneConfig(space={"train.lr": "auto"})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: tune must be auto or a mapping of axis: [candidates], got {value!r}")
+    settings = {k: value[k] for k in ("search", "trials", "metric") if k in value}
+    space = {k: v for k, v in value.items() if k not in settings}
+    return TuneConfig(space=space or {"train.lr": "auto"}, **settings)
+
+
 @dataclass
 class Grid:
-    """An expanded grid: its name (the runs/ sub-folder) and one config per run (each with its variant)."""
+    """An expanded grid: its name (the runs/ sub-folder), one config per run (each with its variant) and
+    its tuning, if any."""
 
     name: str
     runs: list[ExperimentConfig]
+    tune: TuneConfig | None = None
 
 
-GRID_KEYS = ("name", "description", "base", "grid")
+GRID_KEYS = ("name", "description", "base", "grid", "tune")
 
 
 def load_grid(path: str | Path, overrides: list[str] = ()) -> Grid:
@@ -333,18 +407,21 @@ def expand_grid(spec: dict, name: str, overrides=(), source: str = "grid") -> Gr
     blocks = spec.get("grid") or [{}]
     blocks = blocks if isinstance(blocks, list) else [blocks]
     pairs = [parse_override(o) for o in overrides]
+    tune = parse_tune(spec.get("tune"), source)
     runs, seen = [], set()
     for block in blocks:
         for raw, variant in expand_block(base, block):
             for key, value in pairs:
                 set_dotted(raw, key, value)
                 variant.pop(key, None)
+            for key in tune.space if tune else ():  # chosen by tuning: not a variant of its own
+                variant.pop(key, None)
             cfg = config_from_dict(raw)
             cfg.variant = variant
             if cfg.run_id not in seen:
                 seen.add(cfg.run_id)
                 runs.append(cfg)
-    return Grid(name=name, runs=runs)
+    return Grid(name=name, runs=runs, tune=tune)
 
 
 def config_from_dict(raw: dict) -> ExperimentConfig:

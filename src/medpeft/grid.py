@@ -10,7 +10,7 @@ from medpeft.config import ExperimentConfig, Grid
 from medpeft.dist import is_main_process, wait_for_everyone
 from medpeft.errors import ConfigError
 from medpeft.plan import RunPlan, plan_runs, resolve_config
-from medpeft.run.record import RunResult, is_finished
+from medpeft.run.record import RunResult, read_result
 
 
 def with_baselines(runs: list[ExperimentConfig]) -> list[ExperimentConfig]:
@@ -59,30 +59,51 @@ def select_shard(runs: list[ExperimentConfig], shard: tuple[int, int] | None) ->
 
 def run_grid(grid: Grid, runs_dir: Path, *, online: bool = False, shard: tuple[int, int] | None = None, log=print) -> Path:
     """Run every configuration of `grid` (or one shard of it) under runs_dir/<grid name>/, then write
-    its summary and report."""
+    its summary and report. A grid with a `tune:` block first tunes each group on validation data
+    (tune.py); with --shard every shard runs (or finds finished) the trials it needs."""
     grid_dir = Path(runs_dir) / grid.name
-    plans = plan_runs(grid_configs(grid, shard), online)  # every check, before any training
-    pending = {p.run_id for p in plans if not is_finished(grid_dir / p.run_id)}
-    wait_for_everyone()  # every launched process decides on the same runs before any is written
     log = log if is_main_process() else (lambda *_: None)
     part = f" shard {shard[0]}/{shard[1]}" if shard else ""
-    log(f"grid {grid.name}{part}: {len(plans)} runs ({len(plans) - len(pending)} already finished) -> {grid_dir}")
-    for i, plan in enumerate(plans, 1):
-        if plan.run_id in pending:
-            log(f"[{i}/{len(plans)}] {plan.run_id}")
-            run_one(plan, grid_dir / plan.run_id, log)
+    configs = grid_configs(grid, None if grid.tune else shard)
+    if grid.tune:
+        from medpeft.tune import tune_grid
+
+        def run_trials(plans, on_validation=None):
+            return run_plans(plans, grid_dir, log, "tuning trials", on_validation)
+
+        configs, failed = tune_grid(configs, grid.tune, grid_dir, online, run_trials, log)
+        for result in failed if is_main_process() else ():
+            result.write(grid_dir / result.run_id)
+        configs = select_shard(configs, shard)
+    plans = plan_runs(configs, online)  # every check, before any training
+    run_plans(plans, grid_dir, log, f"grid {grid.name}{part}")
     if is_main_process():
         write_outputs(grid_dir, log)
     return grid_dir
 
 
-def run_one(plan: RunPlan, run_dir: Path, log) -> RunResult:
+def run_plans(plans: list[RunPlan], grid_dir: Path, log, title: str, on_validation=None) -> list[RunResult]:
+    """Run each plan not yet finished under grid_dir; every plan's result, in order."""
+    done = {p.run_id: r for p in plans if (r := read_result(grid_dir / p.run_id)) is not None and r.ok}
+    wait_for_everyone()  # every launched process decides on the same runs before any is written
+    log(f"{title}: {len(plans)} runs ({len(done)} already finished) -> {grid_dir}")
+    results = []
+    for i, plan in enumerate(plans, 1):
+        if plan.run_id in done:
+            results.append(done[plan.run_id])
+            continue
+        log(f"[{i}/{len(plans)}] {plan.run_id}")
+        results.append(run_one(plan, grid_dir / plan.run_id, log, on_validation))
+    return results
+
+
+def run_one(plan: RunPlan, run_dir: Path, log, on_validation=None) -> RunResult:
     """One run; a failure is recorded in its result.json and logged, and the grid goes on."""
     from medpeft.run.execute import run_experiment
 
     start = time.perf_counter()
     try:
-        result = run_experiment(plan, run_dir)
+        result = run_experiment(plan, run_dir, **({"on_validation": on_validation} if on_validation else {}))
     except KeyboardInterrupt:
         raise
     except Exception as err:  # noqa: BLE001 - a failed run is recorded and the grid goes on
@@ -92,6 +113,9 @@ def run_one(plan: RunPlan, run_dir: Path, log) -> RunResult:
         log(f"    FAILED: {result.error}")
         return result
     shown = ", ".join(f"{k}={100 * v:.1f}" for k, v in result.metrics.items() if v is not None)
+    if result.tuning_trial:
+        val_loss = result.training.get("val_loss")
+        shown = f"validation: {shown or ''}{', ' if shown else ''}loss={val_loss:.4f}" if val_loss is not None else f"validation: {shown}"
     log(f"    {shown}  ({time.perf_counter() - start:.0f}s, {result.efficiency['trainable_pct']:.3g}% trainable)")
     return result
 

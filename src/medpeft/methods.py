@@ -29,11 +29,15 @@ class MethodSpec:
     build: Callable[..., object]
     trains: bool = True  # False for the untrained baseline
     quantize_4bit: bool = False  # load the frozen base in 4-bit (QLoRA): needs CUDA and bitsandbytes
+    # `tune: auto` learning rates: half-decade steps spanning the short CPU runs (higher) and the studies'
+    # long GPU runs (LoRA 3e-4, prompt tuning 3e-2, full 2e-5..5e-5 at the lower end)
+    lr_candidates: tuple[float, ...] = ()
 
 
-def register_method(name, description, default_lr, peft_class, trains=True, quantize_4bit=False):
+def register_method(name, description, default_lr, peft_class, trains=True, quantize_4bit=False, lr_candidates=()):
     def decorator(fn):
-        METHODS.register(name)(MethodSpec(name, description, default_lr, peft_class, fn, trains, quantize_4bit))
+        spec = MethodSpec(name, description, default_lr, peft_class, fn, trains, quantize_4bit, tuple(lr_candidates))
+        METHODS.register(name)(spec)
         return fn
 
     return decorator
@@ -111,12 +115,14 @@ def build_untrained(task_type, args, **_):
     return None
 
 
-@register_method("full", "full fine-tuning: every weight is trained and stored", 5e-5, None)
+@register_method("full", "full fine-tuning: every weight is trained and stored", 5e-5, None,
+                 lr_candidates=(3e-5, 1e-4, 3e-4))
 def build_full(task_type, args, **_):
     return None
 
 
-@register_method("lora", "LoRA: low-rank updates of the attention projections (r=16, alpha=32)", 3e-4, "LoraConfig")
+@register_method("lora", "LoRA: low-rank updates of the attention projections (r=16, alpha=32)", 3e-4, "LoraConfig",
+                 lr_candidates=(3e-4, 1e-3, 3e-3))
 def build_lora(task_type, args, **_):
     from peft import LoraConfig
 
@@ -125,12 +131,13 @@ def build_lora(task_type, args, **_):
 
 
 @register_method("qlora", "QLoRA: LoRA (r=16, alpha=32) on a 4-bit NF4-quantised frozen base (needs a CUDA GPU and bitsandbytes)",
-                 2e-4, "LoraConfig", quantize_4bit=True)
+                 2e-4, "LoraConfig", quantize_4bit=True, lr_candidates=(3e-4, 1e-3, 3e-3))
 def build_qlora(task_type, args, **_):
     return build_lora(task_type, args)
 
 
-@register_method("dora", "DoRA: LoRA with a learned per-column magnitude (weight-decomposed)", 3e-4, "LoraConfig")
+@register_method("dora", "DoRA: LoRA with a learned per-column magnitude (weight-decomposed)", 3e-4, "LoraConfig",
+                 lr_candidates=(3e-4, 1e-3, 3e-3))
 def build_dora(task_type, args, **_):
     from peft import LoraConfig
 
@@ -138,14 +145,16 @@ def build_dora(task_type, args, **_):
     return LoraConfig(task_type=task_type, **args)
 
 
-@register_method("ia3", "IA3: learned rescaling vectors on keys, values and feed-forward activations", 3e-3, "IA3Config")
+@register_method("ia3", "IA3: learned rescaling vectors on keys, values and feed-forward activations", 3e-3, "IA3Config",
+                 lr_candidates=(1e-3, 3e-3, 1e-2))
 def build_ia3(task_type, args, **_):
     from peft import IA3Config
 
     return IA3Config(task_type=task_type, **args)
 
 
-@register_method("prompt_tuning", "prompt tuning: 20 trainable soft tokens before the input, initialised from the task instruction", 3e-2, "PromptTuningConfig")
+@register_method("prompt_tuning", "prompt tuning: 20 trainable soft tokens before the input, initialised from the task instruction", 3e-2, "PromptTuningConfig",
+                 lr_candidates=(3e-3, 1e-2, 3e-2))
 def build_prompt_tuning(task_type, args, *, model_path, instruction, **_):
     from peft import PromptTuningConfig, PromptTuningInit
 
@@ -159,7 +168,8 @@ def build_prompt_tuning(task_type, args, *, model_path, instruction, **_):
     return PromptTuningConfig(task_type=task_type, **args)
 
 
-@register_method("prefix_tuning", "prefix tuning: trainable key/value prefixes in every attention layer", 1e-2, "PrefixTuningConfig")
+@register_method("prefix_tuning", "prefix tuning: trainable key/value prefixes in every attention layer", 1e-2, "PrefixTuningConfig",
+                 lr_candidates=(1e-3, 3e-3, 1e-2))
 def build_prefix_tuning(task_type, args, **_):
     from peft import PrefixTuningConfig
 
@@ -167,7 +177,8 @@ def build_prefix_tuning(task_type, args, **_):
     return PrefixTuningConfig(task_type=task_type, **args)
 
 
-@register_method("p_tuning", "P-tuning: soft tokens produced by a small trainable MLP prompt encoder", 1e-2, "PromptEncoderConfig")
+@register_method("p_tuning", "P-tuning: soft tokens produced by a small trainable MLP prompt encoder", 1e-2, "PromptEncoderConfig",
+                 lr_candidates=(1e-3, 3e-3, 1e-2))
 def build_p_tuning(task_type, args, **_):
     from peft import PromptEncoderConfig
 

@@ -127,9 +127,10 @@ def plan_runs(configs: list[ExperimentConfig], online: bool = False) -> list[Run
         if owners.setdefault(spec.name, cfg.user_data) != cfg.user_data:
             raise ConfigError(f"two data sets in this grid are both named {spec.name!r}; give each its own name: "
                               "task: {name: ..., path: ...}")
-        key = (spec.name, json.dumps(dataclasses.asdict(cfg.data), sort_keys=True))
+        key = data_key(spec, cfg)
         if key not in data:
             data[key] = load_data(spec, cfg, online)
+        check_splits(cfg, spec, data[key])
     plans = []
     for cfg in resolved:
         spec = specs[cfg.task]
@@ -137,10 +138,27 @@ def plan_runs(configs: list[ExperimentConfig], online: bool = False) -> list[Run
         if cfg.forgetting is not None and kind not in GENERATIVE_ARCHITECTURES:
             raise ConfigError(f"forgetting measures a generative model's language-model loss; task {cfg.task!r} trains a "
                               f"{kind} head on {cfg.model!r}: remove forgetting for it")
-        key = (spec.name, json.dumps(dataclasses.asdict(cfg.data), sort_keys=True))
+        key = data_key(spec, cfg)
         scorer = bertscore_model(cfg, spec.type, online, scorers)
         plans.append(RunPlan(cfg, spec, data[key], METHODS[cfg.method], paths[cfg.model], kind, scorer))
     return plans
+
+
+def data_key(spec: TaskSpec, cfg: ExperimentConfig) -> tuple[str, str]:
+    """Runs that differ only in how many examples per class they sample share one loaded data set."""
+    settings = dataclasses.asdict(cfg.data)
+    settings.pop("per_class")
+    return spec.name, json.dumps(settings, sort_keys=True)
+
+
+def check_splits(cfg: ExperimentConfig, spec: TaskSpec, data: TaskData) -> None:
+    """What a run needs of its splits beyond loading: examples to sample per class, a validation split to tune on."""
+    if cfg.data.per_class is not None and spec.type not in ("classification", "ner"):
+        raise ConfigError(f"data.per_class samples K examples per class; task {cfg.task!r} is {spec.type}, which has no "
+                          "classes: remove data.per_class and set data.train_size")
+    if cfg.tuning is not None and not data.splits["validation"]:
+        raise ConfigError(f"tune: chooses on the validation split, and task {cfg.task!r} has none (data.val_size is "
+                          f"{cfg.data.val_size}); raise data.val_size (e.g. data.val_size: 32) or remove the tune: block")
 
 
 def bertscore_model(cfg: ExperimentConfig, task_type: str, online: bool, cache: dict) -> tuple[str, int] | None:

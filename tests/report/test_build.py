@@ -129,3 +129,35 @@ def test_run_grid_survives_a_broken_report(tmp_path, monkeypatch, assets_ready):
     assert (grid_dir / "summary.md").is_file()
     assert any("### pubmed-rct" in line for line in logs)  # the summary is printed even though the report broke
     assert any("warning: report not written" in line and "plotting exploded" in line for line in logs)
+
+
+def test_learning_curve_plots_score_against_training_examples(tmp_path, monkeypatch):
+    """A data.train_size axis draws one line per method over the examples each row trained on."""
+    import json as _json
+
+    from matplotlib.axes import Axes
+
+    from medpeft.report.build import build_report
+    from report_fixtures import base_config, class_rows, write_run
+
+    grid_dir = tmp_path / "curve"
+    for method, levels in (("lora", (0.5, 0.7, 0.8)), ("full", (0.4, 0.6, 0.85))):
+        for size, level in zip((16, 64, 256), levels):
+            for seed in (0, 1, 2):
+                cfg = base_config("pubmed-rct", "m", method, seed, data__train_size=size)
+                n = 20
+                correct = [1 if i < round(level * n) + (seed - 1) else 0 for i in range(n)]
+                result = write_run(grid_dir, f"{method}.{size}.s{seed}", cfg, class_rows(correct), "classification")
+                result.update(variant={"data.train_size": size}, data={"train": {"examples": size - 1}})
+                (grid_dir / f"{method}.{size}.s{seed}" / "result.json").write_text(_json.dumps(result))
+    drawn = []
+    real = Axes.errorbar
+    monkeypatch.setattr(Axes, "errorbar", lambda self, x, y, *a, **k: (drawn.append((k.get("label"), list(x), list(y), k.get("yerr"))), real(self, x, y, *a, **k))[1])
+    build_report(grid_dir, n_resamples=50)
+    assert (grid_dir / "report-pubmed-rct-learning-curve.png").is_file()
+    curves = {label: (x, y, err) for label, x, y, err in drawn if label and label.endswith("· m") and len(x) == 3}
+    assert set(curves) == {"lora · m", "full · m"}
+    x, y, err = curves["full · m"]
+    assert x == [15, 63, 255]  # the training examples the runs recorded, not the setting
+    assert y == pytest.approx([100 * (round(0.4 * 20) / 20), 100 * round(0.6 * 20) / 20, 100 * round(0.85 * 20) / 20], abs=1e-6)
+    assert (err > 0).all()  # seed error bars

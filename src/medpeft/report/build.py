@@ -13,10 +13,11 @@ from pathlib import Path
 
 from medpeft.report import plots
 from medpeft.report.compare import SEEDS_FOR_A_CLAIM, compare_task
-from medpeft.report.frame import aggregate, collect_runs
+from medpeft.report.frame import aggregate, collect_runs, split_trials
 from medpeft.report.plots import image_html
 from medpeft.report.sections import answer_first, comparison_table, example_section, failure_section, warnings_for
 from medpeft.report.summary import write_summary
+from medpeft.report.tuning import tuning_lines, tuning_section
 from medpeft.report.tables import ROUGE_L_NOTE, table_columns, table_html, table_latex, table_markdown
 from medpeft.run.metrics import MACRO_NOTE
 from medpeft.run.metrics import metric_label as label_of
@@ -78,6 +79,11 @@ def make_task_plots(frame, task: str, plot_dir: Path) -> list[tuple[str, Path, s
             "Dashed grey: Pareto front (nothing else is both cheaper and better). Dotted: untrained baseline.")]
     keys = sorted({k for v in frame["varying"] for k in v})
     for key in keys:
+        if key in plots.LEARNING_CURVE_KEYS:
+            path = plots.plot_learning_curve(frame, key, plot_dir / f"{name}-learning-curve.png", label)
+            out.append(("Learning curve", path, "Score against the training examples used; error bars: 95% CI over "
+                        "seeds (Student t; the test-set bootstrap CI for a single seed). Dotted: untrained baseline."))
+            continue
         path = plots.plot_sensitivity(frame, key, plot_dir / f"{name}-sensitivity-{slug(key)}.png", label)
         out.append((f"Sensitivity to `{key}`", path, "Other settings held as in the grid; error bars as above."))
     if frame["model"].nunique() > 1:
@@ -86,11 +92,13 @@ def make_task_plots(frame, task: str, plot_dir: Path) -> list[tuple[str, Path, s
     return out
 
 
-def task_sections(task: str, frame, runs_by_id: dict, plot_dir: Path, opts: dict) -> dict:
+def task_sections(task: str, frame, runs_by_id: dict, plot_dir: Path, opts: dict, trials: list = ()) -> dict:
     """One task's html, md and tex, its answer lines, and the plots it wrote."""
     comparisons = compare_task(frame, runs_by_id, opts["n_resamples"], opts["seed"])
-    answer = answer_first(frame, comparisons, opts["within_points"])
-    warnings = warnings_for(frame)
+    tuned_lines, tuning_warnings = tuning_lines(frame)
+    answer = answer_first(frame, comparisons, opts["within_points"]) + tuned_lines
+    warnings = tuning_warnings + warnings_for(frame)
+    tune_html, tune_md, tune_plots = tuning_section(frame, list(trials), plot_dir / f"report-{slug(task)}-tuning.png")
     cols = table_columns(frame)
     baseline_rows = {i for i, b in enumerate(frame["is_baseline"]) if b}
     n_test = int(frame["n_examples"].max())
@@ -111,10 +119,10 @@ def task_sections(task: str, frame, runs_by_id: dict, plot_dir: Path, opts: dict
          f"<div class='answer'><b>Answer first</b>{bullets_html(answer)}</div>",
          f"<div class='warn'>{bullets_html(warnings)}</div>" if warnings else "",
          "<h3>Main table</h3>", f"<div class='scroll'>{table_html(cols, baseline_rows)}</div>", f"<p class='note'>{inline_html(table_note)}</p>",
-         "<h3>Is the difference real?</h3>", cmp_html]
+         "<h3>Is the difference real?</h3>", cmp_html, tune_html]
     m = [f"\n## {heading}\n", "**Answer first**\n", *[f"- {a}" for a in answer], "",
          *[f"> ⚠ {w}" for w in warnings], "", "### Main table\n", table_markdown(cols), table_note + "\n",
-         "### Is the difference real?\n", cmp_md]
+         "### Is the difference real?\n", cmp_md, tune_md]
     for title, path, caption in figures:
         h += [f"<h3>{inline_html(title)}</h3>", image_html(path, title), f"<p class='note'>{inline_html(caption)}</p>"]
         m += [f"### {title}\n", f"![{title}]({path.name})\n", caption + "\n"]
@@ -123,7 +131,7 @@ def task_sections(task: str, frame, runs_by_id: dict, plot_dir: Path, opts: dict
     caption = (f"{task}: metrics ×100, mean ± std over seeds; best in bold."
                + (" ROUGE-L is rougeL (summary-level LCS), ROUGE-Lsum is rougeLsum (sentence-split)." if has_rouge else ""))
     tex = table_latex(cols, caption, f"tab:{slug(task)}")
-    written = [path for _, path, _ in figures] + ([confusion] if ex_html and frame["task_type"].iloc[0] == "classification" else [])
+    written = tune_plots + [path for _, path, _ in figures] + ([confusion] if ex_html and frame["task_type"].iloc[0] == "classification" else [])
     return {"html": "\n".join(h), "md": "\n".join(m), "tex": tex, "answer": answer, "plots": written}
 
 
@@ -149,7 +157,7 @@ def report_header(grid_dir: Path, runs: list[dict], frame, opts: dict) -> tuple[
     ok = sum(r.ok for r in runs)
     failed = len(runs) - ok
     tasks = list(dict.fromkeys(frame["task"])) if not frame.empty else []
-    meta = (f"{len(runs)} runs: {ok} finished, {failed} failed. Uncertainty from {opts['n_resamples']} bootstrap / "
+    meta = (f"{len(runs)} runs: {ok} finished, {failed} failed{opts.get('trials_note', '')}. Uncertainty from {opts['n_resamples']} bootstrap / "
             f"randomisation resamples (RNG seed {opts['seed']}); a difference is called real only at p < 0.05 "
             f"with at least {SEEDS_FOR_A_CLAIM} seeds per row.")
     nav = "".join(f"<a href='#{slug(t)}'>{html.escape(t)}</a>" for t in tasks) + "<a href='#failures'>failures</a>"
@@ -163,7 +171,9 @@ def build_report(grid_dir: Path, *, n_resamples: int = 2000, seed: int = 0, with
     """Write report.html, report.md, report.tex and report-*.png into grid_dir; return their paths."""
     grid_dir = Path(grid_dir)
     opts = {"n_resamples": n_resamples, "seed": seed, "within_points": within_points}
-    runs = collect_runs(grid_dir)
+    runs, trials = split_trials(collect_runs(grid_dir))
+    if trials:
+        opts["trials_note"] = f" (and {len(trials)} tuning trials, scored on validation)"
     frame = aggregate(runs, n_resamples, seed)
     summary_text = write_summary(grid_dir, frame, runs)  # first: the plain table survives a failing figure
     on_summary(summary_text)
@@ -171,7 +181,7 @@ def build_report(grid_dir: Path, *, n_resamples: int = 2000, seed: int = 0, with
     head_html, head_md = report_header(grid_dir, runs, frame, opts)
     parts_html, parts_md, parts_tex, answers, written = [head_html], [head_md], [], {}, []
     for task, task_frame in (frame.groupby("task", sort=False) if not frame.empty else []):
-        part = task_sections(task, task_frame.reset_index(drop=True), runs_by_id, grid_dir, opts)
+        part = task_sections(task, task_frame.reset_index(drop=True), runs_by_id, grid_dir, opts, trials)
         parts_html.append(part["html"])
         parts_md.append(part["md"])
         parts_tex.append(part["tex"])
@@ -183,7 +193,7 @@ def build_report(grid_dir: Path, *, n_resamples: int = 2000, seed: int = 0, with
     if frame.empty:
         parts_html.append("<p>No finished runs yet.</p>")
         parts_md.append("\nNo finished runs yet.\n")
-    fail_html, fail_md = failure_section(runs, incomplete_runs(grid_dir, runs))
+    fail_html, fail_md = failure_section(runs, incomplete_runs(grid_dir, runs + trials))
     parts_html.append(fail_html)
     parts_md.append(fail_md)
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>medpeft report: "

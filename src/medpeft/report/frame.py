@@ -30,8 +30,13 @@ NAMING_KEYS = ("task", "model", "method", "seed")  # name a row (or a seed) by t
 
 
 def collect_runs(grid_dir: Path) -> list[RunResult]:
-    """Every result.json of a grid (finished or failed)."""
+    """Every result.json of a grid (finished or failed), tuning trials included."""
     return load_results(grid_dir)
+
+
+def split_trials(runs: list[RunResult]) -> tuple[list[RunResult], list[RunResult]]:
+    """(the grid's runs, its tuning trials): trials are scored on validation and never enter the tables."""
+    return [r for r in runs if not r.tuning_trial], [r for r in runs if r.tuning_trial]
 
 
 def flatten_config(config: dict, prefix: str = "") -> dict:
@@ -41,7 +46,7 @@ def flatten_config(config: dict, prefix: str = "") -> dict:
         name = f"{prefix}{key}"
         if isinstance(value, dict) and value:
             flat.update(flatten_config(value, f"{name}."))
-        elif name not in NAMING_KEYS:
+        elif name not in NAMING_KEYS and not name.startswith("tuning."):  # how a row was tuned is its own column
             flat[name] = json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
     return flat
 
@@ -112,8 +117,15 @@ def summarize_group(runs: list[RunResult], varying: dict, n_resamples: int, seed
     """One table row: mean, std and 95% CIs of every metric and cost over a group's seeds."""
     first = runs[0]
     short = short_names(list(varying))
+    tuning = first.config.get("tuning")
+    chosen = (tuning or {}).get("chosen") or {}
+    variant = [f"{short[k]}={v}" for k, v in varying.items()]
+    variant += [f"tuned {k.rsplit('.', 1)[-1]}={v:g}" if isinstance(v, float) else f"tuned {k.rsplit('.', 1)[-1]}={v}"
+                for k, v in chosen.items()]
+    train_examples = [r.data["train"]["examples"] for r in runs if r.data.get("train", {}).get("examples") is not None]
     row = {"task": first.task, "model": first.model, "method": first.method, "task_type": first.task_type,
-           "variant": ", ".join(f"{short[k]}={v}" for k, v in varying.items()), "varying": varying,
+           "variant": ", ".join(variant), "varying": varying, "tuning": tuning,
+           "train_examples": float(np.mean(train_examples)) if train_examples else math.nan,
            "seeds": len({r.seed for r in runs}), "run_ids": [r.run_id for r in runs],
            "total_params": first.efficiency.get("total_params")}
     for source, keys in (("metrics", list(METRICS)), ("efficiency", COST_KEYS)):
@@ -137,7 +149,7 @@ def aggregate(runs: list[RunResult], n_resamples: int = 2000, seed: int = 0):
 
     groups: dict[tuple, list[RunResult]] = {}
     for r in runs:
-        if r.ok:
+        if r.ok and not r.tuning_trial:
             groups.setdefault((r.task, r.model, r.method, setting_key(r)), []).append(r)
     families: dict[tuple, list[list[RunResult]]] = {}
     for key, members in groups.items():

@@ -151,6 +151,34 @@ def plot_sensitivity(frame, key: str, path: Path, metric_label: str) -> Path:
     return save_figure(fig, path)
 
 
+LEARNING_CURVE_KEYS = ("data.train_size", "data.per_class")
+
+
+def plot_learning_curve(frame, key: str, path: Path, metric_label: str) -> Path:
+    """Score against the training examples each row used, a line per (method, model), with the seeds'
+    95% t-interval as error bars (the test-set bootstrap CI for single-seed rows); untrained dotted."""
+    fig, (ax,) = new_figure(6.5, 3.6)
+    rows = frame[frame["varying"].map(lambda v: key in v) & ~frame["is_baseline"]]
+    methods, models = list(dict.fromkeys(frame["method"])), list(dict.fromkeys(frame["model"]))
+    for (method, model), line in rows.groupby(["method", "model"], sort=False):
+        line = line.sort_values("train_examples")
+        ys = 100 * line["primary_mean"].to_numpy()
+        bounds = [r["ci_seeds"] if r["seeds"] > 1 else r["ci_examples"] for _, r in line.iterrows()]
+        errs = np.array([[y - 100 * lo, 100 * hi - y] if lo == lo else [0.0, 0.0] for y, (lo, hi) in zip(ys, bounds)]).T
+        ax.errorbar(line["train_examples"].to_numpy(), ys, yerr=errs, marker=model_marker(model, models),
+                    color=method_color(method, methods), capsize=3, label=f"{method} · {model}")
+    for _, row in frame[frame["is_baseline"]].iterrows():
+        ax.axhline(100 * row["primary_mean"], color=METHOD_COLORS["untrained"], ls=":", lw=1, label=f"untrained · {row['model']}")
+    xs = [x for x in rows["train_examples"] if x == x and x > 0]
+    if xs and max(xs) >= 10 * min(xs):
+        set_log_x(ax)
+    ax.set_xlabel(f"training examples (set by {key})")
+    ax.set_ylabel(metric_label)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    return save_figure(fig, path)
+
+
 def plot_model_size(frame, path: Path, metric_label: str) -> Path:
     """Score against the model's total parameters, a line per method (its best variant per model)."""
     fig, (ax,) = new_figure(6.5, 3.6)

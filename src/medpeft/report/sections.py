@@ -96,10 +96,11 @@ def baseline_beats_training(frame, trained, name: str) -> list[str]:
 
 def cost_text(row) -> str:
     parts = []
-    if row.get("trainable_pct_mean") == row.get("trainable_pct_mean"):
-        parts.append(f"{row['trainable_pct_mean']:.3g}% trainable")
-    if row.get("adapter_bytes_mean") == row.get("adapter_bytes_mean"):
-        parts.append(f"{format_bytes(row['adapter_bytes_mean'])} on disk")
+    pct, size = row.get("trainable_pct_mean"), row.get("adapter_bytes_mean")
+    if pct is not None and pct == pct:
+        parts.append(f"{pct:.3g}% trainable")
+    if size is not None and size == size:
+        parts.append(f"{format_bytes(size)} on disk")
     return ", ".join(parts)
 
 

@@ -20,40 +20,52 @@ from medpeft.run.forgetting import continuation_rows, heldout_abstracts, measure
 from medpeft.run.kinds import KINDS
 from medpeft.run.metrics import score_bertscore
 from medpeft.run.measure import count_parameters, describe_env, folder_bytes, peak_memory_bytes, reset_peak_memory
-from medpeft.run.record import RunResult, write_jsonl
+from medpeft.run.record import RunResult, is_trial, write_jsonl
+from medpeft.tasks import sample_per_class
 
 
-def run_experiment(plan: RunPlan, run_dir: Path) -> RunResult:
-    """Train and evaluate one planned run; write predictions.jsonl, adapter/ and, last, result.json."""
+def run_experiment(plan: RunPlan, run_dir: Path, on_validation=None) -> RunResult:
+    """Train and evaluate one planned run; write predictions.jsonl, adapter/ and, last, result.json.
+
+    A tuning trial (config.tuning role "trial") is evaluated on the validation split, never on test.
+    `on_validation(step, loss)` receives mid-training validation losses (a tuner's pruner)."""
     from transformers import set_seed
 
     cfg, kind, task = plan.config, KINDS[plan.kind], plan.data
+    trial = is_trial(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     reset_peak_memory()
     set_seed(cfg.seed)  # python, numpy and torch: data order, new-head init, dropout, method init
     model, tokenizer, peft_config, new_modules = prepare_model(plan, kind)
     params = count_parameters(model)
-    train_rows, train_stats = encode_examples(task.splits["train"], tokenizer, kind, task.instruction, cfg.data, task.labels)
+    train_split, per_class = training_examples(plan)
+    train_rows, train_stats = encode_examples(train_split, tokenizer, kind, task.instruction, cfg.data, task.labels)
     val_rows, _ = encode_examples(task.splits["validation"], tokenizer, kind, task.instruction, cfg.data, task.labels)
-    training = train_model(model, tokenizer, kind, cfg, train_rows, val_rows, run_dir) if plan.method.trains else NOT_TRAINED
+    training = (train_model(model, tokenizer, kind, cfg, train_rows, val_rows, run_dir, on_validation)
+                if plan.method.trains else NOT_TRAINED)
 
     start = time.perf_counter()
     use_model = plan.method.trains or not new_modules  # an untrained random head is replaced by the prior
-    predictions, metrics, test_stats = evaluate_model(model, tokenizer, kind, plan, train_rows, use_model)
-    evaluation = add_bertscore(plan, predictions, metrics) if plan.bertscore else {}
+    split = "validation" if trial else "test"
+    if trial and cfg.tuning.get("metric") == "loss":  # scored by its validation loss: nothing to generate
+        predictions, metrics, test_stats = [], {}, {}
+    else:
+        predictions, metrics, test_stats = evaluate_model(model, tokenizer, kind, plan, train_rows, use_model, split)
+    evaluation = add_bertscore(plan, predictions, metrics) if plan.bertscore and not trial else {}
     eval_seconds = time.perf_counter() - start
     if plan.config.forgetting is not None and plan.method.trains:
         evaluation["forgetting"] = measure_run_forgetting(model, tokenizer, plan, kind, peft_config)
     adapter_dir = save_adapter(model, tokenizer, plan, peft_config, run_dir / "adapter")
 
-    warnings = truncation_warnings("train", train_stats, cfg.data) + truncation_warnings("test", test_stats, cfg.data)
+    warnings = truncation_warnings("train", train_stats, cfg.data) + (truncation_warnings(split, test_stats, cfg.data) if test_stats else [])
+    kept = ("steps", "planned_steps", "train_loss", "val_loss", "train_tokens", "time_budget_s", "stopped_by_time_budget")
     result = RunResult.succeeded(
         cfg, cfg.variant, task_type=task.type, labels=task.labels, model_path=plan.model_path, model_kind=kind.name,
         metrics=metrics, evaluation=evaluation, efficiency=efficiency(params, training, eval_seconds, adapter_dir, evaluation.get("forgetting")),
-        training={k: training[k] for k in ("steps", "train_loss", "val_loss", "train_tokens")},
-        data={"train": train_stats, "test": test_stats, "validation_examples": len(val_rows), "warnings": warnings,
-              "prompt_format": prompt_format(tokenizer, kind.encode)},
+        training={k: training[k] for k in kept if k in training}, evaluated_on=split,
+        data={"train": train_stats, split: test_stats, "validation_examples": len(val_rows), "warnings": warnings,
+              "prompt_format": prompt_format(tokenizer, kind.encode), **({"per_class": per_class} if per_class else {})},
         env=describe_env())
     if is_main_process():
         write_jsonl(run_dir / "predictions.jsonl", predictions)
@@ -95,13 +107,22 @@ def apply_peft(model, peft_config, cfg, kind):
                          f"{model.config.model_type}): {err}. Pass method_args (e.g. target_modules) or pick another method.") from err
 
 
-def evaluate_model(model, tokenizer, kind, plan: RunPlan, train_rows: list[dict], use_model: bool = True):
-    """Predictions (one dict per test example, with its own scores), the task's metrics and truncation stats.
+def training_examples(plan: RunPlan) -> tuple[list[dict], dict | None]:
+    """The training split, or its few-shot sample (data.per_class, drawn by the run's seed) and the
+    count of examples per class."""
+    cfg, task = plan.config, plan.data
+    if cfg.data.per_class is None:
+        return task.splits["train"], None
+    return sample_per_class(task.splits["train"], cfg.data.per_class, cfg.seed, task.type)
+
+
+def evaluate_model(model, tokenizer, kind, plan: RunPlan, train_rows: list[dict], use_model: bool = True, split: str = "test"):
+    """Predictions (one dict per example of `split`, with its own scores), the task's metrics and truncation stats.
 
     `use_model=False` (untrained method, random new head) scores the training split's prior instead:
     the majority class, each label's share of the training examples, or the majority tag."""
     cfg, task = plan.config, plan.data
-    test = task.splits["test"]
+    test = task.splits[split]
     rows, stats = encode_examples(test, tokenizer, kind, task.instruction, cfg.data, task.labels, for_generation=True)
     if use_model:
         prefix = output_prefix_tokens(getattr(model, "peft_config", {}).get("default"))

@@ -51,6 +51,8 @@ class RunResult:
     training: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
     env: dict = field(default_factory=dict)
+    tuning_trial: bool = False  # a tuning trial: scored on the validation split, never in the main table
+    evaluated_on: str = "test"  # the split its metrics and predictions are of
     run_dir: Path | None = field(default=None, compare=False)  # where it was read from (not written)
 
     @property
@@ -61,13 +63,13 @@ class RunResult:
     def succeeded(cls, cfg, variant: dict, **fields) -> RunResult:
         """A finished run of config `cfg`; `fields` are the measured parts (metrics, efficiency, ...)."""
         return cls(run_id=cfg.run_id, status=Status.OK, task=cfg.task, model=cfg.model, method=cfg.method,
-                   seed=cfg.seed, config=cfg.to_dict(), variant=dict(variant), **fields)
+                   seed=cfg.seed, config=cfg.to_dict(), variant=dict(variant), tuning_trial=is_trial(cfg), **fields)
 
     @classmethod
     def failed(cls, cfg, variant: dict, err: BaseException) -> RunResult:
         """A run that raised `err` (call inside the `except`, so the traceback is the error's)."""
         return cls(run_id=cfg.run_id, status=Status.FAILED, task=cfg.task, model=cfg.model, method=cfg.method,
-                   seed=cfg.seed, config=cfg.to_dict(), variant=dict(variant),
+                   seed=cfg.seed, config=cfg.to_dict(), variant=dict(variant), tuning_trial=is_trial(cfg),
                    error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
 
     def to_json(self) -> dict:
@@ -94,6 +96,11 @@ class RunResult:
             lines = path.read_text(encoding="utf-8").splitlines() if self.run_dir and path.is_file() else []
             self._predictions = [json.loads(line) for line in lines if line.strip()]
         return self._predictions
+
+
+def is_trial(cfg) -> bool:
+    """A tuning trial (tune.py): scored on validation, kept out of every table."""
+    return (cfg.tuning or {}).get("role") == "trial"
 
 
 def read_result(run_dir: Path) -> RunResult | None:

@@ -1,0 +1,133 @@
+"""The report's account of tuning: whether each row was tuned, and every candidate's validation score.
+
+Read from result.json files only: a tuned run's config records its group, what it was tuned over and
+the chosen values; each trial's records its group, values and validation metrics.
+"""
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+
+from medpeft.report.tables import row_label
+from medpeft.run.metrics import metric_label
+from medpeft.run.record import RunResult
+
+UNTUNED_WARNING = ("Each method ran at a fixed learning rate; add a tune: block to compare fairly "
+                   "(`tune: auto` tries each method's learning-rate range on the validation split).")
+
+
+def tuning_lines(frame) -> tuple[list[str], list[str]]:
+    """(an answer line saying how the trained rows were tuned, warnings) for one task's rows."""
+    trained = frame[~frame["is_baseline"]]
+    if trained.empty:
+        return [], []
+    tuned = [r for _, r in trained.iterrows() if r.get("tuning")]
+    if not tuned:
+        return [], [UNTUNED_WARNING]
+    over = tuned[0]["tuning"]["over"]
+    how = (f"Optuna, {over.get('trials')} trials each" if over.get("search") == "optuna" else "grid search")
+    axes = ", ".join(f"`{a}`" for a in over.get("space", {}))
+    line = (f"**Tuned on validation data**: {axes} chosen per method by validation {score_name(over.get('metric'))} "
+            f"({how}); the test split played no part in the choice.")
+    untuned = [row_label(r) for _, r in trained.iterrows() if not r.get("tuning")]
+    warnings = [f"Not tuned (fixed learning rate): {', '.join(untuned)}; compare them with the tuned rows with care."] if untuned else []
+    return [line], warnings
+
+
+def score_name(metric: str | None) -> str:
+    return "loss" if metric == "val_loss" else metric_label(metric) if metric else "score"
+
+
+def trial_score(trial: RunResult, metric: str) -> float | None:
+    if not trial.ok:
+        return None
+    if metric == "val_loss":
+        return trial.training.get("val_loss")
+    return trial.metrics.get(metric)
+
+
+def candidate_rows(frame, trials: list[RunResult]) -> list[dict]:
+    """One row per trial of each tuned group in this task: group label, values, validation score, chosen."""
+    by_group: dict[str, list[RunResult]] = {}
+    for t in trials:
+        by_group.setdefault(t.config["tuning"]["group"], []).append(t)
+    rows = []
+    for _, row in frame[frame["tuning"].map(bool)].iterrows():
+        record = row["tuning"]
+        metric, chosen = record["over"]["metric"], record["chosen"]
+        for t in sorted(by_group.get(record["group"], []), key=lambda t: sorted(t.config["tuning"]["values"].items())):
+            values = t.config["tuning"]["values"]
+            rows.append({"label": row_label(row), "method": row["method"], "model": row["model"], "values": values,
+                         "score": trial_score(t, metric), "metric": metric, "chosen": values == chosen,
+                         "error": None if t.ok else (t.error or "failed").split("\n")[0][:160]})
+    return rows
+
+
+def format_value(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def format_score(score: float | None, metric: str) -> str:
+    if score is None:
+        return "—"
+    return f"{score:.4f}" if metric == "val_loss" else f"{100 * score:.2f}"
+
+
+def tuning_section(frame, trials: list[RunResult], plot_path: Path) -> tuple[str, str, list[Path]]:
+    """HTML and Markdown of the Tuning section (empty when nothing was tuned) and the plot it wrote."""
+    rows = candidate_rows(frame, trials)
+    if not rows:
+        return "", "", []
+    axes = list(rows[0]["values"])
+    metric = rows[0]["metric"]
+    header = ["Method", *axes, f"Validation {score_name(metric)}" + ("" if metric == "val_loss" else " (×100)"), "Chosen"]
+    cells = [[r["label"], *[format_value(r["values"].get(a)) for a in axes],
+              format_score(r["score"], metric) if r["error"] is None else f"failed: {r['error']}", "✓" if r["chosen"] else ""]
+             for r in rows]
+    note = (f"Each candidate trained once at the grid's first seed and was scored on the validation split; every seed "
+            f"then ran with the chosen value ({'lowest' if metric == 'val_loss' else 'highest'} validation score). "
+            "Trials are stored in the grid folder with `tuning_trial: true` and never enter the tables above.")
+    written = []
+    if len(axes) == 1 and all(isinstance(r["values"][axes[0]], (int, float)) for r in rows) and len(rows) > len(set(r["label"] for r in rows)):
+        written.append(plot_candidates(rows, axes[0], plot_path, header[-2]))
+    h = ["<h3>Tuning</h3><div class='scroll'><table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr>",
+         *["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in line) + "</tr>" for line in cells], "</table></div>",
+         f"<p class='note'>{html.escape(note)}</p>"]
+    m = ["### Tuning\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+         *["| " + " | ".join(line) + " |" for line in cells], "", note + "\n"]
+    if written:
+        from medpeft.report.plots import image_html
+
+        h.append(image_html(written[0], "Validation score of each candidate"))
+        m.append(f"![Validation score of each candidate]({written[0].name})\n")
+    return "\n".join(h), "\n".join(m), written
+
+
+def plot_candidates(rows: list[dict], axis: str, path: Path, ylabel: str) -> Path:
+    """Validation score against the tuned value, a line per method; the chosen candidate starred."""
+    from medpeft.report.plots import method_color, new_figure, save_figure, set_log_x
+
+    fig, (ax,) = new_figure(6.5, 3.4)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    scale = 1.0 if rows[0]["metric"] == "val_loss" else 100.0
+    for label in dict.fromkeys(r["label"] for r in rows):
+        line = sorted((r for r in rows if r["label"] == label and r["score"] is not None), key=lambda r: r["values"][axis])
+        if not line:
+            continue
+        color = method_color(line[0]["method"], methods)
+        xs, ys = [r["values"][axis] for r in line], [scale * r["score"] for r in line]
+        ax.plot(xs, ys, marker="o", color=color, label=label)
+        for r in line:
+            if r["chosen"]:
+                ax.plot([r["values"][axis]], [scale * r["score"]], marker="*", ms=15, color=color, ls="")
+    values = [r["values"][axis] for r in rows]
+    if min(values) > 0 and max(values) / min(values) >= 10:
+        set_log_x(ax)
+    ax.set_xlabel(axis)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    if any(math.isfinite(r["score"] or math.nan) for r in rows):
+        ax.set_title("★ chosen", fontsize=9, loc="right")
+    return save_figure(fig, path)

@@ -1,0 +1,257 @@
+"""Tuning (a grid's `tune:` block): every method gets the same search, on validation data.
+
+Runs are grouped by everything but their seed: (task, model, method, other grid variant). In each
+group, candidates train at the group's first seed as ordinary runs marked as trials (stored, resumed,
+scored on the validation split, never shown in the main table); the best candidate is chosen by the
+task's primary metric (or validation loss), and every seed of the group then runs with it and is
+evaluated on test. The test split never enters the choice.
+
+`search: grid` trains every candidate (every combination of the axes' lists); `search: optuna`
+samples `trials` candidates per group with Optuna's TPE sampler, prunes hopeless ones on their
+mid-training validation loss, and keeps each study in runs/<grid>/tuning.db so an interrupted
+search resumes where it stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from medpeft.config import ExperimentConfig, TuneConfig, config_from_dict, set_dotted
+from medpeft.errors import ConfigError
+from medpeft.plan import RunPlan, plan_runs, resolve_config, task_spec
+from medpeft.registry import METHODS
+from medpeft.run.metrics import PRIMARY_METRIC
+from medpeft.run.record import RunResult, read_result
+
+OPTUNA_HINT = "search: optuna needs the optuna package: .venv/bin/pip install 'medpeft[tune]' (or pip install optuna)"
+
+
+@dataclass
+class Group:
+    """The runs of a grid that differ only in their seed, and what they are tuned over."""
+
+    key: str  # task.model.method.<digest>: names the group's trials and its Optuna study
+    runs: list[ExperimentConfig]  # every seed, resolved, in grid order
+    space: dict  # axis -> candidates (a list) or a range {low, high, log}; "auto" resolved for the method
+
+    @property
+    def first(self) -> ExperimentConfig:
+        return self.runs[0]
+
+
+# --- groups and candidates ---------------------------------------------------------------------
+
+def group_key(cfg: ExperimentConfig, tuned: list[str]) -> str:
+    """The run's settings minus its seed and the tuned axes, hashed."""
+    settings = cfg.to_dict()
+    settings.pop("seed")
+    for axis in tuned:
+        parent, _, leaf = axis.rpartition(".")
+        settings.get(parent, {}).pop(leaf, None)
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{cfg.task}.{cfg.model.strip('/').replace('/', '--')}.{cfg.method}.{digest}"
+
+
+def method_space(tune: TuneConfig, method: str) -> dict:
+    """The tune space with `train.lr: auto` replaced by the method's learning-rate candidates (for
+    Optuna: the log range they span)."""
+    resolved = {}
+    for axis, values in tune.space.items():
+        if values == "auto":
+            values = list(METHODS[method].lr_candidates)
+            if not values:
+                raise ConfigError(f"tune: train.lr: auto has no candidates for method {method!r}; list them (train.lr: [...])")
+            if tune.search == "optuna":
+                values = {"low": min(values), "high": max(values), "log": True}
+        resolved[axis] = values
+    return resolved
+
+
+def tuning_groups(configs: list[ExperimentConfig], tune: TuneConfig) -> list[Group]:
+    """The grid's trained runs grouped for tuning (the untrained baselines have nothing to tune)."""
+    groups: dict[str, Group] = {}
+    for cfg in configs:
+        if METHODS[cfg.method].trains:
+            key = group_key(cfg, list(tune.space))
+            groups.setdefault(key, Group(key, [], method_space(tune, cfg.method))).runs.append(cfg)
+    return list(groups.values())
+
+
+def grid_candidates(space: dict) -> list[dict]:
+    """Every combination of the axes' candidate lists, in the order written."""
+    axes = list(space)
+    return [dict(zip(axes, combo)) for combo in itertools.product(*(space[a] for a in axes))]
+
+
+def with_values(cfg: ExperimentConfig, values: dict, tuning: dict) -> ExperimentConfig:
+    """`cfg` with the tuned axes set to `values` and its tuning record, resolved again."""
+    raw = cfg.to_dict()
+    for axis, value in values.items():
+        set_dotted(raw, axis, value)
+    raw["tuning"] = tuning
+    new = config_from_dict(raw)
+    new.variant = dict(cfg.variant)
+    return resolve_config(new)
+
+
+def metric_name(tune: TuneConfig, task_type: str) -> str:
+    return "val_loss" if tune.metric == "loss" else PRIMARY_METRIC[task_type]
+
+
+def trial_config(group: Group, values: dict, metric: str) -> ExperimentConfig:
+    return with_values(group.first, values, {"role": "trial", "group": group.key, "metric": metric, "values": values})
+
+
+def trial_score(result: RunResult | None, metric: str) -> float | None:
+    """A finished trial's validation score, higher is better (the loss is negated); None if it failed."""
+    if result is None or not result.ok:
+        return None
+    if metric == "val_loss":
+        loss = result.training.get("val_loss")
+        return None if loss is None else -loss
+    return result.metrics.get(metric)
+
+
+def choose(candidates: list[dict], scores: list[float | None]) -> dict | None:
+    """The best-scoring candidate; a tie goes to the earlier one. None when every trial failed."""
+    best = None
+    for values, score in zip(candidates, scores):
+        if score is not None and (best is None or score > best[1]):
+            best = (values, score)
+    return None if best is None else best[0]
+
+
+def final_configs(group: Group, chosen: dict, tune: TuneConfig, metric: str) -> list[ExperimentConfig]:
+    """Every seed of the group with the chosen values, recording what they were chosen from."""
+    over = {"search": tune.search, "metric": metric, "space": group.space,
+            **({"trials": tune.trials} if tune.search == "optuna" else {})}
+    record = {"role": "final", "group": group.key, "chosen": chosen, "over": over}
+    return [with_values(cfg, chosen, record) for cfg in group.runs]
+
+
+# --- running -------------------------------------------------------------------------------------
+
+RunPlans = Callable[..., list[RunResult]]  # run_plans(plans, on_validation=None) -> results, in order
+
+
+def tune_grid(configs: list[ExperimentConfig], tune: TuneConfig, grid_dir: Path, online: bool,
+              run_plans: RunPlans, log=print) -> tuple[list[ExperimentConfig], list[RunResult]]:
+    """Tune every group; return the grid's final configs (baselines untouched) and the failed results
+    of groups whose every trial failed (one per seed, for the caller to record)."""
+    groups = tuning_groups(configs, tune)
+    if tune.search == "optuna":
+        require_optuna()
+    metrics = [metric_name(tune, task_spec(g.first).type) for g in groups]
+    # Every check before any training: each group's plan (model, data, a validation split), and for
+    # grid search every candidate's settings (an optuna range is checked at its low end).
+    trials = [[trial_config(g, v, m) for v in (grid_candidates(g.space) if tune.search == "grid" else [first_values(g)])]
+              for g, m in zip(groups, metrics)]
+    base_plans = plan_runs([t[0] for t in trials], online)
+    finals, failed = [c for c in configs if not METHODS[c.method].trains], []
+    for group, metric, configs_of_group, base in zip(groups, metrics, trials, base_plans):
+        if tune.search == "optuna":
+            chosen = optuna_search(group, base, tune, metric, grid_dir, run_plans, log)
+        else:
+            chosen = grid_search(group, [trial_plan(base, c) for c in configs_of_group], metric, grid_dir, run_plans, log)
+        if chosen is None:
+            failed += [RunResult.failed(cfg, cfg.variant, RuntimeError(
+                f"every tuning trial of group {group.key} failed; see their result.json files (tuning_trial: true)"))
+                for cfg in group.runs]
+            log(f"tuning {group.key}: every trial failed; its {len(group.runs)} run(s) are recorded as failed")
+            continue
+        log(f"tuning {group.key}: chose {format_values(chosen)} by validation {metric}")
+        finals += final_configs(group, chosen, tune, metric)
+    return finals, failed
+
+
+def first_values(group: Group) -> dict:
+    """One candidate of the group (the first of each list, or a range's low end), to check its plan."""
+    return {axis: (v["low"] if isinstance(v, dict) else v[0]) for axis, v in group.space.items()}
+
+
+def format_values(values: dict) -> str:
+    return ", ".join(f"{axis}={value:g}" if isinstance(value, float) else f"{axis}={value}" for axis, value in values.items())
+
+
+def trial_plan(base: RunPlan, cfg: ExperimentConfig) -> RunPlan:
+    """A trial's plan: the group's checked plan (model, task data, kind) with the trial's settings."""
+    return dataclasses.replace(base, config=cfg, method=METHODS[cfg.method])
+
+
+def grid_search(group: Group, plans: list[RunPlan], metric: str, grid_dir: Path, run_plans: RunPlans, log):
+    """Train every candidate (finished trials are skipped) and choose the best."""
+    log(f"tuning {group.key}: {len(plans)} candidate(s) of {', '.join(group.space)}, scored on validation {metric}")
+    run_plans(plans)
+    scores = [trial_score(read_result(grid_dir / p.run_id), metric) for p in plans]
+    return choose([p.config.tuning["values"] for p in plans], scores)
+
+
+def require_optuna():
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise ConfigError(OPTUNA_HINT) from None
+
+
+def optuna_distributions(space: dict) -> dict:
+    """Optuna distributions of a tune space: a list is categorical, {low, high, log} a float or int range."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    dists = {}
+    for axis, values in space.items():
+        if isinstance(values, dict):
+            low, high, log = values["low"], values["high"], bool(values.get("log", False))
+            whole = all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high))
+            dists[axis] = IntDistribution(low, high, log=log) if whole else FloatDistribution(float(low), float(high), log=log)
+        else:
+            dists[axis] = CategoricalDistribution(values)
+    return dists
+
+
+def optuna_search(group: Group, base: RunPlan, tune: TuneConfig, metric: str, grid_dir: Path, run_plans: RunPlans, log):
+    """`tune.trials` TPE-sampled trials (counting those a previous, interrupted search finished), pruned
+    on their mid-training validation loss by a median rule; the best complete trial's values."""
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    grid_dir.mkdir(parents=True, exist_ok=True)
+    storage = f"sqlite:///{grid_dir / 'tuning.db'}"
+    study = optuna.create_study(study_name=group.key, storage=storage, load_if_exists=True, direction="maximize")
+    # Seeded by the group's seed and the trials already in the study: a resumed search continues the
+    # sequence instead of drawing its first candidates again.
+    study.sampler = optuna.samplers.TPESampler(seed=group.first.seed + len(study.trials))
+    study.pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # killed mid-trial
+        study.tell(stale.number, state=TrialState.FAIL)
+    dists = optuna_distributions(group.space)
+    done = sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("finished"))
+    log(f"tuning {group.key}: Optuna, {tune.trials} trials ({done} already done), scored on validation {metric}")
+    for _ in range(max(0, tune.trials - done)):
+        trial = study.ask(dists)
+        plan = trial_plan(base, trial_config(group, dict(trial.params), metric))
+        trial.set_user_attr("run_id", plan.run_id)
+        pruned = []
+
+        def report(step: int, loss: float) -> None:
+            trial.report(-loss, step)  # higher is better, as for the study's objective
+            if trial.should_prune():
+                pruned.append(step)
+                raise optuna.TrialPruned(f"pruned at step {step}: validation loss {loss:.4f} below the median of earlier trials")
+
+        result = run_plans([plan], on_validation=report)[0]
+        trial.set_user_attr("finished", True)
+        score = trial_score(result, metric)
+        if pruned:
+            study.tell(trial, state=TrialState.PRUNED)
+        elif score is None:
+            study.tell(trial, state=TrialState.FAIL)
+        else:
+            study.tell(trial, score)
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.params.keys() == dists.keys()]
+    return dict(study.best_trial.params) if complete else None

@@ -1,0 +1,302 @@
+"""Tuning (`tune:`): config, groups and candidates, the choice on validation only, resume (grid and
+Optuna), pruning, and the report's account of it."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from medpeft import grid as grid_module
+from medpeft import tune
+from medpeft.config import TuneConfig, expand_grid, parse_tune
+from medpeft.errors import ConfigError
+from medpeft.registry import METHODS
+from medpeft.run import execute
+from medpeft.run.record import RunResult, Status, load_results
+
+BASE = {"task": "pubmed-rct", "model": "tiny-bert",
+        "data": {"train_size": 16, "val_size": 8, "test_size": 8, "max_source_tokens": 32},
+        "train": {"max_steps": 3, "batch_size": 4, "eval_batch_size": 8}}
+
+
+def tuned_grid(name="tuned", methods=("lora",), seeds=(0,), tune_block=None, **base):
+    spec = {"base": {**BASE, **base}, "grid": {"method": list(methods), "seed": list(seeds)},
+            "tune": tune_block if tune_block is not None else {"train.lr": [1.0e-4, 1.0e-2]}}
+    return expand_grid(spec, name=name)
+
+
+# --- the tune: block ------------------------------------------------------------------------------
+
+def test_tune_auto_is_the_methods_learning_rate_range():
+    cfg = parse_tune("auto", "g.yaml")
+    assert cfg.space == {"train.lr": "auto"} and cfg.search == "grid" and cfg.metric == "primary"
+    assert tune.method_space(cfg, "lora")["train.lr"] == list(METHODS["lora"].lr_candidates)
+    optuna_cfg = parse_tune({"search": "optuna", "trials": 5}, "g.yaml")
+    assert optuna_cfg.space == {"train.lr": "auto"}
+    lo, hi = min(METHODS["full"].lr_candidates), max(METHODS["full"].lr_candidates)
+    assert tune.method_space(optuna_cfg, "full")["train.lr"] == {"low": lo, "high": hi, "log": True}
+
+
+def test_every_trainable_method_has_an_auto_range_spanning_its_default():
+    for name, spec in METHODS.items():
+        if spec.trains:
+            assert len(spec.lr_candidates) >= 3, name
+            assert min(spec.lr_candidates) <= spec.default_lr * 3 and max(spec.lr_candidates) >= spec.default_lr, name
+
+
+@pytest.mark.parametrize("block, message", [
+    ({"data.train_size": [8, 16]}, "cannot tune 'data.train_size'"),
+    ({"seed": [0, 1]}, "cannot tune 'seed'"),
+    ({"train.lr": {"low": 1e-4, "high": 1e-2}}, "needs search: optuna"),
+    ({"search": "optuna", "train.lr": {"low": 1e-2, "high": 1e-4}}, "low must be below high"),
+    ({"method_args.r": "auto"}, "auto is a learning-rate range"),
+    ({"train.lr": []}, "non-empty list"),
+    ({"metric": "accuracy"}, "tune.metric must be primary"),
+    ({"search": "random"}, "tune.search must be grid or optuna"),
+    ("sometimes", "tune must be auto or a mapping"),
+])
+def test_bad_tune_blocks_are_clear_errors(block, message):
+    with pytest.raises(ConfigError, match=message):
+        expand_grid({"base": BASE | {"method": "lora"}, "tune": block}, name="g")
+
+
+def test_tuned_axes_are_not_variants_and_groups_ignore_them():
+    spec = {"base": {**BASE}, "grid": [{"method": "lora", "train.lr": 1e-3, "seed": [0, 1]},
+                                     {"method": "full", "train.lr": 1e-4, "seed": [0, 1]}],
+            "tune": {"train.lr": [1e-4, 1e-3]}}
+    grid = expand_grid(spec, name="g")
+    assert all(cfg.variant == {} for cfg in grid.runs)
+    groups = tune.tuning_groups(grid_module.grid_configs(grid), grid.tune)
+    assert [(g.first.method, len(g.runs)) for g in groups] == [("lora", 2), ("full", 2)]  # the baseline is not tuned
+    assert tune.grid_candidates({"train.lr": [1, 2], "method_args.r": [4, 8]}) == [
+        {"train.lr": 1, "method_args.r": 4}, {"train.lr": 1, "method_args.r": 8},
+        {"train.lr": 2, "method_args.r": 4}, {"train.lr": 2, "method_args.r": 8}]
+
+
+def test_choose_takes_the_best_and_the_first_of_a_tie_and_skips_failures():
+    cands = [{"x": 1}, {"x": 2}, {"x": 3}, {"x": 4}]
+    assert tune.choose(cands, [0.5, None, 0.7, 0.7]) == {"x": 3}
+    assert tune.choose(cands, [None] * 4) is None
+    ok = RunResult(run_id="r", status=Status.OK, task="t", model="m", method="lora", seed=0, config={},
+                   metrics={"accuracy": 0.6}, training={"val_loss": 0.25})
+    assert tune.trial_score(ok, "accuracy") == 0.6 and tune.trial_score(ok, "val_loss") == -0.25
+
+
+def test_tuning_without_a_validation_split_says_which_key_to_raise(tmp_path, assets_ready):
+    grid = tuned_grid(data={**BASE["data"], "val_size": 0})
+    with pytest.raises(ConfigError, match=r"data.val_size is 0\); raise data.val_size"):
+        grid_module.run_grid(grid, tmp_path, log=lambda *a: None)
+    assert not any(tmp_path.rglob("result.json"))  # nothing trained
+
+
+# --- real tiny runs -----------------------------------------------------------------------------
+
+def scramble_test_labels(monkeypatch):
+    """Every test example gets another label; train and validation are untouched."""
+    from medpeft import plan
+
+    real = plan.load_data
+
+    def scrambled(spec, cfg, online):
+        data = real(spec, cfg, online)
+        labels = data.labels
+        data.splits["test"] = [dict(ex, target=labels[(labels.index(ex["target"]) + 1) % len(labels)])
+                               for ex in data.splits["test"]]
+        return data
+
+    monkeypatch.setattr(plan, "load_data", scrambled)
+
+
+def trial_scores(grid_dir):
+    return {r.run_id: (r.metrics, r.training["val_loss"]) for r in load_results(grid_dir) if r.tuning_trial}
+
+
+def test_the_choice_never_sees_the_test_labels(tmp_path, monkeypatch, assets_ready):
+    grid = tuned_grid(methods=("lora", "full"), tune_block={"train.lr": [1.0e-5, 3.0e-3]})
+    clean = grid_module.run_grid(grid, tmp_path / "clean", log=lambda *a: None)
+    scramble_test_labels(monkeypatch)
+    scrambled = grid_module.run_grid(grid, tmp_path / "scrambled", log=lambda *a: None)
+
+    assert trial_scores(clean) == trial_scores(scrambled) and len(trial_scores(clean)) == 4
+    finals = {d: {r.method: r for r in load_results(d) if not r.tuning_trial and r.method != "untrained"}
+              for d in (clean, scrambled)}
+    for method in ("lora", "full"):
+        a, b = finals[clean][method], finals[scrambled][method]
+        assert a.config["tuning"]["chosen"] == b.config["tuning"]["chosen"]
+        assert a.config["train"]["lr"] == b.config["train"]["lr"] == a.config["tuning"]["chosen"]["train.lr"]
+        assert a.config["tuning"]["over"]["space"] == {"train.lr": [1.0e-5, 3.0e-3]}
+        assert a.metrics["accuracy"] != b.metrics["accuracy"] or a.metrics["accuracy"] == 0  # the scramble reached test
+    trial = next(r for r in load_results(clean) if r.tuning_trial)
+    raw = json.loads((clean / trial.run_id / "result.json").read_text())
+    assert raw["tuning_trial"] is True and raw["evaluated_on"] == "validation"
+    assert raw["data"]["validation"]["examples"] == 8 and "test" not in raw["data"]
+
+
+def test_tuned_report_has_a_tuning_section_and_no_trial_rows(tmp_path, assets_ready):
+    from medpeft.report.build import build_report
+
+    grid_dir = grid_module.run_grid(tuned_grid(), tmp_path, log=lambda *a: None)
+    paths = build_report(grid_dir, n_resamples=50)
+    md = paths["md"].read_text()
+    assert "### Tuning" in md and "Tuned on validation data" in md and "fixed learning rate" not in md
+    table = md.split("### Main table")[1].split("###")[0]
+    assert table.count("| tiny-bert |") == 2  # baseline and the tuned lora: no trial rows
+    assert (grid_dir / "report-pubmed-rct-tuning.png").is_file()
+    summary = (grid_dir / "summary.md").read_text()
+    assert summary.count("| tiny-bert |") == 2
+
+
+def test_untuned_report_warns_that_learning_rates_were_fixed(tmp_path, assets_ready):
+    from medpeft.report.build import build_report
+
+    spec = {"base": {**BASE, "method": "lora"}}
+    grid_dir = grid_module.run_grid(expand_grid(spec, name="plain"), tmp_path, log=lambda *a: None)
+    md = build_report(grid_dir, n_resamples=50)["md"].read_text()
+    assert "each method ran at a fixed learning rate; add a tune: block to compare fairly" in md.lower()
+    assert "### Tuning" not in md
+
+
+def test_interrupted_grid_tuning_resumes_without_retraining(tmp_path, monkeypatch, assets_ready):
+    real = execute.run_experiment
+    calls = []
+
+    def interrupted(plan, run_dir, **kw):
+        if (plan.config.tuning or {}).get("role") == "trial" and len([c for c in calls if c[0] == "trial"]) == 1:
+            raise KeyboardInterrupt  # killed during the second trial
+        calls.append(((plan.config.tuning or {}).get("role", "run"), plan.run_id))
+        return real(plan, run_dir, **kw)
+
+    monkeypatch.setattr(execute, "run_experiment", interrupted)
+    grid = tuned_grid()
+    with pytest.raises(KeyboardInterrupt):
+        grid_module.run_grid(grid, tmp_path, log=lambda *a: None)
+    first_trial = calls[0][1]
+
+    calls.clear()
+    monkeypatch.setattr(execute, "run_experiment", lambda plan, run_dir, **kw: (
+        calls.append(((plan.config.tuning or {}).get("role", "run"), plan.run_id)), real(plan, run_dir, **kw))[1])
+    grid_dir = grid_module.run_grid(grid, tmp_path, log=lambda *a: None)
+    assert first_trial not in [run_id for _, run_id in calls]  # the finished trial was not trained again
+    assert sorted(role for role, _ in calls) == ["final", "run", "trial"]  # the other trial, the final, the baseline
+    assert sum(r.tuning_trial for r in load_results(grid_dir)) == 2
+
+
+def test_time_budget_stops_training(tmp_path, assets_ready):
+    from helpers import run_config
+    from medpeft.config import config_from_dict
+
+    raw = {**BASE, "method": "full", "train": {"max_steps": 100_000, "batch_size": 4, "time_budget_s": 1.5}}
+    cfg = config_from_dict(raw)
+    result = run_config(cfg, tmp_path / cfg.run_id)
+    assert result.training["stopped_by_time_budget"] is True
+    assert 0 < result.training["steps"] < result.training["planned_steps"] == 100_000
+    assert result.ok and result.metrics["accuracy"] is not None
+    unset = config_from_dict({**BASE, "method": "full"})
+    assert "time_budget_s" not in unset.to_dict()["train"]  # unset, it leaves older run ids as they were
+
+
+# --- Optuna (a fake run: the search logic, not the training, is under test) -----------------------
+
+def fake_runs(monkeypatch, calls, losses=None):
+    """Runs that score each trial by how close log10(lr) is to -3 and report falling validation losses."""
+
+    def fake(plan, run_dir, on_validation=None):
+        lr = plan.config.train.lr
+        calls.append(plan.run_id)
+        score = 1.0 - abs(math.log10(lr) + 3.0) / 3.0
+        if on_validation is not None:
+            for step in range(1, 5):
+                on_validation(step, (losses or {}).get(step, 2.0 - score) + 0.1 / step)
+        result = RunResult.succeeded(plan.config, plan.config.variant, task_type="classification",
+                                     metrics={"accuracy": score}, training={"val_loss": 2.0 - score},
+                                     efficiency={"trainable_pct": 1.0}, evaluated_on="validation")
+        result.write(run_dir)
+        return result
+
+    monkeypatch.setattr(execute, "run_experiment", fake)
+
+
+OPTUNA_BLOCK = {"search": "optuna", "trials": 6, "train.lr": {"low": 1.0e-5, "high": 1.0e-1, "log": True}}
+
+
+def test_optuna_search_chooses_on_validation_and_records_the_study(tmp_path, monkeypatch, assets_ready):
+    pytest.importorskip("optuna")
+    import optuna
+
+    calls = []
+    fake_runs(monkeypatch, calls)
+    grid_dir = grid_module.run_grid(tuned_grid(tune_block=OPTUNA_BLOCK), tmp_path, log=lambda *a: None)
+    study = optuna.load_study(study_name=optuna.get_all_study_names(f"sqlite:///{grid_dir / 'tuning.db'}")[0],
+                              storage=f"sqlite:///{grid_dir / 'tuning.db'}")
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert len(finished) == 6
+    final = next(r for r in load_results(grid_dir) if not r.tuning_trial and r.method == "lora")
+    assert final.config["train"]["lr"] == pytest.approx(study.best_params["train.lr"])
+    assert final.config["tuning"]["over"]["search"] == "optuna" and final.config["tuning"]["over"]["trials"] == 6
+
+
+def test_interrupted_optuna_search_resumes_where_it_stopped(tmp_path, monkeypatch, assets_ready):
+    pytest.importorskip("optuna")
+    calls = []
+    fake_runs(monkeypatch, calls)
+    real = execute.run_experiment
+
+    def dies_on_the_fourth(plan, run_dir, **kw):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(plan, run_dir, **kw)
+
+    monkeypatch.setattr(execute, "run_experiment", dies_on_the_fourth)
+    grid = tuned_grid(tune_block=OPTUNA_BLOCK)
+    with pytest.raises(KeyboardInterrupt):
+        grid_module.run_grid(grid, tmp_path, log=lambda *a: None)
+    assert len(calls) == 3
+    monkeypatch.setattr(execute, "run_experiment", real)
+    logs = []
+    grid_module.run_grid(grid, tmp_path, log=logs.append)
+    assert any("(3 already done)" in line for line in logs)
+    trials = [c for c in calls if ".lora." in c]
+    assert len(trials) == 3 + 3 + 1  # three before the kill, three after, then the final run
+
+
+def test_optuna_prunes_a_trial_whose_validation_loss_is_hopeless(tmp_path, monkeypatch, assets_ready):
+    pytest.importorskip("optuna")
+    calls = []
+    fake_runs(monkeypatch, calls)
+    real = execute.run_experiment
+    count = []
+
+    def worse_after_two(plan, run_dir, on_validation=None):
+        count.append(1)
+        if on_validation is not None and len(count) > 2:  # every later trial reports a terrible loss
+            def hopeless(step, loss):
+                on_validation(step, 50.0)
+            return real(plan, run_dir, on_validation=hopeless)
+        return real(plan, run_dir, on_validation=on_validation)
+
+    monkeypatch.setattr(execute, "run_experiment", worse_after_two)
+    block = dict(OPTUNA_BLOCK, trials=4)
+    grid_dir = grid_module.run_grid(tuned_grid(tune_block=block), tmp_path, log=lambda *a: None)
+    trials = [r for r in load_results(grid_dir) if r.tuning_trial or "TrialPruned" in (r.error or "")]
+    pruned = [r for r in trials if "TrialPruned" in (r.error or "")]
+    assert len(pruned) == 2 and all("pruned at step" in r.error for r in pruned)
+    md = (grid_dir / "report.md").read_text()
+    assert "TrialPruned" not in md.split("### Tuning")[0]  # a pruned trial is no failure of the grid
+    assert md.count("failed: TrialPruned") == 2  # it is listed with the candidates
+
+
+def test_optuna_missing_is_a_clear_error(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_optuna(name, *args, **kwargs):
+        if name == "optuna" or name.startswith("optuna."):
+            raise ImportError("No module named 'optuna'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_optuna)
+    with pytest.raises(ConfigError, match=r"pip install 'medpeft\[tune\]'"):
+        tune.require_optuna()
+    assert TuneConfig(space={"train.lr": [1e-3]}).search == "grid"  # grid search needs no optuna
