@@ -67,11 +67,26 @@ def test_tuned_axes_are_not_variants_and_groups_ignore_them():
             "tune": {"train.lr": [1e-4, 1e-3]}}
     grid = expand_grid(spec, name="g")
     assert all(cfg.variant == {} for cfg in grid.runs)
-    groups = tune.tuning_groups(grid_module.grid_configs(grid), grid.tune)
+    groups = tune.tuning_groups(grid_module.grid_configs(grid))
     assert [(g.first.method, len(g.runs)) for g in groups] == [("lora", 2), ("full", 2)]  # the baseline is not tuned
     assert tune.grid_candidates({"train.lr": [1, 2], "method_args.r": [4, 8]}) == [
         {"train.lr": 1, "method_args.r": 4}, {"train.lr": 1, "method_args.r": 8},
         {"train.lr": 2, "method_args.r": 4}, {"train.lr": 2, "method_args.r": 8}]
+
+
+def test_a_block_tune_replaces_the_grids_and_false_leaves_the_block_untuned():
+    spec = {"base": {**BASE}, "tune": {"train.lr": [1e-4, 1e-3]},
+            "grid": [{"method": "lora", "train.lr": 1e-3, "tune": False},
+                     {"method": "ia3", "tune": {"train.lr": [1e-2, 3e-2], "metric": "loss"}},
+                     {"method": "full"}]}
+    grid = expand_grid(spec, name="g")
+    assert grid.tuned and grid.runs[0].tune is None and grid.runs[0].variant == {"train.lr": 1e-3}
+    groups = tune.tuning_groups(grid_module.grid_configs(grid))
+    assert [(g.first.method, g.space, g.tune.metric) for g in groups] == [
+        ("ia3", {"train.lr": [1e-2, 3e-2]}, "loss"), ("full", {"train.lr": [1e-4, 1e-3]}, "primary")]
+    assert not expand_grid({"base": {**BASE}, "grid": [{"method": "lora", "tune": False}]}, name="g").tuned
+    with pytest.raises(ConfigError, match="grid block"):
+        expand_grid({"base": {**BASE}, "grid": [{"method": "lora", "tune": 3}]}, name="g")
 
 
 def test_choose_takes_the_best_and_the_first_of_a_tie_and_skips_failures():

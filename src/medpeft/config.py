@@ -156,6 +156,8 @@ class ExperimentConfig:
     # The grid axes that set this run ({"method_args.r": 4}), recorded at expansion so the report keeps
     # a sweep's variants apart without guessing. Not a setting and not part of the run's identity.
     variant: dict = field(default_factory=dict, init=False, compare=False, repr=False)
+    # The grid's (or this run's block's) tune: block; set at expansion, like variant not part of the identity.
+    tune: TuneConfig | None = field(default=None, init=False, compare=False, repr=False)
 
     def __post_init__(self):
         if isinstance(self.train, dict):
@@ -186,6 +188,7 @@ class ExperimentConfig:
         """The settings as plain data (what result.json stores as `config`)."""
         data = dataclasses.asdict(self)
         data.pop("variant")
+        data.pop("tune")
         for optional in ("fingerprint", "bertscore", "forgetting", "tuning"):  # unset, they leave the run id as it was without them
             if data[optional] is None:
                 data.pop(optional)
@@ -376,12 +379,15 @@ def parse_tune(value, source: str) -> TuneConfig | None:
 
 @dataclass
 class Grid:
-    """An expanded grid: its name (the runs/ sub-folder), one config per run (each with its variant) and
-    its tuning, if any."""
+    """An expanded grid: its name (the runs/ sub-folder) and one config per run, each with its variant
+    and its tune: block, if any."""
 
     name: str
     runs: list[ExperimentConfig]
-    tune: TuneConfig | None = None
+
+    @property
+    def tuned(self) -> bool:
+        return any(cfg.tune is not None for cfg in self.runs)
 
 
 GRID_KEYS = ("name", "description", "base", "grid", "tune")
@@ -407,9 +413,13 @@ def expand_grid(spec: dict, name: str, overrides=(), source: str = "grid") -> Gr
     blocks = spec.get("grid") or [{}]
     blocks = blocks if isinstance(blocks, list) else [blocks]
     pairs = [parse_override(o) for o in overrides]
-    tune = parse_tune(spec.get("tune"), source)
+    top_tune = parse_tune(spec.get("tune"), source)
     runs, seen = [], set()
     for block in blocks:
+        tune = top_tune
+        if isinstance(block, dict) and "tune" in block:  # a block's own tune: (false: not tuned) replaces the grid's
+            block = dict(block)
+            tune = parse_tune(block.pop("tune"), f"{source}: grid block {block}")
         for raw, variant in expand_block(base, block):
             for key, value in pairs:
                 set_dotted(raw, key, value)
@@ -417,11 +427,11 @@ def expand_grid(spec: dict, name: str, overrides=(), source: str = "grid") -> Gr
             for key in tune.space if tune else ():  # chosen by tuning: not a variant of its own
                 variant.pop(key, None)
             cfg = config_from_dict(raw)
-            cfg.variant = variant
+            cfg.variant, cfg.tune = variant, tune
             if cfg.run_id not in seen:
                 seen.add(cfg.run_id)
                 runs.append(cfg)
-    return Grid(name=name, runs=runs, tune=tune)
+    return Grid(name=name, runs=runs)
 
 
 def config_from_dict(raw: dict) -> ExperimentConfig:

@@ -64,14 +64,14 @@ def run_grid(grid: Grid, runs_dir: Path, *, online: bool = False, shard: tuple[i
     grid_dir = Path(runs_dir) / grid.name
     log = log if is_main_process() else (lambda *_: None)
     part = f" shard {shard[0]}/{shard[1]}" if shard else ""
-    configs = grid_configs(grid, None if grid.tune else shard)
-    if grid.tune:
+    configs = grid_configs(grid, None if grid.tuned else shard)
+    if grid.tuned:
         from medpeft.tune import tune_grid
 
         def run_trials(plans, on_validation=None):
             return run_plans(plans, grid_dir, log, "tuning trials", on_validation)
 
-        configs, failed = tune_grid(configs, grid.tune, grid_dir, online, run_trials, log)
+        configs, failed = tune_grid(configs, grid_dir, online, run_trials, log)
         for result in failed if is_main_process() else ():
             result.write(grid_dir / result.run_id)
         configs = select_shard(configs, shard)

@@ -78,7 +78,7 @@ def resolve_config(cfg: ExperimentConfig) -> ExperimentConfig:
     if train.lr is None:
         train.lr = METHODS[cfg.method].default_lr  # set, not validated: the untrained baseline's is 0
     resolved = dataclasses.replace(cfg, train=train, fingerprint=content_fingerprint(cfg))
-    resolved.variant = dict(cfg.variant)  # not a constructor field: carried over by hand
+    resolved.variant, resolved.tune = dict(cfg.variant), cfg.tune  # not constructor fields: carried over by hand
     return resolved
 
 

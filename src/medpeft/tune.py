@@ -38,6 +38,7 @@ class Group:
     key: str  # task.model.method.<digest>: names the group's trials and its Optuna study
     runs: list[ExperimentConfig]  # every seed, resolved, in grid order
     space: dict  # axis -> candidates (a list) or a range {low, high, log}; "auto" resolved for the method
+    tune: TuneConfig  # the grid's (or the group's block's) tune: block
 
     @property
     def first(self) -> ExperimentConfig:
@@ -72,13 +73,13 @@ def method_space(tune: TuneConfig, method: str) -> dict:
     return resolved
 
 
-def tuning_groups(configs: list[ExperimentConfig], tune: TuneConfig) -> list[Group]:
-    """The grid's trained runs grouped for tuning (the untrained baselines have nothing to tune)."""
+def tuning_groups(configs: list[ExperimentConfig]) -> list[Group]:
+    """The grid's tuned runs grouped for tuning (the untrained baselines have nothing to tune)."""
     groups: dict[str, Group] = {}
     for cfg in configs:
-        if METHODS[cfg.method].trains:
-            key = group_key(cfg, list(tune.space))
-            groups.setdefault(key, Group(key, [], method_space(tune, cfg.method))).runs.append(cfg)
+        if cfg.tune is not None and METHODS[cfg.method].trains:
+            key = group_key(cfg, list(cfg.tune.space))
+            groups.setdefault(key, Group(key, [], method_space(cfg.tune, cfg.method), cfg.tune)).runs.append(cfg)
     return list(groups.values())
 
 
@@ -139,21 +140,24 @@ def final_configs(group: Group, chosen: dict, tune: TuneConfig, metric: str) -> 
 RunPlans = Callable[..., list[RunResult]]  # run_plans(plans, on_validation=None) -> results, in order
 
 
-def tune_grid(configs: list[ExperimentConfig], tune: TuneConfig, grid_dir: Path, online: bool,
+def tune_grid(configs: list[ExperimentConfig], grid_dir: Path, online: bool,
               run_plans: RunPlans, log=print) -> tuple[list[ExperimentConfig], list[RunResult]]:
-    """Tune every group; return the grid's final configs (baselines untouched) and the failed results
-    of groups whose every trial failed (one per seed, for the caller to record)."""
-    groups = tuning_groups(configs, tune)
-    if tune.search == "optuna":
+    """Tune every group (runs with a tune: block); return the grid's final configs (untuned runs and
+    baselines untouched, in grid order) and the failed results of groups whose every trial failed
+    (one per seed, for the caller to record)."""
+    groups = tuning_groups(configs)
+    if any(g.tune.search == "optuna" for g in groups):
         require_optuna()
-    metrics = [metric_name(tune, task_spec(g.first).type) for g in groups]
+    metrics = [metric_name(g.tune, task_spec(g.first).type) for g in groups]
     # Every check before any training: each group's plan (model, data, a validation split), and for
     # grid search every candidate's settings (an optuna range is checked at its low end).
-    trials = [[trial_config(g, v, m) for v in (grid_candidates(g.space) if tune.search == "grid" else [first_values(g)])]
+    trials = [[trial_config(g, v, m) for v in (grid_candidates(g.space) if g.tune.search == "grid" else [first_values(g)])]
               for g, m in zip(groups, metrics)]
     base_plans = plan_runs([t[0] for t in trials], online)
-    finals, failed = [c for c in configs if not METHODS[c.method].trains], []
+    tuned = {cfg.run_id for g in groups for cfg in g.runs}
+    finals, failed = [c for c in configs if c.run_id not in tuned], []
     for group, metric, configs_of_group, base in zip(groups, metrics, trials, base_plans):
+        tune = group.tune
         if tune.search == "optuna":
             chosen = optuna_search(group, base, tune, metric, grid_dir, run_plans, log)
         else:
