@@ -129,3 +129,19 @@ def test_dry_run_checks_user_data_like_the_real_run(tmp_path, capsys, no_trainin
     assert err.startswith("medpeft: error: ") and f"{data}:5:" in err and "empty target" in err, err
     assert "Traceback" not in err and "nothing trained" not in out
     assert not runs_dir.exists()
+
+
+@pytest.mark.parametrize("command", [["predict", "--input", "in.csv", "--output", "out.jsonl"], ["export", "--out", "exported"]])
+def test_predict_and_export_on_a_folder_that_is_no_run_exit_2(tmp_path, capsys, command, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.csv").write_text("text\na note\n")
+    assert cli.main([command[0], str(tmp_path)] + command[1:]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("medpeft: error: ") and "no result.json" in err and "Traceback" not in err
+    assert not (tmp_path / "out.jsonl").exists() and not (tmp_path / "exported").exists()
+
+
+def test_export_dtype_is_checked_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["export", "runs/x/y", "--out", "z", "--dtype", "fp8"])
+    assert exit_info.value.code == 2 and "fp32" in capsys.readouterr().err

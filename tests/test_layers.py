@@ -20,7 +20,7 @@ RANKS = {  # by module (dotted, without "medpeft.") or by folder
     "methods": 2, "models": 2, "tasks": 2,
     "plan": 3,
     "run": 4, "report": 4,
-    "tune": 5,
+    "tune": 5, "use": 5,  # use/ reads run/ (encode, kinds, predict, record), so it sits above it
     "grid": 6, "pretrain": 6,
     "cli": 7, "__main__": 8,
 }

@@ -14,6 +14,9 @@ EPILOG = """examples:
   medpeft tasks                                       every task: type, source, sizes, labels or lengths, license
   medpeft tasks show pubmedqa                         two examples of a task
   medpeft fetch                                       download the pinned, hash-checked offline assets
+  medpeft predict runs/quick/RUN_ID --input notes.csv --output predictions.jsonl
+                                                      a finished run on new texts, as it predicted its test split
+  medpeft export runs/quick/RUN_ID --out winner --merge   the adapter merged into its base: a plain transformers folder
 """
 
 
@@ -39,11 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write report.html, report.md and report.tex for a grid's runs",
                             description="Read runs/<grid>/*/result.json and predictions.jsonl and write, next to the "
                                         "runs, summary.md and summary.csv (rewritten), report.html (one self-contained file), report.md, "
-                                        "report.tex (the main tables for a paper) and report-*.png. `medpeft run` does this at the end.")
+                                        "report.tex (the main tables for a paper) and report-*.png, and a model card (README.md) in every run's adapter/. "
+                                        "`medpeft run` does this at the end.")
     report.add_argument("grid_dir", help="a grid's run folder, e.g. runs/quick")
     report.add_argument("--resamples", type=int, default=2000, help="bootstrap / randomisation resamples (default 2000)")
     report.add_argument("--within", type=float, default=1.0, metavar="POINTS",
                         help="'cheapest within POINTS of the best' in the answer block (metric ×100; default 1)")
+    report.add_argument("--no-examples", action="store_true",
+                        help="a report to share: no source, reference or prediction text anywhere (no examples section)")
     pre = sub.add_parser("pretrain", help="continue pre-training a model on MEDLINE (masked-LM or causal-LM)",
                          description="Domain-adaptive pre-training: masked-LM for encoders, causal-LM for decoders, "
                                      "on the packaged MEDLINE abstracts minus every abstract that shares a sentence or "
@@ -72,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "data is a task too: task: {type, path, text_field, target_field} in a grid.")
     tasks.add_argument("action", nargs="?", choices=["show"], help="show: print two examples of task NAME")
     tasks.add_argument("name", nargs="?", help="a task name (with show)")
+    add_use_commands(sub)
     sub.add_parser("list", help="list registered models, methods and tasks",
                    description="List registered models (with their source), methods and tasks.")
     sub.add_parser("fetch", help="download and hash-check the pinned offline assets (models, data)",
@@ -79,6 +86,54 @@ def build_parser() -> argparse.ArgumentParser:
                                "~/.cache/medpeft). On an air-gapped machine, copy the wheels into a folder and "
                                "point $MEDPEFT_WHEELS at it instead.")
     return parser
+
+
+def add_use_commands(sub) -> None:
+    """`predict` and `export`: using a finished run (use/)."""
+    predict = sub.add_parser("predict", help="predict with finished runs on new texts (CSV or JSONL) -> JSONL",
+                             description="Run one or more finished runs on new texts exactly as each predicted its test "
+                                         "split (prompt format, truncation, label order, decoding). Writes one JSON line "
+                                         "per input: summarization the text, classification the label and every class's "
+                                         "probability, multi-label the labels and their probabilities, NER a tag per word. "
+                                         "With several runs, each gets its own field (its run id); peft runs on one base "
+                                         "share one loaded model. The input is checked before any model loads.")
+    predict.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a finished run's folder, runs/<grid>/<run_id>")
+    predict.add_argument("--input", required=True, help="a .csv or .jsonl file (UTF-8), one text per record")
+    predict.add_argument("--output", required=True, help="the JSONL file to write (replaced in one step when done)")
+    predict.add_argument("--text-field", help="the input's text column (default: the run's own text field, else text); "
+                                              "NER: a list of words, or a string split on whitespace")
+    predict.add_argument("--id-field", default="id", help="a column kept as each output line's id (default: id)")
+    predict.add_argument("--batch-size", type=int, help="texts per batch (default: the run's train.eval_batch_size)")
+    predict.add_argument("--online", action="store_true", help="allow a hub base model to be downloaded")
+    export = sub.add_parser("export", help="export a run's model as a folder to ship, with its model card",
+                            description="LoRA, DoRA and IA3 with --merge: the adapter merged into its base, a standalone "
+                                        "transformers folder with the tokenizer. Prompt-learning methods cannot merge: the "
+                                        "adapter, tokenizer and a pinned reference to the base. A full run: its whole model. "
+                                        "Every export gets the run's model card (README.md).")
+    export.add_argument("run_dir", metavar="RUN_DIR", help="a finished run's folder, runs/<grid>/<run_id>")
+    export.add_argument("--out", required=True, help="a new folder to write")
+    export.add_argument("--merge", action="store_true", help="merge a LoRA, DoRA or IA3 adapter into its base model")
+    export.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="weights' dtype (default: as the run saved them)")
+    export.add_argument("--online", action="store_true", help="allow a hub base model to be downloaded")
+
+
+def command_predict(args) -> int:
+    from medpeft.use.predict import predict_runs
+
+    done = predict_runs(args.run_dirs, args.input, args.output, text_field=args.text_field, id_field=args.id_field,
+                        batch_size=args.batch_size, online=args.online)
+    print("\n".join(done.lines()))
+    return 0
+
+
+def command_export(args) -> int:
+    from medpeft.use.export import export_run
+
+    done = export_run(args.run_dir, args.out, merge=args.merge, dtype=args.dtype, online=args.online)
+    for note in done.notes:
+        print(f"medpeft: note: {note}", file=sys.stderr)
+    print(f"exported ({done.kind}) to {done.out}")
+    return 0
 
 
 def command_run(args) -> int:
@@ -149,9 +204,14 @@ def command_report(args) -> int:
     if not Path(args.grid_dir).is_dir():
         print(f"medpeft: error: {args.grid_dir} is not a directory (expected a grid's runs, e.g. runs/quick)", file=sys.stderr)
         return 2
-    paths = build_report(args.grid_dir, n_resamples=args.resamples, within_points=args.within)
+    from medpeft.use.card import write_cards
+
+    paths = build_report(args.grid_dir, n_resamples=args.resamples, within_points=args.within, examples=not args.no_examples)
     for key in ("html", "md", "tex"):
         print(paths[key])
+    cards = write_cards(args.grid_dir)
+    if cards:
+        print(f"model cards: README.md in the adapter/ of {len(cards)} run(s)")
     return 0
 
 
@@ -185,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_libraries()
     handlers = {"pretrain": command_pretrain, "run": command_run, "report": command_report, "list": command_list, "fetch": command_fetch,
-                "tasks": command_tasks}
+                "tasks": command_tasks, "predict": command_predict, "export": command_export}
     try:
         return handlers[args.command](args)
     except MedpeftError as err:

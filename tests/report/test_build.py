@@ -161,3 +161,27 @@ def test_learning_curve_plots_score_against_training_examples(tmp_path, monkeypa
     assert x == [15, 63, 255]  # the training examples the runs recorded, not the setting
     assert y == pytest.approx([100 * (round(0.4 * 20) / 20), 100 * round(0.6 * 20) / 20, 100 * round(0.85 * 20) / 20], abs=1e-6)
     assert (err > 0).all()  # seed error bars
+
+
+def test_no_examples_report_holds_no_text_of_the_data(tmp_path):
+    """A report to share: not one source, reference or prediction string of any run appears in it."""
+    from pathlib import Path
+
+    grid_dir = write_demo_grid(tmp_path / "demo")
+    texts = set()
+    for pred_file in grid_dir.glob("*/predictions.jsonl"):
+        for line in pred_file.read_text().splitlines():
+            row = json.loads(line)
+            if "pubmed-rct" not in pred_file.parent.name:  # class names are labels, not patient text
+                texts |= {row["input"].strip(), row["reference"], row["prediction"]}
+            texts.add(row["input"].strip())
+
+    def leaked(paths):
+        written = "\n".join(Path(p).read_text() for p in paths)
+        return {t for t in texts if t in written}
+
+    outputs = lambda p: [p["html"], p["md"], p["tex"], grid_dir / "summary.md", grid_dir / "summary.csv"]  # noqa: E731
+    assert leaked(outputs(build_report(grid_dir, n_resamples=RESAMPLES)))  # the full report shows examples
+    shared = build_report(grid_dir, n_resamples=RESAMPLES, examples=False)
+    assert leaked(outputs(shared)) == set()
+    assert "--no-examples" in Path(shared["html"]).read_text()

@@ -92,6 +92,9 @@ def make_task_plots(frame, task: str, plot_dir: Path) -> list[tuple[str, Path, s
     return out
 
 
+NO_EXAMPLES = "Examples left out (medpeft report --no-examples): this report holds no source, reference or prediction text."
+
+
 def task_sections(task: str, frame, runs_by_id: dict, plot_dir: Path, opts: dict, trials: list = ()) -> dict:
     """One task's html, md and tex, its answer lines, and the plots it wrote."""
     comparisons = compare_task(frame, runs_by_id, opts["n_resamples"], opts["seed"])
@@ -113,7 +116,10 @@ def task_sections(task: str, frame, runs_by_id: dict, plot_dir: Path, opts: dict
     cmp_html, cmp_md = comparison_table(frame, comparisons)
     figures = make_task_plots(frame, task, plot_dir)
     confusion = plot_dir / f"report-{slug(task)}-confusion.png"
-    ex_html, ex_md = example_section(frame, runs_by_id, confusion)
+    if opts.get("examples", True) or frame["task_type"].iloc[0] == "classification":  # a confusion matrix holds no text
+        ex_html, ex_md = example_section(frame, runs_by_id, confusion)
+    else:
+        ex_html, ex_md = f"<p class='note'>{NO_EXAMPLES}</p>", f"{NO_EXAMPLES}\n"
 
     h = [f"<section id='{slug(task)}'><h2>{html.escape(heading)}</h2>",
          f"<div class='answer'><b>Answer first</b>{bullets_html(answer)}</div>",
@@ -167,10 +173,11 @@ def report_header(grid_dir: Path, runs: list[dict], frame, opts: dict) -> tuple[
 
 
 def build_report(grid_dir: Path, *, n_resamples: int = 2000, seed: int = 0, within_points: float = 1.0,
-                 on_summary=lambda text: None) -> dict:
-    """Write report.html, report.md, report.tex and report-*.png into grid_dir; return their paths."""
+                 examples: bool = True, on_summary=lambda text: None) -> dict:
+    """Write report.html, report.md, report.tex and report-*.png into grid_dir; return their paths.
+    `examples=False` leaves out every source, reference and prediction text (a report to share)."""
     grid_dir = Path(grid_dir)
-    opts = {"n_resamples": n_resamples, "seed": seed, "within_points": within_points}
+    opts = {"n_resamples": n_resamples, "seed": seed, "within_points": within_points, "examples": examples}
     runs, trials = split_trials(collect_runs(grid_dir))
     if trials:
         opts["trials_note"] = f" (and {len(trials)} tuning trials, scored on validation)"

@@ -65,7 +65,7 @@ def run_experiment(plan: RunPlan, run_dir: Path, on_validation=None) -> RunResul
         metrics=metrics, evaluation=evaluation, efficiency=efficiency(params, training, eval_seconds, adapter_dir, evaluation.get("forgetting")),
         training={k: training[k] for k in kept if k in training}, evaluated_on=split,
         data={"train": train_stats, split: test_stats, "validation_examples": len(val_rows), "warnings": warnings,
-              "prompt_format": prompt_format(tokenizer, kind.encode), **({"per_class": per_class} if per_class else {})},
+              "prompt_format": prompt_format(tokenizer, kind.encode), "instruction": task.instruction, **({"per_class": per_class} if per_class else {})},
         env=describe_env())
     if is_main_process():
         write_jsonl(run_dir / "predictions.jsonl", predictions)

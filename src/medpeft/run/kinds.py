@@ -111,21 +111,32 @@ def score_texts(test, texts, labels=None):
     return metrics, [{"prediction": t, "scores": s} for t, s in zip(texts, per_example)]
 
 
+LABEL_THRESHOLD = 0.5  # a multi-label label is predicted at this probability
+
+
+def predicted_class(probs, labels: list[str]) -> str:
+    return labels[int(probs.argmax())]
+
+
+def predicted_labels(probs, labels: list[str]) -> list[str]:
+    return [name for name, p in zip(labels, probs) if p >= LABEL_THRESHOLD]
+
+
 def score_classes(test, probs, labels):
     metrics = score_classification([labels.index(ex["target"]) for ex in test], probs, len(labels))
     rows = []
     for ex, p in zip(test, probs):
-        predicted = labels[int(p.argmax())]
+        predicted = predicted_class(p, labels)
         rows.append({"prediction": predicted, "correct": int(predicted == ex["target"]), "probs": rounded(p)})
     return metrics, rows
 
 
 def score_label_sets(test, probs, labels):
-    """A label is predicted when its probability is >= 0.5; `correct` is an exact match of the set."""
+    """A label is predicted when its probability is >= LABEL_THRESHOLD; `correct` is an exact match of the set."""
     metrics = score_multilabel([[int(name in ex["target"]) for name in labels] for ex in test], probs)
     rows = []
     for ex, p in zip(test, probs):
-        predicted = [name for name, q in zip(labels, p) if q >= 0.5]
+        predicted = predicted_labels(p, labels)
         rows.append({"prediction": predicted, "correct": int(sorted(predicted) == sorted(ex["target"])),
                      "probs": rounded(p), "counts": label_counts(set(ex["target"]), set(predicted))})
     return metrics, rows

@@ -1,0 +1,308 @@
+"""The model card: README.md in every run's adapter/ (replacing peft's empty template) and in every export.
+
+It has the Hugging Face metadata header (library_name, base_model, tags, metrics, license), then what a
+team needs to judge and use the model: base model, method and full config, parameters, task and data,
+test metrics with their spread over seeds, the grid's full fine-tuning and untrained rows, the exact
+prompt format, a loading snippet, versions, and limits. It is built from result.json and the task's
+description only, so it never holds training or test text.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from medpeft.errors import MedpeftError
+from medpeft.files import write_atomic
+from medpeft.registry import METHODS, MODELS, TASKS
+from medpeft.report.stats import std_or_nan, t_interval
+from medpeft.run.encode import ANSWER_CUE, ANSWER_CUE_FORMAT, CHAT_TEMPLATE, source_text
+from medpeft.run.kinds import decoding
+from medpeft.run.metrics import PRIMARY_METRIC, metric_label
+from medpeft.run.record import RunResult, load_results
+from medpeft.use.runs import TEXT_ONLY, FinishedRun, open_run, run_instruction
+
+log = logging.getLogger("medpeft")
+
+PIPELINE_TAGS = {"AutoModelForSeq2SeqLM": "text2text-generation", "AutoModelForCausalLM": "text-generation",
+                 "AutoModelForSequenceClassification": "text-classification",
+                 "AutoModelForTokenClassification": "token-classification"}
+SOURCES = {"packaged": "packaged offline with medpeft", "hub": "Hugging Face hub", "random": "tiny random test model"}
+PLACEHOLDER = "{text}"
+SMALL_TEST = 200  # test examples below which the card warns that one score is a rough estimate
+NOT_CLINICAL = "Not validated for clinical decisions."
+
+
+def write_card(run_dir, grid_results: list[RunResult] | None = None, *, folder=None, export: dict | None = None) -> Path:
+    """Write the run's card to `folder`/README.md (default adapter/); grid results add seeds and comparison rows."""
+    run = open_run(run_dir)
+    path = Path(folder or run.adapter_dir) / "README.md"
+    write_atomic(path, card_text(run, grid_results or [], export))
+    return path
+
+
+def write_cards(grid_dir) -> dict[str, Path]:
+    """A card in the adapter/ of every succeeded run of a grid (tuning trials and untrained runs have none)."""
+    results = load_results(Path(grid_dir))
+    written = {}
+    for result in results:
+        if not result.ok or result.tuning_trial or not (result.run_dir / "adapter").is_dir():
+            continue
+        try:  # a card is derived from the run: failing to write one never fails the grid
+            written[result.run_id] = write_card(result.run_dir, results)
+        except (MedpeftError, OSError, ValueError, KeyError) as err:
+            log.warning("model card of %s not written (%s: %s)", result.run_id, type(err).__name__, err)
+    return written
+
+
+def card_text(run: FinishedRun, grid: list[RunResult], export: dict | None) -> str:
+    r = run.result
+    primary = PRIMARY_METRIC.get(r.task_type)
+    score = f" Test {metric_label(primary)}: {points(r.metrics.get(primary))} (×100)." if primary in r.metrics else ""
+    title = (f"# {r.run_id}\n\n`{r.method}` on `{r.model}` for the task `{r.task}` ({r.task_type}), trained and "
+             f"evaluated with medpeft.{score}")
+    parts = [metadata(run, export), title, export_section(export), base_section(run), method_section(run),
+             data_section(run), metrics_section(run, grid), comparison_section(run, grid), prompt_section(run),
+             loading_section(run, export), versions_section(r), limits_section(run)]
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def base_identity(run: FinishedRun) -> tuple[str, str]:
+    """(hub id or name of the base model, its license) for the metadata header."""
+    model, path = run.config.model, run.result.model_path or ""
+    spec = MODELS.get(model)
+    if spec is not None and spec.hub_id:
+        return spec.hub_id, spec.license
+    if path.count("/") == 1 and not path.startswith((".", "/", "~")):
+        return path, "other"
+    return model, "other"
+
+
+def metadata(run: FinishedRun, export: dict | None) -> str:
+    plain = run.is_full or (export or {}).get("kind") == "merged"
+    base, license_ = base_identity(run)
+    meta = {"library_name": "transformers" if plain else "peft", "base_model": base, "license": license_}
+    if license_ == "other":
+        meta["license_name"] = "see-base-model-and-data"
+    meta["tags"] = ["medpeft", run.config.method, run.result.task, run.result.task_type, "medical"]
+    meta["metrics"] = list(run.result.metrics)
+    meta["pipeline_tag"] = PIPELINE_TAGS.get(run.kind.auto_class)
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---"
+
+
+def export_section(export: dict | None) -> str:
+    if not export:
+        return ""
+    what = {"merged": "the adapter merged into its base (peft `merge_and_unload`): a standalone transformers folder "
+                      "with the tokenizer; it loads without peft",
+            "adapter": "the peft adapter with the tokenizer and `base_model.json`, a pinned reference to its base "
+                       "model (a prompt-learning adapter adds soft tokens to every input and cannot be merged)",
+            "full": "the whole fine-tuned model (full fine-tuning) with its tokenizer"}[export["kind"]]
+    return f"## This export\n\n{what}; weights in {export.get('dtype') or 'the dtype the run saved'}."
+
+
+def base_section(run: FinishedRun) -> str:
+    model, path = run.config.model, run.result.model_path
+    spec = MODELS.get(model)
+    source = f"{spec.description} ({SOURCES.get(spec.source, spec.source)})" if spec else (
+        "a local model folder" if path and Path(path).is_absolute() else "a hub model")
+    lines = [f"- `{model}`: {source}", f"- loaded from: `{path}`"]
+    if spec is not None and spec.hub_id:
+        lines.append(f"- original: `{spec.hub_id}` (license {spec.license})")
+    return "## Base model\n\n" + "\n".join(lines)
+
+
+def method_section(run: FinishedRun) -> str:
+    eff = run.result.efficiency
+    params = (f"Trainable parameters: {eff.get('trainable_params', 0):,} of {eff.get('total_params', 0):,} "
+              f"({eff.get('trainable_pct', 0.0):.3g} %); weights stored: {eff.get('adapter_bytes', 0) / 1e6:.2f} MB.")
+    config = yaml.safe_dump(run.result.config, sort_keys=False, allow_unicode=True).strip()
+    return (f"## Method\n\n`{run.config.method}`: {run.method.description}. {params}\n\n"
+            f"The run's full config (result.json `config`):\n\n```yaml\n{config}\n```")
+
+
+def task_facts(run: FinishedRun) -> tuple[str, str, str]:
+    """(description, source, license) of the task, from the registry or your own data's settings (no data read)."""
+    user = run.config.user_data
+    if user is not None:
+        return f"your own {user.get('type')} data", f"file {user.get('path')}", "your own data (its terms apply)"
+    spec = TASKS[run.config.task] if run.config.task in TASKS else None
+    return (spec.description, spec.source, spec.license) if spec else ("unregistered task", "unknown", "unknown")
+
+
+def data_section(run: FinishedRun) -> str:
+    r, data = run.result, run.result.data
+    description, source, license_ = task_facts(run)
+    sizes = (f"train {data.get('train', {}).get('examples', '?')}, validation {data.get('validation_examples', '?')}, "
+             f"{r.evaluated_on} {data.get(r.evaluated_on, {}).get('examples', '?')}")
+    lines = [f"- task `{r.task}` ({r.task_type}): {description}", f"- data source: {source}", f"- license: {license_}",
+             f"- split sizes: {sizes}"]
+    if run.labels:
+        lines.append(f"- labels, in the model's output order: {', '.join(f'`{l}`' for l in run.labels)}")
+    lines += [f"- note: {w}" for w in data.get("warnings", [])]
+    return "## Task and data\n\n" + "\n".join(lines)
+
+
+def points(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
+
+
+def setting(result: RunResult) -> tuple:
+    """A run's identity without its seed: runs that share it are seeds of one group."""
+    config = {k: v for k, v in result.config.items() if k not in ("seed", "tuning")}
+    return result.task, result.model, result.method, yaml.safe_dump(config, sort_keys=True)
+
+
+def groups_of(grid: list[RunResult], keep) -> list[list[RunResult]]:
+    """The grid's finished, non-trial runs for which `keep(run)` holds, grouped by setting."""
+    found: dict[tuple, list[RunResult]] = {}
+    for r in grid:
+        if r.ok and not r.tuning_trial and keep(r):
+            found.setdefault(setting(r), []).append(r)
+    return list(found.values())
+
+
+def seed_group(r: RunResult, grid: list[RunResult]) -> list[RunResult]:
+    """The run and the other seeds of its setting in the grid (the run alone when the grid lacks it)."""
+    seeds = [g for g in grid if g.ok and not g.tuning_trial and setting(g) == setting(r)]
+    return seeds if r.run_id in {g.run_id for g in seeds} else [r]
+
+
+def metrics_section(run: FinishedRun, grid: list[RunResult]) -> str:
+    r = run.result
+    seeds = seed_group(r, grid)
+    rows = ["| metric | this run | mean ± std over seeds | 95% CI over seeds | seeds |", "|---|---|---|---|---|"]
+    for key, value in r.metrics.items():
+        values = [g.metrics[key] for g in seeds if g.metrics.get(key) is not None]
+        if not values:
+            continue
+        mean, std = float(np.mean(values)), std_or_nan(values)
+        ci = t_interval(values) if len(values) > 1 else None
+        spread = f"{points(mean)} ± {points(std)}" if ci else f"{points(mean)} (one seed)"
+        rows.append(f"| {metric_label(key)} | {points(value)} | {spread} | "
+                    f"{f'{points(ci[0])} – {points(ci[1])}' if ci else 'n/a (one seed)'} | {len(values)} |")
+    n_test = r.data.get(r.evaluated_on, {}).get("examples", "?")
+    return (f"## Test metrics\n\nOn the {r.evaluated_on} split ({n_test} examples), ×100; the seeds are the runs of "
+            "this setting in the grid (CI: Student t over seeds).\n\n" + "\n".join(rows))
+
+
+def same_test(a: RunResult, b: RunResult) -> bool:
+    """Scored on the same test examples: task, model and the settings that draw the test split."""
+    keys = ("test_size", "split_seed")
+    return (a.task, a.model, a.evaluated_on) == (b.task, b.model, b.evaluated_on) and all(
+        a.config.get("data", {}).get(k) == b.config.get("data", {}).get(k) for k in keys) and \
+        a.config.get("user_data") == b.config.get("user_data")
+
+
+def comparison_section(run: FinishedRun, grid: list[RunResult]) -> str:
+    r = run.result
+    primary = PRIMARY_METRIC.get(r.task_type)
+    others = groups_of(grid, lambda g: g.method in ("full", "untrained") and same_test(g, r) and g.run_id != r.run_id)
+    if not others or primary is None:
+        return ""
+    rows = [f"| run | seeds | {metric_label(primary)} (mean) | trainable % |", "|---|---|---|---|"]
+    for label, members in [(f"this setting ({r.method})", seed_group(r, grid))] + [(group_label(g), g) for g in others]:
+        values = [m.metrics[primary] for m in members if m.metrics.get(primary) is not None]
+        mean = sum(values) / len(values) if values else None
+        rows.append(f"| {label} | {len(members)} | {points(mean)} | {members[0].efficiency.get('trainable_pct', 0):.3g} |")
+    return ("## Compared with full fine-tuning and the untrained baseline\n\nThe grid's rows scored on the same "
+            f"test examples (×100).\n\n" + "\n".join(rows))
+
+
+def group_label(group: list[RunResult]) -> str:
+    first = group[0]
+    name = "full fine-tuning" if first.method == "full" else "untrained baseline"
+    variant = ", ".join(f"{k}={v}" for k, v in first.variant.items())
+    return f"{name} ({variant})" if variant else name
+
+
+FORMAT_NOTES = {
+    CHAT_TEMPLATE: "one user turn holding the instruction, a blank line and the text, in the tokenizer's chat template "
+                   "with its generation prompt (rendered below; tokenized without adding special tokens). The text is "
+                   "cut to its first {n} tokens before templating, so the template itself is never cut; the reply "
+                   "ends with the template's end-of-turn token.",
+    ANSWER_CUE_FORMAT: "the instruction, a blank line, the text cut to its first {n} tokens, then an answer cue; no "
+                       "special tokens are added.",
+    "instruction+source": "the instruction, a blank line and the text, tokenized with the tokenizer's special tokens "
+                          "and cut to {n} tokens as a whole (the instruction counts).",
+    TEXT_ONLY: "the text alone (NER: its words, as given), tokenized with the tokenizer's special tokens and cut to "
+               "{n} tokens.",
+}
+
+
+def prompt_template(run: FinishedRun, fmt: str, instruction: str) -> str:
+    """The prompt the model sees, with `{text}` where the input goes (special tokens of a chat template included)."""
+    if fmt == CHAT_TEMPLATE:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(run.adapter_dir) if run.is_full else run.result.model_path)
+        return tokenizer.apply_chat_template([{"role": "user", "content": source_text(instruction, PLACEHOLDER)}],
+                                             add_generation_prompt=True, tokenize=False)
+    if fmt == ANSWER_CUE_FORMAT:
+        return source_text(instruction, PLACEHOLDER) + ANSWER_CUE
+    return PLACEHOLDER if fmt == TEXT_ONLY else source_text(instruction, PLACEHOLDER)
+
+
+def prompt_section(run: FinishedRun) -> str:
+    fmt = run.result.data.get("prompt_format", "unknown")
+    try:
+        template = prompt_template(run, fmt, run_instruction(run))
+    except (MedpeftError, OSError, ValueError) as err:  # e.g. the base model's folder is gone from this machine
+        template = f"(not rendered here: {err})"
+    note = FORMAT_NOTES.get(fmt, "not recorded by this run.").format(n=run.config.data.max_source_tokens)
+    text = f"## Prompt format\n\n`{fmt}`: {note}\n\n```text\n{template}\n```"
+    if run.result.task_type == "summarization":
+        settings = ", ".join(f"{k}={v}" for k, v in decoding(run.config).items())
+        text += f"\n\nDecoding: greedy or beam search, never sampled: {settings}."
+    if run.labels:
+        text += "\n\nOutputs follow the label order under *Task and data*."
+    return text
+
+
+def loading_section(run: FinishedRun, export: dict | None) -> str:
+    auto, kind, folder = run.kind.auto_class, (export or {}).get("kind"), (export or {}).get("path")
+    if run.is_full or kind in ("merged", "full"):
+        path = folder or str(run.adapter_dir)
+        lead = "With plain transformers (no peft needed):"
+        code = [f"from transformers import {auto}, AutoTokenizer", "", f"model = {auto}.from_pretrained({path!r})",
+                f"tokenizer = AutoTokenizer.from_pretrained({path!r})"]
+    else:
+        lead = "With plain peft, on the base model the adapter was trained on:"
+        code = ["from peft import PeftModel", f"from transformers import {auto}, AutoTokenizer", "",
+                f"base_model = {run.result.model_path!r}  # a local folder or a hub id",
+                f"adapter = {folder or str(run.adapter_dir)!r}",
+                f"tokenizer = AutoTokenizer.from_pretrained({'adapter' if folder else 'base_model'})",
+                "if tokenizer.pad_token is None:", "    tokenizer.pad_token = tokenizer.eos_token"]
+        head = ""
+        if run.kind.new_head:  # the trained head is in the adapter (modules_to_save); the base needs its size
+            code.append(f"labels = {run.labels!r}")
+            head = ", num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)}"
+            head += f", problem_type={run.kind.problem_type!r}" if run.kind.problem_type else ""
+        code += [f"base = {auto}.from_pretrained(base_model{head})", "model = PeftModel.from_pretrained(base, adapter)"]
+    code.append("model.eval()")
+    return (f"## Loading\n\n{lead}\n\n```python\n" + "\n".join(code) + "\n```\n\nFeed it prompts in the format above, or "
+            f"let medpeft do it: `medpeft predict {run.run_dir} --input notes.csv --output predictions.jsonl`.")
+
+
+def versions_section(result: RunResult) -> str:
+    env = result.env
+    versions = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items() if v)
+    return (f"## Package versions\n\nTrained with {versions or 'unrecorded versions'}; medpeft commit "
+            f"`{env.get('git_commit', 'unknown')}`, on {env.get('device', 'an unrecorded device')}.")
+
+
+def limits_section(run: FinishedRun) -> str:
+    r, data_cfg = run.result, run.config.data
+    n_test = r.data.get(r.evaluated_on, {}).get("examples", 0) or 0
+    small = f": a small test set, on another {n_test} examples the score could move by several points" if n_test < SMALL_TEST else ""
+    lines = ["- Intended use: comparing ways to adapt a language model to medical text, and a starting point for a "
+             "model that is then validated on the setting's own data.",
+             f"- Test set size: {n_test} examples of `{r.task}`{small}.",
+             f"- Inputs are cut to {data_cfg.max_source_tokens} tokens (data.max_source_tokens): text beyond that is not seen.",
+             f"- {NOT_CLINICAL} Its outputs must not be used to diagnose, treat or triage patients.",
+             "- It inherits the biases, errors and license terms of its base model and its training data.",
+             "- This card holds no training or test text: only settings, counts and scores."]
+    return "## Intended use and limits\n\n" + "\n".join(lines)

@@ -1,0 +1,207 @@
+"""`medpeft predict`: finished runs on new texts (CSV or JSONL) -> one JSON line per input.
+
+Each run predicts exactly as it predicted its test split: the same encoder (prompt format, chat
+template, truncation), the same model kind's predict function and decoding settings, the same
+batches (inputs sorted by length, as run/predict.py forms them). Several peft runs on one base
+share one loaded model (peft's load_adapter / set_adapter); each run gets its own output field.
+The input is checked before any model is loaded, and the output is written in one atomic rename.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medpeft.dist import local_device
+from medpeft.errors import ConfigError
+from medpeft.methods import output_prefix_tokens
+from medpeft.run.encode import encode_examples
+from medpeft.run.kinds import predicted_class, predicted_labels, rounded
+from medpeft.run.predict import length_batches
+from medpeft.run.record import write_jsonl
+from medpeft.tasks.base import data_error
+from medpeft.tasks.user import fields_of, raise_problems, read_records
+from medpeft.use.runs import FinishedRun, load_adapters, load_run_model, open_run, run_instruction, share_base
+
+CHUNK_BATCHES = 4  # batches per progress-bar step; a multiple of the batch size keeps the run's own batches
+INPUT_SUFFIXES = (".csv", ".jsonl")
+# What stands in for the (unknown) target, so the training-time encoders run unchanged on new texts.
+PLACEHOLDER_TARGETS = {"summarization": lambda ex, labels: "", "classification": lambda ex, labels: labels[0],
+                       "multilabel": lambda ex, labels: [], "ner": lambda ex, labels: [labels[0]] * len(ex["text"])}
+
+
+@dataclass
+class Prediction:
+    """What `predict_runs` did: inputs read, where the output went, and the truncation of each run."""
+
+    inputs: int
+    output: Path
+    fields: dict[str, str | None]  # run id -> its output field (None: one run, fields at the top level)
+    truncated: dict[str, int] = field(default_factory=dict)  # run id -> inputs longer than data.max_source_tokens
+    max_tokens: dict[str, int] = field(default_factory=dict)  # run id -> its data.max_source_tokens
+
+    def lines(self) -> list[str]:
+        """A report for the console: what was written, and each run's truncated inputs."""
+        out = [f"wrote {self.inputs} predictions of {len(self.fields)} run(s) to {self.output}"]
+        for run_id, count in self.truncated.items():
+            if count:
+                out.append(f"{run_id}: {count} of {self.inputs} inputs are longer than data.max_source_tokens="
+                           f"{self.max_tokens[run_id]} tokens and were cut there, as in training")
+        return out
+
+
+def predict_runs(run_dirs, input_path, output_path, *, text_field: str | None = None, id_field: str = "id",
+                 batch_size: int | None = None, online: bool = False, progress: bool = True) -> Prediction:
+    """Predict every input with every run; write one JSON line per input to `output_path` (atomically)."""
+    runs = open_runs(run_dirs)
+    input_path, output_path = Path(input_path), Path(output_path)
+    text_field = text_field or default_text_field(runs)
+    inputs = read_inputs(input_path, text_field, id_field)
+    check_output(input_path, output_path)
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    instructions = {run.name: run_instruction(run, online) for run in runs}  # may load a task: fail before any model
+    fields = {run.name: (None if len(runs) == 1 else run.name) for run in runs}
+    result = Prediction(len(inputs), output_path, fields)
+    outputs = {}
+    for group in model_groups(runs):
+        names = [f"run{i}" for i in range(len(group))]  # peft adapter names cannot hold the dots of run ids
+        model, tokenizer = load_adapters(group, names, online) if share_base(group[0]) else load_run_model(group[0], online)
+        for run, name in zip(group, names):
+            if share_base(run):
+                model.set_adapter(name)
+            outputs[run.name], result.truncated[run.name] = predict_inputs(
+                model, tokenizer, run, inputs, instructions[run.name], batch_size, progress)
+            result.max_tokens[run.name] = run.config.data.max_source_tokens
+        del model
+    write_jsonl(output_path, output_rows(inputs, runs, outputs, fields))
+    return result
+
+
+def open_runs(run_dirs) -> list[FinishedRun]:
+    runs = [open_run(d) for d in run_dirs]
+    names = [run.name for run in runs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"run {twice[0]} is given twice; give each run once")
+    return runs
+
+
+def default_text_field(runs: list[FinishedRun]) -> str:
+    """The field the runs were trained on (your own data's text_field), else `text`; runs that disagree need --text-field."""
+    found = {fields_of(r.config.user_data)[0] if r.config.user_data else "text" for r in runs}
+    if len(found) > 1:
+        raise ConfigError(f"the runs were trained on different text fields ({', '.join(sorted(found))}); "
+                          "pass --text-field with the input's column")
+    return found.pop()
+
+
+def model_groups(runs: list[FinishedRun]) -> list[list[FinishedRun]]:
+    """Runs one loaded base serves (see runs.share_base), in first-seen order; each full or untrained run alone."""
+    groups: dict[object, list[FinishedRun]] = {}
+    for run in runs:
+        groups.setdefault(share_base(run) or run.name, []).append(run)
+    return list(groups.values())
+
+
+def read_inputs(path: Path, text_field: str, id_field: str = "id") -> list[dict]:
+    """{line, id, text} per record of a CSV or JSONL file; each problem names the file, the line and the fix."""
+    if path.suffix.lower() not in INPUT_SUFFIXES:
+        raise data_error(str(path), "the input must be a .csv or .jsonl file", "save it as CSV or JSON lines (UTF-8)")
+    if not path.is_file():
+        raise data_error(str(path), "no such file", "check the path given to --input")
+    records = read_records(path)
+    if not records:
+        raise data_error(str(path), "the file has no records", "add one record (one text) per line")
+    problems, inputs = [], []
+    for line, record in records:
+        problem = text_problem(record, text_field)
+        if problem is not None:
+            problems.append(f"{path}:{line}: {problem[0]}. Fix: {problem[1]}")
+            continue
+        text = record[text_field]
+        ex_id = record.get(id_field)
+        inputs.append({"line": line, "id": None if ex_id in (None, "") else ex_id,
+                       "text": text.strip() if isinstance(text, str) else text})
+    raise_problems(problems)
+    return inputs
+
+
+def text_problem(record: dict, text_field: str) -> tuple[str, str] | None:
+    """(problem, fix) of one record's text, or None: a string, or (NER) a list of words."""
+    if text_field not in record:
+        return (f"no field {text_field!r} (the record has {', '.join(map(repr, record)) or 'no fields'})",
+                f"add {text_field!r} to every record, or pass --text-field with the column that holds the text")
+    text = record[text_field]
+    if isinstance(text, list):
+        if text and all(isinstance(word, str) and word.strip() for word in text):
+            return None
+        return f"field {text_field!r} is a list, but not of non-empty words", "give a list of words, or the text as one string"
+    if not isinstance(text, str):
+        return f"field {text_field!r} holds {type(text).__name__}, not text", "write the text as a string"
+    if not text.strip():
+        return f"empty text in field {text_field!r}", "fill in the text or remove the line"
+    return None
+
+
+def check_output(input_path: Path, output_path: Path) -> None:
+    if output_path.resolve() == input_path.resolve():
+        raise data_error(str(output_path), "the output would replace the input", "write the predictions to another file")
+
+
+def run_examples(run: FinishedRun, inputs: list[dict]) -> list[dict]:
+    """The inputs as the run's task examples: NER takes words (a string is split on whitespace), the others text."""
+    ner = run.result.task_type == "ner"
+    examples = []
+    for inp in inputs:
+        text = inp["text"]
+        text = (text.split() if isinstance(text, str) else text) if ner else (" ".join(text) if isinstance(text, list) else text)
+        ex = {"id": inp["id"], "text": text}
+        examples.append(dict(ex, target=PLACEHOLDER_TARGETS[run.result.task_type](ex, run.labels)))
+    return examples
+
+
+def predict_inputs(model, tokenizer, run: FinishedRun, inputs: list[dict], instruction: str, batch_size: int | None,
+                   progress: bool) -> tuple[list[dict], int]:
+    """One output dict per input for one run, and how many inputs were longer than its truncation."""
+    from tqdm.auto import tqdm
+
+    cfg = run.config
+    if batch_size:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, eval_batch_size=batch_size))
+    examples = run_examples(run, inputs)
+    rows, stats = encode_examples(examples, tokenizer, run.kind, instruction, cfg.data, run.labels, for_generation=True)
+    prefix = output_prefix_tokens(model.peft_config[model.active_adapter]) if share_base(run) else 0
+    outputs = [None] * len(rows)
+    with tqdm(total=len(rows), desc=run.name, unit="text", disable=not progress) as bar:
+        for chunk in length_batches(rows, cfg.train.eval_batch_size * CHUNK_BATCHES):
+            part = run.kind.predict(model, tokenizer, [rows[i] for i in chunk], [examples[i] for i in chunk], run.labels,
+                                    cfg, local_device(), prefix)
+            for i, output in zip(chunk, part):
+                outputs[i] = output
+            bar.update(len(chunk))
+    return [decided(run.result.task_type, output, run.labels) for output in outputs], stats["truncated_sources"]
+
+
+def decided(task_type: str, output, labels: list[str] | None) -> dict:
+    """A run's output for one input: the text, the tags, or the label(s) with every label's probability."""
+    if task_type == "classification":
+        return {"prediction": predicted_class(output, labels), "probs": dict(zip(labels, rounded(output)))}
+    if task_type == "multilabel":
+        return {"prediction": predicted_labels(output, labels),
+                "probs": dict(zip(labels, rounded(output)))}
+    return {"prediction": output}
+
+
+def output_rows(inputs: list[dict], runs: list[FinishedRun], outputs: dict, fields: dict) -> list[dict]:
+    """One row per input: its id (else its line), then each run's output (under the run's field when several)."""
+    rows = []
+    for i, inp in enumerate(inputs):
+        row = {"id": inp["id"]} if inp["id"] is not None else {"line": inp["line"]}
+        for run in runs:
+            if fields[run.name] is None:
+                row.update(outputs[run.name][i])
+            else:
+                row[fields[run.name]] = outputs[run.name][i]
+        rows.append(row)
+    return rows

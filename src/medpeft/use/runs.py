@@ -1,0 +1,141 @@
+"""A finished run opened for use: its result, config, model kind, label set, and how to load its model.
+
+Nothing here trains or checks data: a run is rebuilt from its own result.json (config, model kind,
+labels, base model path), so it can be used where its training data no longer is.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from medpeft.config import ExperimentConfig, config_from_dict
+from medpeft.dist import local_device
+from medpeft.errors import MedpeftError, ModelError
+from medpeft.methods import MethodSpec
+from medpeft.models import load_model, model_architecture, resolve_model
+from medpeft.plan import load_data, model_kind, task_spec
+from medpeft.registry import METHODS
+from medpeft.run.kinds import KINDS, ModelKind
+from medpeft.run.record import RunResult, read_result
+
+TEXT_ONLY = "text"  # prompt_format of an encoder that sees the text alone (no instruction): run/encode.py
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A succeeded run and what using it needs."""
+
+    run_dir: Path
+    result: RunResult
+    config: ExperimentConfig
+    kind: ModelKind
+    method: MethodSpec
+
+    @property
+    def name(self) -> str:
+        return self.result.run_id
+
+    @property
+    def labels(self) -> list[str] | None:
+        return self.result.labels
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.run_dir / "adapter"
+
+    @property
+    def is_full(self) -> bool:
+        """Full fine-tuning: adapter/ holds a whole model, not a peft adapter."""
+        return self.method.trains and self.method.peft_class is None
+
+    @property
+    def peft_type(self) -> str | None:
+        """The saved adapter's peft type (LORA, IA3, PROMPT_TUNING, ...), or None without an adapter."""
+        config = self.adapter_dir / "adapter_config.json"
+        return json.loads(config.read_text())["peft_type"] if config.is_file() else None
+
+    @property
+    def head_labels(self) -> list[str] | None:
+        """The labels that size a new classification head, as the run loaded its base."""
+        return self.labels if self.kind.new_head else None
+
+
+def open_run(run_dir) -> FinishedRun:
+    """The finished run in `run_dir`; a folder that is not one is an error that says what to point at."""
+    import medpeft.methods  # noqa: F401  (fills the method registry)
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "result.json").is_file():
+        raise ModelError(f"{run_dir} has no result.json: point at a finished run's folder, runs/<grid>/<run_id>")
+    result = read_result(run_dir)
+    if result is None:
+        raise ModelError(f"{run_dir / 'result.json'} is not a readable medpeft result; run the grid again to rewrite it")
+    if not result.ok:
+        raise ModelError(f"run {result.run_id} failed ({result.error}); pick a run that finished")
+    cfg = config_from_dict(result.config)
+    method = METHODS[cfg.method]
+    name = result.model_kind or model_kind(result.task_type, model_architecture(result.model_path), cfg.model)
+    run = FinishedRun(run_dir, result, cfg, KINDS[name], method)
+    if not method.trains and run.kind.new_head:
+        raise ModelError(f"run {result.run_id} is the untrained baseline: its {result.task_type} head was never trained "
+                         "(it scored the training split's prior), so it has no model to use; pick a trained run")
+    if method.trains and not run.adapter_dir.is_dir():
+        raise ModelError(f"run {result.run_id} has no adapter/ folder ({run.adapter_dir}); run it again to save one")
+    return run
+
+
+def base_model_path(run: FinishedRun, online: bool = False) -> str:
+    """The base model the run was trained from: its recorded folder, else its model rebuilt or resolved again."""
+    path = run.result.model_path
+    if path and Path(path).expanduser().is_dir():
+        return path
+    return resolve_model(run.config.model, online)  # a packaged model rebuilt into the cache, or a hub id (--online)
+
+
+def run_instruction(run: FinishedRun, online: bool = False) -> str:
+    """The task instruction the run's prompts start with ("" for an encoder that sees the text alone)."""
+    if run.result.data.get("instruction") is not None:
+        return run.result.data["instruction"]
+    if run.result.data.get("prompt_format") == TEXT_ONLY:
+        return ""
+    if run.config.user_data is not None:  # as tasks/user.py sets it, without reading the data file again
+        from medpeft.tasks.user import INSTRUCTIONS
+
+        return run.config.user_data.get("instruction") or INSTRUCTIONS[run.config.user_data["type"]]
+    try:
+        return load_data(task_spec(run.config), run.config, online).instruction
+    except MedpeftError as err:
+        raise ModelError(f"run {run.name}: its prompt starts with task {run.config.task!r}'s instruction, which "
+                         f"needs the task to load: {err}") from None
+
+
+def load_run_model(run: FinishedRun, online: bool = False):
+    """Model and tokenizer of a full run's saved folder or an untrained run's base, on this device."""
+    path = str(run.adapter_dir) if run.is_full else base_model_path(run, online)
+    model, tokenizer, _ = load_model(path, run.kind.auto_class, run.head_labels, run.kind.problem_type)
+    return model.to(local_device()), tokenizer
+
+
+def load_adapters(runs: list[FinishedRun], names: list[str], online: bool = False):
+    """One base with each run's peft adapter attached under its name (load_adapter), and its tokenizer."""
+    from peft import PeftModel
+
+    first = runs[0]
+    quantize = first.method.quantize_4bit  # QLoRA adapters were trained on, and predict with, the 4-bit base
+    base, tokenizer, _ = load_model(base_model_path(first, online), first.kind.auto_class, first.head_labels,
+                                    first.kind.problem_type, quantize)
+    model = PeftModel.from_pretrained(base, first.adapter_dir, adapter_name=names[0])
+    for run, name in zip(runs[1:], names[1:]):
+        model.load_adapter(run.adapter_dir, adapter_name=name)
+    if not quantize:  # a 4-bit model is already placed and cannot be moved
+        model.to(local_device())
+    return model, tokenizer
+
+
+def share_base(run: FinishedRun) -> tuple | None:
+    """What runs served by one base with several adapters share; None for a run with its own model (full, untrained)."""
+    if run.peft_type is None:
+        return None
+    return (run.result.model_path, run.config.model, run.kind.name, tuple(run.head_labels or ()), run.peft_type,
+            run.method.quantize_4bit)

@@ -1,0 +1,159 @@
+"""`medpeft predict`: a finished run on new texts reproduces its own predictions.jsonl, for every task
+type and method family; several runs share one base; bad input fails before any model loads."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from medpeft import cli
+from medpeft.errors import ConfigError, DataError, ModelError
+from medpeft.use import predict as predict_module
+from medpeft.use.predict import predict_runs
+
+from use_fixtures import read_jsonl, trained, write_inputs  # noqa: F401  (trained is a fixture)
+
+# name -> input file suffix: one run of every task type, model kind and method family
+REPRODUCED = {"rct-lora": ".csv", "rct-full": ".csv", "rct-prompt": ".jsonl", "t5-lora": ".jsonl",
+              "llama-prompt": ".jsonl", "chat-lora": ".jsonl", "t5-untrained": ".jsonl", "mesh-lora": ".csv",
+              "ner-lora": ".jsonl", "ner-prompt": ".jsonl"}
+
+
+def assert_same(got: list[dict], saved: list[dict], field=None):
+    """Predictions equal the run's; probabilities to the 6 decimals predictions.jsonl keeps."""
+    assert [g["id"] for g in got] == [s["id"] for s in saved]
+    for g, s in zip(got, saved):
+        out = g if field is None else g[field]
+        assert out["prediction"] == s["prediction"]
+        if "probs" in s:
+            np.testing.assert_allclose(list(out["probs"].values()), s["probs"], rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("name", sorted(REPRODUCED))
+def test_predict_reproduces_the_runs_test_predictions(trained, tmp_path, name):
+    cfg, run_dir, result = trained(name)
+    saved = read_jsonl(run_dir / "predictions.jsonl")
+    field = "tokens" if result.task_type == "ner" else "text"  # the run's own text field is the default
+    inputs = write_inputs(tmp_path / f"inputs{REPRODUCED[name]}", saved, field)
+    done = predict_runs([run_dir], inputs, tmp_path / "out.jsonl", progress=False)
+    got = read_jsonl(tmp_path / "out.jsonl")
+    assert_same(got, saved)
+    if result.labels and result.task_type != "ner":  # every class's probability, by name, in the model's order
+        assert all(list(g["probs"]) == result.labels for g in got)
+    assert done.inputs == len(saved) and done.fields == {result.run_id: None}
+    assert done.truncated[result.run_id] == result.data["test"]["truncated_sources"]  # counted as in training
+
+
+def test_several_runs_share_one_base_and_each_gets_a_field(trained, tmp_path, monkeypatch):
+    names = ["rct-lora", "rct-lora-seed1", "rct-dora", "rct-prompt", "rct-full"]
+    runs = {name: trained(name) for name in names}
+    loads = []
+    real = predict_module.load_adapters
+    monkeypatch.setattr(predict_module, "load_adapters", lambda group, *a, **k: loads.append(len(group)) or real(group, *a, **k))
+    saved = read_jsonl(runs["rct-lora"][1] / "predictions.jsonl")
+    inputs = write_inputs(tmp_path / "inputs.csv", saved)
+    done = predict_runs([runs[n][1] for n in names], inputs, tmp_path / "out.jsonl", progress=False)
+    assert sorted(loads) == [1, 3]  # LoRA and DoRA (one peft type) on one base; prompt tuning on its own; full alone
+    got = read_jsonl(tmp_path / "out.jsonl")
+    assert set(got[0]) == {"id"} | {runs[n][2].run_id for n in names}
+    assert set(done.fields.values()) == {runs[n][2].run_id for n in names}
+    for name in names:
+        assert_same(got, read_jsonl(runs[name][1] / "predictions.jsonl"), field=runs[name][2].run_id)
+
+
+def test_predict_through_the_cli(trained, tmp_path, capsys):
+    _, run_dir, result = trained("rct-lora")
+    saved = read_jsonl(run_dir / "predictions.jsonl")
+    inputs = tmp_path / "notes.jsonl"
+    inputs.write_text("".join(json.dumps({"note": s["input"]}) + "\n" for s in saved))  # no id column
+    out = tmp_path / "out" / "pred.jsonl"
+    assert cli.main(["predict", str(run_dir), "--input", str(inputs), "--output", str(out), "--text-field", "note"]) == 0
+    assert f"wrote {len(saved)} predictions" in capsys.readouterr().out
+    got = read_jsonl(out)
+    assert [g["line"] for g in got] == list(range(1, len(saved) + 1))  # without an id, the input's line
+    assert [g["prediction"] for g in got] == [s["prediction"] for s in saved]
+
+
+BAD_INPUTS = {  # case -> (file name, content bytes, what the message must name)
+    "missing field": ("in.jsonl", b'{"text": "fine"}\n{"note": "the text is elsewhere"}\n', [":2:", "'text'", "--text-field"]),
+    "empty text": ("in.csv", b"id,text\n1,fine\n2,   \n", [":3:", "empty text", "Fix:"]),
+    "not utf-8": ("in.csv", "id,text\n1,caf\u00e9 au lait\n".encode("latin-1"), [":2:", "not UTF-8", "iconv"]),
+    "not json": ("in.jsonl", b'{"text": "fine"}\n{"text": oops}\n', [":2:", "not valid JSON"]),
+    "not text": ("in.jsonl", b'{"text": 42}\n', [":1:", "not text"]),
+    "no records": ("in.csv", b"id,text\n", ["no records"]),
+    "wrong suffix": ("in.txt", b"some text\n", [".csv or .jsonl"]),
+    "missing file": ("absent.csv", None, ["no such file"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_names_file_line_and_fix_before_any_model_loads(trained, tmp_path, monkeypatch, case):
+    _, run_dir, _ = trained("rct-lora")
+    name, content, needles = BAD_INPUTS[case]
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"earlier": "output"}\n')
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr(predict_module, "load_adapters", refuse)
+    monkeypatch.setattr(predict_module, "load_run_model", refuse)
+    with pytest.raises(DataError) as err:
+        predict_runs([run_dir], path, out, progress=False)
+    message = str(err.value)
+    assert str(path) in message
+    for needle in needles:
+        assert needle in message, (needle, message)
+    assert out.read_text() == '{"earlier": "output"}\n'  # nothing already written is lost
+
+
+def test_bad_input_through_the_cli_exits_2(trained, tmp_path, capsys):
+    _, run_dir, _ = trained("rct-lora")
+    (tmp_path / "in.csv").write_text("id,text\n1,\n")
+    assert cli.main(["predict", str(run_dir), "--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / "o.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("medpeft: error: ") and "in.csv:2:" in err and "Traceback" not in err
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_failure_while_predicting_keeps_the_old_output(trained, tmp_path, monkeypatch):
+    _, run_dir, _ = trained("rct-lora")
+    inputs = write_inputs(tmp_path / "in.csv", read_jsonl(run_dir / "predictions.jsonl"))
+    out = tmp_path / "out.jsonl"
+    out.write_text("kept\n")
+    monkeypatch.setattr(predict_module, "decided", lambda *a: (_ for _ in ()).throw(RuntimeError("power cut")))
+    with pytest.raises(RuntimeError):
+        predict_runs([run_dir], inputs, out, progress=False)
+    assert out.read_text() == "kept\n"
+
+
+def test_output_may_not_replace_the_input(trained, tmp_path):
+    _, run_dir, _ = trained("rct-lora")
+    inputs = write_inputs(tmp_path / "in.jsonl", read_jsonl(run_dir / "predictions.jsonl"))
+    with pytest.raises(DataError, match="replace the input"):
+        predict_runs([run_dir], inputs, inputs, progress=False)
+
+
+def test_runs_that_cannot_predict_say_why(trained, tmp_path):
+    (tmp_path / "in.csv").write_text("text\nfine\n")
+    with pytest.raises(ModelError, match="no result.json"):
+        predict_runs([tmp_path], tmp_path / "in.csv", tmp_path / "o.jsonl")
+    _, untrained_dir, _ = trained("rct-untrained")
+    with pytest.raises(ModelError, match="untrained baseline"):
+        predict_runs([untrained_dir], tmp_path / "in.csv", tmp_path / "o.jsonl")
+    _, run_dir, _ = trained("rct-lora")
+    with pytest.raises(ConfigError, match="given twice"):
+        predict_runs([run_dir, run_dir], tmp_path / "in.csv", tmp_path / "o.jsonl")
+
+
+def test_long_inputs_are_counted_and_reported(trained, tmp_path):
+    _, run_dir, result = trained("rct-lora")
+    long_text = " ".join(["word"] * 200)
+    (tmp_path / "in.jsonl").write_text(json.dumps({"text": "short note"}) + "\n" + json.dumps({"text": long_text}) + "\n")
+    done = predict_runs([run_dir], tmp_path / "in.jsonl", tmp_path / "o.jsonl", progress=False)
+    assert done.truncated == {result.run_id: 1}
+    assert any("1 of 2 inputs are longer than data.max_source_tokens=32" in line for line in done.lines())
