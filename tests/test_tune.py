@@ -93,6 +93,7 @@ def test_choose_takes_the_best_and_the_first_of_a_tie_and_skips_failures():
     cands = [{"x": 1}, {"x": 2}, {"x": 3}, {"x": 4}]
     assert tune.choose(cands, [0.5, None, 0.7, 0.7]) == {"x": 3}
     assert tune.choose(cands, [None] * 4) is None
+    assert tune.choose(cands, [0.7, 0.7, 0.5, 0.7], [0.9, 0.4, 0.1, None]) == {"x": 2}  # a tie: the lower validation loss
     ok = RunResult(run_id="r", status=Status.OK, task="t", model="m", method="lora", seed=0, config={},
                    metrics={"accuracy": 0.6}, training={"val_loss": 0.25})
     assert tune.trial_score(ok, "accuracy") == 0.6 and tune.trial_score(ok, "val_loss") == -0.25
@@ -315,3 +316,19 @@ def test_optuna_missing_is_a_clear_error(monkeypatch):
     with pytest.raises(ConfigError, match=r"pip install 'medpeft\[tune\]'"):
         tune.require_optuna()
     assert TuneConfig(space={"train.lr": [1e-3]}).search == "grid"  # grid search needs no optuna
+
+
+def test_dry_run_counts_the_tuning_trials_and_checks_the_validation_split(tmp_path, capsys):
+    import yaml
+
+    from medpeft import cli
+
+    spec = {"base": BASE, "grid": {"method": ["lora", "full"], "seed": [0, 1]}, "tune": {"train.lr": [1e-4, 1e-3, 1e-2]}}
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert cli.main(["run", str(path), "--dry-run"]) == 0
+    assert "tuning: 2 group(s), 6 trial run(s) on validation" in capsys.readouterr().out
+    spec["base"] = {**BASE, "data": {**BASE["data"], "val_size": 0}}
+    path.write_text(yaml.safe_dump(spec))
+    assert cli.main(["run", str(path), "--dry-run"]) == 2
+    assert "data.val_size" in capsys.readouterr().err

@@ -9,6 +9,7 @@ EPILOG = """examples:
   medpeft run configs/quick.yaml                      run the demo grid (offline)
   medpeft run configs/quick.yaml --set train.epochs=1 override a setting in every run
   medpeft run my-grid.yaml --online                   allow hub models and data (e.g. google/flan-t5-base)
+  medpeft run configs/quick.yaml --track mlflow       training curves and results in MLflow (runs/quick/mlflow.db)
   medpeft report runs/quick                           rebuild report.html / report.md / report.tex of a grid
   medpeft list                                        registered models, methods and tasks
   medpeft tasks                                       every task: type, source, sizes, labels or lengths, license
@@ -39,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shard", metavar="I/N", help="run only shard I of N (0 <= I < N): a deterministic, disjoint slice "
                      "of the grid, for Slurm job arrays or any scheduler; all shards share --runs-dir")
     run.add_argument("--dry-run", action="store_true", help="expand and validate the grid, print the run ids, train nothing")
+    run.add_argument("--track", choices=["mlflow", "tensorboard", "wandb"],
+                     help="log training curves, final metrics, efficiency and config: one experiment per grid, one "
+                          "tracked run per run id. mlflow: $MLFLOW_TRACKING_URI, else runs/<grid>/mlflow.db; "
+                          "tensorboard: runs/<grid>/tensorboard/; wandb: offline unless --online")
     report = sub.add_parser("report", help="write report.html, report.md and report.tex for a grid's runs",
                             description="Read runs/<grid>/*/result.json and predictions.jsonl and write, next to the "
                                         "runs, summary.md and summary.csv (rewritten), report.html (one self-contained file), report.md, "
@@ -144,12 +149,19 @@ def command_run(args) -> int:
     grid = load_grid(args.grid, args.overrides)
     shard = parse_shard(args.shard) if args.shard else None
     if args.dry_run:  # every check the real run makes: names, models, hardware, each task's data
-        plans = plan_runs(grid_configs(grid, shard), args.online)
+        configs = grid_configs(grid, shard)
+        plans = plan_runs(configs, args.online)
         for plan in plans:
             print(plan.run_id)
         print(f"{len(plans)} runs (untrained baselines included); nothing trained (--dry-run)")
+        if grid.tuned:
+            from medpeft.tune import check_tuning, trial_count
+
+            groups, _, trials, _ = check_tuning(configs, args.online)
+            print(f"tuning: {len(groups)} group(s), {trial_count(groups, trials)} trial run(s) on validation before "
+                  "these runs; the ids above change when the chosen values are set")
         return 0
-    run_grid(grid, args.runs_dir, online=args.online, shard=shard)
+    run_grid(grid, args.runs_dir, online=args.online, shard=shard, track=args.track)
     return 0
 
 
@@ -241,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from medpeft.errors import MedpeftError
+    from medpeft.errors import MedpeftError, Preempted
 
     quiet_libraries()
     handlers = {"pretrain": command_pretrain, "run": command_run, "report": command_report, "list": command_list, "fetch": command_fetch,
@@ -251,3 +263,6 @@ def main(argv: list[str] | None = None) -> int:
     except MedpeftError as err:
         print(f"medpeft: error: {err}", file=sys.stderr)
         return 2
+    except Preempted as err:  # SIGTERM / SIGINT: a clean stop, not a crash
+        print(f"medpeft: {err}", file=sys.stderr)
+        return 128 + err.signum

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -118,12 +119,14 @@ def trial_score(result: RunResult | None, metric: str) -> float | None:
     return result.metrics.get(metric)
 
 
-def choose(candidates: list[dict], scores: list[float | None]) -> dict | None:
-    """The best-scoring candidate; a tie goes to the earlier one. None when every trial failed."""
+def choose(candidates: list[dict], scores: list[float | None], losses: list[float | None] | None = None) -> dict | None:
+    """The best-scoring candidate. A tie (common on a small validation split) goes to the lower
+    validation loss, then to the earlier candidate. None when every trial failed."""
     best = None
-    for values, score in zip(candidates, scores):
-        if score is not None and (best is None or score > best[1]):
-            best = (values, score)
+    for i, (values, score) in enumerate(zip(candidates, scores)):
+        loss = losses[i] if losses and losses[i] is not None else math.inf
+        if score is not None and (best is None or (score, -loss) > best[1]):
+            best = (values, (score, -loss))
     return None if best is None else best[0]
 
 
@@ -145,15 +148,7 @@ def tune_grid(configs: list[ExperimentConfig], grid_dir: Path, online: bool,
     """Tune every group (runs with a tune: block); return the grid's final configs (untuned runs and
     baselines untouched, in grid order) and the failed results of groups whose every trial failed
     (one per seed, for the caller to record)."""
-    groups = tuning_groups(configs)
-    if any(g.tune.search == "optuna" for g in groups):
-        require_optuna()
-    metrics = [metric_name(g.tune, task_spec(g.first).type) for g in groups]
-    # Every check before any training: each group's plan (model, data, a validation split), and for
-    # grid search every candidate's settings (an optuna range is checked at its low end).
-    trials = [[trial_config(g, v, m) for v in (grid_candidates(g.space) if g.tune.search == "grid" else [first_values(g)])]
-              for g, m in zip(groups, metrics)]
-    base_plans = plan_runs([t[0] for t in trials], online)
+    groups, metrics, trials, base_plans = check_tuning(configs, online)
     tuned = {cfg.run_id for g in groups for cfg in g.runs}
     finals, failed = [c for c in configs if c.run_id not in tuned], []
     for group, metric, configs_of_group, base in zip(groups, metrics, trials, base_plans):
@@ -171,6 +166,24 @@ def tune_grid(configs: list[ExperimentConfig], grid_dir: Path, online: bool,
         log(f"tuning {group.key}: chose {format_values(chosen)} by validation {metric}")
         finals += final_configs(group, chosen, tune, metric)
     return finals, failed
+
+
+def check_tuning(configs: list[ExperimentConfig], online: bool):
+    """Every check before any training: each group's plan (model, data, a validation split), and for
+    grid search every candidate's settings (an optuna range is checked at its low end). Returns the
+    groups, their metrics, their trial configs and each group's checked plan."""
+    groups = tuning_groups(configs)
+    if any(g.tune.search == "optuna" for g in groups):
+        require_optuna()
+    metrics = [metric_name(g.tune, task_spec(g.first).type) for g in groups]
+    trials = [[trial_config(g, v, m) for v in (grid_candidates(g.space) if g.tune.search == "grid" else [first_values(g)])]
+              for g, m in zip(groups, metrics)]
+    return groups, metrics, trials, plan_runs([t[0] for t in trials], online)
+
+
+def trial_count(groups: list[Group], trials: list[list]) -> int:
+    """Tuning trials a grid trains (at most, for Optuna: pruned trials stop early)."""
+    return sum(g.tune.trials if g.tune.search == "optuna" else len(t) for g, t in zip(groups, trials))
 
 
 def first_values(group: Group) -> dict:
@@ -191,8 +204,10 @@ def grid_search(group: Group, plans: list[RunPlan], metric: str, grid_dir: Path,
     """Train every candidate (finished trials are skipped) and choose the best."""
     log(f"tuning {group.key}: {len(plans)} candidate(s) of {', '.join(group.space)}, scored on validation {metric}")
     run_plans(plans)
-    scores = [trial_score(read_result(grid_dir / p.run_id), metric) for p in plans]
-    return choose([p.config.tuning["values"] for p in plans], scores)
+    results = [read_result(grid_dir / p.run_id) for p in plans]
+    losses = [trial_score(r, "val_loss") for r in results]
+    return choose([p.config.tuning["values"] for p in plans], [trial_score(r, metric) for r in results],
+                  [None if x is None else -x for x in losses])
 
 
 def require_optuna():

@@ -126,9 +126,13 @@ def welch_p(a, b) -> float:
         return math.nan
     if np.ptp(a) == 0 and np.ptp(b) == 0:  # exact: std() of equal floats can come out as 1e-17
         return 1.0 if a.mean() == b.mean() else math.nan
+    import warnings
+
     from scipy import stats  # scikit-learn's own dependency
 
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    with warnings.catch_warnings():  # one side without spread is fine for Welch; scipy still warns about it
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def pareto_front(xs, ys) -> list[int]:

@@ -59,7 +59,8 @@ def candidate_rows(frame, trials: list[RunResult]) -> list[dict]:
         for t in sorted(by_group.get(record["group"], []), key=lambda t: sorted(t.config["tuning"]["values"].items())):
             values = t.config["tuning"]["values"]
             rows.append({"label": row_label(row), "method": row["method"], "model": row["model"], "values": values,
-                         "score": trial_score(t, metric), "metric": metric, "chosen": values == chosen,
+                         "score": trial_score(t, metric), "loss": trial_score(t, "val_loss"), "metric": metric,
+                         "chosen": values == chosen,
                          "error": None if t.ok else (t.error or "failed").split("\n")[0][:160]})
     return rows
 
@@ -81,16 +82,18 @@ def tuning_section(frame, trials: list[RunResult], plot_path: Path) -> tuple[str
         return "", "", []
     axes = list(rows[0]["values"])
     metric = rows[0]["metric"]
-    header = ["Method", *axes, f"Validation {score_name(metric)}" + ("" if metric == "val_loss" else " (×100)"), "Chosen"]
+    header = ["Method", *axes, f"Validation {score_name(metric)}" + ("" if metric == "val_loss" else " (×100)"),
+              *(["Validation loss"] if metric != "val_loss" else []), "Chosen"]
     cells = [[r["label"], *[format_value(r["values"].get(a)) for a in axes],
-              format_score(r["score"], metric) if r["error"] is None else f"failed: {r['error']}", "✓" if r["chosen"] else ""]
+              format_score(r["score"], metric) if r["error"] is None else f"failed: {r['error']}",
+              *([format_score(r["loss"], "val_loss")] if metric != "val_loss" else []), "✓" if r["chosen"] else ""]
              for r in rows]
     note = (f"Each candidate trained once at the grid's first seed and was scored on the validation split; every seed "
-            f"then ran with the chosen value ({'lowest' if metric == 'val_loss' else 'highest'} validation score). "
+            f"then ran with the chosen value ({'lowest validation loss' if metric == 'val_loss' else 'highest validation score; a tie goes to the lower validation loss'}). "
             "Trials are stored in the grid folder with `tuning_trial: true` and never enter the tables above.")
     written = []
     if len(axes) == 1 and all(isinstance(r["values"][axes[0]], (int, float)) for r in rows) and len(rows) > len(set(r["label"] for r in rows)):
-        written.append(plot_candidates(rows, axes[0], plot_path, header[-2]))
+        written.append(plot_candidates(rows, axes[0], plot_path, header[len(axes) + 1]))
     h = ["<h3>Tuning</h3><div class='scroll'><table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr>",
          *["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in line) + "</tr>" for line in cells], "</table></div>",
          f"<p class='note'>{html.escape(note)}</p>"]
