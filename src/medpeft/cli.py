@@ -107,7 +107,7 @@ def add_use_commands(sub) -> None:
     predict.add_argument("--output", required=True, help="the JSONL file to write (replaced in one step when done)")
     predict.add_argument("--text-field", help="the input's text column (default: the run's own text field, else text); "
                                               "NER: a list of words, or a string split on whitespace")
-    predict.add_argument("--id-field", default="id", help="a column kept as each output line's id (default: id)")
+    predict.add_argument("--id-field", help="a column kept as each output line's id (default: the run's own id_field, else id)")
     predict.add_argument("--batch-size", type=int, help="texts per batch (default: the run's train.eval_batch_size)")
     predict.add_argument("--online", action="store_true", help="allow a hub base model to be downloaded")
     export = sub.add_parser("export", help="export a run's model as a folder to ship, with its model card",

@@ -157,3 +157,16 @@ def test_long_inputs_are_counted_and_reported(trained, tmp_path):
     done = predict_runs([run_dir], tmp_path / "in.jsonl", tmp_path / "o.jsonl", progress=False)
     assert done.truncated == {result.run_id: 1}
     assert any("1 of 2 inputs are longer than data.max_source_tokens=32" in line for line in done.lines())
+
+
+def test_the_id_column_defaults_to_the_runs_own_id_field():
+    from types import SimpleNamespace
+
+    from medpeft.use.predict import default_id_field
+
+    def run(user_data):
+        return SimpleNamespace(config=SimpleNamespace(user_data=user_data))
+
+    assert default_id_field([run({"path": "notes.csv", "id_field": "note_id"})]) == "note_id"
+    assert default_id_field([run({"path": "notes.csv"})]) == "id"
+    assert default_id_field([run(None)]) == "id"

@@ -50,12 +50,13 @@ class Prediction:
         return out
 
 
-def predict_runs(run_dirs, input_path, output_path, *, text_field: str | None = None, id_field: str = "id",
+def predict_runs(run_dirs, input_path, output_path, *, text_field: str | None = None, id_field: str | None = None,
                  batch_size: int | None = None, online: bool = False, progress: bool = True) -> Prediction:
     """Predict every input with every run; write one JSON line per input to `output_path` (atomically)."""
     runs = open_runs(run_dirs)
     input_path, output_path = Path(input_path), Path(output_path)
     text_field = text_field or default_text_field(runs)
+    id_field = id_field or default_id_field(runs)
     inputs = read_inputs(input_path, text_field, id_field)
     check_output(input_path, output_path)
     if batch_size is not None and batch_size < 1:
@@ -94,6 +95,12 @@ def default_text_field(runs: list[FinishedRun]) -> str:
         raise ConfigError(f"the runs were trained on different text fields ({', '.join(sorted(found))}); "
                           "pass --text-field with the input's column")
     return found.pop()
+
+
+def default_id_field(runs: list[FinishedRun]) -> str:
+    """The id column of the data the first run was trained on (your own data's id_field), else `id`."""
+    user = runs[0].config.user_data or {}
+    return user.get("id_field") or "id"
 
 
 def model_groups(runs: list[FinishedRun]) -> list[list[FinishedRun]]:
