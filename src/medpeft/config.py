@@ -60,6 +60,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 needs a GPU)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30 % more time
     time_budget_s: float | None = None  # stop training after this many wall-clock seconds (equal-time comparisons)
+    checkpoint_steps: int | None = None  # also checkpoint every this many optimiser steps (always: every 30 min)
 
     def __post_init__(self):
         check_types(self, "train")
@@ -74,6 +75,8 @@ class TrainConfig:
             raise ConfigError(f"train.precision must be one of fp32, bf16, fp16; got {self.precision!r}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ConfigError(f"train.time_budget_s must be > 0 seconds or unset, got {self.time_budget_s}")
+        if self.checkpoint_steps is not None and self.checkpoint_steps < 1:
+            raise ConfigError(f"train.checkpoint_steps must be >= 1 or unset, got {self.checkpoint_steps}")
 
 
 @dataclass
@@ -198,7 +201,7 @@ class ExperimentConfig:
         return data
 
 
-UNSET_KEYS = (("data", "per_class"), ("train", "time_budget_s"))
+UNSET_KEYS = (("data", "per_class"), ("train", "time_budget_s"), ("train", "checkpoint_steps"))
 
 
 def optional_block(cls, value, key: str):

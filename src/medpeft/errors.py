@@ -28,3 +28,13 @@ class AssetError(MedpeftError, RuntimeError):
 
 class UnknownNameError(MedpeftError, LookupError):
     """A registry lookup of a name that is not registered (the message lists the valid ones)."""
+
+
+class Preempted(KeyboardInterrupt):
+    """A grid stopped by SIGTERM or SIGINT (a scheduler's notice, or Ctrl-C). Not a failure: no run is
+    recorded as failed; a run stopped in training left a checkpoint that the next `medpeft run` resumes.
+    A KeyboardInterrupt, so `except Exception` (a failed run, the grid goes on) never swallows it."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum  # the process exits with 128 + signum, as a shell reports a signal

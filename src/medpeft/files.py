@@ -5,11 +5,14 @@ Unique per host, process and call, so grid shards on several nodes that share a 
 """
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import os
+import shutil
 import socket
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -30,9 +33,42 @@ def write_atomic(path: Path, text: str) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as err:  # a full disk: leave no temporary file, and say which file (the OS does not)
+        tmp.unlink(missing_ok=True)
+        if err.filename is None and err.errno is not None:
+            raise type(err)(err.errno, err.strerror, str(path)) from err
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def folder_written_whole(path: Path):
+    """Yield a new hidden sibling folder to write into; renamed to `path` when the block succeeds, removed
+    when it fails. A full disk (however the library writing reports it) becomes an OSError naming `path`."""
+    path = Path(path)
+    tmp = temporary_path(path)
+    try:
+        tmp.mkdir(parents=True)
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, Exception) and is_disk_full(err) and getattr(err, "filename", None) is None:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from err
+        raise
+
+
+DISK_FULL_TEXT = ("No space left on device", "StorageFull", "Disk quota exceeded", "file write failed")
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """A write that failed for lack of space: an OSError's errno, or the text that torch ("file write
+    failed") and safetensors ("StorageFull") put in their own error types."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return any(text in str(err) for text in DISK_FULL_TEXT)
 
 
 SMALL_FILE = 1 << 20  # bytes: files up to this size are hashed whole, larger ones by their head and tail

@@ -1,16 +1,26 @@
 """Run a whole grid: check every run before training, add the untrained baselines, skip finished
-runs, record failures and go on, then write the summary."""
+runs and runs another worker holds (run/lock.py), record failures with their cause and go on, then
+write the summary. A stop signal ends the grid cleanly (run/preempt.py); an interrupted run resumes
+from its last checkpoint on the next `medpeft run` (run/checkpoint.py)."""
 from __future__ import annotations
 
 import dataclasses
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from medpeft.config import ExperimentConfig, Grid
-from medpeft.dist import is_main_process, wait_for_everyone
+from medpeft.dist import is_distributed, is_main_process, wait_for_everyone
 from medpeft.errors import ConfigError
 from medpeft.plan import RunPlan, plan_runs, resolve_config
+from medpeft.run.checkpoint import find_resumable, remove_checkpoints
+from medpeft.run.faults import diagnose, release_memory
+from medpeft.run.lock import acquire_run_lock, describe_holder
+from medpeft.run.preempt import stop_on_signal
 from medpeft.run.record import RunResult, read_result
+from medpeft.run.track import open_tracker
+
+LOCK_POLL_S = 10.0  # seconds between looks at runs another worker holds, when their results are needed
 
 
 def with_baselines(runs: list[ExperimentConfig]) -> list[ExperimentConfig]:
@@ -57,60 +67,95 @@ def select_shard(runs: list[ExperimentConfig], shard: tuple[int, int] | None) ->
     return ordered[index::count]
 
 
-def run_grid(grid: Grid, runs_dir: Path, *, online: bool = False, shard: tuple[int, int] | None = None, log=print) -> Path:
+def run_grid(grid: Grid, runs_dir: Path, *, online: bool = False, shard: tuple[int, int] | None = None,
+             track: str | None = None, log=print) -> Path:
     """Run every configuration of `grid` (or one shard of it) under runs_dir/<grid name>/, then write
     its summary and report. A grid with a `tune:` block first tunes each group on validation data
-    (tune.py); with --shard every shard runs (or finds finished) the trials it needs."""
+    (tune.py); with --shard every shard runs (or finds finished) the trials it needs. `track`:
+    mlflow, tensorboard or wandb (run/track.py)."""
     grid_dir = Path(runs_dir) / grid.name
     log = log if is_main_process() else (lambda *_: None)
     part = f" shard {shard[0]}/{shard[1]}" if shard else ""
+    tracker = open_tracker(track, grid_dir, grid.name, online, log) if track and is_main_process() else None
     configs = grid_configs(grid, None if grid.tuned else shard)
-    if grid.tuned:
-        from medpeft.tune import tune_grid
+    with stop_on_signal():
+        if grid.tuned:
+            from medpeft.tune import tune_grid
 
-        def run_trials(plans, on_validation=None):
-            return run_plans(plans, grid_dir, log, "tuning trials", on_validation)
+            def run_trials(plans, on_validation=None):  # a trial another worker holds is waited for: its score counts
+                return run_plans(plans, grid_dir, log, "tuning trials", on_validation, tracker, wait=True)
 
-        configs, failed = tune_grid(configs, grid_dir, online, run_trials, log)
-        for result in failed if is_main_process() else ():
-            result.write(grid_dir / result.run_id)
-        configs = select_shard(configs, shard)
-    plans = plan_runs(configs, online)  # every check, before any training
-    run_plans(plans, grid_dir, log, f"grid {grid.name}{part}")
+            configs, failed = tune_grid(configs, grid_dir, online, run_trials, log)
+            for result in failed if is_main_process() else ():
+                result.write(grid_dir / result.run_id)
+            configs = select_shard(configs, shard)
+        plans = plan_runs(configs, online)  # every check, before any training
+        run_plans(plans, grid_dir, log, f"grid {grid.name}{part}", tracker=tracker)
     if is_main_process():
         write_outputs(grid_dir, log)
     return grid_dir
 
 
-def run_plans(plans: list[RunPlan], grid_dir: Path, log, title: str, on_validation=None) -> list[RunResult]:
-    """Run each plan not yet finished under grid_dir; every plan's result, in order."""
+def run_plans(plans: list[RunPlan], grid_dir: Path, log, title: str, on_validation=None, tracker=None,
+              wait: bool = False) -> list[RunResult | None]:
+    """Run each plan not yet finished under grid_dir; every plan's result, in order. A run another live
+    worker holds is skipped (its result is None), or with `wait` waited for."""
     done = {p.run_id: r for p in plans if (r := read_result(grid_dir / p.run_id)) is not None and r.ok}
     wait_for_everyone()  # every launched process decides on the same runs before any is written
     log(f"{title}: {len(plans)} runs ({len(done)} already finished) -> {grid_dir}")
-    results = []
-    for i, plan in enumerate(plans, 1):
-        if plan.run_id in done:
-            results.append(done[plan.run_id])
-            continue
-        log(f"[{i}/{len(plans)}] {plan.run_id}")
-        results.append(run_one(plan, grid_dir / plan.run_id, log, on_validation))
+    labels = [f"[{i}/{len(plans)}] {plan.run_id}" for i, plan in enumerate(plans, 1)]
+    results = [done.get(plan.run_id) or run_unless_held(plan, grid_dir, log, label, on_validation, tracker)
+               for plan, label in zip(plans, labels)]
+    while wait and (busy := [k for k, r in enumerate(results) if r is None]):
+        time.sleep(LOCK_POLL_S)
+        for k in busy:
+            results[k] = run_unless_held(plans[k], grid_dir, log, labels[k], on_validation, tracker, quiet=True)
+    if held := sum(r is None for r in results):
+        log(f"{held} run(s) left to the other workers that hold them; the last worker to finish writes the full report")
     return results
 
 
-def run_one(plan: RunPlan, run_dir: Path, log, on_validation=None) -> RunResult:
-    """One run; a failure is recorded in its result.json and logged, and the grid goes on."""
+def run_unless_held(plan: RunPlan, grid_dir: Path, log, label: str, on_validation=None, tracker=None,
+                    quiet: bool = False) -> RunResult | None:
+    """Take the run's lock and run it (or read its result, if another worker finished it meanwhile);
+    None when a live worker holds it. Processes of one `accelerate launch` run every run together, unlocked."""
+    run_dir = grid_dir / plan.run_id
+    lock = acquire_run_lock(run_dir) if not is_distributed() else nullcontext()
+    if lock is None:
+        if not quiet:
+            log(f"{label}: skipped, another worker is running it ({describe_holder(run_dir)})")
+        return None
+    with lock:
+        finished = read_result(run_dir)
+        if finished is not None and finished.ok:
+            return finished
+        resume = find_resumable(run_dir, warn=lambda text: log(f"    warning: {text}"))
+        log(label + (f" (resuming from its checkpoint at step {resume[1]['step']})" if resume else ""))
+        return run_one(plan, run_dir, log, on_validation, tracker)
+
+
+def run_one(plan: RunPlan, run_dir: Path, log, on_validation=None, tracker=None) -> RunResult:
+    """One run; a failure is recorded in its result.json with its cause and fix, and the grid goes on."""
     from medpeft.run.execute import run_experiment
 
     start = time.perf_counter()
+    extra = {"on_validation": on_validation} if on_validation else {}
+    if tracker is not None:
+        tracker.start(plan.run_id, plan.config.to_dict())
+        extra["callbacks"] = tracker.callbacks()
     try:
-        result = run_experiment(plan, run_dir, **({"on_validation": on_validation} if on_validation else {}))
+        result = run_experiment(plan, run_dir, **extra)
     except KeyboardInterrupt:
+        if tracker is not None:
+            tracker.finish(None)
         raise
     except Exception as err:  # noqa: BLE001 - a failed run is recorded and the grid goes on
-        result = RunResult.failed(plan.config, plan.config.variant, err)
-        if is_main_process():
-            result.write(run_dir)
-        log(f"    FAILED: {result.error}")
+        result = RunResult.failed(plan.config, plan.config.variant, err, *diagnose(err, plan.config, run_dir, plan.model_path))
+    if tracker is not None:
+        tracker.finish(result)
+    if not result.ok:
+        release_memory()  # here, after the except block: its traceback no longer holds the run's model
+        record_failure(result, run_dir, log)
         return result
     shown = ", ".join(f"{k}={100 * v:.1f}" for k, v in result.metrics.items() if v is not None)
     if result.tuning_trial:
@@ -118,6 +163,22 @@ def run_one(plan: RunPlan, run_dir: Path, log, on_validation=None) -> RunResult:
         shown = f"validation: {shown or ''}{', ' if shown else ''}loss={val_loss:.4f}" if val_loss is not None else f"validation: {shown}"
     log(f"    {shown}  ({time.perf_counter() - start:.0f}s, {result.efficiency['trainable_pct']:.3g}% trainable)")
     return result
+
+
+def record_failure(result: RunResult, run_dir: Path, log) -> None:
+    """Write a failed run's result.json (best effort: on a full disk it may fail too) and log it. A run
+    that fails the same way again (a NaN loss, a pruned trial) keeps no checkpoint to resume from."""
+    log(f"    FAILED: {result.error}")
+    if result.fix:
+        log(f"    fix: {result.fix}")
+    if not is_main_process():
+        return
+    if result.cause in ("nan_loss", "pruned"):
+        remove_checkpoints(run_dir)
+    try:
+        result.write(run_dir)
+    except OSError as err:
+        log(f"    warning: could not record the failure in {run_dir / 'result.json'} ({err})")
 
 
 def write_outputs(grid_dir: Path, log) -> None:

@@ -11,9 +11,11 @@ from pathlib import Path
 
 from medpeft.dist import is_main_process, local_device, wait_for_everyone
 from medpeft.errors import ModelError
+from medpeft.files import folder_written_whole
 from medpeft.methods import build_peft_config, output_prefix_tokens
 from medpeft.models import load_model
 from medpeft.plan import RunPlan
+from medpeft.run.checkpoint import remove_checkpoints
 from medpeft.run.encode import encode_examples, prompt_format, truncation_warnings
 from medpeft.run.fit import NOT_TRAINED, train_model
 from medpeft.run.forgetting import continuation_rows, heldout_abstracts, measure_forgetting
@@ -24,11 +26,13 @@ from medpeft.run.record import RunResult, is_trial, write_jsonl
 from medpeft.tasks import sample_per_class
 
 
-def run_experiment(plan: RunPlan, run_dir: Path, on_validation=None) -> RunResult:
+def run_experiment(plan: RunPlan, run_dir: Path, on_validation=None, callbacks=()) -> RunResult:
     """Train and evaluate one planned run; write predictions.jsonl, adapter/ and, last, result.json.
 
     A tuning trial (config.tuning role "trial") is evaluated on the validation split, never on test.
-    `on_validation(step, loss)` receives mid-training validation losses (a tuner's pruner)."""
+    `on_validation(step, loss)` receives mid-training validation losses (a tuner's pruner); `callbacks`
+    are extra TrainerCallbacks (a tracker's). Training resumes from the run's last checkpoint, if any;
+    the checkpoints are removed once result.json is written."""
     from transformers import set_seed
 
     cfg, kind, task = plan.config, KINDS[plan.kind], plan.data
@@ -42,7 +46,7 @@ def run_experiment(plan: RunPlan, run_dir: Path, on_validation=None) -> RunResul
     train_split, per_class = training_examples(plan)
     train_rows, train_stats = encode_examples(train_split, tokenizer, kind, task.instruction, cfg.data, task.labels)
     val_rows, _ = encode_examples(task.splits["validation"], tokenizer, kind, task.instruction, cfg.data, task.labels)
-    training = (train_model(model, tokenizer, kind, cfg, train_rows, val_rows, run_dir, on_validation)
+    training = (train_model(model, tokenizer, kind, cfg, train_rows, val_rows, run_dir, on_validation, callbacks)
                 if plan.method.trains else NOT_TRAINED)
 
     start = time.perf_counter()
@@ -59,7 +63,8 @@ def run_experiment(plan: RunPlan, run_dir: Path, on_validation=None) -> RunResul
     adapter_dir = save_adapter(model, tokenizer, plan, peft_config, run_dir / "adapter")
 
     warnings = truncation_warnings("train", train_stats, cfg.data) + (truncation_warnings(split, test_stats, cfg.data) if test_stats else [])
-    kept = ("steps", "planned_steps", "train_loss", "val_loss", "train_tokens", "time_budget_s", "stopped_by_time_budget")
+    kept = ("steps", "planned_steps", "train_loss", "val_loss", "train_tokens", "time_budget_s", "stopped_by_time_budget",
+            "resumed_from_step")
     result = RunResult.succeeded(
         cfg, cfg.variant, task_type=task.type, labels=task.labels, model_path=plan.model_path, model_kind=kind.name,
         metrics=metrics, evaluation=evaluation, efficiency=efficiency(params, training, eval_seconds, adapter_dir, evaluation.get("forgetting")),
@@ -70,6 +75,7 @@ def run_experiment(plan: RunPlan, run_dir: Path, on_validation=None) -> RunResul
     if is_main_process():
         write_jsonl(run_dir / "predictions.jsonl", predictions)
         result.write(run_dir)  # last: its presence marks the run finished
+        remove_checkpoints(run_dir)
     wait_for_everyone()
     return result
 
@@ -146,13 +152,15 @@ def add_bertscore(plan: RunPlan, predictions: list[dict], metrics: dict) -> dict
 
 
 def save_adapter(model, tokenizer, plan: RunPlan, peft_config, adapter_dir: Path) -> Path:
-    """Save what was trained (an adapter, or a whole model for full fine-tuning) into `adapter_dir`."""
+    """Save what was trained (an adapter, or a whole model for full fine-tuning) into `adapter_dir`,
+    whole or not at all (a full disk leaves no half-written adapter, and the error names the folder)."""
     if is_main_process():  # under `accelerate launch` every process trains; one writes
         shutil.rmtree(adapter_dir, ignore_errors=True)
         if plan.method.trains:
-            model.save_pretrained(adapter_dir)
-            if peft_config is None:  # full fine-tuning stores a whole, self-contained model
-                tokenizer.save_pretrained(adapter_dir)
+            with folder_written_whole(adapter_dir) as folder:
+                model.save_pretrained(folder)
+                if peft_config is None:  # full fine-tuning stores a whole, self-contained model
+                    tokenizer.save_pretrained(folder)
     return adapter_dir
 
 

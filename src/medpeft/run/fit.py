@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from pathlib import Path
 
 import torch
 
 from medpeft.config import ExperimentConfig
+from medpeft.errors import Preempted
 from medpeft.methods import output_prefix_tokens
+from medpeft.run.checkpoint import CHECKPOINT_EVERY_S, Checkpointer, checkpoint_folder, find_resumable, whole_run_loss
+from medpeft.run.preempt import checkpoint_on_signal, signal_name
 
 NOT_TRAINED = {"train_seconds": 0.0, "train_tokens": 0, "train_loss": None, "val_loss": None, "steps": 0}
 VALIDATIONS_PER_RUN = 4  # validation-loss checks during training when a tuner watches (pruning)
@@ -17,16 +19,17 @@ VALIDATIONS_PER_RUN = 4  # validation-loss checks during training when a tuner w
 
 class TimeBudget:
     """Stops training once `seconds` of wall-clock training time have passed (the clinical study's
-    time-budget runs): methods compared at equal time, not equal steps. The schedule is the full run's."""
+    time-budget runs): methods compared at equal time, not equal steps. The schedule is the full run's.
+    `spent`: seconds an interrupted earlier session of this run already trained."""
 
-    def __init__(self, seconds: float):
-        self.seconds, self.start, self.stopped_at = seconds, None, None
+    def __init__(self, seconds: float, spent: float = 0.0):
+        self.seconds, self.spent, self.start, self.stopped_at = seconds, spent, None, None
 
     def on_train_begin(self, args, state, control, **_):
         self.start = time.perf_counter()
 
     def on_step_end(self, args, state, control, **_):
-        if time.perf_counter() - self.start >= self.seconds and not control.should_training_stop:
+        if self.spent + time.perf_counter() - self.start >= self.seconds and not control.should_training_stop:
             control.should_training_stop = True
             self.stopped_at = state.global_step
 
@@ -42,17 +45,37 @@ class ValidationWatch:
             self.on_validation(state.global_step, float(metrics["eval_loss"]))
 
 
+class NanGuard:
+    """Fails the run at the first logged loss that is NaN or infinite, rather than after the last step."""
+
+    def __init__(self, lr: float):
+        self.lr = lr
+
+    def on_log(self, args, state, control, logs=None, **_):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise FloatingPointError(nan_message(loss, state.global_step, self.lr))
+
+
+def nan_message(loss: float, step: int, lr: float | None) -> str:
+    return f"training loss is {loss} at step {step}; lower train.lr (now {lr}) or check the data"
+
+
+HANDLERS = ("on_train_begin", "on_step_end", "on_evaluate", "on_log", "on_save")
+
+
 def as_callback(obj):
     """A TrainerCallback that forwards to `obj`'s handlers (keeps transformers out of import time)."""
     from transformers import TrainerCallback
 
     return type(f"{type(obj).__name__}Callback", (TrainerCallback,), {
-        name: getattr(obj, name) for name in ("on_train_begin", "on_step_end", "on_evaluate") if hasattr(obj, name)})()
+        name: getattr(obj, name) for name in HANDLERS if hasattr(obj, name)})()
 
 
 def training_arguments(kind, cfg: ExperimentConfig, n_train: int, output_dir: Path, watch: bool = False):
-    """TrainingArguments from the run's train settings; logging about 5 times per run, no checkpoints;
-    with `watch`, a validation loss VALIDATIONS_PER_RUN times per run."""
+    """TrainingArguments from the run's train settings; logging about 5 times per run; with `watch`, a
+    validation loss VALIDATIONS_PER_RUN times per run. Checkpoints go to `output_dir` when the
+    Checkpointer callback asks (save_strategy stays "no"), and it alone removes old ones."""
     from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
     t = cfg.train
@@ -76,32 +99,49 @@ def training_arguments(kind, cfg: ExperimentConfig, n_train: int, output_dir: Pa
 
 
 def train_model(model, tokenizer, kind, cfg: ExperimentConfig, train_rows, val_rows, run_dir: Path,
-                on_validation=None) -> dict:
-    """Train on `train_rows`; the validation loss at the end; seconds, tokens seen, losses and steps.
-    `on_validation(step, loss)`, when given, is called at each mid-training validation (it may raise to stop)."""
+                on_validation=None, callbacks=()) -> dict:
+    """Train on `train_rows`, resuming from the run's last complete checkpoint if an earlier session left
+    one; the validation loss at the end; seconds, tokens seen, losses and steps over the whole run.
+    `on_validation(step, loss)`, when given, is called at each mid-training validation (it may raise to
+    stop); `callbacks` are extra TrainerCallbacks (a tracker's). A stop signal ends it with `Preempted`."""
+    resume = find_resumable(run_dir)
+    resumed_from, spent = (resume[1]["step"], resume[1]["train_seconds"]) if resume else (0, 0.0)
+    budget = TimeBudget(cfg.train.time_budget_s, spent) if cfg.train.time_budget_s else None
+    with checkpoint_on_signal() as stop:
+        saver = Checkpointer(checkpoint_folder(run_dir), cfg.train.checkpoint_steps, CHECKPOINT_EVERY_S, spent, stop)
+        trainer = build_trainer(model, tokenizer, kind, cfg, train_rows, val_rows, checkpoint_folder(run_dir),
+                                [budget, saver, NanGuard(cfg.train.lr)], on_validation, callbacks)
+        start = time.perf_counter()
+        output = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
+    if saver.preempted_at is not None:
+        raise Preempted(f"stopped by {signal_name(stop.signum)} in training: checkpoint at step {saver.preempted_at} in "
+                        f"{checkpoint_folder(run_dir)}; run the same command again to resume from it", stop.signum)
+    seconds, steps = spent + time.perf_counter() - start, int(trainer.state.global_step)
+    loss = whole_run_loss(trainer.state.log_history, resumed_from, output.training_loss, steps) if resume else output.training_loss
+    if not math.isfinite(loss):
+        raise FloatingPointError(nan_message(loss, steps, cfg.train.lr))
+    val_loss = trainer.evaluate()["eval_loss"] if val_rows else None
+    done = {"train_seconds": seconds, "train_tokens": int(trainer.state.num_input_tokens_seen),
+            "train_loss": float(loss), "val_loss": val_loss, "steps": steps,
+            "planned_steps": int(trainer.state.max_steps), "resumed_from_step": resumed_from}
+    if budget is not None:
+        done["time_budget_s"], done["stopped_by_time_budget"] = budget.seconds, budget.stopped_at is not None
+    return done
+
+
+def build_trainer(model, tokenizer, kind, cfg: ExperimentConfig, train_rows, val_rows, output_dir: Path,
+                  handlers: list, on_validation, callbacks):
+    """The Trainer (Seq2SeqTrainer for encoder-decoders) with medpeft's handlers as callbacks."""
     from datasets import Dataset
     from transformers import Seq2SeqTrainer, Trainer
 
     watch = on_validation is not None and bool(val_rows)
-    args = training_arguments(kind, cfg, len(train_rows), run_dir / "trainer", watch)
-    budget = TimeBudget(cfg.train.time_budget_s) if cfg.train.time_budget_s else None
-    callbacks = [as_callback(c) for c in (budget, ValidationWatch(on_validation) if watch else None) if c]
+    args = training_arguments(kind, cfg, len(train_rows), output_dir, watch)
+    handlers = handlers + ([ValidationWatch(on_validation)] if watch else [])
     collator = kind.collator(tokenizer, output_prefix_tokens(getattr(model, "peft_config", {}).get("default")))
     trainer_cls = Seq2SeqTrainer if kind.seq2seq_trainer else Trainer
     trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
-                          eval_dataset=Dataset.from_list(val_rows) if val_rows else None,
-                          data_collator=collator, processing_class=tokenizer, callbacks=callbacks)
+                          eval_dataset=Dataset.from_list(val_rows) if val_rows else None, data_collator=collator,
+                          processing_class=tokenizer, callbacks=[as_callback(h) for h in handlers if h] + list(callbacks))
     trainer.model_accepts_loss_kwargs = kind.loss_kwargs
-    start = time.perf_counter()
-    output = trainer.train()
-    seconds = time.perf_counter() - start
-    if not math.isfinite(output.training_loss):
-        raise FloatingPointError(f"training loss is {output.training_loss}; lower train.lr (now {cfg.train.lr}) or check the data")
-    val_loss = trainer.evaluate()["eval_loss"] if val_rows else None
-    shutil.rmtree(run_dir / "trainer", ignore_errors=True)
-    done = {"train_seconds": seconds, "train_tokens": int(trainer.state.num_input_tokens_seen),
-            "train_loss": float(output.training_loss), "val_loss": val_loss, "steps": int(trainer.state.global_step),
-            "planned_steps": int(trainer.state.max_steps)}
-    if budget is not None:
-        done["time_budget_s"], done["stopped_by_time_budget"] = budget.seconds, budget.stopped_at is not None
-    return done
+    return trainer

@@ -40,6 +40,8 @@ class RunResult:
     config: dict  # the resolved ExperimentConfig as plain data
     variant: dict = field(default_factory=dict)  # the grid axes that set this run ({"method_args.r": 4})
     error: str | None = None  # "ExceptionType: message" of a failed run
+    cause: str | None = None  # a failed run's diagnosed cause: nan_loss, out_of_memory, disk_full, asset_unreadable, ...
+    fix: str | None = None  # what to change before running it again, when the cause is known
     traceback: str | None = None
     task_type: str | None = None
     labels: list[str] | None = None  # label set in the model's index order (classification, multilabel, ner)
@@ -66,17 +68,19 @@ class RunResult:
                    seed=cfg.seed, config=cfg.to_dict(), variant=dict(variant), tuning_trial=is_trial(cfg), **fields)
 
     @classmethod
-    def failed(cls, cfg, variant: dict, err: BaseException) -> RunResult:
-        """A run that raised `err` (call inside the `except`, so the traceback is the error's)."""
+    def failed(cls, cfg, variant: dict, err: BaseException, cause: str | None = None, fix: str | None = None) -> RunResult:
+        """A run that raised `err` (call inside the `except`, so the traceback is the error's), with its
+        diagnosed cause and fix when known (run/faults.py)."""
         return cls(run_id=cfg.run_id, status=Status.FAILED, task=cfg.task, model=cfg.model, method=cfg.method,
                    seed=cfg.seed, config=cfg.to_dict(), variant=dict(variant), tuning_trial=is_trial(cfg),
-                   error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+                   error=f"{type(err).__name__}: {err}", cause=cause, fix=fix, traceback=traceback.format_exc())
 
     def to_json(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "run_dir"}
         data["status"] = self.status.value
         if self.ok:
-            data.pop("traceback")
+            for unused in ("traceback", "cause", "fix"):  # a finished run's file stays as it was
+                data.pop(unused)
         return data
 
     @classmethod
