@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.medpeft-installed
 
-.PHONY: install assets demo test test-fast clean-runs
+.PHONY: install assets demo test test-fast bench clean-runs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: assets
 
 test-fast: assets
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# medpeft's training path against a plain pad-to-max Trainer pipeline: tokens/s, peak memory, ratios (minutes)
+bench: assets
+	$(BIN)/python -m medpeft.bench
 
 clean-runs:
 	rm -rf runs

@@ -1,6 +1,6 @@
 """The layout's rule, checked on the source: layers import only downward, and no module imports itself back.
 
-cli -> grid, pretrain -> tune -> report | run -> plan -> methods, models, tasks -> config, registry, data, dist -> errors.
+cli -> grid, pretrain, bench -> tune -> report | run -> plan -> methods, models, tasks -> config, registry, data, dist -> errors.
 A module may import its own folder's modules; the report reads the run's contract (the metric table
 and the result record), nothing else of run/.
 """
@@ -21,7 +21,7 @@ RANKS = {  # by module (dotted, without "medpeft.") or by folder
     "plan": 3,
     "run": 4, "report": 4,
     "tune": 5, "use": 5,  # use/ reads run/ (encode, kinds, predict, record), so it sits above it
-    "grid": 6, "pretrain": 6,
+    "grid": 6, "pretrain": 6, "bench": 6,
     "cli": 7, "__main__": 8,
 }
 REPORT_MAY_READ = {"run.metrics", "run.record"}  # the run's on-disk contract

@@ -10,6 +10,7 @@ EPILOG = """examples:
   medpeft run configs/quick.yaml --set train.epochs=1 override a setting in every run
   medpeft run my-grid.yaml --online                   allow hub models and data (e.g. google/flan-t5-base)
   medpeft run configs/quick.yaml --track mlflow       training curves and results in MLflow (runs/quick/mlflow.db)
+  medpeft run configs/quick.yaml --quiet              no progress bars: one line per run (logs in each run's train.log)
   medpeft report runs/quick                           rebuild report.html / report.md / report.tex of a grid
   medpeft list                                        registered models, methods and tasks
   medpeft tasks                                       every task: type, source, sizes, labels or lengths, license
@@ -44,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="log training curves, final metrics, efficiency and config: one experiment per grid, one "
                           "tracked run per run id. mlflow: $MLFLOW_TRACKING_URI, else runs/<grid>/mlflow.db; "
                           "tensorboard: runs/<grid>/tensorboard/; wandb: offline unless --online")
+    shown = run.add_mutually_exclusive_group()
+    shown.add_argument("--quiet", dest="verbosity", action="store_const", const="quiet", default="normal",
+                       help="no progress bars: one line per run, and errors (every run's log is still in its train.log)")
+    shown.add_argument("--verbose", dest="verbosity", action="store_const", const="verbose",
+                       help="also print the Trainer's raw logs (loss, grad norm, learning rate) under the bars")
     report = sub.add_parser("report", help="write report.html, report.md and report.tex for a grid's runs",
                             description="Read runs/<grid>/*/result.json and predictions.jsonl and write, next to the "
                                         "runs, summary.md and summary.csv (rewritten), report.html (one self-contained file), report.md, "
@@ -161,7 +167,7 @@ def command_run(args) -> int:
             print(f"tuning: {len(groups)} group(s), {trial_count(groups, trials)} trial run(s) on validation before "
                   "these runs; the ids above change when the chosen values are set")
         return 0
-    run_grid(grid, args.runs_dir, online=args.online, shard=shard, track=args.track)
+    run_grid(grid, args.runs_dir, online=args.online, shard=shard, track=args.track, verbosity=args.verbosity)
     return 0
 
 

@@ -17,6 +17,7 @@ from medpeft.run.checkpoint import find_resumable, remove_checkpoints
 from medpeft.run.faults import diagnose, release_memory
 from medpeft.run.lock import acquire_run_lock, describe_holder
 from medpeft.run.preempt import stop_on_signal
+from medpeft.run.progress import grid_bar, level, run_log, say, showing
 from medpeft.run.record import RunResult, read_result
 from medpeft.run.track import open_tracker
 
@@ -68,17 +69,17 @@ def select_shard(runs: list[ExperimentConfig], shard: tuple[int, int] | None) ->
 
 
 def run_grid(grid: Grid, runs_dir: Path, *, online: bool = False, shard: tuple[int, int] | None = None,
-             track: str | None = None, log=print) -> Path:
+             track: str | None = None, log=say, verbosity: str = "normal") -> Path:
     """Run every configuration of `grid` (or one shard of it) under runs_dir/<grid name>/, then write
     its summary and report. A grid with a `tune:` block first tunes each group on validation data
     (tune.py); with --shard every shard runs (or finds finished) the trials it needs. `track`:
-    mlflow, tensorboard or wandb (run/track.py)."""
+    mlflow, tensorboard or wandb (run/track.py). `verbosity`: quiet, normal or verbose (run/progress.py)."""
     grid_dir = Path(runs_dir) / grid.name
     log = log if is_main_process() else (lambda *_: None)
     part = f" shard {shard[0]}/{shard[1]}" if shard else ""
     tracker = open_tracker(track, grid_dir, grid.name, online, log) if track and is_main_process() else None
     configs = grid_configs(grid, None if grid.tuned else shard)
-    with stop_on_signal():
+    with showing(verbosity), stop_on_signal():
         if grid.tuned:
             from medpeft.tune import tune_grid
 
@@ -92,7 +93,8 @@ def run_grid(grid: Grid, runs_dir: Path, *, online: bool = False, shard: tuple[i
         plans = plan_runs(configs, online)  # every check, before any training
         run_plans(plans, grid_dir, log, f"grid {grid.name}{part}", tracker=tracker)
     if is_main_process():
-        write_outputs(grid_dir, log)
+        with showing(verbosity):
+            write_outputs(grid_dir, log)
     return grid_dir
 
 
@@ -102,14 +104,21 @@ def run_plans(plans: list[RunPlan], grid_dir: Path, log, title: str, on_validati
     worker holds is skipped (its result is None), or with `wait` waited for."""
     done = {p.run_id: r for p in plans if (r := read_result(grid_dir / p.run_id)) is not None and r.ok}
     wait_for_everyone()  # every launched process decides on the same runs before any is written
-    log(f"{title}: {len(plans)} runs ({len(done)} already finished) -> {grid_dir}")
+    if level() != "quiet":
+        log(f"{title}: {len(plans)} runs ({len(done)} already finished) -> {grid_dir}")
     labels = [f"[{i}/{len(plans)}] {plan.run_id}" for i, plan in enumerate(plans, 1)]
-    results = [done.get(plan.run_id) or run_unless_held(plan, grid_dir, log, label, on_validation, tracker)
-               for plan, label in zip(plans, labels)]
-    while wait and (busy := [k for k, r in enumerate(results) if r is None]):
-        time.sleep(LOCK_POLL_S)
-        for k in busy:
-            results[k] = run_unless_held(plans[k], grid_dir, log, labels[k], on_validation, tracker, quiet=True)
+    results = []
+    with grid_bar(title, len(plans), len(done)) as bar:
+        for plan, label in zip(plans, labels):
+            results.append(done.get(plan.run_id) or run_unless_held(plan, grid_dir, log, label, on_validation, tracker))
+            if plan.run_id not in done and results[-1] is not None:
+                bar.update()
+        while wait and (busy := [k for k, r in enumerate(results) if r is None]):
+            time.sleep(LOCK_POLL_S)
+            for k in busy:
+                results[k] = run_unless_held(plans[k], grid_dir, log, labels[k], on_validation, tracker, quiet=True)
+                if results[k] is not None:
+                    bar.update()
     if held := sum(r is None for r in results):
         log(f"{held} run(s) left to the other workers that hold them; the last worker to finish writes the full report")
     return results
@@ -129,13 +138,16 @@ def run_unless_held(plan: RunPlan, grid_dir: Path, log, label: str, on_validatio
         finished = read_result(run_dir)
         if finished is not None and finished.ok:
             return finished
-        resume = find_resumable(run_dir, warn=lambda text: log(f"    warning: {text}"))
-        log(label + (f" (resuming from its checkpoint at step {resume[1]['step']})" if resume else ""))
-        return run_one(plan, run_dir, log, on_validation, tracker)
+        with run_log(run_dir, log) as log:  # each line also into the run's train.log
+            resume = find_resumable(run_dir, warn=lambda text: log(f"    warning: {text}"))
+            if level() != "quiet":  # quiet: the run's one line, at its end, carries the label
+                log(label + (f" (resuming from its checkpoint at step {resume[1]['step']})" if resume else ""))
+            return run_one(plan, run_dir, log, on_validation, tracker, label)
 
 
-def run_one(plan: RunPlan, run_dir: Path, log, on_validation=None, tracker=None) -> RunResult:
-    """One run; a failure is recorded in its result.json with its cause and fix, and the grid goes on."""
+def run_one(plan: RunPlan, run_dir: Path, log, on_validation=None, tracker=None, label: str = "") -> RunResult:
+    """One run; a failure is recorded in its result.json with its cause and fix, and the grid goes on.
+    At the quiet level its one line starts with `label`."""
     from medpeft.run.execute import run_experiment
 
     start = time.perf_counter()
@@ -155,20 +167,21 @@ def run_one(plan: RunPlan, run_dir: Path, log, on_validation=None, tracker=None)
         tracker.finish(result)
     if not result.ok:
         release_memory()  # here, after the except block: its traceback no longer holds the run's model
-        record_failure(result, run_dir, log)
+        record_failure(result, run_dir, log, label if level() == "quiet" else "   ")
         return result
     shown = ", ".join(f"{k}={100 * v:.1f}" for k, v in result.metrics.items() if v is not None)
     if result.tuning_trial:
         val_loss = result.training.get("val_loss")
         shown = f"validation: {shown or ''}{', ' if shown else ''}loss={val_loss:.4f}" if val_loss is not None else f"validation: {shown}"
-    log(f"    {shown}  ({time.perf_counter() - start:.0f}s, {result.efficiency['trainable_pct']:.3g}% trainable)")
+    lead = f"{label}:" if level() == "quiet" else "   "
+    log(f"{lead} {shown}  ({time.perf_counter() - start:.0f}s, {result.efficiency['trainable_pct']:.3g}% trainable)")
     return result
 
 
-def record_failure(result: RunResult, run_dir: Path, log) -> None:
+def record_failure(result: RunResult, run_dir: Path, log, lead: str = "   ") -> None:
     """Write a failed run's result.json (best effort: on a full disk it may fail too) and log it. A run
     that fails the same way again (a NaN loss, a pruned trial) keeps no checkpoint to resume from."""
-    log(f"    FAILED: {result.error}")
+    log(f"{lead} FAILED: {result.error}")
     if result.fix:
         log(f"    fix: {result.fix}")
     if not is_main_process():
@@ -182,11 +195,13 @@ def record_failure(result: RunResult, run_dir: Path, log) -> None:
 
 
 def write_outputs(grid_dir: Path, log) -> None:
-    """summary.md/csv and the report; derived from the runs, so their failure never fails or loses a run."""
+    """summary.md/csv and the report; derived from the runs, so their failure never fails or loses a run.
+    At the quiet level only the report's path and warnings are printed."""
     from medpeft.report.build import build_report
 
+    quiet = level() == "quiet"
     try:
-        paths = build_report(grid_dir, on_summary=log)
+        paths = build_report(grid_dir, on_summary=(lambda text: None) if quiet else log)
     except Exception as err:  # noqa: BLE001
         log(f"warning: report not written ({type(err).__name__}: {err}); retry with: medpeft report {grid_dir}")
         return
@@ -198,5 +213,5 @@ def write_outputs(grid_dir: Path, log) -> None:
     except Exception as err:  # noqa: BLE001 - a card is derived from the runs, like the report
         log(f"warning: model cards not written ({type(err).__name__}: {err}); retry with: medpeft report {grid_dir}")
         return
-    if cards:
+    if cards and not quiet:
         log(f"model cards: README.md in the adapter/ of {len(cards)} run(s)")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import closing
 from pathlib import Path
 
 import torch
@@ -12,6 +13,7 @@ from medpeft.errors import Preempted
 from medpeft.methods import output_prefix_tokens
 from medpeft.run.checkpoint import CHECKPOINT_EVERY_S, Checkpointer, checkpoint_folder, find_resumable, whole_run_loss
 from medpeft.run.preempt import checkpoint_on_signal, signal_name
+from medpeft.run.progress import TrainProgress
 
 NOT_TRAINED = {"train_seconds": 0.0, "train_tokens": 0, "train_loss": None, "val_loss": None, "steps": 0}
 VALIDATIONS_PER_RUN = 4  # validation-loss checks during training when a tuner watches (pruning)
@@ -61,7 +63,7 @@ def nan_message(loss: float, step: int, lr: float | None) -> str:
     return f"training loss is {loss} at step {step}; lower train.lr (now {lr}) or check the data"
 
 
-HANDLERS = ("on_train_begin", "on_step_end", "on_evaluate", "on_log", "on_save")
+HANDLERS = ("on_train_begin", "on_step_end", "on_evaluate", "on_log", "on_save", "on_train_end")
 
 
 def as_callback(obj):
@@ -107,10 +109,11 @@ def train_model(model, tokenizer, kind, cfg: ExperimentConfig, train_rows, val_r
     resume = find_resumable(run_dir)
     resumed_from, spent = (resume[1]["step"], resume[1]["train_seconds"]) if resume else (0, 0.0)
     budget = TimeBudget(cfg.train.time_budget_s, spent) if cfg.train.time_budget_s else None
-    with checkpoint_on_signal() as stop:
+    shown = TrainProgress(run_dir)  # the run's bar and its train.log (run/progress.py)
+    with checkpoint_on_signal() as stop, closing(shown):
         saver = Checkpointer(checkpoint_folder(run_dir), cfg.train.checkpoint_steps, CHECKPOINT_EVERY_S, spent, stop)
         trainer = build_trainer(model, tokenizer, kind, cfg, train_rows, val_rows, checkpoint_folder(run_dir),
-                                [budget, saver, NanGuard(cfg.train.lr)], on_validation, callbacks)
+                                [budget, saver, NanGuard(cfg.train.lr), shown], on_validation, callbacks)
         start = time.perf_counter()
         output = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
     if saver.preempted_at is not None:
@@ -133,7 +136,7 @@ def build_trainer(model, tokenizer, kind, cfg: ExperimentConfig, train_rows, val
                   handlers: list, on_validation, callbacks):
     """The Trainer (Seq2SeqTrainer for encoder-decoders) with medpeft's handlers as callbacks."""
     from datasets import Dataset
-    from transformers import Seq2SeqTrainer, Trainer
+    from transformers import PrinterCallback, Seq2SeqTrainer, Trainer
 
     watch = on_validation is not None and bool(val_rows)
     args = training_arguments(kind, cfg, len(train_rows), output_dir, watch)
@@ -144,4 +147,5 @@ def build_trainer(model, tokenizer, kind, cfg: ExperimentConfig, train_rows, val
                           eval_dataset=Dataset.from_list(val_rows) if val_rows else None, data_collator=collator,
                           processing_class=tokenizer, callbacks=[as_callback(h) for h in handlers if h] + list(callbacks))
     trainer.model_accepts_loss_kwargs = kind.loss_kwargs
+    trainer.remove_callback(PrinterCallback)  # its raw log dicts: TrainProgress shows and files them instead
     return trainer

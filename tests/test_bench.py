@@ -1,0 +1,54 @@
+"""The benchmark end to end on tiny models (`--quick`): every figure is printed and positive. No timing
+is asserted: the figures of tiny random models on a shared CPU mean nothing."""
+from __future__ import annotations
+
+import re
+
+from medpeft import bench
+
+NUMBER = r"([\d,]+(?:\.\d+)?)"
+
+
+def figures(out: str, workload: str) -> dict[str, list[float]]:
+    """{row name: [medpeft, plain, ratio]} of one workload's table in the printed output."""
+    block = out.split(f"\n{workload}: ", 1)[1].split("\n\n", 1)[0]
+    rows = {}
+    for line in block.splitlines()[2:]:
+        found = re.match(rf"\s+(.+?)\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x$", line)
+        assert found, line
+        rows[found.group(1)] = [float(found.group(k).replace(",", "")) for k in (2, 3, 4)]
+    return rows
+
+
+def test_quick_benchmark_prints_every_figure(capsys, assets_ready):
+    assert bench.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    peak = re.search(r"fp32 matmul peak: ([\d.]+) GFLOP/s", out)
+    assert peak and float(peak.group(1)) > 0
+    summarization = figures(out, "summarization")
+    assert set(summarization) == {"useful tokens/s (non-pad, training)", "% of fp32 matmul peak (4 FLOP/param/token)",
+                                  "peak RSS, whole process (GiB)", "generation new tokens/s (batched eval)",
+                                  "generated tokens per summary", "useful training tokens", "training seconds"}
+    classification = figures(out, "classification")
+    assert "useful tokens/s (non-pad, training)" in classification and "peak RSS, whole process (GiB)" in classification
+    for rows in (summarization, classification):
+        for name, values in rows.items():
+            assert all(v > 0 for v in values), (name, values)
+    # the same examples, cut the same way, on both sides: about the same useful tokens (re-tokenized text may differ a little)
+    assert 0.9 < summarization["useful training tokens"][2] < 1.1
+    assert "targets (issue 12)" in out
+
+
+def test_the_plain_pipeline_pads_to_max_length(assets_ready):
+    from transformers import AutoTokenizer
+
+    from medpeft.plan import plan_run
+
+    w = bench.QUICK["summarization"]
+    plan = plan_run(bench.experiment_config(w))
+    tokenizer = AutoTokenizer.from_pretrained(plan.model_path)
+    rows = bench.plain_rows(w, plan.data, tokenizer)
+    assert len(rows) == w.train_size and all(len(r["input_ids"]) == w.max_length for r in rows)
+    for row in rows:  # labels on every real token, -100 on padding only
+        assert [l == -100 for l in row["labels"]] == [m == 0 for m in row["attention_mask"]]
+        assert 0 < sum(row["attention_mask"]) < w.max_length  # padded, never cut: source and summary are cut first
