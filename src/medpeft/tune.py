@@ -27,7 +27,7 @@ from medpeft.errors import ConfigError
 from medpeft.plan import RunPlan, plan_runs, resolve_config, task_spec
 from medpeft.registry import METHODS
 from medpeft.run.metrics import PRIMARY_METRIC
-from medpeft.run.record import RunResult, read_result
+from medpeft.run.record import RunResult, read_result, validation_score
 
 OPTUNA_HINT = "search: optuna needs the optuna package: .venv/bin/pip install 'medpeft[tune]' (or pip install optuna)"
 
@@ -111,12 +111,8 @@ def trial_config(group: Group, values: dict, metric: str) -> ExperimentConfig:
 
 def trial_score(result: RunResult | None, metric: str) -> float | None:
     """A finished trial's validation score, higher is better (the loss is negated); None if it failed."""
-    if result is None or not result.ok:
-        return None
-    if metric == "val_loss":
-        loss = result.training.get("val_loss")
-        return None if loss is None else -loss
-    return result.metrics.get(metric)
+    score = validation_score(result, metric)
+    return -score if score is not None and metric == "val_loss" else score
 
 
 def choose(candidates: list[dict], scores: list[float | None], losses: list[float | None] | None = None) -> dict | None:
@@ -205,9 +201,8 @@ def grid_search(group: Group, plans: list[RunPlan], metric: str, grid_dir: Path,
     log(f"tuning {group.key}: {len(plans)} candidate(s) of {', '.join(group.space)}, scored on validation {metric}")
     run_plans(plans)
     results = [read_result(grid_dir / p.run_id) for p in plans]
-    losses = [trial_score(r, "val_loss") for r in results]
     return choose([p.config.tuning["values"] for p in plans], [trial_score(r, metric) for r in results],
-                  [None if x is None else -x for x in losses])
+                  [validation_score(r, "val_loss") for r in results])
 
 
 def require_optuna():

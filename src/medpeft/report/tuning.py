@@ -11,7 +11,7 @@ from pathlib import Path
 
 from medpeft.report.tables import row_label
 from medpeft.run.metrics import metric_label
-from medpeft.run.record import RunResult
+from medpeft.run.record import RunResult, validation_score
 
 UNTUNED_WARNING = ("Each method ran at a fixed learning rate; add a tune: block to compare fairly "
                    "(`tune: auto` tries each method's learning-rate range on the validation split).")
@@ -39,14 +39,6 @@ def score_name(metric: str | None) -> str:
     return "loss" if metric == "val_loss" else metric_label(metric) if metric else "score"
 
 
-def trial_score(trial: RunResult, metric: str) -> float | None:
-    if not trial.ok:
-        return None
-    if metric == "val_loss":
-        return trial.training.get("val_loss")
-    return trial.metrics.get(metric)
-
-
 def candidate_rows(frame, trials: list[RunResult]) -> list[dict]:
     """One row per trial of each tuned group in this task: group label, values, validation score, chosen."""
     by_group: dict[str, list[RunResult]] = {}
@@ -59,7 +51,7 @@ def candidate_rows(frame, trials: list[RunResult]) -> list[dict]:
         for t in sorted(by_group.get(record["group"], []), key=lambda t: sorted(t.config["tuning"]["values"].items())):
             values = t.config["tuning"]["values"]
             rows.append({"label": row_label(row), "method": row["method"], "model": row["model"], "values": values,
-                         "score": trial_score(t, metric), "loss": trial_score(t, "val_loss"), "metric": metric,
+                         "score": validation_score(t, metric), "loss": validation_score(t, "val_loss"), "metric": metric,
                          "chosen": values == chosen,
                          "error": None if t.ok else (t.error or "failed").split("\n")[0][:160]})
     return rows

@@ -107,6 +107,14 @@ def is_trial(cfg) -> bool:
     return (cfg.tuning or {}).get("role") == "trial"
 
 
+def validation_score(result: RunResult | None, metric: str) -> float | None:
+    """A tuning trial's validation score as recorded: its validation loss (metric "val_loss") or the
+    metric's value; None when the trial failed or did not record it."""
+    if result is None or not result.ok:
+        return None
+    return result.training.get("val_loss") if metric == "val_loss" else result.metrics.get(metric)
+
+
 def read_result(run_dir: Path) -> RunResult | None:
     """A run's result, or None when it has none (never run, or interrupted before the end)."""
     path = Path(run_dir) / "result.json"
