@@ -182,6 +182,8 @@ def test_pretrained_model_is_usable_in_a_run(tmp_path, grid_file, model, objecti
                             batch_size=8, lr=1e-3), log=lambda *_: None)
     info = json.loads((out / "pretrain.json").read_text())
     assert info["objective"] == objective and info["steps"] == 2
+    assert [step for step, _ in info["loss_curve"]] == [1, 2]  # logging_steps = steps // 10, at least 1
+    assert "step 2/2 loss=" in (out / "train.log").read_text()  # the bar's log, not the Trainer's raw dicts
     assert info["corpus"]["held_out"]["pubmed-rct"]["evaluation_texts"] == 24  # 20 test + 4 validation sentences
     task = "pubmed-rct" if objective == "masked-lm" else "pubmed-conclusion"
     cfg = config_from_dict({"task": task, "model": str(out), "method": "lora", "data": {

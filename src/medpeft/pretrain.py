@@ -151,9 +151,11 @@ def pretrain(cfg: PretrainConfig, *, online: bool = False, log=print) -> Path:
     """Continue pre-training `cfg.model` on the MEDLINE corpus and save it to `cfg.out`."""
     import torch
     from datasets import Dataset
-    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments, set_seed
+    from transformers import DataCollatorForLanguageModeling, PrinterCallback, Trainer, TrainingArguments, set_seed
 
+    from medpeft.run.fit import as_callback
     from medpeft.run.measure import describe_env
+    from medpeft.run.progress import TrainProgress
     from medpeft.models import resolve_model
 
     set_seed(cfg.seed)
@@ -176,10 +178,16 @@ def pretrain(cfg: PretrainConfig, *, online: bool = False, log=print) -> Path:
         use_cpu=not torch.cuda.is_available(), save_strategy="no", report_to="none", disable_tqdm=True,
         logging_steps=max(1, steps // 10), remove_unused_columns=False, warmup_steps=0.06,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator, processing_class=tokenizer)
+    shown = TrainProgress(out)  # a bar (step, loss, tokens/s, ETA); every logged loss into out/train.log
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator, processing_class=tokenizer,
+                      callbacks=[as_callback(shown)])
+    trainer.remove_callback(PrinterCallback)  # its raw log dicts: the bar and train.log instead
     trainer.model_accepts_loss_kwargs = objective == "causal-lm"  # masked-LM heads take a plain mean (see run/kinds.py)
     start = time.perf_counter()
-    result = trainer.train()
+    try:
+        result = trainer.train()
+    finally:
+        shown.close()
     seconds = time.perf_counter() - start
     save_adapted(model, path, objective, out)
     tokenizer.save_pretrained(out)
@@ -188,6 +196,7 @@ def pretrain(cfg: PretrainConfig, *, online: bool = False, log=print) -> Path:
         "exclude_grids": list(cfg.exclude_grids), "exclude_overrides": list(cfg.exclude_overrides),
         "config": cfg.__dict__, "train_loss": result.training_loss,
         "steps": trainer.state.global_step, "train_seconds": seconds, "env": describe_env(),
+        "loss_curve": [[h["step"], h["loss"]] for h in trainer.state.log_history if "loss" in h],
     })
     import shutil
 

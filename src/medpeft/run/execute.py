@@ -63,7 +63,7 @@ def run_experiment(plan: RunPlan, run_dir: Path, on_validation=None, callbacks=(
     adapter_dir = save_adapter(model, tokenizer, plan, peft_config, run_dir / "adapter")
 
     warnings = truncation_warnings("train", train_stats, cfg.data) + (truncation_warnings(split, test_stats, cfg.data) if test_stats else [])
-    kept = ("steps", "planned_steps", "train_loss", "val_loss", "train_tokens", "time_budget_s", "stopped_by_time_budget",
+    kept = ("steps", "planned_steps", "gradient_checkpointing", "train_loss", "val_loss", "train_tokens", "time_budget_s", "stopped_by_time_budget",
             "resumed_from_step")
     result = RunResult.succeeded(
         cfg, cfg.variant, task_type=task.type, labels=task.labels, model_path=plan.model_path, model_kind=kind.name,

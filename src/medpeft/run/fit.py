@@ -1,6 +1,7 @@
 """Fit a model with the transformers Trainer (Seq2SeqTrainer for encoder-decoders), dynamic padding."""
 from __future__ import annotations
 
+import logging
 import math
 import time
 from contextlib import closing
@@ -12,10 +13,12 @@ from medpeft.config import ExperimentConfig
 from medpeft.errors import Preempted
 from medpeft.methods import output_prefix_tokens
 from medpeft.run.checkpoint import CHECKPOINT_EVERY_S, Checkpointer, checkpoint_folder, find_resumable, whole_run_loss
+from medpeft.run.loss import needs_checkpointing, rows_per_forward, split_rows
 from medpeft.run.preempt import checkpoint_on_signal, signal_name
 from medpeft.run.progress import TrainProgress
 
 NOT_TRAINED = {"train_seconds": 0.0, "train_tokens": 0, "train_loss": None, "val_loss": None, "steps": 0}
+log = logging.getLogger("medpeft")
 VALIDATIONS_PER_RUN = 4  # validation-loss checks during training when a tuner watches (pruning)
 
 
@@ -74,7 +77,8 @@ def as_callback(obj):
         name: getattr(obj, name) for name in HANDLERS if hasattr(obj, name)})()
 
 
-def training_arguments(kind, cfg: ExperimentConfig, n_train: int, output_dir: Path, watch: bool = False):
+def training_arguments(kind, cfg: ExperimentConfig, n_train: int, output_dir: Path, watch: bool = False,
+                       checkpointing: bool = False):
     """TrainingArguments from the run's train settings; logging about 5 times per run; with `watch`, a
     validation loss VALIDATIONS_PER_RUN times per run. Checkpoints go to `output_dir` when the
     Checkpointer callback asks (save_strategy stays "no"), and it alone removes old ones."""
@@ -95,7 +99,7 @@ def training_arguments(kind, cfg: ExperimentConfig, n_train: int, output_dir: Pa
         train_sampling_strategy="group_by_length", include_num_input_tokens_seen="non_padding",
         logging_steps=max(1, total_steps // 5), save_strategy="no", report_to="none", logging_nan_inf_filter=False,
         remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=True,
-        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing=t.gradient_checkpointing or checkpointing, prediction_loss_only=True,
         gradient_checkpointing_kwargs={"use_reentrant": False},  # works with a frozen embedding (peft)
     )
 
@@ -124,7 +128,7 @@ def train_model(model, tokenizer, kind, cfg: ExperimentConfig, train_rows, val_r
     if not math.isfinite(loss):
         raise FloatingPointError(nan_message(loss, steps, cfg.train.lr))
     val_loss = trainer.evaluate()["eval_loss"] if val_rows else None
-    done = {"train_seconds": seconds, "train_tokens": int(trainer.state.num_input_tokens_seen),
+    done = {"gradient_checkpointing": trainer.args.gradient_checkpointing,"train_seconds": seconds, "train_tokens": int(trainer.state.num_input_tokens_seen),
             "train_loss": float(loss), "val_loss": val_loss, "steps": steps,
             "planned_steps": int(trainer.state.max_steps), "resumed_from_step": resumed_from}
     if budget is not None:
@@ -134,18 +138,74 @@ def train_model(model, tokenizer, kind, cfg: ExperimentConfig, train_rows, val_r
 
 def build_trainer(model, tokenizer, kind, cfg: ExperimentConfig, train_rows, val_rows, output_dir: Path,
                   handlers: list, on_validation, callbacks):
-    """The Trainer (Seq2SeqTrainer for encoder-decoders) with medpeft's handlers as callbacks."""
+    """The Trainer (Seq2SeqTrainer for encoder-decoders) with medpeft's handlers as callbacks, the kind's
+    own loss and CPU micro-batches (run/loss.py), and gradient checkpointing if it would not fit without."""
     from datasets import Dataset
     from transformers import PrinterCallback, Seq2SeqTrainer, Trainer
 
     watch = on_validation is not None and bool(val_rows)
-    args = training_arguments(kind, cfg, len(train_rows), output_dir, watch)
+    args = training_arguments(kind, cfg, len(train_rows), output_dir, watch, auto_checkpointing(model, kind, cfg, train_rows))
     handlers = handlers + ([ValidationWatch(on_validation)] if watch else [])
     collator = kind.collator(tokenizer, output_prefix_tokens(getattr(model, "peft_config", {}).get("default")))
-    trainer_cls = Seq2SeqTrainer if kind.seq2seq_trainer else Trainer
+    trainer_cls = trainer_class(Seq2SeqTrainer if kind.seq2seq_trainer else Trainer, kind)
     trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
                           eval_dataset=Dataset.from_list(val_rows) if val_rows else None, data_collator=collator,
                           processing_class=tokenizer, callbacks=[as_callback(h) for h in handlers if h] + list(callbacks))
     trainer.model_accepts_loss_kwargs = kind.loss_kwargs
     trainer.remove_callback(PrinterCallback)  # its raw log dicts: TrainProgress shows and files them instead
     return trainer
+
+
+def trainer_class(base, kind):
+    """`base` (Trainer or Seq2SeqTrainer) computing the loss with `kind.loss` when the kind has its own, and
+    running each batch in slices of `rows_per_forward` rows whose weighted losses add up to the batch's."""
+
+    class MedpeftTrainer(base):
+        slice_weight = 1.0  # the running slice's share of the batch's labelled items (1: the whole batch)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if kind.loss is None:
+                result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            else:
+                loss, outputs = kind.loss(model, inputs, num_items_in_batch)
+                result = (loss, outputs) if return_outputs else loss
+            if self.slice_weight == 1.0:
+                return result
+            return (result[0] * self.slice_weight, result[1]) if return_outputs else result * self.slice_weight
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            whole = self.args.world_size > 1  # under DDP every backward synchronises: keep the batch whole
+            slices = split_rows(inputs, len(inputs["input_ids"]) if whole else rows_per_forward(inputs, self.args.device, model.config))
+            if len(slices) == 1:
+                return super().training_step(model, inputs, num_items_in_batch)
+            summed = self.model_accepts_loss_kwargs and num_items_in_batch is not None  # each slice already / all items
+            total = 0.0
+            try:
+                for part, weight in slices:
+                    self.slice_weight = 1.0 if summed else weight
+                    total = total + super().training_step(model, part, num_items_in_batch)
+            finally:
+                self.slice_weight = 1.0
+            return total
+
+    return MedpeftTrainer
+
+
+def auto_checkpointing(model, kind, cfg: ExperimentConfig, train_rows) -> bool:
+    """Gradient checkpointing turned on when one forward of the longest training batch would not fit in
+    free memory (run/loss.needs_checkpointing); said in the log. Off when the config already asks for it."""
+    from medpeft.dist import local_device
+
+    if cfg.train.gradient_checkpointing or not train_rows or not hasattr(model, "config"):
+        return False
+    longest = max(len(r["input_ids"]) + (len(r["labels"]) if kind.seq2seq_trainer else 0) for r in train_rows)
+    device = local_device()
+    fake = {"input_ids": torch.zeros(cfg.train.batch_size, longest, dtype=torch.long)}
+    tokens = rows_per_forward(fake, device, model.config) * longest
+    needed, estimate, free = needs_checkpointing(model, tokens, device, 4 if cfg.train.precision == "fp32" else 2)
+    if needed:
+        log.warning(f"gradient checkpointing turned on: one forward of {tokens} tokens needs about {estimate / 2**30:.1f} GiB "
+                    f"of activations, {free / 2**30:.1f} GiB are free (about 30 % slower; lower train.batch_size or "
+                    f"data.max_source_tokens to train without it)")
+    return needed
+

@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from medpeft.run.encode import encode_causal, encode_class, encode_label_set, encode_seq2seq, encode_tokens, token_collator
+from medpeft.run.loss import labelled_positions_loss
 from medpeft.run.metrics import (entity_counts, label_counts, score_classification, score_multilabel, score_ner,
                                  score_rouge)
 from medpeft.run.predict import generate_texts, predict_probs, predict_tags
@@ -38,6 +39,8 @@ class ModelKind:
     # it to divide by the global token count. Only causal LMs' loss_function does; T5 and the classification
     # heads take a plain mean, so under DDP their loss (and gradient) would be doubled.
     loss_kwargs: bool = False
+    # (model, inputs, num_items_in_batch) -> (loss, outputs): the kind's own training loss; None: the model's
+    loss: Callable | None = None
 
 
 # --- collators ---------------------------------------------------------------------------
@@ -157,7 +160,8 @@ KINDS: dict[str, ModelKind] = {k.name: k for k in (
     ModelKind("seq2seq", "AutoModelForSeq2SeqLM", "SEQ_2_SEQ_LM", False, None, encode_seq2seq, pad_seq2seq,
               functools.partial(generate, decoder_only=False), score_texts, None, seq2seq_trainer=True),
     ModelKind("causal", "AutoModelForCausalLM", "CAUSAL_LM", False, None, encode_causal, pad_seq2seq,
-              functools.partial(generate, decoder_only=True), score_texts, None, loss_kwargs=True),
+              functools.partial(generate, decoder_only=True), score_texts, None, loss_kwargs=True,
+              loss=labelled_positions_loss),
     ModelKind("seq_cls", "AutoModelForSequenceClassification", "SEQ_CLS", True, None, encode_class, pad_inputs,
               class_probs, score_classes, majority_class),
     ModelKind("multilabel", "AutoModelForSequenceClassification", "SEQ_CLS", True, "multi_label_classification",

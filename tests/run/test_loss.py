@@ -1,0 +1,129 @@
+"""The speed and memory levers of run/loss.py leave results as they were: the loss within 1e-4 of the
+plain path, the same gradients, the same predictions after training."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from medpeft.config import config_from_dict
+from medpeft.run import fit, loss as loss_mod
+from medpeft.run.encode import encode_examples
+from medpeft.run.kinds import KINDS
+
+from conftest import KIND_SETUPS, TINY_DATA
+from test_methods import INSTRUCTION, build, make_batch
+from helpers import run_config
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _assets(assets_ready):
+    pass
+
+
+@pytest.mark.parametrize("method", ["lora", "full", "prompt_tuning", "prefix_tuning"])
+def test_labelled_positions_loss_equals_the_models_own(method):
+    """Logits only from the earliest labelled position on give the causal-LM loss of all logits: mean
+    without num_items_in_batch, sum / num_items_in_batch with it; and the same gradients."""
+    model, tokenizer, config = build(method, "causal")
+    batch = make_batch(tokenizer, "causal", config)
+    assert (batch["labels"][:, :4] == -100).all()  # a prompt the lever can skip
+    torch.manual_seed(0)
+    model.eval()  # no dropout: both paths see the same network
+    plain = model(**batch).loss
+    plain.backward()
+    plain_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    mine, _ = loss_mod.labelled_positions_loss(model, batch)
+    mine.backward()
+    assert abs(mine.item() - plain.item()) < 1e-5
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, atol=1e-5, rtol=1e-4)
+    n_items = int((batch["labels"][:, 1:] != -100).sum())
+    summed, _ = loss_mod.labelled_positions_loss(model, batch, num_items_in_batch=torch.tensor(2 * n_items))
+    assert abs(summed.item() - plain.item() / 2) < 1e-5
+
+
+def test_labelled_positions_loss_asks_for_fewer_logits():
+    model, tokenizer, config = build("lora", "causal")
+    batch = make_batch(tokenizer, "causal", config)
+    assert loss_mod.accepts_logits_to_keep(model)
+    _, outputs = loss_mod.labelled_positions_loss(model, batch)
+    first = int((batch["labels"][:, 1:] != -100).any(0).nonzero()[0])
+    assert outputs.logits.shape[1] == batch["labels"].shape[1] - first < batch["labels"].shape[1]
+
+
+def test_split_rows_weights_add_up_and_slices_keep_every_row():
+    labels = torch.tensor([[1, -100, -100], [1, 2, -100], [1, 2, 3]])
+    inputs = {"input_ids": torch.ones(3, 3, dtype=torch.long), "labels": labels, "logits_to_keep": 2}
+    parts = loss_mod.split_rows(inputs, 2)
+    assert [len(p["input_ids"]) for p, _ in parts] == [2, 1]
+    assert [w for _, w in parts] == pytest.approx([3 / 6, 3 / 6])
+    assert all(p["logits_to_keep"] == 2 for p, _ in parts)
+    assert loss_mod.split_rows(inputs, 3) == [(inputs, 1.0)]
+    smollm2 = type("C", (), {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30})()
+    minilm = type("C", (), {"hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 6})()
+    assert loss_mod.rows_per_forward({"input_ids": torch.ones(8, 440, dtype=torch.long)}, "cpu", smollm2) == 2  # 2.5 GiB measured
+    assert loss_mod.rows_per_forward({"input_ids": torch.ones(8, 5000, dtype=torch.long)}, "cpu", smollm2) == 1
+    assert loss_mod.rows_per_forward({"input_ids": torch.ones(32, 128, dtype=torch.long)}, "cpu", minilm) == 32
+    assert loss_mod.rows_per_forward({"input_ids": torch.ones(8, 440, dtype=torch.long)}, "cuda", smollm2) == 8
+
+
+def test_activation_estimate_is_close_to_the_measured_smollm2_figure():
+    """SmolLM2-135M (576 hidden, 1536 intermediate, 30 layers): 12.8k floats per token measured per layer."""
+    config = type("C", (), {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30})()
+    per_token_layer = loss_mod.activation_bytes(config, 1) / 4 / 30
+    assert 0.8 * 12_800 < per_token_layer < 1.2 * 12_800
+
+
+# --- whole runs: each lever on and off ---------------------------------------------------------
+
+
+def run_once(tmp_path, name: str, kind: str, steps: int = 3, **train) -> tuple[dict, list]:
+    """A short LoRA run without dropout: slices draw their dropout masks in another order than the
+    whole batch (a different draw, not a different computation), so with dropout the runs differ by chance."""
+    model, task = KIND_SETUPS[kind]
+    cfg = config_from_dict({"task": task, "model": model, "method": "lora", "seed": 0, "method_args": {"lora_dropout": 0.0},
+                            "data": dict(TINY_DATA, train_size=12), "train": {"max_steps": steps, "batch_size": 6, "eval_batch_size": 4, "lr": 1e-2, **train}})
+    result = run_config(cfg, tmp_path / name)
+    predictions = [json.loads(line) for line in (tmp_path / name / "predictions.jsonl").read_text().splitlines()]
+    return result.training, [p["prediction"] for p in predictions]
+
+
+@pytest.mark.parametrize("kind", ["causal", "seq2seq", "seq_cls"])
+def test_micro_batches_leave_the_run_unchanged(kind, tmp_path, monkeypatch):
+    """Slices of one row each against the whole batch at once: the same loss, the same predictions.
+    Dropout off, the modules kept in eval mode (slices draw their masks in another order: another draw,
+    not another computation)."""
+    train = torch.nn.Module.train
+    monkeypatch.setattr(torch.nn.Module, "train", lambda self, mode=True: train(self, False))
+    monkeypatch.setattr(loss_mod, "SLICE_BYTES", 2**60)
+    whole, whole_predictions = run_once(tmp_path, "whole", kind)
+    monkeypatch.setattr(loss_mod, "SLICE_BYTES", 1)
+    sliced, sliced_predictions = run_once(tmp_path, "sliced", kind)
+    assert abs(whole["train_loss"] - sliced["train_loss"]) < 1e-4
+    assert sliced_predictions == whole_predictions
+
+
+def test_labelled_positions_lever_leaves_the_run_unchanged(tmp_path, monkeypatch):
+    """The causal kind's own loss against the model's loss over all logits, in a whole run."""
+    lever, lever_predictions = run_once(tmp_path, "lever", "causal")
+    monkeypatch.setitem(KINDS, "causal", dataclasses.replace(KINDS["causal"], loss=None))
+    plain, plain_predictions = run_once(tmp_path, "plain", "causal")
+    assert abs(lever["train_loss"] - plain["train_loss"]) < 1e-4
+    assert lever_predictions == plain_predictions
+
+
+def test_checkpointing_turns_itself_on_when_memory_is_short(tmp_path, monkeypatch, caplog):
+    """With (pretend) 1 MiB free, gradient checkpointing turns on, says so, and changes nothing else."""
+    plain, plain_predictions = run_once(tmp_path, "plain", "causal")
+    assert plain["gradient_checkpointing"] is False
+    monkeypatch.setattr(loss_mod, "free_bytes", lambda device: 2**20)
+    with caplog.at_level("WARNING", logger="medpeft"):
+        short, short_predictions = run_once(tmp_path, "short", "causal")
+    assert short["gradient_checkpointing"] is True
+    assert "gradient checkpointing turned on" in caplog.text
+    assert abs(short["train_loss"] - plain["train_loss"]) < 1e-4
+    assert short_predictions == plain_predictions
