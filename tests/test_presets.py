@@ -38,7 +38,7 @@ def test_paper_presets_need_only_the_hub(path):
 
 
 def test_offline_presets_use_only_offline_models():
-    for stem in ("quick", "offline-summarization", "offline-clinical", "sweep-lora-rank", "sweep-prompt-tokens"):
+    for stem in ("quick", "quick-summarization", "offline-summarization", "offline-clinical", "sweep-lora-rank", "sweep-prompt-tokens"):
         for cfg in load_grid(CONFIGS / f"{stem}.yaml").runs:
             assert MODELS[cfg.model].source == "packaged", (stem, cfg.model)
 

@@ -58,7 +58,7 @@ class TrainConfig:
     scheduler: str = "linear"  # transformers lr_scheduler_type
     eval_batch_size: int = 16  # examples per batch at evaluation and generation
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 needs a GPU)
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30 % more time
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30 % more time (on by itself when they would not fit)
     time_budget_s: float | None = None  # stop training after this many wall-clock seconds (equal-time comparisons)
     checkpoint_steps: int | None = None  # also checkpoint every this many optimiser steps (always: every 30 min)
 
