@@ -65,10 +65,10 @@ def test_split_rows_weights_add_up_and_slices_keep_every_row():
     assert loss_mod.split_rows(inputs, 3) == [(inputs, 1.0)]
     smollm2 = type("C", (), {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30})()
     minilm = type("C", (), {"hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 6})()
-    assert loss_mod.rows_per_forward({"input_ids": torch.ones(8, 440, dtype=torch.long)}, "cpu", smollm2) == 2  # 2.5 GiB measured
-    assert loss_mod.rows_per_forward({"input_ids": torch.ones(8, 5000, dtype=torch.long)}, "cpu", smollm2) == 1
-    assert loss_mod.rows_per_forward({"input_ids": torch.ones(32, 128, dtype=torch.long)}, "cpu", minilm) == 32
-    assert loss_mod.rows_per_forward({"input_ids": torch.ones(8, 440, dtype=torch.long)}, "cuda", smollm2) == 8
+    assert loss_mod.rows_per_forward(8, 440, "cpu", smollm2) == 2  # 2.5 GiB measured
+    assert loss_mod.rows_per_forward(8, 5000, "cpu", smollm2) == 1
+    assert loss_mod.rows_per_forward(32, 128, "cpu", minilm) == 32
+    assert loss_mod.rows_per_forward(8, 440, "cuda", smollm2) == 8
 
 
 def test_activation_estimate_is_close_to_the_measured_smollm2_figure():

@@ -128,9 +128,9 @@ def train_model(model, tokenizer, kind, cfg: ExperimentConfig, train_rows, val_r
     if not math.isfinite(loss):
         raise FloatingPointError(nan_message(loss, steps, cfg.train.lr))
     val_loss = trainer.evaluate()["eval_loss"] if val_rows else None
-    done = {"gradient_checkpointing": trainer.args.gradient_checkpointing,"train_seconds": seconds, "train_tokens": int(trainer.state.num_input_tokens_seen),
-            "train_loss": float(loss), "val_loss": val_loss, "steps": steps,
-            "planned_steps": int(trainer.state.max_steps), "resumed_from_step": resumed_from}
+    done = {"train_seconds": seconds, "train_tokens": int(trainer.state.num_input_tokens_seen),
+            "train_loss": float(loss), "val_loss": val_loss, "steps": steps, "planned_steps": int(trainer.state.max_steps),
+            "resumed_from_step": resumed_from, "gradient_checkpointing": trainer.args.gradient_checkpointing}
     if budget is not None:
         done["time_budget_s"], done["stopped_by_time_budget"] = budget.seconds, budget.stopped_at is not None
     return done
@@ -174,8 +174,11 @@ def trainer_class(base, kind):
             return (result[0] * self.slice_weight, result[1]) if return_outputs else result * self.slice_weight
 
         def training_step(self, model, inputs, num_items_in_batch=None):
-            whole = self.args.world_size > 1  # under DDP every backward synchronises: keep the batch whole
-            slices = split_rows(inputs, len(inputs["input_ids"]) if whole else rows_per_forward(inputs, self.args.device, model.config))
+            rows = len(inputs["input_ids"])
+            if self.args.world_size == 1:  # under DDP every backward synchronises: keep the batch whole
+                tokens = padded_tokens(kind, inputs["input_ids"], inputs.get("labels"))
+                rows = rows_per_forward(rows, tokens, self.args.device, model.config)
+            slices = split_rows(inputs, rows)
             if len(slices) == 1:
                 return super().training_step(model, inputs, num_items_in_batch)
             summed = self.model_accepts_loss_kwargs and num_items_in_batch is not None  # each slice already / all items
@@ -198,10 +201,9 @@ def auto_checkpointing(model, kind, cfg: ExperimentConfig, train_rows) -> bool:
 
     if cfg.train.gradient_checkpointing or not train_rows or not hasattr(model, "config"):
         return False
-    longest = max(len(r["input_ids"]) + (len(r["labels"]) if kind.seq2seq_trainer else 0) for r in train_rows)
+    longest = max(padded_tokens(kind, r["input_ids"], r["labels"]) for r in train_rows)
     device = local_device()
-    fake = {"input_ids": torch.zeros(cfg.train.batch_size, longest, dtype=torch.long)}
-    tokens = rows_per_forward(fake, device, model.config) * longest
+    tokens = rows_per_forward(cfg.train.batch_size, longest, device, model.config) * longest
     needed, estimate, free = needs_checkpointing(model, tokens, device, 4 if cfg.train.precision == "fp32" else 2)
     if needed:
         log.warning(f"gradient checkpointing turned on: one forward of {tokens} tokens needs about {estimate / 2**30:.1f} GiB "
@@ -209,3 +211,11 @@ def auto_checkpointing(model, kind, cfg: ExperimentConfig, train_rows) -> bool:
                     f"data.max_source_tokens to train without it)")
     return needed
 
+
+def padded_tokens(kind, input_ids, labels) -> int:
+    """Tokens one row (a list, or a padded batch tensor) runs through the model: its input, plus its
+    labels for an encoder-decoder, whose decoder runs over them."""
+    length = input_ids.shape[-1] if torch.is_tensor(input_ids) else len(input_ids)
+    if not kind.seq2seq_trainer:
+        return length
+    return length + (labels.shape[-1] if torch.is_tensor(labels) else len(labels))

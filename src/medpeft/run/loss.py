@@ -15,8 +15,8 @@ on CPU, gradient checkpointing when the activations would not fit. Each leaves t
 """
 from __future__ import annotations
 
+import functools
 import inspect
-import logging
 
 import torch
 
@@ -24,13 +24,17 @@ SLICE_BYTES = 3 * 2**29  # CPU: estimated activations one forward/backward may h
 FITS_SHARE = 0.8  # of the free memory, what one training step may take before checkpointing turns on
 ACTIVATION_FLOATS = (10, 4)  # saved activations per token and layer: ~10 x hidden + 4 x intermediate floats
 
-log = logging.getLogger("medpeft")
-
 
 def accepts_logits_to_keep(model) -> bool:
     """Whether the (base) model's forward computes logits for the last N positions only (transformers >= 4.50)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return forward_takes_logits_to_keep(type(base))
+
+
+@functools.lru_cache(maxsize=None)
+def forward_takes_logits_to_keep(model_class) -> bool:
+    """Read once per model class, not at every training step."""
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
 def labelled_positions_loss(model, inputs: dict, num_items_in_batch=None):
@@ -55,15 +59,12 @@ def labelled_positions_loss(model, inputs: dict, num_items_in_batch=None):
     return loss / count, outputs
 
 
-def rows_per_forward(inputs: dict, device, config) -> int:
-    """Rows of this batch one forward/backward takes: all of them on an accelerator, on CPU as many as keep
-    the estimated activations (`activation_bytes` of the model's `config`) within SLICE_BYTES (at least one)."""
-    rows = len(inputs["input_ids"])
+def rows_per_forward(rows: int, tokens_per_row: int, device, config) -> int:
+    """Rows of a batch of `rows` rows, each `tokens_per_row` padded tokens (encoder + decoder), one
+    forward/backward takes: all of them on an accelerator, on CPU as many as keep the estimated
+    activations (`activation_bytes` of the model's `config`) within SLICE_BYTES (at least one)."""
     if torch.device(device).type != "cpu":
         return rows
-    labels = inputs.get("labels")
-    decoder = labels is not None and labels.dim() == 2 and labels.shape[1] != inputs["input_ids"].shape[1]  # seq2seq
-    tokens_per_row = inputs["input_ids"].shape[1] + (labels.shape[1] if decoder else 0)
     return max(1, min(rows, SLICE_BYTES // max(activation_bytes(config, tokens_per_row), 1)))
 
 
