@@ -122,6 +122,9 @@ def test_export_refuses_what_it_cannot_do(trained, tmp_path):
     with pytest.raises(ConfigError, match="not empty"):
         export_run(run_dir, tmp_path / "taken")
     assert (tmp_path / "taken" / "file").read_text() == "mine"
+    (tmp_path / "made").mkdir()  # an empty folder the user made beforehand is filled, not refused
+    export_run(run_dir, tmp_path / "made")
+    assert (tmp_path / "made" / "README.md").is_file() and (tmp_path / "made" / "adapter_config.json").is_file()
     _, t5_untrained, _ = trained("t5-untrained")
     with pytest.raises(ModelError, match="nothing to export"):
         export_run(t5_untrained, tmp_path / "base")

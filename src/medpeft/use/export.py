@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medpeft.errors import ConfigError, ModelError
-from medpeft.files import folder_fingerprint, temporary_path, write_atomic
+from medpeft.files import folder_fingerprint, folder_written_whole, write_atomic
 from medpeft.models import is_hub_id, load_model
 from medpeft.use.card import write_card
 from medpeft.use.runs import FinishedRun, base_model_path, open_run
@@ -56,9 +56,7 @@ def export_run(run_dir, out, *, merge: bool = False, dtype: str | None = None, o
                          f"its base model is {run.result.model_path}")
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} already exists and is not empty; export into a new folder (or remove it first)")
-    tmp = temporary_path(out)
-    tmp.mkdir(parents=True)
-    try:
+    with folder_written_whole(out) as tmp:  # renamed over `out` (or the empty folder the user made) at the end
         if run.is_full:
             export = export_full(run, tmp, dtype_value, merge)
         elif merge and not adapter_config(run).is_prompt_learning:
@@ -66,12 +64,6 @@ def export_run(run_dir, out, *, merge: bool = False, dtype: str | None = None, o
         else:
             export = export_adapter(run, tmp, dtype_value, merge, online)
         write_card(run.run_dir, grid_results_of(run), folder=tmp, export={"kind": export.kind, "dtype": dtype, "path": str(out)})
-        if out.exists():  # an empty folder given by the user
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     export.out = out
     return export
 
