@@ -113,6 +113,9 @@ def add_use_commands(sub) -> None:
     predict.add_argument("--output", required=True, help="the JSONL file to write (replaced in one step when done)")
     predict.add_argument("--text-field", help="the input's text column (default: the run's own text field, else text); "
                                               "NER: a list of words, or a string split on whitespace")
+    predict.add_argument("--pair-field", help="the second text of a text-pair task (pubmed-rct-context: the sentence's "
+                                              "position and neighbours; pubmedqa: the abstract); default: a `pair` "
+                                              "field where a record has one")
     predict.add_argument("--id-field", help="a column kept as each output line's id (default: the run's own id_field, else id)")
     predict.add_argument("--batch-size", type=int, help="texts per batch (default: the run's train.eval_batch_size)")
     predict.add_argument("--online", action="store_true", help="allow a hub base model to be downloaded")
@@ -132,7 +135,7 @@ def command_predict(args) -> int:
     from medpeft.use.predict import predict_runs
 
     done = predict_runs(args.run_dirs, args.input, args.output, text_field=args.text_field, id_field=args.id_field,
-                        batch_size=args.batch_size, online=args.online)
+                        pair_field=args.pair_field, batch_size=args.batch_size, online=args.online)
     print("\n".join(done.lines()))
     return 0
 

@@ -49,8 +49,10 @@ class PretrainConfig:
 
 
 def example_text(ex: dict, task_type: str) -> str:
-    """What of an example must stay unseen: its input and, for summarization, its reference."""
+    """What of an example must stay unseen: its input (both texts of a pair) and, for summarization, its reference."""
     text = " ".join(ex["text"]) if isinstance(ex["text"], list) else ex["text"]  # ner: a list of tokens
+    if ex.get("pair"):
+        text = f"{text}\n{ex['pair']}"  # pubmedqa: the abstract is the pair
     return f"{text}\n{ex['target']}" if task_type == "summarization" else text
 
 

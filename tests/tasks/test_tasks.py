@@ -24,9 +24,10 @@ OFFLINE = sorted(n for n, s in TASKS.items() if not s.online and not n.startswit
 SIZES = {"aci-bench": (24, 4, 12), "mts-dialog": (60, 10, 30), "mts-section": (60, 10, 30), "pmc-abstract": (1, 0, 6)}
 # Examples per source split, measured on the pinned wheels.
 EXPECTED_COUNTS = {
-    "pubmed-conclusion": {"all": 4_887}, "pubmed-rct": {"all": 60_469}, "pubmed-title": {"all": 33_272},
+    "pubmed-conclusion": {"all": 4_887}, "pubmed-rct": {"all": 60_469}, "pubmed-rct-context": {"all": 60_469}, "pubmed-title": {"all": 33_272},
     "mesh": {"all": 1_105}, "pmc-abstract": {"all": 8}, "aci-bench": {"all": 40}, "mts-dialog": {"all": 100},
-    "mts-section": {"all": 100}, "pubmedqa": {"all": 500}, "medmcqa-subject": {"all": 4_181},
+    "mts-section": {"all": 100}, "pubmedqa": {"all": 500},
+    "pubmedqa-pqaa": {"labelled": 500, "automatic": 500}, "medmcqa-subject": {"all": 4_181},
     "drug-review": {"train": 599, "test": 379},
 }
 
@@ -105,7 +106,7 @@ def test_splits_exact_disjoint_and_well_formed(name):
     texts = [ex["text"] for split in data.splits.values() for ex in split]
     assert len(texts) == len(set(map(str, texts))), "the same text in two examples (or two splits)"
     for ex in (ex for split in data.splits.values() for ex in split):
-        assert set(ex) == {"id", "text", "target"}
+        assert set(ex) - {"pair"} == {"id", "text", "target"} and isinstance(ex.get("pair", ""), str)
         assert ex["text"].strip() and (ex["target"] if data.type == "multilabel" else ex["target"].strip())
     if data.type == "classification":
         assert data.labels and all(ex["target"] in data.labels for split in data.splits.values() for ex in split)
@@ -190,6 +191,21 @@ def test_pubmed_rct_splits_never_share_an_abstract():
     assert not groups["train"] & groups["test"]
     assert not groups["validation"] & groups["test"]
     assert {ex["target"] for ex in data.splits["train"]} == set(data.labels)
+
+
+def test_pubmed_rct_context_is_pubmed_rct_with_position_and_neighbours():
+    plain = tasks.load_task("pubmed-rct", cfg(train_size=300, val_size=50, test_size=100))
+    context = tasks.load_task("pubmed-rct-context", cfg(train_size=300, val_size=50, test_size=100))
+    for split in plain.splits:  # the same sentences, labels and splits (by abstract) for the same split_seed
+        assert [(ex["id"], ex["text"], ex["target"]) for ex in plain.splits[split]] == \
+               [(ex["id"], ex["text"], ex["target"]) for ex in context.splits[split]]
+    _, group = next(g for g in tasks.medline_tasks.rct_abstracts() if len(g[1]) >= 3)
+    by_id = {ex["id"]: ex for _, exs in tasks.medline_tasks.rct_context_abstracts() for ex in exs}
+    first, second, last = by_id[group[0]["id"]], by_id[group[1]["id"]], by_id[group[-1]["id"]]
+    n = len(group)
+    assert first["pair"] == f"Sentence 1 of {n}. Before: (none: first sentence) After: {group[1]['text']}"
+    assert second["pair"] == f"Sentence 2 of {n}. Before: {group[0]['text']} After: {group[2]['text']}"
+    assert last["pair"] == f"Sentence {n} of {n}. Before: {group[-2]['text']} After: (none: last sentence)"
 
 
 @pytest.mark.parametrize(

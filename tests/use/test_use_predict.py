@@ -45,6 +45,21 @@ def test_predict_reproduces_the_runs_test_predictions(trained, tmp_path, name):
     assert done.truncated[result.run_id] == result.data["test"]["truncated_sources"]  # counted as in training
 
 
+def test_a_text_pair_run_reproduces_its_predictions_from_text_and_pair_columns(trained, tmp_path, capsys):
+    _, run_dir, _ = trained("context-lora")
+    saved = read_jsonl(run_dir / "predictions.jsonl")
+    assert all(s["pair"].startswith("Sentence ") for s in saved)
+    rows = [{"id": s["id"], "sentence": s["input"], "where": s["pair"]} for s in saved]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert cli.main(["predict", str(run_dir), "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out.jsonl"),
+                     "--text-field", "sentence", "--pair-field", "where"]) == 0
+    assert_same(read_jsonl(tmp_path / "out.jsonl"), saved)
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:-1]) + json.dumps({"sentence": "x"}) + "\n")
+    with pytest.raises(DataError, match=rf"in.jsonl:{len(rows)}: no field 'where'.*Fix: add 'where' to every record"):
+        predict_runs([run_dir], tmp_path / "in.jsonl", tmp_path / "o.jsonl", text_field="sentence", pair_field="where",
+                     progress=False)
+
+
 def test_several_runs_share_one_base_and_each_gets_a_field(trained, tmp_path, monkeypatch):
     names = ["rct-lora", "rct-lora-seed1", "rct-dora", "rct-prompt", "rct-full"]
     runs = {name: trained(name) for name in names}

@@ -23,6 +23,7 @@ RUNS = {  # name -> (grid folder, task, model, method, seed)
     "rct-ia3": ("rct", "pubmed-rct", "tiny-bert", "ia3", 0),
     "rct-dora": ("rct", "pubmed-rct", "tiny-bert", "dora", 0),
     "rct-untrained": ("rct", "pubmed-rct", "tiny-bert", "untrained", 0),
+    "context-lora": ("context", "pubmed-rct-context", "tiny-bert", "lora", 0),
     "t5-lora": ("summ", "pubmed-conclusion", "tiny-t5", "lora", 0),
     "t5-untrained": ("summ", "pubmed-conclusion", "tiny-t5", "untrained", 0),
     "llama-prompt": ("summ", "pubmed-conclusion", "tiny-llama", "prompt_tuning", 0),

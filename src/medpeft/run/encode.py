@@ -86,10 +86,20 @@ def end_of_turn_id(tokenizer) -> int:
 
 
 def encode_text(ex: dict, tokenizer, max_tokens: int) -> tuple[dict, bool]:
-    """Text -> truncated ids, and whether it was cut."""
-    enc = tokenizer(ex["text"], truncation=True, max_length=max_tokens)
-    was_cut = len(tokenizer(ex["text"])["input_ids"]) > max_tokens
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}, was_cut
+    """Text (and its `pair`, the second segment of a text-pair example, if any) -> truncated ids, and
+    whether it was cut. A pair keeps the tokenizer's segment ids; the longer segment is cut first."""
+    texts = (ex["text"], ex["pair"]) if ex.get("pair") else (ex["text"],)
+    enc = tokenizer(*texts, truncation=True, max_length=max_tokens)
+    was_cut = len(tokenizer(*texts)["input_ids"]) > max_tokens
+    row = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    if ex.get("pair") and "token_type_ids" in enc:
+        row["token_type_ids"] = enc["token_type_ids"]
+    return row, was_cut
+
+
+def joined_text(ex: dict) -> str:
+    """An example's text as one string for a prompt: a text pair's second segment after a blank line."""
+    return f"{ex['text']}\n\n{ex['pair']}" if ex.get("pair") else ex["text"]
 
 
 def encode_class(ex: dict, tokenizer, instruction: str, data_cfg, labels: list[str], for_generation: bool = False):
@@ -143,8 +153,8 @@ def encode_target(ex: dict, tokenizer, data_cfg, end_id: int | None = None) -> t
 def encode_seq2seq(ex: dict, tokenizer, instruction: str, data_cfg, labels=None, for_generation: bool = False):
     """Instruction + source for the encoder; the summary as decoder labels (training only)."""
     target, cut_target = encode_target(ex, tokenizer, data_cfg)
-    full = tokenizer(source_text(instruction, ex["text"]))["input_ids"]
-    prompt = tokenizer(source_text(instruction, ex["text"]), truncation=True, max_length=data_cfg.max_source_tokens)["input_ids"]
+    full = tokenizer(source_text(instruction, joined_text(ex)))["input_ids"]
+    prompt = tokenizer(source_text(instruction, joined_text(ex)), truncation=True, max_length=data_cfg.max_source_tokens)["input_ids"]
     row = {"input_ids": prompt, "attention_mask": [1] * len(prompt)}
     if not for_generation:
         row["labels"] = target
@@ -154,7 +164,7 @@ def encode_seq2seq(ex: dict, tokenizer, instruction: str, data_cfg, labels=None,
 def encode_causal(ex: dict, tokenizer, instruction: str, data_cfg, labels=None, for_generation: bool = False):
     """Prompt then summary and end-of-turn in one sequence; the loss covers the summary and end-of-turn only."""
     target, cut_target = encode_target(ex, tokenizer, data_cfg, end_of_turn_id(tokenizer))
-    prompt, cut_source = encode_causal_prompt(tokenizer, instruction, ex["text"], data_cfg.max_source_tokens)
+    prompt, cut_source = encode_causal_prompt(tokenizer, instruction, joined_text(ex), data_cfg.max_source_tokens)
     ids = prompt if for_generation else prompt + target
     row = {"input_ids": ids, "attention_mask": [1] * len(ids)}
     if not for_generation:

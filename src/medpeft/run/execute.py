@@ -136,7 +136,8 @@ def evaluate_model(model, tokenizer, kind, plan: RunPlan, train_rows: list[dict]
     else:
         outputs = kind.prior(train_rows, test, task.labels)
     metrics, scored = kind.score(test, outputs, task.labels)
-    predictions = [{"id": ex["id"], "input": ex["text"], "reference": ex["target"], **s} for ex, s in zip(test, scored)]
+    predictions = [{"id": ex["id"], "input": ex["text"], **({"pair": ex["pair"]} if ex.get("pair") else {}),
+                    "reference": ex["target"], **s} for ex, s in zip(test, scored)]
     return predictions, metrics, stats
 
 

@@ -38,7 +38,7 @@ class TaskData:
 
     name: str
     type: str
-    splits: dict[str, list[dict]]  # "train"/"validation"/"test" -> [{"id", "text", "target"}]
+    splits: dict[str, list[dict]]  # "train"/"validation"/"test" -> [{"id", "text", "target"}, "pair" optional]
     labels: list[str] | None  # label set in a fixed order (classification, multilabel, ner tags); None otherwise
     instruction: str  # one-line instruction for prompting decoder-only LMs
 
@@ -60,8 +60,9 @@ class TaskSpec:
 
 def check_example(task: str, split: str, ex: dict, task_type: str, labels: list[str] | None) -> None:
     """Raise ValueError if one example does not have its task type's format."""
-    if set(ex) != {"id", "text", "target"}:
-        raise ValueError(f"task {task!r} {split} example has keys {sorted(ex)}")
+    if set(ex) - {"pair"} != {"id", "text", "target"} or not isinstance(ex.get("pair", ""), str):
+        raise ValueError(f"task {task!r} {split} example has keys {sorted(ex)} (id, text, target and an optional "
+                         "text `pair`)")
     target = ex["target"]
     if task_type == "classification" and target not in labels:
         raise ValueError(f"task {task!r} example {ex['id']} has unknown label {target!r}")

@@ -75,7 +75,8 @@ def example_lines(name: str, count: int = 2) -> list[str]:
         return lines
     examples = [ex for pool in spec.pool().values() for ex in pool][:count]
     for i, ex in enumerate(examples, 1):
-        lines += ["", f"--- example {i} (id {ex['id']})", "input:", shorten(ex["text"]), "target:", shorten(ex["target"])]
+        lines += ["", f"--- example {i} (id {ex['id']})", "input:", shorten(ex["text"]),
+                  *(["second text (pair):", shorten(ex["pair"])] if ex.get("pair") else []), "target:", shorten(ex["target"])]
     if spec.type == "ner":
         lines += ["", "tokens and tags, word by word:"] + [f"  {w}\t{t}" for w, t in zip(examples[0]["text"], examples[0]["target"])][:30]
     return lines

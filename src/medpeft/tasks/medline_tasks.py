@@ -122,6 +122,25 @@ def rct_abstracts() -> tuple[tuple[str, tuple[dict, ...]], ...]:
     return tuple(abstracts)
 
 
+def sentence_context(sentences: tuple[dict, ...], i: int) -> str:
+    """What a reader of the whole abstract knows about sentence `i`: where it stands and its neighbours
+    (the second segment of a text pair; a tokenizer cuts its end, the following sentence, first)."""
+    before = sentences[i - 1]["text"] if i > 0 else "(none: first sentence)"
+    after = sentences[i + 1]["text"] if i + 1 < len(sentences) else "(none: last sentence)"
+    return f"Sentence {i + 1} of {len(sentences)}. Before: {before} After: {after}"
+
+
+@functools.lru_cache(maxsize=1)
+def rct_context_abstracts() -> tuple[tuple[str, tuple[dict, ...]], ...]:
+    """rct_abstracts() with each sentence's position and neighbours as its text pair."""
+    return tuple((pmid, tuple(dict(ex, pair=sentence_context(group, i)) for i, ex in enumerate(group)))
+                 for pmid, group in rct_abstracts())
+
+
+RCT_INSTRUCTION = ("Classify the role of this sentence from a medical abstract: "
+                   "BACKGROUND, OBJECTIVE, METHODS, RESULTS or CONCLUSIONS.")
+
+
 # --- registered tasks --------------------------------------------------------------
 
 
@@ -161,11 +180,25 @@ def load_pubmed_rct(data_cfg: Any) -> TaskData:
         type="classification",
         splits=splits,
         labels=list(RCT_LABELS),
-        instruction=(
-            "Classify the role of this sentence from a medical abstract: "
-            "BACKGROUND, OBJECTIVE, METHODS, RESULTS or CONCLUSIONS."
-        ),
+        instruction=RCT_INSTRUCTION,
     )
+
+
+@register_task(
+    "pubmed-rct-context",
+    type="classification",
+    description=("Label each sentence of a structured MEDLINE abstract with its section, seeing its position "
+                 "and neighbouring sentences as published PubMed-RCT systems do."),
+    source=MEDLINE_SOURCE,
+    license=MEDLINE_LICENSE,
+    pool=lambda: {"all": [ex for _, group in rct_context_abstracts() for ex in group]},
+)
+def load_pubmed_rct_context(data_cfg: Any) -> TaskData:
+    """pubmed-rct's sentences (the same splits for the same split_seed) as text pairs: the sentence, then
+    "Sentence i of n. Before: ... After: ..."."""
+    splits = split_by_group("pubmed-rct-context", list(rct_context_abstracts()), data_cfg, ("sentences", "abstracts"))
+    return TaskData(name="pubmed-rct-context", type="classification", splits=splits, labels=list(RCT_LABELS),
+                    instruction=RCT_INSTRUCTION)
 
 
 @register_task(

@@ -51,13 +51,13 @@ class Prediction:
 
 
 def predict_runs(run_dirs, input_path, output_path, *, text_field: str | None = None, id_field: str | None = None,
-                 batch_size: int | None = None, online: bool = False, progress: bool = True) -> Prediction:
+                 pair_field: str | None = None, batch_size: int | None = None, online: bool = False, progress: bool = True) -> Prediction:
     """Predict every input with every run; write one JSON line per input to `output_path` (atomically)."""
     runs = open_runs(run_dirs)
     input_path, output_path = Path(input_path), Path(output_path)
     text_field = text_field or default_text_field(runs)
     id_field = id_field or default_id_field(runs)
-    inputs = read_inputs(input_path, text_field, id_field)
+    inputs = read_inputs(input_path, text_field, id_field, pair_field)
     check_output(input_path, output_path)
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
@@ -111,8 +111,11 @@ def model_groups(runs: list[FinishedRun]) -> list[list[FinishedRun]]:
     return list(groups.values())
 
 
-def read_inputs(path: Path, text_field: str, id_field: str = "id") -> list[dict]:
-    """{line, id, text} per record of a CSV or JSONL file; each problem names the file, the line and the fix."""
+def read_inputs(path: Path, text_field: str, id_field: str = "id", pair_field: str | None = None) -> list[dict]:
+    """{line, id, text, pair} per record of a CSV or JSONL file; each problem names the file, the line and the fix.
+
+    `pair` is the second text of a text-pair task (pubmed-rct-context, pubmedqa) from `pair_field`,
+    required in every record when given, else taken from a `pair` field where a record has one."""
     if path.suffix.lower() not in INPUT_SUFFIXES:
         raise data_error(str(path), "the input must be a .csv or .jsonl file", "save it as CSV or JSON lines (UTF-8)")
     if not path.is_file():
@@ -122,16 +125,29 @@ def read_inputs(path: Path, text_field: str, id_field: str = "id") -> list[dict]
         raise data_error(str(path), "the file has no records", "add one record (one text) per line")
     problems, inputs = [], []
     for line, record in records:
-        problem = text_problem(record, text_field)
+        problem = text_problem(record, text_field) or pair_problem(record, pair_field)
         if problem is not None:
             problems.append(f"{path}:{line}: {problem[0]}. Fix: {problem[1]}")
             continue
         text = record[text_field]
         ex_id = record.get(id_field)
+        pair = record.get(pair_field or "pair")
         inputs.append({"line": line, "id": None if ex_id in (None, "") else ex_id,
-                       "text": text.strip() if isinstance(text, str) else text})
+                       "text": text.strip() if isinstance(text, str) else text,
+                       "pair": pair.strip() if isinstance(pair, str) else ""})
     raise_problems(problems)
     return inputs
+
+
+def pair_problem(record: dict, pair_field: str | None) -> tuple[str, str] | None:
+    """(problem, fix) of one record's second text, or None (no --pair-field: a `pair` field is optional)."""
+    pair = record.get(pair_field or "pair")
+    if pair_field and pair_field not in record:
+        return (f"no field {pair_field!r} (the record has {', '.join(map(repr, record)) or 'no fields'})",
+                f"add {pair_field!r} to every record, or leave out --pair-field")
+    if pair is not None and not isinstance(pair, str):
+        return f"field {pair_field or 'pair'!r} holds {type(pair).__name__}, not text", "write the second text as a string"
+    return None
 
 
 def text_problem(record: dict, text_field: str) -> tuple[str, str] | None:
@@ -163,7 +179,7 @@ def run_examples(run: FinishedRun, inputs: list[dict]) -> list[dict]:
     for inp in inputs:
         text = inp["text"]
         text = (text.split() if isinstance(text, str) else text) if ner else (" ".join(text) if isinstance(text, list) else text)
-        ex = {"id": inp["id"], "text": text}
+        ex = {"id": inp["id"], "text": text, "pair": inp.get("pair", "")}
         examples.append(dict(ex, target=PLACEHOLDER_TARGETS[run.result.task_type](ex, run.labels)))
     return examples
 
