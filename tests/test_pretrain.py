@@ -209,7 +209,7 @@ def test_adapted_encoder_keeps_its_pooler_and_changes_its_encoder(tmp_path, grid
 
 def test_both_texts_of_a_pair_stay_out_of_the_corpus():
     """pubmedqa's abstract is the second text of its pair: it must be held out like the question."""
-    from medpeft.pretrain import example_text
+    from medpeft.run.forgetting import example_text
 
     ex = {"id": "q", "text": "Does it work?", "pair": "Results: it worked.", "target": "yes"}
-    assert "Does it work?" in example_text(ex, "classification") and "Results: it worked." in example_text(ex, "classification")
+    assert "Does it work?" in example_text(ex) and "Results: it worked." in example_text(ex)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from medpeft.data.medline import MIN_KEY_CHARS, citation_keys, text_keys
 from medpeft.errors import ConfigError
+from medpeft.run.forgetting import example_text
 from medpeft.run.record import write_json
 
 
@@ -48,14 +49,6 @@ class PretrainConfig:
 # text_keys, citation_keys); a citation sharing a key with an evaluation example is left out.
 
 
-def example_text(ex: dict, task_type: str) -> str:
-    """What of an example must stay unseen: its input (both texts of a pair) and, for summarization, its reference."""
-    text = " ".join(ex["text"]) if isinstance(ex["text"], list) else ex["text"]  # ner: a list of tokens
-    if ex.get("pair"):
-        text = f"{text}\n{ex['pair']}"  # pubmedqa: the abstract is the pair
-    return f"{text}\n{ex['target']}" if task_type == "summarization" else text
-
-
 def evaluation_texts(grid_paths, overrides=(), online: bool = False) -> dict[str, list[str]]:
     """The text of every validation and test example of the grids (with `--set` overrides), by task, once each."""
     from medpeft.config import load_grid
@@ -77,7 +70,7 @@ def evaluation_texts(grid_paths, overrides=(), online: bool = False) -> dict[str
             task = load_data(spec, cfg, online)
             bucket = texts.setdefault(cfg.task, {})
             for split in ("validation", "test"):
-                bucket.update(dict.fromkeys(example_text(ex, task.type) for ex in task.splits[split]))
+                bucket.update(dict.fromkeys(example_text(ex) for ex in task.splits[split]))
     return {task: list(bucket) for task, bucket in texts.items()}
 
 

@@ -44,8 +44,11 @@ def heldout_abstracts(splits: dict[str, list[dict]], n: int, seed: int = 0) -> l
 
 
 def example_text(ex: dict) -> str:
-    """All text of an example: its input (a token list joined) and its target when that is text."""
+    """All text of an example, what must stay out of a corpus: its input (a token list joined), the
+    second text of a pair (pubmedqa's abstract) and its target when that is text."""
     text = " ".join(ex["text"]) if isinstance(ex["text"], list) else str(ex["text"])
+    if ex.get("pair"):
+        text = f"{text}\n{ex['pair']}"
     return f"{text}\n{ex['target']}" if isinstance(ex.get("target"), str) else text
 
 
