@@ -256,3 +256,45 @@ def test_user_task_is_planned_not_registered(tmp_path):
     assert spec.name == "reg-check" and spec.load(DATA).type == "classification"
     checked_config({"task": {**mapping(write_jsonl(tmp_path, notes(20))), "name": "reg-check"}, "model": "tiny-bert", "method": "lora"})
     assert "reg-check" not in TASKS  # reading or checking a config never changes the registry
+
+
+# --- a second text per record (task.pair_field) ------------------------------------------------
+
+
+def with_context(records: list[dict]) -> list[dict]:
+    return [dict(r, context=f"Seen in clinic {i % 3}.") for i, r in enumerate(records)]
+
+
+def test_pair_field_gives_each_example_its_second_text(tmp_path):
+    path = write_jsonl(tmp_path, with_context(notes(split=True)))
+    data = load_user_data("user:x", mapping(path, pair_field="context"), DATA)
+    assert all(ex["pair"].startswith("Seen in clinic ") for split in data.splits.values() for ex in split)
+    records = with_context(notes())
+    del records[6]["context"]
+    path = write_jsonl(tmp_path, records)
+    with pytest.raises(DataError) as err:
+        load(mapping(path, pair_field="context"))
+    check_error(err, path, 7, "no text in field 'context'", "task.pair_field")
+    with pytest.raises(ValueError, match="pair_field"):
+        user_task_spec({"type": "ner", "path": path, "pair_field": "context"})
+
+
+def test_a_pair_run_predicts_new_records_with_its_own_pair_field(tmp_path, assets_ready):
+    from helpers import run_config
+    from medpeft.use.predict import predict_runs
+
+    path = write_jsonl(tmp_path, with_context(notes(12, split=True)))
+    cfg = checked_config({"task": mapping(path, pair_field="context"), "model": "tiny-bert", "method": "lora",
+                          "train": dict(TINY_TRAIN, lr=1e-2), "data": {"max_source_tokens": 32}})
+    assert run_config(cfg, tmp_path / cfg.run_id).status == "ok"
+    saved = [json.loads(line) for line in (tmp_path / cfg.run_id / "predictions.jsonl").read_text().splitlines()]
+    assert all(p["pair"].startswith("Seen in clinic ") for p in saved)
+    inputs = write_jsonl(tmp_path, [{"id": p["id"], "note": p["input"], "context": p["pair"]} for p in saved], "new")
+    predict_runs([tmp_path / cfg.run_id], inputs, tmp_path / "out.jsonl", progress=False)
+    got = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [g["prediction"] for g in got] == [p["prediction"] for p in saved]
+    for g, p in zip(got, saved):
+        assert list(g["probs"].values()) == pytest.approx(p["probs"], abs=2e-6)
+    without = write_jsonl(tmp_path, [{"id": p["id"], "note": p["input"]} for p in saved], "bare")
+    with pytest.raises(DataError, match=r"bare.jsonl:1: no field 'context'"):
+        predict_runs([tmp_path / cfg.run_id], without, tmp_path / "out2.jsonl", progress=False)

@@ -22,6 +22,7 @@ USER_KEYS = {
     "path": "a .jsonl or .csv file (UTF-8), read relative to the current directory",
     "text_field": "the input column (ner: a list of tokens; default tokens)",
     "target_field": "the summary, label, label list or tag list column (ner: default tags)",
+    "pair_field": "a second text per record, given to the model as a text pair (e.g. the note around a sentence; not ner)",
     "labels": "the label set (default: the labels seen in the train split)",
     "split_field": "column holding train/validation/test (default: split, when the file has it)",
     "fractions": "{train, validation, test} fractions when the file has no split column (default 0.8/0.1/0.1)",
@@ -60,6 +61,8 @@ def check_user_task(mapping: dict) -> dict:
     for key in ("text_field", "target_field"):
         if mapping["type"] != "ner" and not isinstance(mapping.get(key), str):
             raise ValueError(f"task.{key} must name a field of {path} ({USER_KEYS[key]})")
+    if mapping.get("pair_field") is not None and (mapping["type"] == "ner" or not isinstance(mapping["pair_field"], str)):
+        raise ValueError(f"task.pair_field must name a text field of {path} (not for ner), got {mapping['pair_field']!r}")
     fractions = mapping.get("fractions")
     if fractions is not None and (not isinstance(fractions, dict) or set(fractions) - set(SPLITS)
                                   or abs(sum(fractions.values()) - 1) > 1e-6):
@@ -167,6 +170,10 @@ def record_problem(record: dict, mapping: dict) -> tuple[str, str] | None:
         return (f"tags {bad} are not BIO tags", "use O, B-<type> or I-<type>") if bad else None
     if not isinstance(text, str) or not text.strip():
         return f"empty text in field {text_field!r}", "fill in the text or remove the line"
+    pair_field = mapping.get("pair_field")
+    if pair_field and not isinstance(record.get(pair_field), str):
+        return (f"no text in field {pair_field!r} (task.pair_field)",
+                f"add {pair_field!r} (a string, may be empty) to every record, or drop task.pair_field")
     if mapping["type"] == "multilabel":
         ok = isinstance(target, list) and all(isinstance(t, str) and t.strip() for t in target)
         return None if ok else (f"field {target_field!r} must be a list of labels", 'write ["label a", "label b"] (CSV: "a;b")')
@@ -201,6 +208,8 @@ def read_user_examples(mapping: dict) -> tuple[list[dict], dict[str, str]]:
         text = record[text_field]
         examples.append({"id": ex_id, "text": text if mapping["type"] == "ner" else text.strip(),
                          "target": target if isinstance(target, list) else target.strip(), "_line": line})
+        if mapping.get("pair_field") and record[mapping["pair_field"]].strip():
+            examples[-1]["pair"] = record[mapping["pair_field"]].strip()
         if record.get(split_field) not in (None, ""):
             split = SPLIT_ALIASES.get(str(record[split_field]).strip().lower())
             if split is None:
@@ -274,5 +283,6 @@ def load_user_data(name: str, mapping: dict, data_cfg: Any) -> TaskData:
     splits = assign_splits(path, examples, file_splits, mapping, data_cfg.split_seed)
     check_split_sizes(path, splits, bool(file_splits))
     labels = label_set(path, splits, mapping)
-    clean = {split: [{k: ex[k] for k in ("id", "text", "target")} for ex in exs] for split, exs in splits.items()}
+    clean = {split: [{k: ex[k] for k in ("id", "text", "target", "pair") if k in ex} for ex in exs]
+             for split, exs in splits.items()}
     return TaskData(name, mapping["type"], clean, labels, mapping.get("instruction") or INSTRUCTIONS[mapping["type"]])

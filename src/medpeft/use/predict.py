@@ -57,6 +57,7 @@ def predict_runs(run_dirs, input_path, output_path, *, text_field: str | None = 
     input_path, output_path = Path(input_path), Path(output_path)
     text_field = text_field or default_text_field(runs)
     id_field = id_field or default_id_field(runs)
+    pair_field = pair_field or (runs[0].config.user_data or {}).get("pair_field")
     inputs = read_inputs(input_path, text_field, id_field, pair_field)
     check_output(input_path, output_path)
     if batch_size is not None and batch_size < 1:
@@ -114,8 +115,9 @@ def model_groups(runs: list[FinishedRun]) -> list[list[FinishedRun]]:
 def read_inputs(path: Path, text_field: str, id_field: str = "id", pair_field: str | None = None) -> list[dict]:
     """{line, id, text, pair} per record of a CSV or JSONL file; each problem names the file, the line and the fix.
 
-    `pair` is the second text of a text-pair task (pubmed-rct-context, pubmedqa) from `pair_field`,
-    required in every record when given, else taken from a `pair` field where a record has one."""
+    `pair` is the second text of a text-pair task (pubmed-rct-context, pubmedqa, your own data's
+    pair_field) from `pair_field`, required in every record when given (--pair-field, else the run's own
+    pair_field), else taken from a `pair` field where a record has one."""
     if path.suffix.lower() not in INPUT_SUFFIXES:
         raise data_error(str(path), "the input must be a .csv or .jsonl file", "save it as CSV or JSON lines (UTF-8)")
     if not path.is_file():
