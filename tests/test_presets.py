@@ -38,9 +38,17 @@ def test_paper_presets_need_only_the_hub(path):
 
 
 def test_offline_presets_use_only_offline_models():
-    for stem in ("quick", "quick-summarization", "offline-summarization", "offline-clinical", "sweep-lora-rank", "sweep-prompt-tokens"):
+    for stem in ("quick", "quick-summarization", "offline-summarization", "offline-clinical", "sweep-lora-rank",
+                 "sweep-prompt-tokens", "sentence-roles", "pubmedqa-check"):
         for cfg in load_grid(CONFIGS / f"{stem}.yaml").runs:
             assert MODELS[cfg.model].source == "packaged", (stem, cfg.model)
+
+
+def test_pubmedqa_runs_only_in_the_grid_that_checks_it():
+    """Every method stays at its majority answer offline (README): other presets would only burn time on it."""
+    for path in PRESETS:
+        if path.stem not in ("pubmedqa-check", "paper-clinical"):  # paper-clinical: hub models on GPUs, the study's task
+            assert not {cfg.task for cfg in load_grid(path).runs} & {"pubmedqa", "pubmedqa-pqaa"}, path.stem
 
 
 def test_paper_summarization_matches_the_study():

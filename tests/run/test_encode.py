@@ -180,6 +180,18 @@ def test_a_long_pair_is_cut_in_its_context_and_the_sentence_kept(plain):
     assert row["input_ids"][:len(sentence)] == sentence
 
 
+def test_a_tokenizer_without_a_separator_gets_the_pair_joined_by_a_blank_line(assets_ready):
+    """SmolLM2's GPT-2 style tokenizer concatenates a pair with nothing between ("sentence.Sentence 3 of 9")."""
+    from transformers import AutoTokenizer
+
+    from medpeft.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m", online=False))
+    assert tokenizer.sep_token is None
+    row, _, _ = encode_class(PAIR, tokenizer, "", data_cfg(64), ["METHODS"])
+    assert row["input_ids"] == tokenizer(f"{PAIR['text']}\n\n{PAIR['pair']}")["input_ids"]
+
+
 def test_a_single_text_has_no_segment_ids_and_prompts_put_the_pair_after_the_text(plain):
     row, _, _ = encode_class(dict(PAIR, pair=""), plain, "", data_cfg(64), ["METHODS"])
     assert "token_type_ids" not in row

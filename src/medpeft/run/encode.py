@@ -87,7 +87,11 @@ def end_of_turn_id(tokenizer) -> int:
 
 def encode_text(ex: dict, tokenizer, max_tokens: int) -> tuple[dict, bool]:
     """Text (and its `pair`, the second segment of a text-pair example, if any) -> truncated ids, and
-    whether it was cut. A pair keeps the tokenizer's segment ids; the longer segment is cut first."""
+    whether it was cut. A pair keeps the tokenizer's segment ids; the longer segment is cut first. A
+    tokenizer without a separator token (GPT-2 style: it would glue the two texts) gets them joined
+    by a blank line instead, as a prompt does."""
+    if ex.get("pair") and tokenizer.sep_token is None:
+        ex = {"text": joined_text(ex)}
     texts = (ex["text"], ex["pair"]) if ex.get("pair") else (ex["text"],)
     enc = tokenizer(*texts, truncation=True, max_length=max_tokens)
     was_cut = len(tokenizer(*texts)["input_ids"]) > max_tokens
