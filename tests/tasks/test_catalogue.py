@@ -136,3 +136,15 @@ def test_tasks_show_prints_two_examples(capsys):
     assert out.count("second text (pair):") == 2  # the abstract after the question
     assert cli.main(["tasks", "show", "no-such-task"]) == 2
     assert "pubmedqa" in capsys.readouterr().err
+
+
+def test_pubmedqa_words_alone_do_not_beat_the_majority_answer():
+    """The README's independent check (docs/checks/pubmedqa_tfidf.py), rerun: no TF-IDF model gains
+    more than a point over always answering yes."""
+    import runpy
+    from pathlib import Path
+
+    check = runpy.run_path(str(Path(__file__).resolve().parents[2] / "docs" / "checks" / "pubmedqa_tfidf.py"))
+    found = check["scores"](cs=(10.0,))  # the strongest fit of the README's range; about 20 s
+    assert found["majority"] == pytest.approx(0.552)
+    assert max(v for k, v in found.items() if k != "majority") < found["majority"] + 0.01
