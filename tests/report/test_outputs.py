@@ -315,3 +315,22 @@ def test_older_config_runs_are_separate_rows_in_every_text_output(stale_grid, ou
     lora = {label: row for label, row in rows.items() if label.startswith("lora")}
     assert len(lora) == 2 and all("max_steps" in label for label in lora), list(lora)
     assert [row[seeds_col] for row in lora.values()] == ["1", "1"]
+
+
+def test_a_narrow_linear_x_axis_is_widened_so_a_small_error_bar_stays_small():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medpeft.report.plots import widen_narrow_x
+
+    fig, ax = plt.subplots()
+    ax.errorbar([2.11], [78.7], xerr=[0.005])  # one row: 2.11 GiB +- 5 MiB
+    widen_narrow_x(ax)
+    lo, hi = ax.get_xlim()
+    assert lo <= 2.11 - 0.2 and hi >= 2.11 + 0.2 and (hi - lo) == pytest.approx(0.2 * 2.11)
+    ax.set_xlim(0, 100)  # already wide: left alone
+    widen_narrow_x(ax)
+    assert ax.get_xlim() == (0, 100)
+    plt.close(fig)

@@ -100,6 +100,8 @@ def plot_tradeoffs(frame, path: Path, metric_label: str) -> Path:
         positive = [x for x in xs if x == x and x > 0]
         if positive and (log == "always" or (log == "wide" and max(positive) >= 10 * min(positive))):
             set_log_x(ax)
+        else:
+            widen_narrow_x(ax)
         if ax is axes[0]:  # names on the first panel, where the methods are spread out the most
             for x, y, (_, row) in zip(xs, ys, trained.iterrows()):
                 ax.annotate(row["method"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=7, color="#444444")
@@ -108,6 +110,15 @@ def plot_tradeoffs(frame, path: Path, metric_label: str) -> Path:
     axes[0].set_ylabel(metric_label)
     add_legends(fig, frame)
     return save_figure(fig, path)
+
+
+def widen_narrow_x(ax, share: float = 0.2) -> None:
+    """Make a linear x axis at least `share` of its centre wide: matplotlib would zoom a lone point's
+    small error bar (a peak-memory std of a few MiB) to fill the panel, which reads like a wide spread."""
+    lo, hi = ax.get_xlim()
+    centre, half = (lo + hi) / 2, share * abs(lo + hi) / 4
+    if hi - lo < 2 * half:
+        ax.set_xlim(centre - half, centre + half)
 
 
 def set_log_x(ax) -> None:
