@@ -68,9 +68,10 @@ def long_enough(passage: str) -> bool:
 
 
 def passages(ex: dict) -> list[str]:
-    """The pieces of source text an example holds: each line of its input (label dropped), and a reference summary."""
+    """The pieces of source text an example holds: each line of its input and of a text pair's second
+    text (pubmedqa's abstract; label dropped), and a reference summary."""
     text = " ".join(ex["text"]) if isinstance(ex["text"], list) else ex["text"]
-    lines = [LABEL.sub("", line) for line in text.splitlines()]
+    lines = [LABEL.sub("", line) for line in f"{text}\n{ex.get('pair', '')}".splitlines() if line.strip()]
     return lines + ([ex["target"]] if ex["type"] == "summarization" else [])
 
 

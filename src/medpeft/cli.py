@@ -114,8 +114,8 @@ def add_use_commands(sub) -> None:
     predict.add_argument("--text-field", help="the input's text column (default: the run's own text field, else text); "
                                               "NER: a list of words, or a string split on whitespace")
     predict.add_argument("--pair-field", help="the second text of a text-pair task (pubmed-rct-context: the sentence's "
-                                              "position and neighbours; pubmedqa: the abstract); default: the run's own "
-                                              "pair_field, else a `pair` field where a record has one")
+                                              "position and neighbours; pubmedqa, pubmedqa-pqaa: the abstract); for runs trained "
+                                              "on text pairs only; default: the run's own pair_field, else pair")
     predict.add_argument("--id-field", help="a column kept as each output line's id (default: the run's own id_field, else id)")
     predict.add_argument("--batch-size", type=int, help="texts per batch (default: the run's train.eval_batch_size)")
     predict.add_argument("--online", action="store_true", help="allow a hub base model to be downloaded")

@@ -193,8 +193,11 @@ def test_a_tokenizer_without_a_separator_gets_the_pair_joined_by_a_blank_line(as
 
 
 def test_a_single_text_has_no_segment_ids_and_prompts_put_the_pair_after_the_text(plain):
-    row, _, _ = encode_class(dict(PAIR, pair=""), plain, "", data_cfg(64), ["METHODS"])
+    single = {k: v for k, v in PAIR.items() if k != "pair"}
+    row, _, _ = encode_class(single, plain, "", data_cfg(64), ["METHODS"])
     assert "token_type_ids" not in row
+    empty, _, _ = encode_class(dict(PAIR, pair=""), plain, "", data_cfg(64), ["METHODS"])  # a pair task's empty pair:
+    assert empty["input_ids"] == row["input_ids"] and empty["token_type_ids"] == [0] * len(row["input_ids"])  # same columns
     seq2seq, _, _ = encode_seq2seq(PAIR, plain, INSTRUCTION, data_cfg(64), for_generation=True)
     assert seq2seq["input_ids"] == plain(source_text(INSTRUCTION, f"{PAIR['text']}\n\n{PAIR['pair']}"))["input_ids"]
     causal, _, _ = encode_causal(PAIR, plain, INSTRUCTION, data_cfg(64), for_generation=True)
@@ -216,3 +219,29 @@ def test_every_method_trains_and_predicts_on_text_pairs(tmp_path, assets_ready, 
     assert result.status == "ok", result
     preds = [json.loads(line) for line in (tmp_path / cfg.run_id / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 4 and all(p["pair"].startswith("Sentence ") and p["input"] for p in preds)
+
+
+def test_prediction_feeds_a_pairs_segment_ids_as_training_does(plain):
+    """Scoring and `medpeft predict` must see the second segment as segment 1, as the Trainer's batches do."""
+    import numpy as np
+    import torch
+
+    from medpeft.run.kinds import KINDS
+    from medpeft.run.predict import predict_logits
+
+    from helpers import load_for_kind
+    from medpeft.models import resolve_model
+
+    torch.manual_seed(0)
+    model, tokenizer, _ = load_for_kind(resolve_model("tiny-bert", online=False), "seq_cls", ["METHODS", "RESULTS"])
+    rows, _ = encode_examples([PAIR, dict(PAIR, id="q", text="Pain fell by half.")], tokenizer, KINDS["seq_cls"], "",
+                              data_cfg(64), ["METHODS", "RESULTS"], for_generation=True)
+    got = predict_logits(model, tokenizer, rows, 2, "cpu")
+    batch = KINDS["seq_cls"].collator(tokenizer)([{k: r[k] for k in r if k != "labels"} for r in rows])
+    model.eval()
+    with torch.no_grad():
+        want = model(**batch).logits.numpy()
+        without = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.numpy()
+    assert "token_type_ids" in batch and abs(without - want).max() > 1e-4  # the segment ids matter to this model
+    for i in range(2):
+        np.testing.assert_allclose(got[i], want[i], atol=1e-5)

@@ -223,3 +223,15 @@ def test_pubmed_rct_context_is_pubmed_rct_with_position_and_neighbours():
 def test_split_sentences(text, expected):
     assert tasks.split_sentences(text) == expected
 
+
+
+def test_an_example_may_carry_a_text_pair_but_only_as_text_and_not_in_ner():
+    from medpeft.tasks.base import check_example
+
+    check_example("t", "train", {"id": "a", "text": "x", "pair": "y", "target": "A"}, "classification", ["A"])
+    with pytest.raises(ValueError, match="example 'a'.*must be a string"):
+        check_example("t", "train", {"id": "a", "text": "x", "pair": 3, "target": "A"}, "classification", ["A"])
+    with pytest.raises(ValueError, match="an NER task has none"):
+        check_example("t", "train", {"id": "a", "text": ["x"], "pair": "y", "target": ["O"]}, "ner", ["O"])
+    with pytest.raises(ValueError, match="example 'a' has keys"):
+        check_example("t", "train", {"id": "a", "text": "x", "context": "y", "target": "A"}, "classification", ["A"])

@@ -10,7 +10,9 @@ import pytest
 from medpeft import cli
 from medpeft.errors import ConfigError, DataError, ModelError
 from medpeft.use import predict as predict_module
+from medpeft.use.card import prompt_section
 from medpeft.use.predict import predict_runs
+from medpeft.use.runs import open_run
 
 from use_fixtures import read_jsonl, trained, write_inputs  # noqa: F401  (trained is a fixture)
 
@@ -54,10 +56,23 @@ def test_a_text_pair_run_reproduces_its_predictions_from_text_and_pair_columns(t
     assert cli.main(["predict", str(run_dir), "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out.jsonl"),
                      "--text-field", "sentence", "--pair-field", "where"]) == 0
     assert_same(read_jsonl(tmp_path / "out.jsonl"), saved)
+    section = prompt_section(open_run(run_dir))  # the model card tells a reader the same
+    assert "Each input is a text pair" in section and "position and neighbours" in section
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:-1]) + json.dumps({"sentence": "x"}) + "\n")
     with pytest.raises(DataError, match=rf"in.jsonl:{len(rows)}: no field 'where'.*Fix: add 'where' to every record"):
         predict_runs([run_dir], tmp_path / "in.jsonl", tmp_path / "o.jsonl", text_field="sentence", pair_field="where",
                      progress=False)
+
+
+def test_a_single_text_run_ignores_a_pair_column_and_refuses_pair_field(trained, tmp_path):
+    _, run_dir, _ = trained("rct-lora")
+    saved = read_jsonl(run_dir / "predictions.jsonl")
+    rows = [{"id": s["id"], "text": s["input"], "pair": "Sentence 1 of 2. Before: x After: y"} for s in saved]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    predict_runs([run_dir], tmp_path / "in.jsonl", tmp_path / "out.jsonl", progress=False)
+    assert_same(read_jsonl(tmp_path / "out.jsonl"), saved)  # trained on the sentence alone: the pair is not read
+    with pytest.raises(ConfigError, match="no run was trained on text pairs"):
+        predict_runs([run_dir], tmp_path / "in.jsonl", tmp_path / "o.jsonl", pair_field="pair", progress=False)
 
 
 def test_several_runs_share_one_base_and_each_gets_a_field(trained, tmp_path, monkeypatch):

@@ -96,7 +96,7 @@ def encode_text(ex: dict, tokenizer, max_tokens: int) -> tuple[dict, bool]:
     enc = tokenizer(*texts, truncation=True, max_length=max_tokens)
     was_cut = len(tokenizer(*texts)["input_ids"]) > max_tokens
     row = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-    if ex.get("pair") and "token_type_ids" in enc:
+    if "pair" in ex and "token_type_ids" in enc:  # every row of a pair task, an empty pair too: one set of columns
         row["token_type_ids"] = enc["token_type_ids"]
     return row, was_cut
 
@@ -187,7 +187,8 @@ def encode_examples(examples, tokenizer, kind, instruction: str, data_cfg, label
         rows.append(row)
     n = max(len(rows), 1)
     stats = {"examples": len(rows), "truncated_sources": cut_source, "truncated_targets": cut_target,
-             "truncated_sources_fraction": cut_source / n, "truncated_targets_fraction": cut_target / n}
+             "truncated_sources_fraction": cut_source / n, "truncated_targets_fraction": cut_target / n,
+             "text_pairs": sum("pair" in ex for ex in examples)}  # > 0: the run reads a second text (predict needs it)
     return rows, stats
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what an encoded row feeds the model
+
 
 def length_batches(rows: list[dict], batch_size: int):
     """Index batches of similar length (longest first), so padding stays small."""
@@ -20,7 +22,8 @@ def predict_logits(model, tokenizer, rows: list[dict], batch_size: int, device, 
     model.eval()
     out = [None] * len(rows)
     for batch in length_batches(rows, batch_size):
-        feats = tokenizer.pad([{k: rows[i][k] for k in ("input_ids", "attention_mask")} for i in batch], return_tensors="pt")
+        keys = [k for k in MODEL_INPUTS if k in rows[batch[0]]]  # a text pair's segment ids, as in training
+        feats = tokenizer.pad([{k: rows[i][k] for k in keys} for i in batch], return_tensors="pt")
         logits = model(**{k: v.to(device) for k, v in feats.items()}).logits.float().cpu().numpy()
         for i, row_logits in zip(batch, logits):
             out[i] = row_logits if row_logits.ndim == 1 else row_logits[: prefix + len(rows[i]["input_ids"])]

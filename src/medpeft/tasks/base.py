@@ -60,9 +60,12 @@ class TaskSpec:
 
 def check_example(task: str, split: str, ex: dict, task_type: str, labels: list[str] | None) -> None:
     """Raise ValueError if one example does not have its task type's format."""
-    if set(ex) - {"pair"} != {"id", "text", "target"} or not isinstance(ex.get("pair", ""), str):
-        raise ValueError(f"task {task!r} {split} example has keys {sorted(ex)} (id, text, target and an optional "
-                         "text `pair`)")
+    if set(ex) - {"pair"} != {"id", "text", "target"}:
+        raise ValueError(f"task {task!r} {split} example {ex.get('id')!r} has keys {sorted(ex)} (id, text, target and "
+                         "an optional text `pair`)")
+    if "pair" in ex and (task_type == "ner" or not isinstance(ex["pair"], str)):
+        raise ValueError(f"task {task!r} example {ex['id']!r}: its second text (`pair`) must be a string, and an NER "
+                         f"task has none; got {type(ex['pair']).__name__} in a {task_type} task")
     target = ex["target"]
     if task_type == "classification" and target not in labels:
         raise ValueError(f"task {task!r} example {ex['id']} has unknown label {target!r}")

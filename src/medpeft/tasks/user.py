@@ -62,7 +62,8 @@ def check_user_task(mapping: dict) -> dict:
         if mapping["type"] != "ner" and not isinstance(mapping.get(key), str):
             raise ValueError(f"task.{key} must name a field of {path} ({USER_KEYS[key]})")
     if mapping.get("pair_field") is not None and (mapping["type"] == "ner" or not isinstance(mapping["pair_field"], str)):
-        raise ValueError(f"task.pair_field must name a text field of {path} (not for ner), got {mapping['pair_field']!r}")
+        raise ValueError(f"task.pair_field must name a text field of {path}, and an ner task takes none (remove "
+                         f"task.pair_field); got {mapping['pair_field']!r}")
     fractions = mapping.get("fractions")
     if fractions is not None and (not isinstance(fractions, dict) or set(fractions) - set(SPLITS)
                                   or abs(sum(fractions.values()) - 1) > 1e-6):
@@ -208,7 +209,7 @@ def read_user_examples(mapping: dict) -> tuple[list[dict], dict[str, str]]:
         text = record[text_field]
         examples.append({"id": ex_id, "text": text if mapping["type"] == "ner" else text.strip(),
                          "target": target if isinstance(target, list) else target.strip(), "_line": line})
-        if mapping.get("pair_field") and record[mapping["pair_field"]].strip():
+        if mapping.get("pair_field"):  # kept when empty: every example of a pair task has the same inputs
             examples[-1]["pair"] = record[mapping["pair_field"]].strip()
         if record.get(split_field) not in (None, ""):
             split = SPLIT_ALIASES.get(str(record[split_field]).strip().lower())

@@ -23,7 +23,7 @@ from medpeft.run.encode import ANSWER_CUE, ANSWER_CUE_FORMAT, CHAT_TEMPLATE, sou
 from medpeft.run.kinds import decoding
 from medpeft.run.metrics import PRIMARY_METRIC, metric_label
 from medpeft.run.record import RunResult, load_results
-from medpeft.use.runs import TEXT_ONLY, FinishedRun, open_run, run_instruction
+from medpeft.use.runs import TEXT_ONLY, FinishedRun, open_run, reads_pairs, run_instruction
 
 log = logging.getLogger("medpeft")
 
@@ -219,6 +219,8 @@ def group_label(group: list[RunResult]) -> str:
     return f"{name} ({variant})" if variant else name
 
 
+PAIR_NOTES = {"pubmed-rct-context": "the sentence's position and neighbours",
+              "pubmedqa": "the abstract, results first", "pubmedqa-pqaa": "the abstract, results first"}
 FORMAT_NOTES = {
     CHAT_TEMPLATE: "one user turn holding the instruction, a blank line and the text, in the tokenizer's chat template "
                    "with its generation prompt (rendered below; tokenized without adding special tokens). The text is "
@@ -254,6 +256,12 @@ def prompt_section(run: FinishedRun) -> str:
         template = f"(not rendered here: {err})"
     note = FORMAT_NOTES.get(fmt, "not recorded by this run.").format(n=run.config.data.max_source_tokens)
     text = f"## Prompt format\n\n`{fmt}`: {note}\n\n```text\n{template}\n```"
+    if reads_pairs(run):
+        field = (run.config.user_data or {}).get("pair_field") or "pair"
+        text += (f"\n\nEach input is a text pair: the text, then a second text ({PAIR_NOTES.get(run.config.task, field)}). "
+                 "An encoder with a separator token reads them as two segments with their segment ids, the longer cut "
+                 "first; any other model reads the two joined by a blank line. `medpeft predict` takes the second text "
+                 f"from `--pair-field` (default `{field}`).")
     if run.result.task_type == "summarization":
         settings = ", ".join(f"{k}={v}" for k, v in decoding(run.config).items())
         text += f"\n\nDecoding: greedy or beam search, never sampled: {settings}."

@@ -21,7 +21,8 @@ from medpeft.run.predict import length_batches
 from medpeft.run.record import write_jsonl
 from medpeft.tasks.base import data_error
 from medpeft.tasks.user import fields_of, raise_problems, read_records
-from medpeft.use.runs import FinishedRun, load_adapters, load_run_model, open_run, run_instruction, share_base
+from medpeft.use.runs import (FinishedRun, load_adapters, load_run_model, open_run, reads_pairs, run_instruction,
+                              share_base)
 
 CHUNK_BATCHES = 4  # batches per progress-bar step; a multiple of the batch size keeps the run's own batches
 INPUT_SUFFIXES = (".csv", ".jsonl")
@@ -57,7 +58,7 @@ def predict_runs(run_dirs, input_path, output_path, *, text_field: str | None = 
     input_path, output_path = Path(input_path), Path(output_path)
     text_field = text_field or default_text_field(runs)
     id_field = id_field or default_id_field(runs)
-    pair_field = pair_field or (runs[0].config.user_data or {}).get("pair_field")
+    pair_field = resolve_pair_field(runs, pair_field)
     inputs = read_inputs(input_path, text_field, id_field, pair_field)
     check_output(input_path, output_path)
     if batch_size is not None and batch_size < 1:
@@ -98,6 +99,21 @@ def default_text_field(runs: list[FinishedRun]) -> str:
     return found.pop()
 
 
+def resolve_pair_field(runs: list[FinishedRun], pair_field: str | None) -> str | None:
+    """The input's second-text column when a run reads pairs (--pair-field, else the run's own
+    pair_field, else `pair`); None when no run does."""
+    pair_runs = [run for run in runs if reads_pairs(run)]
+    if not pair_runs:
+        if pair_field:
+            raise ConfigError(f"--pair-field {pair_field!r} given, but no run was trained on text pairs; leave it out")
+        return None
+    found = {(run.config.user_data or {}).get("pair_field") or "pair" for run in pair_runs}
+    if pair_field is None and len(found) > 1:
+        raise ConfigError(f"the runs were trained with different second-text fields ({', '.join(sorted(found))}); "
+                          "pass --pair-field with the input's column")
+    return pair_field or found.pop()
+
+
 def default_id_field(runs: list[FinishedRun]) -> str:
     """The id column of the data the first run was trained on (your own data's id_field), else `id`."""
     user = runs[0].config.user_data or {}
@@ -115,9 +131,8 @@ def model_groups(runs: list[FinishedRun]) -> list[list[FinishedRun]]:
 def read_inputs(path: Path, text_field: str, id_field: str = "id", pair_field: str | None = None) -> list[dict]:
     """{line, id, text, pair} per record of a CSV or JSONL file; each problem names the file, the line and the fix.
 
-    `pair` is the second text of a text-pair task (pubmed-rct-context, pubmedqa, your own data's
-    pair_field) from `pair_field`, required in every record when given (--pair-field, else the run's own
-    pair_field), else taken from a `pair` field where a record has one."""
+    `pair` is the second text of a run trained on text pairs, from `pair_field` (see resolve_pair_field),
+    required in every record; None: the runs read one text and no second one is taken."""
     if path.suffix.lower() not in INPUT_SUFFIXES:
         raise data_error(str(path), "the input must be a .csv or .jsonl file", "save it as CSV or JSON lines (UTF-8)")
     if not path.is_file():
@@ -133,22 +148,23 @@ def read_inputs(path: Path, text_field: str, id_field: str = "id", pair_field: s
             continue
         text = record[text_field]
         ex_id = record.get(id_field)
-        pair = record.get(pair_field or "pair")
         inputs.append({"line": line, "id": None if ex_id in (None, "") else ex_id,
                        "text": text.strip() if isinstance(text, str) else text,
-                       "pair": pair.strip() if isinstance(pair, str) else ""})
+                       **({"pair": record[pair_field].strip()} if pair_field else {})})
     raise_problems(problems)
     return inputs
 
 
 def pair_problem(record: dict, pair_field: str | None) -> tuple[str, str] | None:
-    """(problem, fix) of one record's second text, or None (no --pair-field: a `pair` field is optional)."""
-    pair = record.get(pair_field or "pair")
-    if pair_field and pair_field not in record:
-        return (f"no field {pair_field!r} (the record has {', '.join(map(repr, record)) or 'no fields'})",
-                f"add {pair_field!r} to every record, or leave out --pair-field")
-    if pair is not None and not isinstance(pair, str):
-        return f"field {pair_field or 'pair'!r} holds {type(pair).__name__}, not text", "write the second text as a string"
+    """(problem, fix) of one record's second text, or None (also when the runs read no second text)."""
+    if pair_field is None:
+        return None
+    if pair_field not in record:
+        return (f"no field {pair_field!r}, the second text the run was trained on (the record has "
+                f"{', '.join(map(repr, record)) or 'no fields'})",
+                f"add {pair_field!r} to every record (it may be empty), or pass --pair-field with the column that holds it")
+    if not isinstance(record[pair_field], str):
+        return f"field {pair_field!r} holds {type(record[pair_field]).__name__}, not text", "write the second text as a string"
     return None
 
 
@@ -181,7 +197,7 @@ def run_examples(run: FinishedRun, inputs: list[dict]) -> list[dict]:
     for inp in inputs:
         text = inp["text"]
         text = (text.split() if isinstance(text, str) else text) if ner else (" ".join(text) if isinstance(text, list) else text)
-        ex = {"id": inp["id"], "text": text, "pair": inp.get("pair", "")}
+        ex = {"id": inp["id"], "text": text, **({"pair": inp["pair"]} if reads_pairs(run) else {})}
         examples.append(dict(ex, target=PLACEHOLDER_TARGETS[run.result.task_type](ex, run.labels)))
     return examples
 

@@ -85,6 +85,11 @@ def open_run(run_dir) -> FinishedRun:
     return run
 
 
+def reads_pairs(run: FinishedRun) -> bool:
+    """Whether the run was trained on text pairs (pubmed-rct-context, pubmedqa, a user task.pair_field)."""
+    return bool(run.result.data.get("train", {}).get("text_pairs"))
+
+
 def base_model_path(run: FinishedRun, online: bool = False) -> str:
     """The base model the run was trained from: its recorded folder, else its model rebuilt or resolved again."""
     path = run.result.model_path
