@@ -157,8 +157,9 @@ def encode_target(ex: dict, tokenizer, data_cfg, end_id: int | None = None) -> t
 def encode_seq2seq(ex: dict, tokenizer, instruction: str, data_cfg, labels=None, for_generation: bool = False):
     """Instruction + source for the encoder; the summary as decoder labels (training only)."""
     target, cut_target = encode_target(ex, tokenizer, data_cfg)
-    full = tokenizer(source_text(instruction, joined_text(ex)))["input_ids"]
-    prompt = tokenizer(source_text(instruction, joined_text(ex)), truncation=True, max_length=data_cfg.max_source_tokens)["input_ids"]
+    source = source_text(instruction, joined_text(ex))
+    full = tokenizer(source)["input_ids"]
+    prompt = tokenizer(source, truncation=True, max_length=data_cfg.max_source_tokens)["input_ids"]
     row = {"input_ids": prompt, "attention_mask": [1] * len(prompt)}
     if not for_generation:
         row["labels"] = target

@@ -23,7 +23,7 @@ from medpeft.run.encode import ANSWER_CUE, ANSWER_CUE_FORMAT, CHAT_TEMPLATE, sou
 from medpeft.run.kinds import decoding
 from medpeft.run.metrics import PRIMARY_METRIC, metric_label
 from medpeft.run.record import RunResult, load_results
-from medpeft.use.runs import TEXT_ONLY, FinishedRun, open_run, reads_pairs, run_instruction
+from medpeft.use.runs import TEXT_ONLY, FinishedRun, open_run, pair_field_of, reads_pairs, run_instruction
 
 log = logging.getLogger("medpeft")
 
@@ -257,7 +257,7 @@ def prompt_section(run: FinishedRun) -> str:
     note = FORMAT_NOTES.get(fmt, "not recorded by this run.").format(n=run.config.data.max_source_tokens)
     text = f"## Prompt format\n\n`{fmt}`: {note}\n\n```text\n{template}\n```"
     if reads_pairs(run):
-        field = (run.config.user_data or {}).get("pair_field") or "pair"
+        field = pair_field_of(run)
         text += (f"\n\nEach input is a text pair: the text, then a second text ({PAIR_NOTES.get(run.config.task, field)}). "
                  "An encoder with a separator token reads them as two segments with their segment ids, the longer cut "
                  "first; any other model reads the two joined by a blank line. `medpeft predict` takes the second text "

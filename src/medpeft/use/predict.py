@@ -21,8 +21,8 @@ from medpeft.run.predict import length_batches
 from medpeft.run.record import write_jsonl
 from medpeft.tasks.base import data_error
 from medpeft.tasks.user import fields_of, raise_problems, read_records
-from medpeft.use.runs import (FinishedRun, load_adapters, load_run_model, open_run, reads_pairs, run_instruction,
-                              share_base)
+from medpeft.use.runs import (FinishedRun, load_adapters, load_run_model, open_run, pair_field_of, reads_pairs,
+                              run_instruction, share_base)
 
 CHUNK_BATCHES = 4  # batches per progress-bar step; a multiple of the batch size keeps the run's own batches
 INPUT_SUFFIXES = (".csv", ".jsonl")
@@ -107,7 +107,7 @@ def resolve_pair_field(runs: list[FinishedRun], pair_field: str | None) -> str |
         if pair_field:
             raise ConfigError(f"--pair-field {pair_field!r} given, but no run was trained on text pairs; leave it out")
         return None
-    found = {(run.config.user_data or {}).get("pair_field") or "pair" for run in pair_runs}
+    found = {pair_field_of(run) for run in pair_runs}
     if pair_field is None and len(found) > 1:
         raise ConfigError(f"the runs were trained with different second-text fields ({', '.join(sorted(found))}); "
                           "pass --pair-field with the input's column")

@@ -90,6 +90,11 @@ def reads_pairs(run: FinishedRun) -> bool:
     return bool(run.result.data.get("train", {}).get("text_pairs"))
 
 
+def pair_field_of(run: FinishedRun) -> str:
+    """The column a pair run's second text is read from: your own data's task.pair_field, else `pair`."""
+    return (run.config.user_data or {}).get("pair_field") or "pair"
+
+
 def base_model_path(run: FinishedRun, online: bool = False) -> str:
     """The base model the run was trained from: its recorded folder, else its model rebuilt or resolved again."""
     path = run.result.model_path
