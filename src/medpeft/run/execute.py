@@ -136,7 +136,7 @@ def evaluate_model(model, tokenizer, kind, plan: RunPlan, train_rows: list[dict]
     else:
         outputs = kind.prior(train_rows, test, task.labels)
     metrics, scored = kind.score(test, outputs, task.labels)
-    predictions = [{"id": ex["id"], "input": ex["text"], **({"pair": ex["pair"]} if ex.get("pair") else {}),
+    predictions = [{"id": ex["id"], "input": ex["text"], **({"pair": ex["pair"]} if "pair" in ex else {}),
                     "reference": ex["target"], **s} for ex, s in zip(test, scored)]
     return predictions, metrics, stats
 
