@@ -55,20 +55,83 @@ def test_labelled_positions_loss_asks_for_fewer_logits():
     assert outputs.logits.shape[1] == batch["labels"].shape[1] - first < batch["labels"].shape[1]
 
 
-def test_split_rows_weights_add_up_and_slices_keep_every_row():
-    labels = torch.tensor([[1, -100, -100], [1, 2, -100], [1, 2, 3]])
-    inputs = {"input_ids": torch.ones(3, 3, dtype=torch.long), "labels": labels, "logits_to_keep": 2}
-    parts = loss_mod.split_rows(inputs, 2)
-    assert [len(p["input_ids"]) for p, _ in parts] == [2, 1]
-    assert [w for _, w in parts] == pytest.approx([3 / 6, 3 / 6])
+def padded(lengths: list[int], width: int) -> torch.Tensor:
+    return (torch.arange(width) < torch.tensor(lengths)[:, None]).long()
+
+
+def test_cpu_slices_group_rows_by_length_and_cut_their_padding(monkeypatch):
+    """Rows sorted by length, each slice cut to its longest row, every row once, weights adding up to 1;
+    row labels and multi-label vectors kept whole; the batch untouched when one slice is cheapest."""
+    config = type("C", (), {"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1})()
+    mask = padded([2, 6, 3, 6], 6)
+    inputs = {"input_ids": torch.arange(24).reshape(4, 6) * mask, "attention_mask": mask, "token_type_ids": mask.clone(),
+              "labels": torch.tensor([0, 1, 2, 3]), "logits_to_keep": 2}
+    assert loss_mod.cpu_slices(inputs, config) == [(inputs, 1.0)]  # 4 x 6 padded tokens: not worth a second forward
+    monkeypatch.setattr(loss_mod, "SLICE_OVERHEAD_TOKENS", 0)
+    parts = loss_mod.cpu_slices(inputs, config)
+    assert [p["labels"].tolist() for p, _ in parts] == [[0], [2], [1, 3]]
+    assert [p["input_ids"].shape[1] for p, _ in parts] == [2, 3, 6]
+    assert all(p["token_type_ids"].shape == p["input_ids"].shape == p["attention_mask"].shape for p, _ in parts)
+    assert parts[0][0]["input_ids"].tolist() == [[0, 1]] and parts[1][0]["input_ids"].tolist() == [[12, 13, 14]]
+    assert [w for _, w in parts] == pytest.approx([1 / 4, 1 / 4, 2 / 4])
     assert all(p["logits_to_keep"] == 2 for p, _ in parts)
-    assert loss_mod.split_rows(inputs, 3) == [(inputs, 1.0)]
+    multilabel = dict(inputs, labels=torch.ones(4, 6))  # as many labels as tokens: still not cut
+    assert [p["labels"].shape for p, _ in loss_mod.cpu_slices(multilabel, config)] == [(1, 6), (1, 6), (2, 6)]
+    left = dict(inputs, attention_mask=padded([2, 6, 3, 6], 6).flip(1))  # left padding: sliced, never cut
+    assert {p["input_ids"].shape[1] for p, _ in loss_mod.cpu_slices(left, config)} == {6}
+
+
+def test_cpu_slices_cut_token_labels_behind_a_soft_prompt_and_the_decoder_side(monkeypatch):
+    config = type("C", (), {"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1})()
+    monkeypatch.setattr(loss_mod, "SLICE_OVERHEAD_TOKENS", 0)
+    mask = padded([2, 5], 5)
+    tags = torch.cat([torch.full((2, 3), -100), torch.where(mask.bool(), 1, -100)], dim=1)  # 3 soft-prompt positions first
+    short, long = loss_mod.cpu_slices({"input_ids": mask, "attention_mask": mask, "labels": tags}, config)
+    assert short[0]["labels"].shape == (1, 3 + 2) and long[0]["labels"].shape == (1, 3 + 5)
+    assert [short[1], long[1]] == [2 / 7, 5 / 7]  # a token mean: each slice's share of the labelled tokens
+    target = torch.tensor([[5, 6, -100, -100], [5, 6, 7, 8]])
+    short, long = loss_mod.cpu_slices({"input_ids": mask, "attention_mask": mask, "labels": target}, config, encoder_decoder=True)
+    assert short[0]["labels"].tolist() == [[5, 6]] and short[0]["input_ids"].shape == (1, 2)
+    assert long[0]["labels"].shape == (1, 4) and long[0]["input_ids"].shape == (1, 5)
+
+
+def test_cpu_slices_keep_each_slice_under_the_activation_cap(monkeypatch):
     smollm2 = type("C", (), {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30})()
     minilm = type("C", (), {"hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 6})()
-    assert loss_mod.rows_per_forward(8, 440, "cpu", smollm2) == 2  # 2.5 GiB measured
+    batch = {"input_ids": torch.ones(8, 440, dtype=torch.long), "attention_mask": torch.ones(8, 440, dtype=torch.long)}
+    assert [len(p["input_ids"]) for p, _ in loss_mod.cpu_slices(batch, smollm2)] == [2, 2, 2, 2]  # 2.5 GiB measured
+    full = torch.ones(32, 128, dtype=torch.long)
+    assert len(loss_mod.cpu_slices({"input_ids": full, "attention_mask": full}, minilm)) == 1
+    assert loss_mod.rows_per_forward(8, 440, "cpu", smollm2) == 2  # the cap gradient checkpointing is judged by
     assert loss_mod.rows_per_forward(8, 5000, "cpu", smollm2) == 1
     assert loss_mod.rows_per_forward(32, 128, "cpu", minilm) == 32
     assert loss_mod.rows_per_forward(8, 440, "cuda", smollm2) == 8
+    monkeypatch.setattr(loss_mod, "SLICE_BYTES", 1)
+    assert [len(p["input_ids"]) for p, _ in loss_mod.cpu_slices(batch, minilm)] == [1] * 8
+
+
+@pytest.mark.parametrize("kind", ["causal", "seq2seq", "seq_cls", "multilabel", "token_cls"])
+@pytest.mark.parametrize("method", ["lora", "prompt_tuning"])
+def test_length_slices_give_the_whole_batchs_loss_and_gradients(kind, method, monkeypatch):
+    """Slices of similar-length rows, each cut to its longest row: their weighted losses add up to the
+    whole batch's, and so do their gradients (dropout off: the same network on both paths)."""
+    model, tokenizer, config = build(method, kind)
+    batch = make_batch(tokenizer, kind, config)
+    model.eval()
+    whole_loss = (KINDS[kind].loss or (lambda m, b, n=None: (m(**b).loss, None)))
+    plain, _ = whole_loss(model, batch)
+    plain.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    monkeypatch.setattr(loss_mod, "SLICE_OVERHEAD_TOKENS", 0)
+    parts = loss_mod.cpu_slices(batch, model.config, KINDS[kind].seq2seq_trainer)
+    assert len(parts) > 1 and min(p["input_ids"].shape[1] for p, _ in parts) < batch["input_ids"].shape[1]
+    total = sum(weight * whole_loss(model, part)[0] for part, weight in parts)
+    total.backward()
+    assert abs(total.item() - plain.item()) < 1e-5
+    assert grads
+    for name, grad in grads.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, atol=1e-5, rtol=1e-4)
 
 
 def test_activation_estimate_is_close_to_the_measured_smollm2_figure():
@@ -92,18 +155,27 @@ def run_once(tmp_path, name: str, kind: str, steps: int = 3, **train) -> tuple[d
     return result.training, [p["prediction"] for p in predictions]
 
 
-@pytest.mark.parametrize("kind", ["causal", "seq2seq", "seq_cls"])
+@pytest.mark.parametrize("kind", ["causal", "seq2seq", "seq_cls", "multilabel"])
 def test_micro_batches_leave_the_run_unchanged(kind, tmp_path, monkeypatch):
-    """Slices of one row each against the whole batch at once: the same loss, the same predictions.
-    Dropout off, the modules kept in eval mode (slices draw their masks in another order: another draw,
-    not another computation)."""
+    """The whole batch at once, slices of similar-length rows cut to their longest row, and slices of one
+    row each: the same loss, the same predictions. Dropout off, the modules kept in eval mode (slices
+    draw their masks in another order: another draw, not another computation)."""
     train = torch.nn.Module.train
     monkeypatch.setattr(torch.nn.Module, "train", lambda self, mode=True: train(self, False))
+    cut = []
+    slices = loss_mod.cpu_slices
+    monkeypatch.setattr(fit, "cpu_slices", lambda inputs, *a: cut.append(inputs["input_ids"].shape[1]) or slices(inputs, *a))
     monkeypatch.setattr(loss_mod, "SLICE_BYTES", 2**60)
+    monkeypatch.setattr(loss_mod, "SLICE_OVERHEAD_TOKENS", 10**9)
     whole, whole_predictions = run_once(tmp_path, "whole", kind)
+    monkeypatch.setattr(loss_mod, "SLICE_OVERHEAD_TOKENS", 0)
+    by_length, by_length_predictions = run_once(tmp_path, "by_length", kind)
     monkeypatch.setattr(loss_mod, "SLICE_BYTES", 1)
     sliced, sliced_predictions = run_once(tmp_path, "sliced", kind)
+    assert cut, "the trainer never sliced a batch"
+    assert abs(whole["train_loss"] - by_length["train_loss"]) < 1e-4
     assert abs(whole["train_loss"] - sliced["train_loss"]) < 1e-4
+    assert by_length_predictions == whole_predictions
     assert sliced_predictions == whole_predictions
 
 

@@ -13,7 +13,7 @@ from medpeft.config import ExperimentConfig
 from medpeft.errors import Preempted
 from medpeft.methods import output_prefix_tokens
 from medpeft.run.checkpoint import CHECKPOINT_EVERY_S, Checkpointer, checkpoint_folder, find_resumable, whole_run_loss
-from medpeft.run.loss import needs_checkpointing, rows_per_forward, split_rows
+from medpeft.run.loss import cpu_slices, needs_checkpointing, rows_per_forward
 from medpeft.run.preempt import checkpoint_on_signal, signal_name
 from medpeft.run.progress import TrainProgress
 
@@ -158,7 +158,8 @@ def build_trainer(model, tokenizer, kind, cfg: ExperimentConfig, train_rows, val
 
 def trainer_class(base, kind):
     """`base` (Trainer or Seq2SeqTrainer) computing the loss with `kind.loss` when the kind has its own, and
-    running each batch in slices of `rows_per_forward` rows whose weighted losses add up to the batch's."""
+    running each batch on CPU in slices of rows of similar length (run/loss.cpu_slices) whose weighted
+    losses add up to the batch's."""
 
     class MedpeftTrainer(base):
         slice_weight = 1.0  # the running slice's share of the batch's labelled items (1: the whole batch)
@@ -174,13 +175,11 @@ def trainer_class(base, kind):
             return (result[0] * self.slice_weight, result[1]) if return_outputs else result * self.slice_weight
 
         def training_step(self, model, inputs, num_items_in_batch=None):
-            rows = len(inputs["input_ids"])
-            if self.args.world_size == 1:  # under DDP every backward synchronises: keep the batch whole
-                tokens = padded_tokens(kind, inputs["input_ids"], inputs.get("labels"))
-                rows = rows_per_forward(rows, tokens, self.args.device, model.config)
-            slices = split_rows(inputs, rows)
+            # a GPU keeps the batch whole (faster there); under DDP every backward synchronises
+            on_cpu = self.args.world_size == 1 and torch.device(self.args.device).type == "cpu"
+            slices = cpu_slices(inputs, model.config, kind.seq2seq_trainer) if on_cpu else [(inputs, 1.0)]
             if len(slices) == 1:
-                return super().training_step(model, inputs, num_items_in_batch)
+                return super().training_step(model, slices[0][0], num_items_in_batch)
             summed = self.model_accepts_loss_kwargs and num_items_in_batch is not None  # each slice already / all items
             total = 0.0
             try:

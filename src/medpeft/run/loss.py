@@ -6,10 +6,13 @@ on CPU, gradient checkpointing when the activations would not fit. Each leaves t
   positions from the token before the earliest summary token to the end (`logits_to_keep`), not over
   the prompt. For SmolLM2 (a 49,152-word head) on a 320-token source with a 100-token summary, the
   full logits were a fifth of the training FLOPs and, with their gradient, the largest activation.
-- `split_rows`: on CPU, a batch whose activations would exceed SLICE_BYTES runs forward and backward
-  in slices of rows, their gradients summed: the same step, the same data order. For SmolLM2 at
-  batch 8 x 440 tokens: 2.5 instead of 9.2 GiB peak RSS at the same speed (measured on 2 cores: 171,
-  175 and 173 tokens/s at 8, 4 and 2 rows a slice). A GPU keeps the whole batch: there it is faster.
+- `cpu_slices`: on CPU a batch runs forward and backward in slices of rows, their gradients summed:
+  the same step, the same data order. The rows are sorted by length and each slice is cut to its own
+  longest row, so short rows stop paying for the batch's longest one (`plan_slices` weighs the padding
+  saved against a forward's fixed cost); and no slice's estimated activations exceed SLICE_BYTES. For
+  SmolLM2 at batch 8 x 440 tokens: 2.5 instead of 9.2 GiB peak RSS at the same speed (measured on 2
+  cores: 171, 175 and 173 tokens/s at 8, 4 and 2 rows a slice). A GPU keeps the whole batch: there
+  it is faster.
 - `needs_checkpointing`: gradient checkpointing (about 30 % slower) turns itself on when the
   estimated memory of one forward would not fit in what is free.
 """
@@ -21,6 +24,10 @@ import inspect
 import torch
 
 SLICE_BYTES = 3 * 2**29  # CPU: estimated activations one forward/backward may hold (1.5 GiB; SmolLM2: ~1100 tokens)
+# CPU: a forward/backward's fixed cost in tokens' worth of compute (measured, 1 thread, LoRA: MiniLM-L6
+# 46 ms + 1.14 ms/token, so ~40; SmolLM2 ~22): a slice is cut off where it saves more padding than this
+SLICE_OVERHEAD_TOKENS = 32
+DECODER_KEYS = ("labels", "decoder_input_ids", "decoder_attention_mask")  # an encoder-decoder's target side
 FITS_SHARE = 0.8  # of the free memory, what one training step may take before checkpointing turns on
 ACTIVATION_FLOATS = (10, 4)  # saved activations per token and layer: ~10 x hidden + 4 x intermediate floats
 
@@ -68,21 +75,91 @@ def rows_per_forward(rows: int, tokens_per_row: int, device, config) -> int:
     return max(1, min(rows, SLICE_BYTES // max(activation_bytes(config, tokens_per_row), 1)))
 
 
-def split_rows(inputs: dict, rows: int) -> list[tuple[dict, float]]:
-    """The batch in slices of `rows` rows, each with its share of the batch's labelled items (the weight
-    of a slice's mean loss in the batch's mean loss: a token mean for token labels, a row mean for
-    one label or label vector per row)."""
+def cpu_slices(inputs: dict, config, encoder_decoder: bool = False) -> list[tuple[dict, float]]:
+    """A padded training batch as slices of rows, each with its share of the batch's labelled items (the
+    weight of a slice's mean loss in the batch's mean loss: a token mean for token labels, a row mean for
+    one label or label vector per row). Rows are sorted by length and every slice is cut to its longest
+    row (right padding only: a left-padded batch is sliced by rows, not cut). The whole batch, untouched,
+    when one slice is cheapest."""
     n = len(inputs["input_ids"])
-    if rows >= n:
-        return [(inputs, 1.0)]
+    width, enc = input_lengths(inputs)
     labels = inputs.get("labels")
+    dec = label_lengths(labels) if encoder_decoder else [0] * n
+    per_token = activation_bytes(config, 1)
+    cap = SLICE_BYTES // per_token if per_token else None
+    groups = plan_slices(enc, dec, cap)
+    if len(groups) == 1 and max(enc) == width and (not encoder_decoder or max(dec) == labels.shape[1]):
+        return [(inputs, 1.0)]
     total = int((labels != -100).sum()) if labels is not None else n
     slices = []
-    for start in range(0, n, rows):
-        part = {k: v[start : start + rows] if torch.is_tensor(v) and v.dim() and len(v) == n else v for k, v in inputs.items()}
-        items = int((part["labels"] != -100).sum()) if labels is not None else len(part["input_ids"])
+    for rows in groups:
+        index = torch.tensor(rows)
+        part = {k: v[index] if torch.is_tensor(v) and v.dim() and len(v) == n else v for k, v in inputs.items()}
+        part = cut_padding(part, width - max(enc[i] for i in rows), max(dec[i] for i in rows), encoder_decoder)
+        items = int((part["labels"] != -100).sum()) if labels is not None else len(rows)
         slices.append((part, items / max(total, 1)))
     return slices
+
+
+def input_lengths(inputs: dict) -> tuple[int, list[int]]:
+    """The batch's padded width and each row's length up to its last attended token; every row counts
+    as the full width unless the batch is right-padded."""
+    ids = inputs["input_ids"]
+    width = ids.shape[-1]
+    mask = inputs.get("attention_mask")
+    if mask is None or mask.dim() != 2:
+        return width, [width] * len(ids)
+    lengths = mask.ne(0).sum(dim=1)
+    if not torch.equal(mask.ne(0), torch.arange(width) < lengths[:, None]):  # not right padding: keep every column
+        return width, [width] * len(ids)
+    return width, [max(int(x), 1) for x in lengths]
+
+
+def label_lengths(labels) -> list[int]:
+    """Each row's decoder length: up to its last labelled position (-100 is padding)."""
+    labelled = labels.ne(-100)
+    last = torch.where(labelled, torch.arange(labels.shape[1]) + 1, 0).max(dim=1).values
+    return [max(int(x), 1) for x in last]
+
+
+def plan_slices(enc: list[int], dec: list[int], cap: int | None) -> list[list[int]]:
+    """Rows (by index) grouped into slices of rows of similar length: the grouping of the rows sorted by
+    length that runs the fewest padded tokens plus SLICE_OVERHEAD_TOKENS per slice, no slice above
+    `cap` padded tokens (None: no cap) unless it is one row."""
+    order = sorted(range(len(enc)), key=lambda i: (enc[i] + dec[i], i))
+    best, cut = [0.0] + [float("inf")] * len(order), [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        longest_enc = longest_dec = 0
+        for start in range(end - 1, -1, -1):  # the slice order[start:end]
+            longest_enc, longest_dec = max(longest_enc, enc[order[start]]), max(longest_dec, dec[order[start]])
+            tokens = (end - start) * (longest_enc + longest_dec)
+            if cap is not None and tokens > cap and end - start > 1:
+                break
+            if best[start] + tokens + SLICE_OVERHEAD_TOKENS <= best[end]:  # a tie: the fewer slices
+                best[end], cut[end] = best[start] + tokens + SLICE_OVERHEAD_TOKENS, start
+    groups, end = [], len(order)
+    while end:
+        groups.append(order[cut[end]:end])
+        end = cut[end]
+    return groups[::-1]
+
+
+def cut_padding(part: dict, drop: int, dec_width: int, encoder_decoder: bool) -> dict:
+    """A slice without the `drop` last input columns no row of it attends to: every per-token tensor
+    loses them (token labels too, which may carry a soft prompt's -100s in front); an encoder-decoder's
+    target side is cut to `dec_width`. A row label or a multi-label vector (not token ids) stays."""
+    width = part["input_ids"].shape[-1]
+    cut = {}
+    for key, value in part.items():
+        if not torch.is_tensor(value) or value.dim() != 2:
+            cut[key] = value
+        elif encoder_decoder and key in DECODER_KEYS:
+            cut[key] = value[:, :dec_width]
+        elif key == "labels":  # token labels are ids, one per position; a multi-label target is floats
+            cut[key] = value[:, : value.shape[1] - drop] if not value.is_floating_point() else value
+        else:
+            cut[key] = value[:, : width - drop] if value.shape[1] == width else value
+    return cut
 
 
 def activation_bytes(config, tokens: int, bytes_per_float: int = 4) -> int:
