@@ -185,3 +185,30 @@ def test_no_examples_report_holds_no_text_of_the_data(tmp_path):
     shared = build_report(grid_dir, n_resamples=RESAMPLES, examples=False)
     assert leaked(outputs(shared)) == set()
     assert "--no-examples" in Path(shared["html"]).read_text()
+
+
+def test_keys_set_together_get_one_sensitivity_plot(tmp_path):
+    """A rank sweep sets lora_alpha = 2r in every row: one plot, titled with both keys; two keys that
+    vary independently (or pair one value with two) each keep their own."""
+    import json as _json
+
+    from medpeft.report.build import build_report, tied_keys
+    from report_fixtures import base_config, class_rows, write_run
+
+    grid_dir = tmp_path / "rank"
+    for r in (2, 8, 32):
+        for seed in (0, 1):
+            cfg = base_config("pubmed-rct", "m", "lora", seed, method_args__r=r, method_args__lora_alpha=2 * r)
+            result = write_run(grid_dir, f"r{r}.s{seed}", cfg, class_rows([1] * {2: 3, 8: 6, 32: 8}[r] + [0] * (10 - {2: 3, 8: 6, 32: 8}[r])), "classification")
+            result.update(variant={"method_args.r": r, "method_args.lora_alpha": 2 * r})
+            (grid_dir / f"r{r}.s{seed}" / "result.json").write_text(_json.dumps(result))
+    build_report(grid_dir, n_resamples=50)
+    assert sorted(p.name for p in grid_dir.glob("*sensitivity*")) == ["report-pubmed-rct-sensitivity-method-args-lora-alpha.png"]
+    report = (grid_dir / "report.md").read_text()
+    assert "Sensitivity to `method_args.lora_alpha` (with `method_args.r`, set together with it in every row)" in report
+    assert report.count("### Sensitivity to") == 1
+    rows = [{"a": 1, "b": 2}, {"a": 2, "b": 4}, {}]
+    assert tied_keys(rows, ["a", "b"]) == {"b": "a"}
+    assert tied_keys(rows + [{"a": 3, "b": 2}], ["a", "b"]) == {}  # b = 2 beside a = 1 and a = 3
+    assert tied_keys(rows + [{"a": 3}], ["a", "b"]) == {}  # a without b
+    assert tied_keys([{"a": 1, "b": 1}, {"a": 1, "b": 2}], ["a", "b"]) == {}

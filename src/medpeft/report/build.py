@@ -78,18 +78,49 @@ def make_task_plots(frame, task: str, plot_dir: Path) -> list[tuple[str, Path, s
             "Error bars: ± std over seeds; a row with one seed shows its 95% test-set bootstrap CI instead. "
             "Dashed grey: Pareto front (nothing else is both cheaper and better). Dotted: untrained baseline.")]
     keys = sorted({k for v in frame["varying"] for k in v})
+    tied = tied_keys(list(frame["varying"]), keys)
     for key in keys:
+        if key in tied:
+            continue
         if key in plots.LEARNING_CURVE_KEYS:
             path = plots.plot_learning_curve(frame, key, plot_dir / f"{name}-learning-curve.png", label)
             out.append(("Learning curve", path, "Score against the training examples used; error bars: 95% CI over "
                         "seeds (Student t; the test-set bootstrap CI for a single seed). Dotted: untrained baseline."))
             continue
         path = plots.plot_sensitivity(frame, key, plot_dir / f"{name}-sensitivity-{slug(key)}.png", label)
-        out.append((f"Sensitivity to `{key}`", path, "Other settings held as in the grid; error bars as above."))
+        companions = [k for k, leader in tied.items() if leader == key]
+        along = f" (with {', '.join(f'`{k}`' for k in companions)}, set together with it in every row)" if companions else ""
+        out.append((f"Sensitivity to `{key}`{along}", path, "Other settings held as in the grid; error bars as above."))
     if frame["model"].nunique() > 1:
         path = plots.plot_model_size(frame, plot_dir / f"{name}-model-size.png", label)
         out.append(("Model size", path, "Best variant of each method per model; error bars as above."))
     return out
+
+
+def tied_keys(varying: list[dict], keys: list[str]) -> dict[str, str]:
+    """Swept keys that only ever change together with an earlier one (as `lora_alpha = 2r` with `r` in a
+    rank sweep: each value of one always beside the same value of the other): key -> the key whose
+    plot already shows it, so the report draws one sensitivity plot, not two identical ones."""
+    tied = {}
+    for i, key in enumerate(keys):
+        for leader in keys[:i]:
+            if leader not in tied and moves_with(varying, leader, key):
+                tied[key] = leader
+                break
+    return tied
+
+
+def moves_with(varying: list[dict], a: str, b: str) -> bool:
+    """Whether `a` and `b` appear in the same rows with values paired one to one."""
+    forward, backward = {}, {}
+    for row in varying:
+        if (a in row) != (b in row):
+            return False
+        if a in row:
+            x, y = repr(row[a]), repr(row[b])
+            if forward.setdefault(x, y) != y or backward.setdefault(y, x) != x:
+                return False
+    return True
 
 
 NO_EXAMPLES = "Examples left out (medpeft report --no-examples): this report holds no source, reference or prediction text."
