@@ -95,6 +95,19 @@ def test_cpu_slices_cut_token_labels_behind_a_soft_prompt_and_the_decoder_side(m
     assert long[0]["labels"].shape == (1, 4) and long[0]["input_ids"].shape == (1, 5)
 
 
+def test_cpu_slices_leave_out_a_slice_with_nothing_labelled(monkeypatch):
+    """A row that tokenizes to special tokens only has no labels; alone in a slice its mean loss would be
+    0/0 = NaN, and 0 x NaN poisons the step."""
+    config = type("C", (), {"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1})()
+    mask = padded([2, 100, 100, 100], 100)
+    tags = torch.where(mask.bool(), 1, -100)
+    tags[0] = -100
+    parts = loss_mod.cpu_slices({"input_ids": mask, "attention_mask": mask, "labels": tags}, config)
+    assert [len(p["input_ids"]) for p, _ in parts] == [3] and parts[0][1] == 1.0
+    unlabelled = {"input_ids": mask, "attention_mask": mask, "labels": torch.full_like(tags, -100)}
+    assert sum(len(p["input_ids"]) for p, _ in loss_mod.cpu_slices(unlabelled, config)) == 4  # nothing labelled anywhere: kept
+
+
 def test_cpu_slices_keep_each_slice_under_the_activation_cap(monkeypatch):
     smollm2 = type("C", (), {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30})()
     minilm = type("C", (), {"hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 6})()
@@ -144,12 +157,12 @@ def test_activation_estimate_is_close_to_the_measured_smollm2_figure():
 # --- whole runs: each lever on and off ---------------------------------------------------------
 
 
-def run_once(tmp_path, name: str, kind: str, steps: int = 3, **train) -> tuple[dict, list]:
+def run_once(tmp_path, name: str, kind: str, steps: int = 3, data=None, task=None, **train) -> tuple[dict, list]:
     """A short LoRA run without dropout: slices draw their dropout masks in another order than the
     whole batch (a different draw, not a different computation), so with dropout the runs differ by chance."""
-    model, task = KIND_SETUPS[kind]
-    cfg = config_from_dict({"task": task, "model": model, "method": "lora", "seed": 0, "method_args": {"lora_dropout": 0.0},
-                            "data": dict(TINY_DATA, train_size=12), "train": {"max_steps": steps, "batch_size": 6, "eval_batch_size": 4, "lr": 1e-2, **train}})
+    model, kind_task = KIND_SETUPS[kind]
+    cfg = config_from_dict({"task": task or kind_task, "model": model, "method": "lora", "seed": 0, "method_args": {"lora_dropout": 0.0},
+                            "data": dict(TINY_DATA, train_size=12, **(data or {})), "train": {"max_steps": steps, "batch_size": 6, "eval_batch_size": 4, "lr": 1e-2, **train}})
     result = run_config(cfg, tmp_path / name)
     predictions = [json.loads(line) for line in (tmp_path / name / "predictions.jsonl").read_text().splitlines()]
     return result.training, [p["prediction"] for p in predictions]
@@ -162,21 +175,45 @@ def test_micro_batches_leave_the_run_unchanged(kind, tmp_path, monkeypatch):
     draw their masks in another order: another draw, not another computation)."""
     train = torch.nn.Module.train
     monkeypatch.setattr(torch.nn.Module, "train", lambda self, mode=True: train(self, False))
-    cut = []
+    cut = []  # batches the trainer ran as narrower slices
     slices = loss_mod.cpu_slices
-    monkeypatch.setattr(fit, "cpu_slices", lambda inputs, *a: cut.append(inputs["input_ids"].shape[1]) or slices(inputs, *a))
+
+    def spy(inputs, *args):
+        parts = slices(inputs, *args)
+        cut.extend([1] if any(p[k].shape[1] < inputs[k].shape[1] for p, _ in parts for k in ("input_ids", "labels")
+                              if torch.is_tensor(inputs.get(k)) and inputs[k].dim() == 2) else [])
+        return parts
+
+    monkeypatch.setattr(fit, "cpu_slices", spy)
     monkeypatch.setattr(loss_mod, "SLICE_BYTES", 2**60)
     monkeypatch.setattr(loss_mod, "SLICE_OVERHEAD_TOKENS", 10**9)
-    whole, whole_predictions = run_once(tmp_path, "whole", kind)
+    data = {"max_source_tokens": 160, "max_target_tokens": 48}  # rows of different lengths, summaries too
+    whole, whole_predictions = run_once(tmp_path, "whole", kind, data=data)
+    assert not cut
     monkeypatch.setattr(loss_mod, "SLICE_OVERHEAD_TOKENS", 0)
-    by_length, by_length_predictions = run_once(tmp_path, "by_length", kind)
+    by_length, by_length_predictions = run_once(tmp_path, "by_length", kind, data=data)
+    assert cut, "the trainer never ran a batch as slices cut to their rows' length"
     monkeypatch.setattr(loss_mod, "SLICE_BYTES", 1)
-    sliced, sliced_predictions = run_once(tmp_path, "sliced", kind)
-    assert cut, "the trainer never sliced a batch"
+    sliced, sliced_predictions = run_once(tmp_path, "sliced", kind, data=data)
     assert abs(whole["train_loss"] - by_length["train_loss"]) < 1e-4
     assert abs(whole["train_loss"] - sliced["train_loss"]) < 1e-4
     assert by_length_predictions == whole_predictions
     assert sliced_predictions == whole_predictions
+
+
+@pytest.mark.parametrize("task, train", [("pubmed-rct-context", {}), ("pubmed-rct", {"grad_accum": 2})])
+def test_length_slices_leave_text_pairs_and_accumulation_unchanged(task, train, tmp_path, monkeypatch):
+    """Segment ids of a text pair are cut with their rows; with gradient accumulation each slice's share
+    is still its share of its own batch."""
+    mode = torch.nn.Module.train
+    monkeypatch.setattr(torch.nn.Module, "train", lambda self, on=True: mode(self, False))
+    monkeypatch.setattr(loss_mod, "SLICE_OVERHEAD_TOKENS", 10**9)
+    data = {"max_source_tokens": 96}
+    whole, whole_predictions = run_once(tmp_path, "whole", "seq_cls", data=data, task=task, **train)
+    monkeypatch.setattr(loss_mod, "SLICE_OVERHEAD_TOKENS", 0)
+    by_length, by_length_predictions = run_once(tmp_path, "by_length", "seq_cls", data=data, task=task, **train)
+    assert abs(whole["train_loss"] - by_length["train_loss"]) < 1e-4
+    assert by_length_predictions == whole_predictions
 
 
 def test_labelled_positions_lever_leaves_the_run_unchanged(tmp_path, monkeypatch):

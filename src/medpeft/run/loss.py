@@ -82,10 +82,12 @@ def cpu_slices(inputs: dict, config, encoder_decoder: bool = False) -> list[tupl
     weight of a slice's mean loss in the batch's mean loss: a token mean for token labels, a row mean for
     one label or label vector per row). Rows are sorted by length and every slice is cut to its longest
     row (right padding only: a left-padded batch is sliced by rows, not cut). The whole batch, untouched,
-    when one slice is cheapest."""
+    when one slice is cheapest. A slice with nothing labelled is left out: it adds nothing to the loss,
+    and a mean over no items would be 0/0 (a row whose text tokenizes to nothing but special tokens)."""
     n = len(inputs["input_ids"])
     width, enc = input_lengths(inputs)
     labels = inputs.get("labels")
+    encoder_decoder = encoder_decoder and labels is not None  # no target side to cut without labels
     dec = label_lengths(labels) if encoder_decoder else [0] * n
     per_token = activation_bytes(config, 1)
     cap = SLICE_BYTES // per_token if per_token else None
@@ -99,7 +101,8 @@ def cpu_slices(inputs: dict, config, encoder_decoder: bool = False) -> list[tupl
         part = {k: v[index] if torch.is_tensor(v) and v.dim() and len(v) == n else v for k, v in inputs.items()}
         part = cut_padding(part, width - max(enc[i] for i in rows), max(dec[i] for i in rows), encoder_decoder)
         items = int((part["labels"] != -100).sum()) if labels is not None else len(rows)
-        slices.append((part, items / max(total, 1)))
+        if items or not total:
+            slices.append((part, items / max(total, 1)))
     return slices
 
 
@@ -157,8 +160,9 @@ def cut_padding(part: dict, drop: int, dec_width: int, encoder_decoder: bool) ->
             cut[key] = value
         elif encoder_decoder and key in DECODER_KEYS:
             cut[key] = value[:, :dec_width]
-        elif key == "labels":  # token labels are ids, one per position; a multi-label target is floats
-            cut[key] = value[:, : value.shape[1] - drop] if not value.is_floating_point() else value
+        elif key == "labels":  # token labels: ids, one per position (and soft-prompt position); multi-label: floats
+            token_labels = not value.is_floating_point() and value.shape[1] >= width
+            cut[key] = value[:, : value.shape[1] - drop] if token_labels else value
         else:
             cut[key] = value[:, : width - drop] if value.shape[1] == width else value
     return cut
