@@ -178,3 +178,31 @@ def test_the_answer_warns_when_the_untrained_baseline_beats_every_trained_row(tm
     frame = frames.aggregate(runs, n_resamples=100)
     lines = answer_first(frame, compare_task(frame, {r.run_id: r for r in runs}, n_resamples=100), 1.0)
     assert any("untrained m (50.00) scores at least as high as every trained row" in line for line in lines)
+
+
+def test_the_answer_never_calls_a_dearer_tied_row_the_cheapest(tmp_path):
+    """A row within noise of the best but with more trainable parameters than the best is not "cheapest
+    not significantly worse" (the prompt-length sweep's report named 20 tokens beside a best of 5); a
+    cheaper tied row still is."""
+    from medpeft.report.compare import compare_task
+    from medpeft.report.sections import answer_first
+
+    scores = [0.2, 0.8, 0.5, 0.4, 0.6, 0.3, 0.7, 0.5, 0.45, 0.55]
+    better = [0.25] + scores[1:]  # higher on one example only: no detectable difference
+
+    def answer(best_method: str, other: str) -> list[str]:
+        grid = tmp_path / best_method
+        for seed in range(3):
+            write_run(grid, f"t.m.{best_method}.seed{seed}", base_config("t", "m", best_method, seed), summary_rows(better), "summarization")
+            write_run(grid, f"t.m.{other}.seed{seed}", base_config("t", "m", other, seed), summary_rows(scores), "summarization")
+        runs = frames.collect_runs(grid)
+        frame = frames.aggregate(runs, n_resamples=200)
+        comparisons = compare_task(frame, {r.run_id: r for r in runs}, n_resamples=200)
+        assert [c["p_examples"] >= 0.05 for c in comparisons] == [True]
+        return answer_first(frame, comparisons, 0.1)
+
+    lines = answer("ia3", "lora")  # the best (ia3: 0.1 % trainable) is cheaper than the tied lora (1 %)
+    assert lines[0].startswith("**Best") and "ia3" in lines[0]
+    assert not any("Cheapest not significantly worse" in line for line in lines)
+    lines = answer("lora", "ia3")  # the tied row is the cheaper one: named
+    assert any("Cheapest not significantly worse" in line and "ia3" in line for line in lines)

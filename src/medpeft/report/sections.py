@@ -68,8 +68,13 @@ def answer_first(frame, comparisons: list[dict], within_points: float) -> list[s
             lines.append(f"Against full fine-tuning ({100 * frame.loc[full[0]['ref'], 'primary_mean']:.2f}): "
                          f"{100 * full[0]['delta']:+.2f} points, {p_text(full[0]['p_examples'])}: {full[0]['verdict']}.")
     lines.append(cheapest_near_best(trained, best_idx, within_points, name, many))
-    tied = [c for c in comparisons if c["ref"] == best_idx and c["p_examples"] >= 0.05 and c["row"] != best_idx]
-    cheap = min(tied, key=lambda c: frame.loc[c["row"]].get("trainable_pct_mean", float("inf"))) if tied else None
+    def trainable(idx) -> float:
+        value = frame.loc[idx].get("trainable_pct_mean", float("inf"))
+        return float("inf") if value != value else value
+
+    tied = [c for c in comparisons if c["ref"] == best_idx and c["p_examples"] >= 0.05 and c["row"] != best_idx
+            and trainable(c["row"]) < trainable(best_idx)]  # only a row cheaper than the best is worth naming
+    cheap = min(tied, key=lambda c: trainable(c["row"])) if tied else None
     if cheap and cheap["row"] not in named:
         row = frame.loc[cheap["row"]]
         lines.append(f"Cheapest not significantly worse than the best ({p_text(cheap['p_examples'])}): "
