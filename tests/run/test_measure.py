@@ -66,3 +66,27 @@ def test_a_runs_peak_does_not_include_an_earlier_runs_memory():
     out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT], capture_output=True, text=True, timeout=120, check=True)
     grown_mib = float(out.stdout.strip().splitlines()[-1])
     assert grown_mib < 150, f"peak is {grown_mib:.0f} MiB above the start: the earlier run's 572 MiB were counted"
+
+
+def test_the_commit_is_read_once_per_process(monkeypatch):
+    """A grid keeps running the code it imported; a checkout moved on mid-grid must not be recorded
+    for its later runs."""
+    import subprocess
+
+    from medpeft.run import measure
+
+    measure.git_commit.cache_clear()
+    calls = []
+    answers = iter(["aaa", "", "bbb", ""])
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, stdout=next(answers), stderr="")
+
+    monkeypatch.setattr(measure.subprocess, "run", fake_run)
+    try:
+        assert measure.git_commit() == "aaa"
+        assert measure.git_commit() == "aaa"  # the checkout now says bbb: not asked again
+        assert len(calls) == 2  # rev-parse and status, once
+    finally:
+        measure.git_commit.cache_clear()

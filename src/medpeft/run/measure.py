@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import platform
 import resource
@@ -97,8 +98,11 @@ def device_name() -> str:
     return f"cpu:{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str:
-    """The medpeft checkout's commit (with '+dirty' for local edits), or 'unknown' outside git."""
+    """The medpeft checkout's commit (with '+dirty' for local edits), or 'unknown' outside git. Read once
+    per process, at its first run: a long grid keeps running the code it imported even if the checkout
+    moves on meanwhile, and its later runs must not claim the newer commit."""
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
