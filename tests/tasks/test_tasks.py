@@ -108,6 +108,7 @@ def test_splits_exact_disjoint_and_well_formed(name):
     for ex in (ex for split in data.splits.values() for ex in split):
         assert set(ex) - {"pair"} == {"id", "text", "target"} and isinstance(ex.get("pair", ""), str)
         assert ex["text"].strip() and (ex["target"] if data.type == "multilabel" else ex["target"].strip())
+        assert ("pair" in ex) == bool(TASKS[name].pair), "a task whose examples carry a second text says what it holds"
     if data.type == "classification":
         assert data.labels and all(ex["target"] in data.labels for split in data.splits.values() for ex in split)
     if data.type == "multilabel":

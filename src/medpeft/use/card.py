@@ -219,8 +219,6 @@ def group_label(group: list[RunResult]) -> str:
     return f"{name} ({variant})" if variant else name
 
 
-PAIR_NOTES = {"pubmed-rct-context": "the sentence's position and neighbours",
-              "pubmedqa": "the abstract, results first", "pubmedqa-pqaa": "the abstract, results first"}
 FORMAT_NOTES = {
     CHAT_TEMPLATE: "one user turn holding the instruction, a blank line and the text, in the tokenizer's chat template "
                    "with its generation prompt (rendered below; tokenized without adding special tokens). The text is "
@@ -233,6 +231,12 @@ FORMAT_NOTES = {
     TEXT_ONLY: "the text alone (NER: its words, as given), tokenized with the tokenizer's special tokens and cut to "
                "{n} tokens.",
 }
+
+
+def pair_note(run: FinishedRun, field: str) -> str:
+    """What the run's second text holds: its built-in task's own words, else the field it is read from."""
+    spec = TASKS[run.config.task] if run.config.task in TASKS and not run.config.user_data else None
+    return (spec.pair if spec else "") or field
 
 
 def prompt_template(run: FinishedRun, fmt: str, instruction: str) -> str:
@@ -258,7 +262,7 @@ def prompt_section(run: FinishedRun) -> str:
     text = f"## Prompt format\n\n`{fmt}`: {note}\n\n```text\n{template}\n```"
     if reads_pairs(run):
         field = pair_field_of(run)
-        text += (f"\n\nEach input is a text pair: the text, then a second text ({PAIR_NOTES.get(run.config.task, field)}). "
+        text += (f"\n\nEach input is a text pair: the text, then a second text ({pair_note(run, field)}). "
                  "An encoder with a separator token reads them as two segments with their segment ids, the longer cut "
                  "first; any other model reads the two joined by a blank line. `medpeft predict` takes the second text "
                  f"from `--pair-field` (default `{field}`).")
