@@ -14,6 +14,8 @@ def figures(out: str, workload: str) -> dict[str, list[float]]:
     block = out.split(f"\n{workload}: ", 1)[1].split("\n\n", 1)[0]
     rows = {}
     for line in block.splitlines()[2:]:
+        if line.startswith("  medpeft's summaries at"):
+            continue
         found = re.match(rf"\s+(.+?)\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x$", line)
         assert found, line
         rows[found.group(1)] = [float(found.group(k).replace(",", "")) for k in (2, 3, 4)]
@@ -26,9 +28,13 @@ def test_quick_benchmark_prints_every_figure(capsys, assets_ready):
     peak = re.search(r"fp32 matmul peak: ([\d.]+) GFLOP/s", out)
     assert peak and float(peak.group(1)) > 0
     summarization = figures(out, "summarization")
+    rows = int(re.search(r"generation new tokens/s \((\d+) vs 8 per call\)", out).group(1))  # at least medpeft's eval batch
+    assert rows >= 8
     assert set(summarization) == {"useful tokens/s (non-pad, training)", "% of fp32 matmul peak (4 FLOP/param/token)",
-                                  "peak RSS, whole process (GiB)", "generation new tokens/s (batched eval)",
+                                  "peak RSS, whole process (GiB)", f"generation new tokens/s ({rows} vs 8 per call)",
+                                  "generation new tokens/s (8 per call on both)",
                                   "generated tokens per summary", "useful training tokens", "training seconds"}
+    assert f"medpeft's summaries at {rows} and at 8 rows per call: identical" in out
     classification = figures(out, "classification")
     assert "useful tokens/s (non-pad, training)" in classification and "peak RSS, whole process (GiB)" in classification
     for rows in (summarization, classification):

@@ -400,7 +400,7 @@ def test_older_configs_with_train_num_beams_still_read():
 
 @pytest.mark.parametrize("change, key", [({"num_beams": 0}, "num_beams"), ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size"),
                                          ({"length_penalty": 0}, "length_penalty"), ({"max_new_tokens": 0}, "max_new_tokens"),
-                                         ({"beams": 4}, "beams")])
+                                         ({"batch_size": 0}, "batch_size"), ({"beams": 4}, "beams")])
 def test_bad_generation_settings_name_the_key(change, key):
     with pytest.raises(ConfigError, match=key):
         config_from_dict(dict(BASE, generation=change))

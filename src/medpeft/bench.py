@@ -15,7 +15,10 @@ seconds, for tests; its figures mean nothing.
 
 Generation runs before training, with the LoRA adapter as initialised (B = 0: the base model's
 outputs), so both sides decode the same summaries and tokens/s compares pipelines, not the lengths
-two differently trained models happen to write (a short summary is mostly prompt prefill).
+two differently trained models happen to write (a short summary is mostly prompt prefill). The plain
+pipeline decodes 8 summaries per generate() call; medpeft decodes as many as its evaluation does
+(`run/predict.generation_rows`: on CPU up to 64 while their cache fits), and once more 8 at a time, to
+show what the rows per call are worth.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from pathlib import Path
 
 LORA_FLOP_PER_PARAM_TOKEN = 4  # forward 2 + input gradients 2; no weight gradients for the frozen base
 SIDES = ("medpeft", "plain")
+PLAIN_GENERATION_ROWS = 8  # summaries per generate() call in the plain pipeline (and medpeft's eval_batch_size here)
 GIB = 2**30
 
 
@@ -48,13 +52,13 @@ class Workload:
     max_source: int  # data.max_source_tokens
     max_length: int  # the plain pipeline pads every training example to this many tokens
     max_target: int = 0  # data.max_target_tokens (summarization): max_source + prompt frame + max_target <= max_length
-    test_size: int = 16  # examples evaluated (summarization: generated, batch 8)
+    test_size: int = 16  # examples evaluated (summarization: generated; the plain pipeline 8 per call)
     max_new_tokens: int = 0  # generation budget per summary
     lr: float = 1e-3
 
 
 FULL = {"summarization": Workload("summarization", "pubmed-conclusion", "smollm2-135m", 64, 8, 8, 320, 512,
-                                  max_target=128, max_new_tokens=64),
+                                  max_target=128, test_size=32, max_new_tokens=64),
         "classification": Workload("classification", "pubmed-rct", "minilm-l6", 256, 32, 8, 128, 128, test_size=64)}
 QUICK = {"summarization": Workload("summarization", "pubmed-conclusion", "tiny-llama", 8, 4, 2, 32, 96,
                                    max_target=16, test_size=4, max_new_tokens=8),
@@ -69,7 +73,7 @@ def experiment_config(w: Workload):
         task=w.task, model=w.model, method="lora", seed=0,
         data={"train_size": w.train_size, "val_size": 0, "test_size": w.test_size, "max_source_tokens": w.max_source,
               "max_target_tokens": max(w.max_target, 1)},
-        train={"max_steps": w.steps, "batch_size": w.batch_size, "eval_batch_size": 8, "lr": w.lr},
+        train={"max_steps": w.steps, "batch_size": w.batch_size, "eval_batch_size": PLAIN_GENERATION_ROWS, "lr": w.lr},
         generation={"max_new_tokens": w.max_new_tokens or None})
 
 
@@ -91,8 +95,9 @@ def measure_medpeft(w: Workload, workdir: Path) -> dict:
     from medpeft.run.encode import encode_examples
     from medpeft.run.execute import prepare_model
     from medpeft.run.fit import train_model
-    from medpeft.run.kinds import KINDS
+    from medpeft.run.kinds import KINDS, decoding
     from medpeft.run.measure import count_parameters, reset_peak_memory
+    from medpeft.run.predict import generate_texts, generation_rows
 
     plan = plan_run(experiment_config(w))
     cfg, kind, data = plan.config, KINDS[plan.kind], plan.data
@@ -106,7 +111,12 @@ def measure_medpeft(w: Workload, workdir: Path) -> dict:
         start = time.perf_counter()
         texts = kind.predict(model, tokenizer, prompts, test, data.labels, cfg, local_device())
         figures.update(new_tokens=count_tokens(tokenizer, texts), generation_seconds=time.perf_counter() - start,
-                       summaries=len(texts))
+                       summaries=len(texts), generation_rows=generation_rows(model, prompts, cfg.train.eval_batch_size,
+                                                                             decoding(cfg), local_device()))
+        start = time.perf_counter()  # the same summaries, 8 per call as the plain pipeline decodes them
+        texts_8 = generate_texts(model, tokenizer, prompts, True, decoding(cfg), PLAIN_GENERATION_ROWS, local_device())
+        figures.update(new_tokens_8=count_tokens(tokenizer, texts_8), generation_seconds_8=time.perf_counter() - start,
+                       same_summaries=texts_8 == texts)
     rows, _ = encode_examples(data.splits["train"], tokenizer, kind, data.instruction, cfg.data, data.labels)
     training = train_model(model, tokenizer, kind, cfg, rows, [], workdir)
     return {**figures, "tokens": training["train_tokens"], "train_seconds": training["train_seconds"]}
@@ -155,14 +165,14 @@ def plain_model(w: Workload, path: str, labels):
 
 
 def plain_generate(model, tokenizer, data, w: Workload) -> tuple[int, float]:
-    """Batched greedy generation of the test summaries (batch 8), prompts left-padded to max_length - max_target."""
+    """Batched greedy generation of the test summaries, 8 per call, prompts left-padded to max_length - max_target."""
     import torch
 
     prompts = [plain_prompt(tokenizer, data.instruction, ex["text"], w.max_source) for ex in data.splits["test"]]
     tokenizer.padding_side = "left"
-    batches = [tokenizer(prompts[i : i + 8], padding="max_length", truncation=True, max_length=w.max_length - w.max_target,
+    batches = [tokenizer(prompts[i : i + PLAIN_GENERATION_ROWS], padding="max_length", truncation=True, max_length=w.max_length - w.max_target,
                          add_special_tokens=False, return_token_type_ids=False, return_tensors="pt").to(model.device)
-               for i in range(0, len(prompts), 8)]
+               for i in range(0, len(prompts), PLAIN_GENERATION_ROWS)]
     tokenizer.padding_side = "right"  # training pads on the right
     model.eval()
     new_tokens, start = 0, time.perf_counter()
@@ -270,8 +280,10 @@ def table_lines(w: Workload, sides: dict, peak: float) -> list[str]:
     if "gpu_peak_bytes" in med:
         rows.append(("peak GPU memory allocated (GiB)", med["gpu_peak_bytes"] / GIB, plain["gpu_peak_bytes"] / GIB, "{:.2f}"))
     if "new_tokens" in med:
-        rows.append(("generation new tokens/s (batched eval)", rate(med, "new_tokens", "generation_seconds"),
-                     rate(plain, "new_tokens", "generation_seconds"), "{:.1f}"))
+        rows.append((f"generation new tokens/s ({med['generation_rows']} vs {PLAIN_GENERATION_ROWS} per call)",
+                     rate(med, "new_tokens", "generation_seconds"), rate(plain, "new_tokens", "generation_seconds"), "{:.1f}"))
+        rows.append((f"generation new tokens/s ({PLAIN_GENERATION_ROWS} per call on both)",
+                     rate(med, "new_tokens_8", "generation_seconds_8"), rate(plain, "new_tokens", "generation_seconds"), "{:.1f}"))
         rows.append(("generated tokens per summary", rate(med, "new_tokens", "summaries"), rate(plain, "new_tokens", "summaries"), "{:.1f}"))
     rows += [("useful training tokens", med["tokens"], plain["tokens"], "{:,}"),
              ("training seconds", med["train_seconds"], plain["train_seconds"], "{:.1f}")]
@@ -279,6 +291,9 @@ def table_lines(w: Workload, sides: dict, peak: float) -> list[str]:
     for name, a, b, fmt in rows:
         ratio = f"{a / b:.2f}x" if b else "-"
         lines.append(f"  {name:42}{fmt.format(a):>10}{fmt.format(b):>10}{ratio:>15}")
+    if "same_summaries" in med:
+        lines.append(f"  medpeft's summaries at {med['generation_rows']} and at {PLAIN_GENERATION_ROWS} rows per call: "
+                     + ("identical" if med["same_summaries"] else "DIFFERENT"))
     return lines
 
 

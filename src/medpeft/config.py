@@ -88,6 +88,7 @@ class GenerationConfig:
     no_repeat_ngram_size: int = 3  # never repeat an n-gram of this size (the study: 3); 0 = off. Stops loops
     repetition_penalty: float = 1.0  # > 1 discourages repeating any earlier token; 1 = off
     max_new_tokens: int | None = None  # generation budget in tokens; None = data.max_target_tokens
+    batch_size: int | None = None  # texts per generate() call; None: train.eval_batch_size, more on CPU where the cache fits
 
     def __post_init__(self):
         check_types(self, "generation")
@@ -99,6 +100,8 @@ class GenerationConfig:
             raise ConfigError("generation.length_penalty and generation.repetition_penalty must be > 0 (1.0 = neutral)")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ConfigError(f"generation.max_new_tokens must be >= 1 or unset, got {self.max_new_tokens}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"generation.batch_size must be >= 1 or unset (automatic), got {self.batch_size}")
 
 
 @dataclass
@@ -201,7 +204,7 @@ class ExperimentConfig:
         return data
 
 
-UNSET_KEYS = (("data", "per_class"), ("train", "time_budget_s"), ("train", "checkpoint_steps"))
+UNSET_KEYS = (("data", "per_class"), ("train", "time_budget_s"), ("train", "checkpoint_steps"), ("generation", "batch_size"))
 
 
 def optional_block(cls, value, key: str):

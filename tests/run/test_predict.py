@@ -59,3 +59,54 @@ def test_the_ngram_block_lets_a_decoder_copy_from_its_prompt(assets_ready):
     generated = torch.cat([prompt, torch.tensor([[8, 9, 8, 9]])], dim=1)  # another 8 would repeat "8 9 8": a loop
     assert args["logits_processor"][0](generated, torch.zeros(1, 10))[0, 8] == float("-inf")
     assert generated_only({"no_repeat_ngram_size": 3}, prompt_length=0) == {"no_repeat_ngram_size": 3}  # seq2seq
+
+
+# --- rows per generate() call -----------------------------------------------------------
+
+
+def test_the_cache_estimate_counts_key_and_value_per_decoder_layer():
+    from transformers import LlamaConfig, T5Config
+
+    from medpeft.run.predict import cache_bytes_per_token
+
+    smollm2 = LlamaConfig(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3)
+    assert cache_bytes_per_token(smollm2) == 2 * 30 * 3 * 64 * 4  # grouped-query: 3 key/value heads of 64
+    flan_t5_large = T5Config(d_model=1024, d_kv=64, num_heads=16, num_layers=24, num_decoder_layers=24)
+    assert cache_bytes_per_token(flan_t5_large) == 2 * 24 * 16 * 64 * 4
+    assert cache_bytes_per_token(smollm2, bytes_per_float=2) == cache_bytes_per_token(smollm2) // 2
+
+
+def test_cpu_generation_takes_more_rows_while_their_cache_fits(monkeypatch):
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig
+
+    from medpeft.run import predict
+
+    model = SimpleNamespace(config=LlamaConfig(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3))
+    rows = [{"input_ids": [1] * n} for n in range(300, 400)]  # 100 prompts, the longest 399 tokens
+    greedy, beams = {"max_new_tokens": 65, "num_beams": 1}, {"max_new_tokens": 65, "num_beams": 4}
+    assert predict.generation_rows(model, rows, 8, greedy, "cpu") == predict.GENERATION_ROWS  # 46 kB x 464 tokens x 64 = 1.3 GiB
+    per_row = 46080 * 464 * 4
+    assert predict.generation_rows(model, rows, 8, beams, "cpu") == predict.GENERATION_BYTES // per_row  # 19 rows of 4 beams
+    assert predict.generation_rows(model, rows[:5], 2, greedy, "cpu") == 5  # never more rows than there are
+    assert predict.generation_rows(model, rows, 80, greedy, "cpu") == 80  # never fewer than asked for
+    monkeypatch.setattr(predict, "GENERATION_BYTES", 1)
+    assert predict.generation_rows(model, rows, 8, greedy, "cpu") == 8
+    assert predict.generation_rows(model, rows, 8, greedy, "cuda") == 8  # a GPU keeps train.eval_batch_size
+
+
+def test_rows_per_call_leave_the_generated_texts_unchanged(assets_ready):
+    """Prompts of different lengths, left-padded (decoder) or right-padded (encoder-decoder) to each call's
+    longest: one per call or all in one call decode the same texts."""
+    for model_name, kind in (("tiny-llama", "causal"), ("tiny-t5", "seq2seq")):
+        cfg = config_from_dict({"task": "pubmed-conclusion", "model": model_name, "method": "untrained",
+                                "data": dict(TINY_DATA, test_size=6, max_source_tokens=48, max_target_tokens=12)})
+        task = TASKS[cfg.task].load(cfg.data)
+        model, tokenizer, _ = load_for_kind(resolve_model(model_name, online=False), kind)
+        rows, _ = encode_examples(task.splits["test"], tokenizer, KINDS[kind], task.instruction, cfg.data, for_generation=True)
+        rows = [dict(r, input_ids=r["input_ids"][: 20 + 5 * i], attention_mask=r["attention_mask"][: 20 + 5 * i])
+                for i, r in enumerate(rows)]  # six lengths, so every call pads
+        one = generate_texts(model, tokenizer, rows, kind == "causal", decoding(cfg), 1, torch.device("cpu"))
+        together = KINDS[kind].predict(model, tokenizer, rows, task.splits["test"], None, cfg, torch.device("cpu"))
+        assert together == one and any(one), model_name

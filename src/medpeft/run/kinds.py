@@ -17,7 +17,7 @@ from medpeft.run.encode import encode_causal, encode_class, encode_label_set, en
 from medpeft.run.loss import labelled_positions_loss
 from medpeft.run.metrics import (entity_counts, label_counts, score_classification, score_multilabel, score_ner,
                                  score_rouge)
-from medpeft.run.predict import generate_texts, predict_probs, predict_tags
+from medpeft.run.predict import generate_texts, generation_rows, predict_probs, predict_tags
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,9 @@ def pad_inputs(tokenizer, prefix: int = 0):
 
 
 def generate(model, tokenizer, rows, test, labels, cfg, device, prefix=0, *, decoder_only: bool):
-    return generate_texts(model, tokenizer, rows, decoder_only, decoding(cfg), cfg.train.eval_batch_size, device)
+    settings = decoding(cfg)
+    batch = cfg.generation.batch_size or generation_rows(model, rows, cfg.train.eval_batch_size, settings, device)
+    return generate_texts(model, tokenizer, rows, decoder_only, settings, batch, device)
 
 
 def decoding(cfg) -> dict:

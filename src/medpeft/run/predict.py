@@ -8,6 +8,12 @@ import numpy as np
 import torch
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what an encoded row feeds the model
+# CPU generation: a decode step multiplies every weight matrix by a few rows, and on 2 cores it costs about
+# the same for 8 to 64 rows (MKL, fp32, SmolLM2's 576 x 1536 projections), so rows per generate() call are
+# what sets new tokens/s. Up to GENERATION_ROWS rows go together while their key/value cache stays under
+# GENERATION_BYTES (the same 1.5 GiB a training forward may hold on CPU).
+GENERATION_ROWS = 64
+GENERATION_BYTES = 3 * 2**29
 
 
 def length_batches(rows: list[dict], batch_size: int):
@@ -46,6 +52,27 @@ def predict_tags(model, tokenizer, rows: list[dict], n_words: list[int], labels:
         words = [labels[int(logits[pos].argmax())] for pos in firsts]
         tags.append(words + ["O"] * (n - len(words)))
     return tags
+
+
+def cache_bytes_per_token(config, bytes_per_float: int = 4) -> int:
+    """Key/value cache of one token of one sequence: two vectors per decoder layer (for an encoder-decoder,
+    the same per source token, in cross-attention)."""
+    text = getattr(config, "text_config", None) or config
+    layers = getattr(text, "num_decoder_layers", None) or getattr(text, "num_hidden_layers", None) or getattr(text, "num_layers", 0)
+    heads = getattr(text, "num_key_value_heads", None) or getattr(text, "num_attention_heads", None) or getattr(text, "num_heads", 1)
+    hidden = getattr(text, "hidden_size", None) or getattr(text, "d_model", 0)
+    head_dim = getattr(text, "head_dim", None) or getattr(text, "d_kv", None) or hidden // max(1, getattr(text, "num_attention_heads", None) or heads)
+    return 2 * layers * heads * head_dim * bytes_per_float
+
+
+def generation_rows(model, rows: list[dict], batch_size: int, decoding: dict, device) -> int:
+    """Rows per generate() call: `batch_size` on a GPU; on CPU up to GENERATION_ROWS (never fewer than
+    `batch_size`) while the longest row's cache, times the rows and beams, stays under GENERATION_BYTES."""
+    if torch.device(device).type != "cpu" or not rows:
+        return batch_size
+    longest = max(len(r["input_ids"]) for r in rows) + decoding.get("max_new_tokens", 0)
+    per_row = cache_bytes_per_token(model.config) * longest * decoding.get("num_beams", 1)
+    return max(batch_size, min(GENERATION_ROWS, len(rows), GENERATION_BYTES // max(1, per_row)))
 
 
 def generated_only(decoding: dict, prompt_length: int) -> dict:
