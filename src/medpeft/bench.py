@@ -59,7 +59,7 @@ class Workload:
 
 FULL = {"summarization": Workload("summarization", "pubmed-conclusion", "smollm2-135m", 64, 8, 8, 320, 512,
                                   max_target=128, test_size=32, max_new_tokens=64),
-        "classification": Workload("classification", "pubmed-rct", "minilm-l6", 256, 32, 8, 128, 128, test_size=64)}
+        "classification": Workload("classification", "pubmed-rct", "minilm-l6", 768, 32, 24, 128, 128, test_size=64)}
 QUICK = {"summarization": Workload("summarization", "pubmed-conclusion", "tiny-llama", 8, 4, 2, 32, 96,
                                    max_target=16, test_size=4, max_new_tokens=8),
          "classification": Workload("classification", "pubmed-rct", "tiny-bert", 8, 4, 2, 32, 32, test_size=4)}
