@@ -438,3 +438,22 @@ def test_optional_measurements_take_true_false_or_settings(key):
         config_from_dict(dict(BASE, **{key: 3}))
     with pytest.raises(ConfigError, match=f"unknown config key '{key}.nope'"):
         config_from_dict(dict(BASE, **{key: {"nope": 1}}))
+
+
+def test_precision_auto_is_fp32_on_cpu_and_bf16_on_a_gpu_that_has_it(monkeypatch):
+    import torch
+
+    from medpeft import dist
+
+    raw = {"task": "pubmed-rct", "model": "tiny-bert", "method": "lora"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cpu = checked_config(raw)
+    assert config_from_dict(raw).train.precision == "auto" and cpu.train.precision == "fp32"
+    assert cpu.run_id == checked_config(dict(raw, train={"precision": "fp32"})).run_id  # ids of earlier runs stay
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert dist.default_precision() == "bf16" and checked_config(raw).train.precision == "bf16"
+    assert checked_config(raw).run_id != cpu.run_id  # another precision: another run
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)  # fp16-only GPUs: fp32 unless asked
+    assert checked_config(raw).train.precision == "fp32"
+    assert checked_config(dict(raw, train={"precision": "fp16"})).train.precision == "fp16"  # an explicit choice stays

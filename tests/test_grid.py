@@ -6,6 +6,8 @@ import pytest
 from medpeft.config import ConfigError, expand_grid
 from medpeft.grid import parse_shard, select_shard, with_baselines
 
+from conftest import TINY_DATA, TINY_TRAIN
+
 SPEC = {
     "base": {"task": "pubmed-conclusion", "model": "tiny-t5"},
     "grid": [
@@ -77,3 +79,44 @@ def test_fp16_on_a_cpu_machine_fails_before_training(tmp_path, monkeypatch):
                                  "train": {"precision": "fp16"}}}, name="h")
     with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
         run_grid(grid, tmp_path)
+
+
+def test_fused_kernels_on_a_cpu_machine_fail_before_training(tmp_path, monkeypatch):
+    import torch
+
+    from medpeft.grid import run_grid
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    grid = expand_grid({"base": {"task": "pubmed-rct", "model": "tiny-bert", "method": "lora",
+                                 "train": {"fused_kernels": True}}}, name="k")
+    with pytest.raises(ConfigError, match="train.fused_kernels: Liger's kernels are Triton kernels for CUDA GPUs"):
+        run_grid(grid, tmp_path)
+    assert not (tmp_path / "k").exists()
+
+
+def test_fused_kernels_without_the_package_name_it(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    from medpeft.methods import check_hardware
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match="pip install liger-kernel"):
+        check_hardware("lora", "bf16", fused_kernels=True)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="Liger's kernels need a CUDA GPU")
+def test_fused_kernels_train_on_a_gpu(tmp_path):
+    pytest.importorskip("liger_kernel")
+    from medpeft.grid import run_grid
+
+    grid = expand_grid({"base": {"task": "pubmed-conclusion", "model": "tiny-llama", "method": "lora", "data": TINY_DATA,
+                                 "train": dict(TINY_TRAIN, fused_kernels=True)}}, name="liger")
+    from medpeft.dist import default_precision
+    from medpeft.run.record import load_results
+
+    results = [r for r in load_results(run_grid(grid, tmp_path)) if r.method == "lora"]
+    assert results and all(r.ok for r in results)
+    assert results[0].config["train"]["fused_kernels"] is True and results[0].config["train"]["precision"] == default_precision()

@@ -44,6 +44,9 @@ class DataConfig:
             raise ConfigError(f"data.val_size must be >= 0, got {self.val_size}")
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto is resolved per machine when a run is planned
+
+
 @dataclass
 class TrainConfig:
     """Optimisation and decoding settings passed to the transformers Trainer and generate()."""
@@ -57,10 +60,11 @@ class TrainConfig:
     warmup: float = 0.0  # warm-up: a ratio of total steps in [0, 1), or a step count >= 1
     scheduler: str = "linear"  # transformers lr_scheduler_type
     eval_batch_size: int = 16  # examples per batch at evaluation and generation
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 needs a GPU)
+    precision: str = "auto"  # auto (bf16 on a GPU that has it, else fp32) | fp32 | bf16 | fp16 (fp16 needs a GPU)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30 % more time (on by itself when they would not fit)
     time_budget_s: float | None = None  # stop training after this many wall-clock seconds (equal-time comparisons)
     checkpoint_steps: int | None = None  # also checkpoint every this many optimiser steps (always: every 30 min)
+    fused_kernels: bool | None = None  # Liger's fused kernels (RMSNorm, RoPE, SwiGLU): a CUDA GPU and liger-kernel
 
     def __post_init__(self):
         check_types(self, "train")
@@ -71,8 +75,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ConfigError(f"train.precision must be one of fp32, bf16, fp16; got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ConfigError(f"train.time_budget_s must be > 0 seconds or unset, got {self.time_budget_s}")
         if self.checkpoint_steps is not None and self.checkpoint_steps < 1:
@@ -204,7 +208,8 @@ class ExperimentConfig:
         return data
 
 
-UNSET_KEYS = (("data", "per_class"), ("train", "time_budget_s"), ("train", "checkpoint_steps"), ("generation", "batch_size"))
+UNSET_KEYS = (("data", "per_class"), ("train", "time_budget_s"), ("train", "checkpoint_steps"), ("train", "fused_kernels"),
+              ("generation", "batch_size"))
 
 
 def optional_block(cls, value, key: str):

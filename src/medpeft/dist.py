@@ -29,3 +29,11 @@ def local_device():
     if torch.cuda.is_available():
         return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
     return torch.device("cpu")
+
+
+def default_precision() -> str:
+    """What `train.precision: auto` means here: bf16 on a CUDA GPU that supports it (Ampere and newer),
+    else fp32 (CPU, and GPUs with fp16 only, where fp16 stays a choice: it can overflow)."""
+    import torch
+
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"

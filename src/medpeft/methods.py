@@ -63,8 +63,8 @@ def validate_method_args(method: str, args: dict) -> None:
             )
 
 
-def check_hardware(method: str, precision: str) -> None:
-    """Fail before training when this machine cannot run the method or precision asked for."""
+def check_hardware(method: str, precision: str, fused_kernels: bool = False) -> None:
+    """Fail before training when this machine cannot run the method, precision or kernels asked for."""
     import importlib.util
 
     import torch
@@ -78,6 +78,11 @@ def check_hardware(method: str, precision: str) -> None:
             raise ConfigError(f"method {method!r} needs the bitsandbytes package: .venv/bin/pip install bitsandbytes")
     if precision == "fp16" and not cuda:
         raise ConfigError("train.precision: fp16 needs a CUDA GPU; on CPU use fp32 (or bf16 where the CPU supports it)")
+    if fused_kernels and not cuda:
+        raise ConfigError("train.fused_kernels: Liger's kernels are Triton kernels for CUDA GPUs; this machine has none. "
+                          "Remove train.fused_kernels on CPU")
+    if fused_kernels and importlib.util.find_spec("liger_kernel") is None:
+        raise ConfigError("train.fused_kernels needs the liger-kernel package: .venv/bin/pip install liger-kernel")
 
 
 def build_peft_config(method: str, task_type: str, args: dict, *, model_path: str, instruction: str, new_modules: list[str]):

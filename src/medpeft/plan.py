@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medpeft.config import ExperimentConfig
+from medpeft.dist import default_precision
 from medpeft.errors import ConfigError, MedpeftError
 from medpeft.methods import MethodSpec, check_hardware, validate_method_args
 from medpeft.models import check_model_name, model_architecture, resolve_model
@@ -77,6 +78,8 @@ def resolve_config(cfg: ExperimentConfig) -> ExperimentConfig:
     train = copy.copy(cfg.train)
     if train.lr is None:
         train.lr = METHODS[cfg.method].default_lr  # set, not validated: the untrained baseline's is 0
+    if train.precision == "auto":  # the run id and result.json record what ran
+        train.precision = default_precision()
     resolved = dataclasses.replace(cfg, train=train, fingerprint=content_fingerprint(cfg))
     resolved.variant, resolved.tune = dict(cfg.variant), cfg.tune  # not constructor fields: carried over by hand
     return resolved
@@ -113,11 +116,11 @@ def load_data(spec: TaskSpec, cfg: ExperimentConfig, online: bool) -> TaskData:
 
 def plan_runs(configs: list[ExperimentConfig], online: bool = False) -> list[RunPlan]:
     """A plan per config, in order. Each distinct model is resolved, each distinct (task, data)
-    loaded and each (method, precision) checked once; the loaded splits are shared by the plans."""
+    loaded and each run's method, precision and kernels checked; the loaded splits are shared by the plans."""
     resolved = [resolve_config(cfg) for cfg in configs]
     paths, architectures, data, specs, owners, scorers = {}, {}, {}, {}, {}, {}
     for cfg in resolved:
-        check_hardware(cfg.method, cfg.train.precision)
+        check_hardware(cfg.method, cfg.train.precision, bool(cfg.train.fused_kernels))
         if cfg.model not in paths:
             paths[cfg.model] = resolve_model(cfg.model, online)
             architectures[cfg.model] = model_architecture(paths[cfg.model])

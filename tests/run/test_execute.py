@@ -15,6 +15,7 @@ from medpeft import files
 from medpeft import grid as grid_module
 from medpeft.config import config_from_dict, expand_grid
 from medpeft.models import load_model, resolve_model
+from medpeft.plan import resolve_config
 from medpeft.registry import TASKS
 from medpeft.run import execute, record
 from medpeft.run.encode import encode_examples
@@ -53,7 +54,7 @@ def finished(tmp_path_factory, assets_ready):
     def get(name: str, copy: int = 0):
         key = (name, copy)
         if key not in cache:
-            cfg = tiny_config(*RUNS[name])
+            cfg = resolve_config(tiny_config(*RUNS[name]))  # its run id is the folder's and the result's
             run_dir = tmp_path_factory.mktemp(f"{name}-{copy}") / cfg.run_id
             cache[key] = cfg, run_dir, run_config(cfg, run_dir)
         return cache[key]

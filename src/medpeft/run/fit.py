@@ -96,6 +96,7 @@ def training_arguments(kind, cfg: ExperimentConfig, n_train: int, output_dir: Pa
         learning_rate=t.lr, num_train_epochs=t.epochs, max_steps=t.max_steps, weight_decay=t.weight_decay,
         warmup_steps=t.warmup, lr_scheduler_type=t.scheduler, seed=cfg.seed, data_seed=cfg.seed,
         bf16=t.precision == "bf16", fp16=t.precision == "fp16", use_cpu=not torch.cuda.is_available(),
+        use_liger_kernel=bool(t.fused_kernels),
         train_sampling_strategy="group_by_length", include_num_input_tokens_seen="non_padding",
         logging_steps=max(1, total_steps // 5), save_strategy="no", report_to="none", logging_nan_inf_filter=False,
         remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=True,
