@@ -298,10 +298,14 @@ def table_lines(w: Workload, sides: dict, peak: float) -> list[str]:
 
 
 def describe(w: Workload) -> str:
+    from medpeft.dist import default_precision
+
+    medpeft = default_precision()  # train.precision: auto (bf16 on a GPU that has it); the plain side stays fp32
+    precision = "fp32" if medpeft == "fp32" else f"medpeft {medpeft} (its default here), plain fp32"
     size = (f"max source {w.max_source} + target {w.max_target} tokens, plain pads to {w.max_length}" if w.name == "summarization"
             else f"max {w.max_source} tokens, plain pads to {w.max_length}")
     return (f"{w.name}: {w.model}, LoRA r16 on q,v, {w.train_size} {w.task} examples, batch {w.batch_size}, {w.steps} steps, "
-            f"fp32, {size}")
+            f"{precision}, {size}")
 
 
 TARGETS = ("targets (issue 12): summarization >= 2x useful tokens/s, <= 0.5x peak RSS, >= 60 % of matmul peak, "
