@@ -83,6 +83,19 @@ def test_report_is_deterministic(demo, tmp_path):
     assert again["html"].read_text() == paths["html"].read_text()  # same runs, same bytes: fixed RNG seeds
 
 
+def test_a_figure_the_report_no_longer_draws_is_removed(tmp_path):
+    import os
+
+    grid_dir = write_demo_grid(tmp_path / "demo")
+    stale = grid_dir / "report-gone-task-sensitivity-r.png"
+    stale.write_bytes(b"an earlier rendering's figure")
+    os.utime(stale, (1_000_000_000, 1_000_000_000))
+    paths = build_report(grid_dir, n_resamples=RESAMPLES)
+    assert not stale.exists()
+    assert paths["plots"] and all(p.exists() for p in paths["plots"])  # what this rendering drew stays
+    assert all(p.name in paths["html"].read_text() or p in paths["plots"] for p in grid_dir.glob("report-*.png"))
+
+
 def test_report_of_only_failures_and_unfinished_runs(tmp_path):
     write_failed(tmp_path, "t.m.lora.seed0", base_config("t", "m", "lora", 0), "ModelError: cannot apply")
     (tmp_path / "t.m.full.seed0").mkdir()  # still running: no result.json

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import re
+import time
 from pathlib import Path
 
 from medpeft.report import plots
@@ -208,6 +209,7 @@ def build_report(grid_dir: Path, *, n_resamples: int = 2000, seed: int = 0, with
     """Write report.html, report.md, report.tex and report-*.png into grid_dir; return their paths.
     `examples=False` leaves out every source, reference and prediction text (a report to share)."""
     grid_dir = Path(grid_dir)
+    started = time.time()
     opts = {"n_resamples": n_resamples, "seed": seed, "within_points": within_points, "examples": examples}
     runs, trials = split_trials(collect_runs(grid_dir))
     if trials:
@@ -242,4 +244,14 @@ def build_report(grid_dir: Path, *, n_resamples: int = 2000, seed: int = 0, with
     write_atomic(paths["tex"], "% medpeft main tables; needs \\usepackage{booktabs}\n" + "\n".join(parts_tex))
     paths["plots"] = written
     paths["summary"], paths["summary_text"] = grid_dir / "summary.md", summary_text
+    remove_stale_figures(grid_dir, started)
     return paths
+
+
+def remove_stale_figures(grid_dir: Path, started: float) -> None:
+    """Delete the report-*.png an earlier rendering drew and this one did not (a plot no longer made,
+    a task gone from the grid), so the folder holds only what the report shows. Older than the
+    rendering's start by 2 s: file systems that keep whole seconds never lose a figure just drawn."""
+    for path in grid_dir.glob("report-*.png"):
+        if path.stat().st_mtime < started - 2:
+            path.unlink(missing_ok=True)
