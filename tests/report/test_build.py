@@ -216,9 +216,9 @@ def test_keys_set_together_get_one_sensitivity_plot(tmp_path):
             result.update(variant={"method_args.r": r, "method_args.lora_alpha": 2 * r})
             (grid_dir / f"r{r}.s{seed}" / "result.json").write_text(_json.dumps(result))
     build_report(grid_dir, n_resamples=50)
-    assert sorted(p.name for p in grid_dir.glob("*sensitivity*")) == ["report-pubmed-rct-sensitivity-method-args-lora-alpha.png"]
+    assert sorted(p.name for p in grid_dir.glob("*sensitivity*")) == ["report-pubmed-rct-sensitivity-method-args-r.png"]
     report = (grid_dir / "report.md").read_text()
-    assert "Sensitivity to `method_args.lora_alpha` (with `method_args.r`, set together with it in every row)" in report
+    assert "Sensitivity to `method_args.r` (with `method_args.lora_alpha`, set together with it in every row)" in report  # the grid names r first
     assert report.count("### Sensitivity to") == 1
     rows = [{"a": 1, "b": 2}, {"a": 2, "b": 4}, {}]
     assert tied_keys(rows, ["a", "b"]) == {"b": "a"}

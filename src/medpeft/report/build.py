@@ -78,7 +78,7 @@ def make_task_plots(frame, task: str, plot_dir: Path) -> list[tuple[str, Path, s
     out = [("Quality against cost", plots.plot_tradeoffs(frame, plot_dir / f"{name}-tradeoff.png", label),
             "Error bars: ± std over seeds; a row with one seed shows its 95% test-set bootstrap CI instead. "
             "Dashed grey: Pareto front (nothing else is both cheaper and better). Dotted: untrained baseline.")]
-    keys = sorted({k for v in frame["varying"] for k in v})
+    keys = list(dict.fromkeys(k for v in frame["varying"] for k in v))  # the grid's order: `r` leads `lora_alpha`
     tied = tied_keys(list(frame["varying"]), keys)
     for key in keys:
         if key in tied:

@@ -63,8 +63,9 @@ def short_names(keys: list[str]) -> dict[str, str]:
 
 
 def differing(dicts: list[dict]) -> list[str]:
-    """Keys whose value is not the same in every dict (a missing key counts as a value)."""
-    keys = sorted(set().union(*dicts)) if dicts else []
+    """Keys whose value is not the same in every dict (a missing key counts as a value), in the order
+    they first appear (a grid row's own order: `r` before `lora_alpha`)."""
+    keys = list(dict.fromkeys(k for d in dicts for k in d))
     return [k for k in keys if len({repr(d.get(k)) for d in dicts}) > 1]
 
 
