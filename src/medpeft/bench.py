@@ -95,9 +95,9 @@ def measure_medpeft(w: Workload, workdir: Path) -> dict:
     from medpeft.run.encode import encode_examples
     from medpeft.run.execute import prepare_model
     from medpeft.run.fit import train_model
-    from medpeft.run.kinds import KINDS, decoding
+    from medpeft.run.kinds import KINDS, decoding, generation_batch
     from medpeft.run.measure import count_parameters, reset_peak_memory
-    from medpeft.run.predict import generate_texts, generation_rows
+    from medpeft.run.predict import generate_texts
 
     plan = plan_run(experiment_config(w))
     cfg, kind, data = plan.config, KINDS[plan.kind], plan.data
@@ -111,8 +111,7 @@ def measure_medpeft(w: Workload, workdir: Path) -> dict:
         start = time.perf_counter()
         texts = kind.predict(model, tokenizer, prompts, test, data.labels, cfg, local_device())
         figures.update(new_tokens=count_tokens(tokenizer, texts), generation_seconds=time.perf_counter() - start,
-                       summaries=len(texts), generation_rows=generation_rows(model, prompts, cfg.train.eval_batch_size,
-                                                                             decoding(cfg), local_device()))
+                       summaries=len(texts), generation_rows=generation_batch(model, prompts, cfg, local_device()))
         start = time.perf_counter()  # the same summaries, 8 per call as the plain pipeline decodes them
         texts_8 = generate_texts(model, tokenizer, prompts, True, decoding(cfg), PLAIN_GENERATION_ROWS, local_device())
         figures.update(new_tokens_8=count_tokens(tokenizer, texts_8), generation_seconds_8=time.perf_counter() - start,

@@ -63,9 +63,12 @@ def pad_inputs(tokenizer, prefix: int = 0):
 
 
 def generate(model, tokenizer, rows, test, labels, cfg, device, prefix=0, *, decoder_only: bool):
-    settings = decoding(cfg)
-    batch = cfg.generation.batch_size or generation_rows(model, rows, cfg.train.eval_batch_size, settings, device)
-    return generate_texts(model, tokenizer, rows, decoder_only, settings, batch, device)
+    return generate_texts(model, tokenizer, rows, decoder_only, decoding(cfg), generation_batch(model, rows, cfg, device), device)
+
+
+def generation_batch(model, rows, cfg, device) -> int:
+    """Texts per generate() call of a run's evaluation: generation.batch_size, else chosen by memory."""
+    return cfg.generation.batch_size or generation_rows(model, rows, cfg.train.eval_batch_size, decoding(cfg), device)
 
 
 def decoding(cfg) -> dict:

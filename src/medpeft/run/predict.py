@@ -60,10 +60,11 @@ def cache_bytes_per_token(config, bytes_per_float: int = 4) -> int:
     the same per source token, in cross-attention)."""
     text = getattr(config, "text_config", None) or config
     layers = getattr(text, "num_decoder_layers", None) or getattr(text, "num_hidden_layers", None) or getattr(text, "num_layers", 0)
-    heads = getattr(text, "num_key_value_heads", None) or getattr(text, "num_attention_heads", None) or getattr(text, "num_heads", 1)
+    heads = getattr(text, "num_attention_heads", None) or getattr(text, "num_heads", 1)
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads  # fewer under grouped-query attention
     hidden = getattr(text, "hidden_size", None) or getattr(text, "d_model", 0)
-    head_dim = getattr(text, "head_dim", None) or getattr(text, "d_kv", None) or hidden // max(1, getattr(text, "num_attention_heads", None) or heads)
-    return 2 * layers * heads * head_dim * bytes_per_float
+    head_dim = getattr(text, "head_dim", None) or getattr(text, "d_kv", None) or hidden // heads
+    return 2 * layers * kv_heads * head_dim * bytes_per_float
 
 
 def generation_rows(model, rows: list[dict], batch_size: int, decoding: dict, device) -> int:
