@@ -148,7 +148,8 @@ def pretrain(cfg: PretrainConfig, *, online: bool = False, log=print) -> Path:
     from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling, PrinterCallback, Trainer, TrainingArguments, set_seed
 
-    from medpeft.run.fit import as_callback
+    from medpeft.run.fit import as_callback, trainer_class
+    from medpeft.run.loss import masked_positions_loss
     from medpeft.run.measure import describe_env
     from medpeft.run.progress import TrainProgress
     from medpeft.models import resolve_model
@@ -174,8 +175,10 @@ def pretrain(cfg: PretrainConfig, *, online: bool = False, log=print) -> Path:
         logging_steps=max(1, steps // 10), remove_unused_columns=False, warmup_steps=0.06,
     )
     shown = TrainProgress(out)  # a bar (step, loss, tokens/s, ETA); every logged loss into out/train.log
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator, processing_class=tokenizer,
-                      callbacks=[as_callback(shown)])
+    # the masked-LM head over the masked tokens only; on CPU, batches in slices of similar-length rows
+    trainer_cls = trainer_class(Trainer, masked_positions_loss if objective == "masked-lm" else None)
+    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, data_collator=collator, processing_class=tokenizer,
+                          callbacks=[as_callback(shown)])
     trainer.remove_callback(PrinterCallback)  # its raw log dicts: the bar and train.log instead
     trainer.model_accepts_loss_kwargs = objective == "causal-lm"  # masked-LM heads take a plain mean (see run/kinds.py)
     start = time.perf_counter()

@@ -236,3 +236,55 @@ def test_checkpointing_turns_itself_on_when_memory_is_short(tmp_path, monkeypatc
     assert "gradient checkpointing turned on" in caplog.text
     assert abs(short["train_loss"] - plain["train_loss"]) < 1e-4
     assert short_predictions == plain_predictions
+
+
+def tiny_masked_lm(arch: str):
+    from transformers import AutoModelForMaskedLM, BertConfig, DistilBertConfig, RobertaConfig
+
+    torch.manual_seed(0)
+    sizes = dict(vocab_size=97, max_position_embeddings=64)
+    config = {"bert": lambda: BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48, **sizes),
+              "roberta": lambda: RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                               intermediate_size=48, pad_token_id=1, **sizes),
+              "distilbert": lambda: DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=48, **sizes)}[arch]()
+    return AutoModelForMaskedLM.from_config(config).eval()
+
+
+def masked_batch(rows: int = 4, width: int = 12) -> dict:
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, 97, (rows, width), generator=generator)
+    mask = torch.ones(rows, width, dtype=torch.long)
+    mask[1, 8:] = 0  # a right-padded row
+    labels = torch.where(torch.rand(rows, width, generator=generator) < 0.3, ids, -100)
+    labels[mask == 0] = -100
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert"])
+def test_masked_positions_loss_equals_the_models_own(arch):
+    """Value and gradients as the model's own loss over all positions (a plain mean over masked tokens)."""
+    model, batch = tiny_masked_lm(arch), masked_batch()
+    own = model(**batch).loss
+    own.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    value, outputs = loss_mod.masked_positions_loss(model, batch)
+    value.backward()
+    assert outputs.loss is value
+    assert value.item() == pytest.approx(own.item(), abs=1e-5)
+    for name, grad in expected.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch, head_rows", [("bert", "masked"), ("distilbert", "all")])
+def test_masked_positions_loss_runs_the_head_over_masked_tokens_only(arch, head_rows):
+    """BERT's head (one module beside the encoder) sees only the masked tokens; DistilBERT's head is
+    four modules, so it runs the model's own forward over every position."""
+    model, batch = tiny_masked_lm(arch), masked_batch()
+    seen = []
+    last = model.cls if arch == "bert" else model.vocab_projector
+    last.register_forward_hook(lambda module, args, out: seen.append(out.shape[:-1].numel()))
+    loss_mod.masked_positions_loss(model, batch)
+    masked = int((batch["labels"] != -100).sum())
+    assert seen == [masked if head_rows == "masked" else batch["input_ids"].numel()]
+    assert 0 < masked < batch["input_ids"].numel()

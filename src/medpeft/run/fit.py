@@ -148,7 +148,7 @@ def build_trainer(model, tokenizer, kind, cfg: ExperimentConfig, train_rows, val
     args = training_arguments(kind, cfg, len(train_rows), output_dir, watch, auto_checkpointing(model, kind, cfg, train_rows))
     handlers = handlers + ([ValidationWatch(on_validation)] if watch else [])
     collator = kind.collator(tokenizer, output_prefix_tokens(getattr(model, "peft_config", {}).get("default")))
-    trainer_cls = trainer_class(Seq2SeqTrainer if kind.seq2seq_trainer else Trainer, kind)
+    trainer_cls = trainer_class(Seq2SeqTrainer if kind.seq2seq_trainer else Trainer, kind.loss, kind.seq2seq_trainer)
     trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
                           eval_dataset=Dataset.from_list(val_rows) if val_rows else None, data_collator=collator,
                           processing_class=tokenizer, callbacks=[as_callback(h) for h in handlers if h] + list(callbacks))
@@ -157,20 +157,21 @@ def build_trainer(model, tokenizer, kind, cfg: ExperimentConfig, train_rows, val
     return trainer
 
 
-def trainer_class(base, kind):
-    """`base` (Trainer or Seq2SeqTrainer) computing the loss with `kind.loss` when the kind has its own, and
-    running each batch on CPU in slices of rows of similar length (run/loss.cpu_slices) whose weighted
-    losses add up to the batch's."""
+def trainer_class(base, loss=None, encoder_decoder: bool = False):
+    """`base` (Trainer or Seq2SeqTrainer) computing the loss with `loss` (model, inputs, num_items_in_batch)
+    -> (loss, outputs) when given (a model kind's own, or pre-training's), else the model's, and running
+    each batch on CPU in slices of rows of similar length (run/loss.cpu_slices) whose weighted losses add
+    up to the batch's."""
 
     class MedpeftTrainer(base):
         slice_weight = 1.0  # the running slice's share of the batch's labelled items (1: the whole batch)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if kind.loss is None:
+            if loss is None:
                 result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             else:
-                loss, outputs = kind.loss(model, inputs, num_items_in_batch)
-                result = (loss, outputs) if return_outputs else loss
+                value, outputs = loss(model, inputs, num_items_in_batch)
+                result = (value, outputs) if return_outputs else value
             if self.slice_weight == 1.0:
                 return result
             return (result[0] * self.slice_weight, result[1]) if return_outputs else result * self.slice_weight
@@ -178,7 +179,7 @@ def trainer_class(base, kind):
         def training_step(self, model, inputs, num_items_in_batch=None):
             # a GPU keeps the batch whole (faster there); under DDP every backward synchronises
             on_cpu = self.args.world_size == 1 and torch.device(self.args.device).type == "cpu"
-            slices = cpu_slices(inputs, model.config, kind.seq2seq_trainer) if on_cpu else [(inputs, 1.0)]
+            slices = cpu_slices(inputs, model.config, encoder_decoder) if on_cpu else [(inputs, 1.0)]
             if len(slices) == 1:
                 return super().training_step(model, slices[0][0], num_items_in_batch)
             summed = self.model_accepts_loss_kwargs and num_items_in_batch is not None  # each slice already / all items

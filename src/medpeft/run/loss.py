@@ -68,6 +68,28 @@ def labelled_positions_loss(model, inputs: dict, num_items_in_batch=None):
     return loss / count, outputs
 
 
+def masked_positions_loss(model, inputs: dict, num_items_in_batch=None):
+    """Masked-LM cross-entropy with the prediction head run only over the masked positions (labels other
+    than -100); -> (loss, outputs). The same value as the model's own loss over all positions: a plain
+    mean over the batch's masked tokens (`num_items_in_batch` is not used: masked-LM heads average, and
+    pre-training tells the Trainer so). A model whose head is not one module beside its base model
+    (DistilBERT's is four) runs its own forward."""
+    from transformers.modeling_outputs import MaskedLMOutput
+
+    base = model.base_model
+    heads = [module for module in model.children() if module is not base]
+    if base is model or len(heads) != 1:
+        outputs = model(**inputs)
+        return outputs.loss, outputs
+    inputs = dict(inputs)
+    labels = inputs.pop("labels")
+    hidden = base(**inputs).last_hidden_state
+    chosen = labels != -100
+    logits = heads[0](hidden[chosen]).float()
+    loss = torch.nn.functional.cross_entropy(logits, labels[chosen].to(logits.device))
+    return loss, MaskedLMOutput(loss=loss)
+
+
 def rows_per_forward(rows: int, tokens_per_row: int, device, config) -> int:
     """Rows of a batch of `rows` rows, each `tokens_per_row` padded tokens (encoder + decoder), one
     forward/backward takes: all of them on an accelerator, on CPU as many as keep the estimated
