@@ -167,6 +167,8 @@ def test_cli_passes_set_to_the_grids(tmp_path, monkeypatch):
     assert cli.main(args) == 0
     assert seen[0].exclude_grids == ("g.yaml",)
     assert seen[0].exclude_overrides == ("data.test_size=12", "data.split_seed=7")
+    assert seen[0].precision == "auto"
+    assert cli.main(args + ["--precision", "bf16"]) == 0 and seen[1].precision == "bf16"
     assert cli.main(args[:5] + ["--set", "data.test_size=12"]) == 2  # --set without --for-grid has nothing to change
 
 
@@ -183,6 +185,7 @@ def test_pretrained_model_is_usable_in_a_run(tmp_path, grid_file, model, objecti
                             batch_size=8, lr=1e-3), log=lambda *_: None)
     info = json.loads((out / "pretrain.json").read_text())
     assert info["objective"] == objective and info["steps"] == 2
+    assert info["precision"] == "fp32" and info["config"]["precision"] == "auto"  # auto, resolved on CPU
     assert [step for step, _ in info["loss_curve"]] == [1, 2]  # logging_steps = steps // 10, at least 1
     assert "step 2/2 loss=" in (out / "train.log").read_text()  # the bar's log, not the Trainer's raw dicts
     assert info["corpus"]["held_out"]["pubmed-rct"]["evaluation_texts"] == 24  # 20 test + 4 validation sentences
@@ -214,3 +217,16 @@ def test_both_texts_of_a_pair_stay_out_of_the_corpus():
 
     ex = {"id": "q", "text": "Does it work?", "pair": "Results: it worked.", "target": "yes"}
     assert "Does it work?" in example_text(ex) and "Results: it worked." in example_text(ex)
+
+
+def test_precision_is_checked_before_any_work(tmp_path, monkeypatch):
+    """A misspelt precision names the flag; fp16 on a CPU is refused before the corpus is built."""
+    import medpeft.pretrain as pretrain_mod
+
+    with pytest.raises(ConfigError, match="--precision must be one of auto, fp32, bf16, fp16; got 'half'"):
+        PretrainConfig(model="tiny-bert", out=str(tmp_path / "x"), precision="half")
+    monkeypatch.setattr(pretrain_mod, "build_corpus", lambda *a: pytest.fail("built the corpus"))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(ConfigError, match="--precision: fp16 needs a CUDA GPU"):
+        pretrain(PretrainConfig(model="tiny-bert", out=str(tmp_path / "x"), precision="fp16"), log=lambda *_: None)
+    assert not (tmp_path / "x").exists()

@@ -5,6 +5,8 @@ import argparse
 import os
 import sys
 
+from medpeft.config import PRECISIONS
+
 EPILOG = """examples:
   medpeft run configs/quick.yaml                      run the demo grid (offline)
   medpeft run configs/quick.yaml --set train.epochs=1 override a setting in every run
@@ -78,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--max-tokens", type=int, default=128, help="truncate each abstract to this many tokens (default 128)")
     pre.add_argument("--epochs", type=float, default=1.0)
     pre.add_argument("--max-steps", type=int, default=-1, help="optimiser steps; overrides --epochs when > 0")
+    pre.add_argument("--precision", default="auto", choices=PRECISIONS,
+                     help="as train.precision: auto = bf16 mixed precision on a GPU that has it, else fp32 (default auto)")
     pre.add_argument("--lr", type=float, default=5e-5)
     pre.add_argument("--batch-size", type=int, default=16)
     pre.add_argument("--seed", type=int, default=0)
@@ -180,7 +184,7 @@ def command_pretrain(args) -> int:
     cfg = PretrainConfig(model=args.model, out=args.out, exclude_grids=tuple(args.grids),
                          exclude_overrides=tuple(args.overrides), max_docs=args.max_docs,
                          max_tokens=args.max_tokens, epochs=args.epochs, max_steps=args.max_steps, lr=args.lr,
-                         batch_size=args.batch_size, seed=args.seed)
+                         batch_size=args.batch_size, seed=args.seed, precision=args.precision)
     if not cfg.exclude_grids:
         print("medpeft: warning: no --for-grid given, so no evaluation split is held out of the corpus; "
               "pass the grid(s) you will evaluate the adapted model in", file=sys.stderr)

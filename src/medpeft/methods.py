@@ -76,13 +76,20 @@ def check_hardware(method: str, precision: str, fused_kernels: bool = False) -> 
                               "this machine has none. Use method: lora (the same adapter on a full-precision base).")
         if importlib.util.find_spec("bitsandbytes") is None:
             raise ConfigError(f"method {method!r} needs the bitsandbytes package: .venv/bin/pip install bitsandbytes")
-    if precision == "fp16" and not cuda:
-        raise ConfigError("train.precision: fp16 needs a CUDA GPU; on CPU use fp32 (or bf16 where the CPU supports it)")
+    check_precision(precision)
     if fused_kernels and not cuda:
         raise ConfigError("train.fused_kernels: Liger's kernels are Triton kernels for CUDA GPUs; this machine has none. "
                           "Remove train.fused_kernels on CPU")
     if fused_kernels and importlib.util.find_spec("liger_kernel") is None:
         raise ConfigError("train.fused_kernels needs the liger-kernel package: .venv/bin/pip install liger-kernel")
+
+
+def check_precision(precision: str, key: str = "train.precision") -> None:
+    """Fail before training when `precision` (already resolved from auto) needs a GPU this machine lacks."""
+    import torch
+
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError(f"{key}: fp16 needs a CUDA GPU; on CPU use fp32 (or bf16 where the CPU supports it)")
 
 
 def build_peft_config(method: str, task_type: str, args: dict, *, model_path: str, instruction: str, new_modules: list[str]):

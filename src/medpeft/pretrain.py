@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medpeft.data.medline import MIN_KEY_CHARS, citation_keys, text_keys
+from medpeft.config import PRECISIONS
 from medpeft.errors import ConfigError
 from medpeft.run.forgetting import example_text
 from medpeft.run.record import write_json
@@ -36,9 +37,12 @@ class PretrainConfig:
     batch_size: int = 16
     mlm_probability: float = 0.15  # masked-LM only
     seed: int = 0
+    precision: str = "auto"  # auto (bf16 on a GPU that has it, else fp32) | fp32 | bf16 | fp16, as train.precision
 
     def __post_init__(self):
         self.exclude_grids, self.exclude_overrides = tuple(self.exclude_grids), tuple(self.exclude_overrides)
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         if self.exclude_overrides and not self.exclude_grids:
             raise ConfigError("--set (exclude_overrides) overrides settings of the --for-grid grids (exclude_grids), "
                               "and none is given; pass the grid(s) the adapted model will be evaluated in")
@@ -148,12 +152,16 @@ def pretrain(cfg: PretrainConfig, *, online: bool = False, log=print) -> Path:
     from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling, PrinterCallback, Trainer, TrainingArguments, set_seed
 
+    from medpeft.dist import default_precision
+    from medpeft.methods import check_precision
     from medpeft.run.fit import as_callback, trainer_class
     from medpeft.run.loss import masked_positions_loss
     from medpeft.run.measure import describe_env
     from medpeft.run.progress import TrainProgress
     from medpeft.models import resolve_model
 
+    precision = default_precision() if cfg.precision == "auto" else cfg.precision
+    check_precision(precision, "--precision")
     set_seed(cfg.seed)
     path = resolve_model(cfg.model, online)
     held_out = evaluation_texts(cfg.exclude_grids, cfg.exclude_overrides, online)
@@ -171,7 +179,8 @@ def pretrain(cfg: PretrainConfig, *, online: bool = False, log=print) -> Path:
     args = TrainingArguments(
         output_dir=str(out / "trainer"), per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr,
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, seed=cfg.seed, data_seed=cfg.seed,
-        use_cpu=not torch.cuda.is_available(), save_strategy="no", report_to="none", disable_tqdm=True,
+        bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=not torch.cuda.is_available(),
+        save_strategy="no", report_to="none", disable_tqdm=True,
         logging_steps=max(1, steps // 10), remove_unused_columns=False, warmup_steps=0.06,
     )
     shown = TrainProgress(out)  # a bar (step, loss, tokens/s, ETA); every logged loss into out/train.log
@@ -192,7 +201,7 @@ def pretrain(cfg: PretrainConfig, *, online: bool = False, log=print) -> Path:
     write_json(out / "pretrain.json", {
         "base_model": cfg.model, "base_path": path, "objective": objective, "corpus": stats,
         "exclude_grids": list(cfg.exclude_grids), "exclude_overrides": list(cfg.exclude_overrides),
-        "config": cfg.__dict__, "train_loss": result.training_loss,
+        "config": cfg.__dict__, "precision": precision, "train_loss": result.training_loss,
         "steps": trainer.state.global_step, "train_seconds": seconds, "env": describe_env(),
         "loss_curve": [[h["step"], h["loss"]] for h in trainer.state.log_history if "loss" in h],
     })
