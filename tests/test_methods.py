@@ -207,3 +207,21 @@ def test_new_modules_missing_from_the_checkpoint_are_trained_and_saved(tmp_path)
     with torch.no_grad():
         got = reloaded(**{k: v for k, v in batch.items() if k != "labels"}).logits
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+def test_model_sizes_read_each_familys_names():
+    """BERT, Llama (grouped-query attention), T5 (its own names, a decoder) and a multimodal text_config."""
+    from types import SimpleNamespace
+
+    from transformers import BertConfig, LlamaConfig, T5Config
+
+    from medpeft.models import ModelSizes, model_sizes
+
+    minilm = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
+    assert model_sizes(minilm) == ModelSizes(384, 1536, 6, 0, 12, 12, 32)
+    smollm2 = LlamaConfig(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                          intermediate_size=1536)
+    assert model_sizes(smollm2) == ModelSizes(576, 1536, 30, 0, 9, 3, 64)
+    t5 = T5Config(d_model=512, d_kv=64, d_ff=1024, num_heads=6, num_layers=8, num_decoder_layers=4)
+    assert model_sizes(t5) == ModelSizes(512, 1024, 8, 4, 6, 6, 64)
+    assert model_sizes(SimpleNamespace(text_config=smollm2)) == model_sizes(smollm2)

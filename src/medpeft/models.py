@@ -28,6 +28,36 @@ class ModelSpec:
     license: str = "other"  # of the weights, as the hub's model-card metadata names it
 
 
+@dataclass(frozen=True)
+class ModelSizes:
+    """What a transformers config says about a model's shape, under the names its family uses."""
+
+    hidden: int
+    intermediate: int  # the feed-forward width
+    layers: int  # the encoder's (an encoder-decoder) or the only stack's
+    decoder_layers: int  # an encoder-decoder's decoder; 0 for a single stack
+    heads: int
+    kv_heads: int  # fewer than heads under grouped-query attention
+    head_dim: int
+
+
+def model_sizes(config) -> ModelSizes:
+    """ModelSizes of `config` (a multimodal model's text_config): BERT/Llama names (hidden_size,
+    num_hidden_layers, ...) or T5's (d_model, num_layers, num_decoder_layers, d_kv, d_ff)."""
+    text = getattr(config, "text_config", None) or config
+    hidden = getattr(text, "hidden_size", None) or getattr(text, "d_model", 0)
+    heads = getattr(text, "num_attention_heads", None) or getattr(text, "num_heads", 1)
+    return ModelSizes(
+        hidden=hidden,
+        intermediate=getattr(text, "intermediate_size", None) or getattr(text, "d_ff", None) or 4 * hidden,
+        layers=getattr(text, "num_hidden_layers", None) or getattr(text, "num_layers", 0),
+        decoder_layers=getattr(text, "num_decoder_layers", 0) or 0,
+        heads=heads,
+        kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+        head_dim=getattr(text, "head_dim", None) or getattr(text, "d_kv", None) or hidden // heads,
+    )
+
+
 def register_model(name, description, source, hub_id=None, license="other"):
     def decorator(fn):
         MODELS.register(name)(ModelSpec(name, description, source, fn, hub_id, license))

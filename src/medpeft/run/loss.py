@@ -23,6 +23,8 @@ import inspect
 
 import torch
 
+from medpeft.models import model_sizes
+
 SLICE_BYTES = 3 * 2**29  # CPU: estimated activations one forward/backward may hold (1.5 GiB; SmolLM2: ~1100 tokens)
 # CPU: a forward/backward's fixed cost in tokens' worth of compute, where a slice is cut off only if it
 # saves more padding than this. Measured with LoRA on 1 thread: MiniLM-L6 46 ms + 1.14 ms/token (~40),
@@ -193,11 +195,9 @@ def cut_padding(part: dict, drop: int, dec_width: int, encoder_decoder: bool) ->
 def activation_bytes(config, tokens: int, bytes_per_float: int = 4) -> int:
     """Estimated activations a training forward saves for backward: per token and layer, about 10 x
     hidden + 4 x intermediate floats (measured on SmolLM2: 12.8k floats/token/layer, estimate 11.9k)."""
-    text = getattr(config, "text_config", None) or config
-    hidden = getattr(text, "hidden_size", None) or getattr(text, "d_model", 0)
-    inter = getattr(text, "intermediate_size", None) or getattr(text, "d_ff", None) or 4 * hidden
-    layers = (getattr(text, "num_hidden_layers", None) or getattr(text, "num_layers", 0)) + (getattr(text, "num_decoder_layers", 0) or 0)
-    per_token = (ACTIVATION_FLOATS[0] * hidden + ACTIVATION_FLOATS[1] * inter) * layers
+    sizes = model_sizes(config)
+    per_token = (ACTIVATION_FLOATS[0] * sizes.hidden + ACTIVATION_FLOATS[1] * sizes.intermediate) * (
+        sizes.layers + sizes.decoder_layers)
     return int(per_token * tokens * bytes_per_float)
 
 

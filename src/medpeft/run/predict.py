@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from medpeft.models import model_sizes
+
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what an encoded row feeds the model
 # CPU generation: a decode step multiplies every weight matrix by a few rows, which MKL runs far below the
 # matmul peak (fp32, 2 cores: a few GFLOP/s at 8 to 64 rows), so a step's time grows much more slowly than
@@ -58,13 +60,8 @@ def predict_tags(model, tokenizer, rows: list[dict], n_words: list[int], labels:
 def cache_bytes_per_token(config, bytes_per_float: int = 4) -> int:
     """Key/value cache of one token of one sequence: two vectors per decoder layer (for an encoder-decoder,
     the same per source token, in cross-attention)."""
-    text = getattr(config, "text_config", None) or config
-    layers = getattr(text, "num_decoder_layers", None) or getattr(text, "num_hidden_layers", None) or getattr(text, "num_layers", 0)
-    heads = getattr(text, "num_attention_heads", None) or getattr(text, "num_heads", 1)
-    kv_heads = getattr(text, "num_key_value_heads", None) or heads  # fewer under grouped-query attention
-    hidden = getattr(text, "hidden_size", None) or getattr(text, "d_model", 0)
-    head_dim = getattr(text, "head_dim", None) or getattr(text, "d_kv", None) or hidden // heads
-    return 2 * layers * kv_heads * head_dim * bytes_per_float
+    sizes = model_sizes(config)
+    return 2 * (sizes.decoder_layers or sizes.layers) * sizes.kv_heads * sizes.head_dim * bytes_per_float
 
 
 def generation_rows(model, rows: list[dict], batch_size: int, decoding: dict, device) -> int:
