@@ -225,3 +225,13 @@ def test_model_sizes_read_each_familys_names():
     t5 = T5Config(d_model=512, d_kv=64, d_ff=1024, num_heads=6, num_layers=8, num_decoder_layers=4)
     assert model_sizes(t5) == ModelSizes(512, 1024, 8, 4, 6, 6, 64)
     assert model_sizes(SimpleNamespace(text_config=smollm2)) == model_sizes(smollm2)
+
+
+def test_adapted_from_names_the_base_of_a_pretrained_folder(tmp_path):
+    from medpeft.models import PRETRAIN_RECORD, adapted_from
+
+    (tmp_path / PRETRAIN_RECORD).write_text('{"base_model": "minilm-l6"}')
+    assert adapted_from(str(tmp_path)) == "minilm-l6"
+    (tmp_path / PRETRAIN_RECORD).write_text("{not json")
+    assert adapted_from(str(tmp_path)) is None  # a damaged record: no comparison, no crash
+    assert adapted_from(str(tmp_path / "missing")) is None and adapted_from(None) is None

@@ -58,6 +58,23 @@ def model_sizes(config) -> ModelSizes:
     )
 
 
+PRETRAIN_RECORD = "pretrain.json"  # what `medpeft pretrain` writes into the model folder it makes
+
+
+def adapted_from(model_path: str | None) -> str | None:
+    """The model a `medpeft pretrain` folder was pre-trained from (as its --model named it), or None for
+    any other model (or a folder no longer where the run found it)."""
+    import json
+
+    record = Path(model_path or "") / PRETRAIN_RECORD
+    if not model_path or not record.is_file():
+        return None
+    try:
+        return json.loads(record.read_text()).get("base_model")
+    except (OSError, ValueError):
+        return None
+
+
 def register_model(name, description, source, hub_id=None, license="other"):
     def decorator(fn):
         MODELS.register(name)(ModelSpec(name, description, source, fn, hub_id, license))

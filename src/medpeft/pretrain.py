@@ -158,7 +158,7 @@ def pretrain(cfg: PretrainConfig, *, online: bool = False, log=print) -> Path:
     from medpeft.run.loss import masked_positions_loss
     from medpeft.run.measure import describe_env
     from medpeft.run.progress import TrainProgress
-    from medpeft.models import resolve_model
+    from medpeft.models import PRETRAIN_RECORD, resolve_model
 
     precision = default_precision() if cfg.precision == "auto" else cfg.precision
     check_precision(precision, "--precision")
@@ -198,7 +198,7 @@ def pretrain(cfg: PretrainConfig, *, online: bool = False, log=print) -> Path:
     seconds = time.perf_counter() - start
     save_adapted(model, path, objective, out)
     tokenizer.save_pretrained(out)
-    write_json(out / "pretrain.json", {
+    write_json(out / PRETRAIN_RECORD, {
         "base_model": cfg.model, "base_path": path, "objective": objective, "corpus": stats,
         "exclude_grids": list(cfg.exclude_grids), "exclude_overrides": list(cfg.exclude_overrides),
         "config": cfg.__dict__, "precision": precision, "train_loss": result.training_loss,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from report_fixtures import base_config, class_rows, summary_rows, write_failed, write_run
 
-from medpeft.report import compare, stats
+from medpeft.report import compare, sections, stats
 from medpeft.report import frame as frames
 
 
@@ -120,6 +120,34 @@ def test_compare_clearly_different_methods(tmp_path):
     assert math.isnan(lora_vs_full["p_seeds"])  # no spread over seeds at all: untestable (it was p = 0)
     assert lora_vs_full["verdict"].startswith("better (seed scores do not vary")
     assert full_vs_best["verdict"].startswith("worse (seed scores do not vary")
+
+
+def test_each_method_on_a_pretrained_model_is_compared_with_its_base(tmp_path):
+    """Domain pre-training asks: does the same method do better on the adapted model than on its base?
+    A model folder that `medpeft pretrain` made names its base (pretrain.json); other models do not."""
+    import json
+
+    adapted = tmp_path / "models" / "adapted"
+    adapted.mkdir(parents=True)
+    (adapted / "pretrain.json").write_text(json.dumps({"base_model": "base"}))
+    correct = {("base", "full"): [1] * 20 + [0] * 20, ("base", "lora"): [1] * 24 + [0] * 16,
+               ("adapted", "full"): [1] * 30 + [0] * 10, ("adapted", "lora"): [1] * 24 + [0] * 16,
+               ("other", "lora"): [1] * 10 + [0] * 30}
+    grid = tmp_path / "grid"
+    for (model, method), rows in correct.items():
+        for seed in range(3):
+            result = write_run(grid, f"t.{model}.{method}.s{seed}", base_config("t", model, method, seed),
+                               class_rows(rows), "classification")
+            result["model_path"] = str(adapted) if model == "adapted" else f"/nowhere/{model}"
+            (grid / result["run_id"] / "result.json").write_text(json.dumps(result))
+    runs = frames.collect_runs(grid)
+    frame = frames.aggregate(runs, n_resamples=200)
+    comparisons = compare.compare_task(frame, {r.run_id: r for r in runs}, n_resamples=200)
+    names = {idx: (row["model"], row["method"]) for idx, row in frame.iterrows()}
+    on_base = {names[c["row"]]: (names[c["ref"]], round(c["delta"], 3)) for c in comparisons if "base model" in c["against"]}
+    assert on_base == {("adapted", "full"): (("base", "full"), 0.25), ("adapted", "lora"): (("base", "lora"), 0.0)}
+    html_table, md = sections.comparison_table(frame, comparisons)
+    assert "| full · adapted | full · base | +25.00 |" in md
 
 
 def test_one_seed_is_never_called_a_claim(tmp_path):

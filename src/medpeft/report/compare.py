@@ -1,6 +1,10 @@
-"""Is a difference real? Each trained row against full fine-tuning (same model) and against the
-task's best row: paired over shared test examples, and over seeds; a verdict in plain words."""
+"""Is a difference real? Each trained row against full fine-tuning (same model), against the same
+method and settings on its base model (a model `medpeft pretrain` made from another model of the
+grid), and against the task's best row: paired over shared test examples, and over seeds; a verdict
+in plain words."""
 from __future__ import annotations
+
+import json
 
 import numpy as np
 
@@ -62,13 +66,22 @@ def best_rows(frame) -> tuple[int | None, dict]:
     return best, full
 
 
+def same_setting(row, model) -> tuple:
+    """A row's (method, settings) on `model`: where a row on a pre-trained model finds its base's row."""
+    return model, row["method"], json.dumps(row["varying"], sort_keys=True, default=str)
+
+
 def compare_task(frame, runs_by_id: dict, n_resamples: int = 2000, seed: int = 0) -> list[dict]:
-    """Each trained row of one task against `full` (same model) and against the task's best row."""
+    """Each trained row of one task against `full` (same model), against its method and settings on its
+    base model (a pre-trained model's rows only) and against the task's best row."""
     best, full = best_rows(frame)
+    trained = frame[~frame["is_baseline"]]
+    by_setting = {same_setting(row, row["model"]): int(idx) for idx, row in trained.iterrows()}
     out = []
-    for idx, row in frame[~frame["is_baseline"]].iterrows():
+    for idx, row in trained.iterrows():
         refs: dict[int, list[str]] = {}
-        for kind, ref in (("full", full.get(row["model"])), ("best", best)):
+        on_base = by_setting.get(same_setting(row, row.get("adapted_from")))
+        for kind, ref in (("full", full.get(row["model"])), ("base model", on_base), ("best", best)):
             if ref is not None and ref != idx:
                 refs.setdefault(ref, []).append(kind)  # full may also be the best: one test, both labels
         for ref, kinds in refs.items():

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medpeft.models import adapted_from
 from medpeft.report.stats import bootstrap_ci, std_or_nan, t_interval
 from medpeft.run.metrics import METRICS, PRIMARY_METRIC, example_value
 from medpeft.run.record import RunResult, load_results
@@ -128,6 +129,7 @@ def summarize_group(runs: list[RunResult], varying: dict, n_resamples: int, seed
            "variant": ", ".join(variant), "varying": varying, "tuning": tuning,
            "train_examples": float(np.mean(train_examples)) if train_examples else math.nan,
            "seeds": len({r.seed for r in runs}), "run_ids": [r.run_id for r in runs],
+           "adapted_from": adapted_from(first.model_path),
            "total_params": first.efficiency.get("total_params")}
     for source, keys in (("metrics", list(METRICS)), ("efficiency", COST_KEYS)):
         for key in keys:

@@ -150,7 +150,8 @@ def warnings_for(frame) -> list[str]:
 
 
 def comparison_table(frame, comparisons: list[dict]) -> tuple[str, str]:
-    """Each method against full fine-tuning and against the best row: Δ, its CI and p-values."""
+    """Each method against full fine-tuning, against its method on its base model (a model
+    pre-trained from another of the grid) and against the best row: Δ, its CI and p-values."""
     if not comparisons:
         text = "Only one trained row: nothing to compare."
         return f"<p class='note'>{text}</p>", text + "\n"
