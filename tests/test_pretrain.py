@@ -195,6 +195,7 @@ def test_pretrained_model_is_usable_in_a_run(tmp_path, grid_file, model, objecti
         "train": {"max_steps": 1, "batch_size": 4}})
     result = run_config(cfg, tmp_path / "run")
     assert result.status == "ok"
+    assert result.adapted_from == model  # recorded, so the report compares it with its base model's runs
 
 
 def test_adapted_encoder_keeps_its_pooler_and_changes_its_encoder(tmp_path, grid_file, assets_ready):

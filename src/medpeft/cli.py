@@ -5,8 +5,6 @@ import argparse
 import os
 import sys
 
-from medpeft.config import PRECISIONS
-
 EPILOG = """examples:
   medpeft run configs/quick.yaml                      run the demo grid (offline)
   medpeft run configs/quick.yaml --set train.epochs=1 override a setting in every run
@@ -25,6 +23,8 @@ EPILOG = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from medpeft.config import PRECISIONS
+
     parser = argparse.ArgumentParser(
         prog="medpeft", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Compare parameter-efficient fine-tuning (LoRA, IA3, prompt tuning, ...) with full "

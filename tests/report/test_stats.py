@@ -130,13 +130,20 @@ def test_each_method_on_a_pretrained_model_is_compared_with_its_base(tmp_path):
     adapted = tmp_path / "models" / "adapted"
     adapted.mkdir(parents=True)
     (adapted / "pretrain.json").write_text(json.dumps({"base_model": "base"}))
-    correct = {("base", "full"): [1] * 20 + [0] * 20, ("base", "lora"): [1] * 24 + [0] * 16,
-               ("adapted", "full"): [1] * 30 + [0] * 10, ("adapted", "lora"): [1] * 24 + [0] * 16,
-               ("other", "lora"): [1] * 10 + [0] * 30}
+    # (model, method): correct answers, settings; full is tuned (each model at its own chosen lr: still the
+    # same setting), ia3 ran at different fixed lrs (not the same setting: no comparison)
+    tuned = {"tuning": {"role": "final", "chosen": {"train.lr": 1e-4}}}
+    cases = {("base", "full"): ([1] * 20 + [0] * 20, tuned), ("base", "lora"): ([1] * 24 + [0] * 16, {}),
+             ("base", "ia3"): ([1] * 20 + [0] * 20, {}),
+             ("adapted", "full"): ([1] * 30 + [0] * 10, {"tuning": {"role": "final", "chosen": {"train.lr": 3e-4}},
+                                                         "train": {"lr": 3e-4, "epochs": 1.0}}),
+             ("adapted", "lora"): ([1] * 24 + [0] * 16, {}), ("adapted", "ia3"): ([1] * 26 + [0] * 14,
+                                                                                  {"train": {"lr": 5e-3, "epochs": 1.0}}),
+             ("other", "lora"): ([1] * 10 + [0] * 30, {})}
     grid = tmp_path / "grid"
-    for (model, method), rows in correct.items():
+    for (model, method), (rows, extra) in cases.items():
         for seed in range(3):
-            result = write_run(grid, f"t.{model}.{method}.s{seed}", base_config("t", model, method, seed),
+            result = write_run(grid, f"t.{model}.{method}.s{seed}", dict(base_config("t", model, method, seed), **extra),
                                class_rows(rows), "classification")
             result["model_path"] = str(adapted) if model == "adapted" else f"/nowhere/{model}"
             (grid / result["run_id"] / "result.json").write_text(json.dumps(result))
@@ -147,7 +154,7 @@ def test_each_method_on_a_pretrained_model_is_compared_with_its_base(tmp_path):
     on_base = {names[c["row"]]: (names[c["ref"]], round(c["delta"], 3)) for c in comparisons if "base model" in c["against"]}
     assert on_base == {("adapted", "full"): (("base", "full"), 0.25), ("adapted", "lora"): (("base", "lora"), 0.0)}
     html_table, md = sections.comparison_table(frame, comparisons)
-    assert "| full · adapted | full · base | +25.00 |" in md
+    assert "| full (tuned lr=0.0003) · adapted | full (tuned lr=0.0001) · base | +25.00 |" in md
 
 
 def test_one_seed_is_never_called_a_claim(tmp_path):

@@ -239,13 +239,15 @@ def test_checkpointing_turns_itself_on_when_memory_is_short(tmp_path, monkeypatc
 
 
 def tiny_masked_lm(arch: str):
-    from transformers import AutoModelForMaskedLM, BertConfig, DistilBertConfig, RobertaConfig
+    from transformers import AlbertConfig, AutoModelForMaskedLM, BertConfig, DistilBertConfig, RobertaConfig
 
     torch.manual_seed(0)
     sizes = dict(vocab_size=97, max_position_embeddings=64)
     config = {"bert": lambda: BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48, **sizes),
               "roberta": lambda: RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                                intermediate_size=48, pad_token_id=1, **sizes),
+              "albert": lambda: AlbertConfig(hidden_size=32, embedding_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                             intermediate_size=48, **sizes),
               "distilbert": lambda: DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=48, **sizes)}[arch]()
     return AutoModelForMaskedLM.from_config(config).eval()
 
@@ -260,7 +262,7 @@ def masked_batch(rows: int = 4, width: int = 12) -> dict:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert"])
+@pytest.mark.parametrize("arch", ["bert", "roberta", "albert", "distilbert"])
 def test_masked_positions_loss_equals_the_models_own(arch):
     """Value and gradients as the model's own loss over all positions (a plain mean over masked tokens)."""
     model, batch = tiny_masked_lm(arch), masked_batch()
@@ -276,13 +278,16 @@ def test_masked_positions_loss_equals_the_models_own(arch):
         torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("arch, head_rows", [("bert", "masked"), ("distilbert", "all")])
+@pytest.mark.parametrize("arch, head_rows", [("bert", "masked"), ("distilbert", "all"), ("wrapped bert", "all")])
 def test_masked_positions_loss_runs_the_head_over_masked_tokens_only(arch, head_rows):
     """BERT's head (one module beside the encoder) sees only the masked tokens; DistilBERT's head is
-    four modules, so it runs the model's own forward over every position."""
-    model, batch = tiny_masked_lm(arch), masked_batch()
+    four modules, and a model the Trainer wrapped (DataParallel, DDP) must run its wrapper's forward:
+    both run the model's own forward over every position."""
+    model, batch = tiny_masked_lm(arch.split()[-1]), masked_batch()
     seen = []
-    last = model.cls if arch == "bert" else model.vocab_projector
+    last = model.vocab_projector if arch == "distilbert" else model.cls
+    if arch == "wrapped bert":
+        model = torch.nn.DataParallel(model)
     last.register_forward_hook(lambda module, args, out: seen.append(out.shape[:-1].numel()))
     loss_mod.masked_positions_loss(model, batch)
     masked = int((batch["labels"] != -100).sum())

@@ -7,7 +7,7 @@ from medpeft.config import config_from_dict
 from medpeft.run.record import RunResult, Status, load_results, read_result
 
 CFG = {"task": "pubmed-rct", "model": "tiny-bert", "method": "lora", "seed": 3, "train": {"lr": 1e-3}}
-KEYS = {"run_id", "status", "error", "task", "task_type", "labels", "model", "model_path", "model_kind", "method", "seed",
+KEYS = {"run_id", "status", "error", "task", "task_type", "labels", "model", "model_path", "adapted_from", "model_kind", "method", "seed",
         "config", "variant", "metrics", "evaluation", "efficiency", "training", "data", "env", "tuning_trial", "evaluated_on"}
 
 

@@ -4,8 +4,6 @@ grid), and against the task's best row: paired over shared test examples, and ov
 in plain words."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 from medpeft.report.frame import group_example_scores
@@ -66,21 +64,16 @@ def best_rows(frame) -> tuple[int | None, dict]:
     return best, full
 
 
-def same_setting(row, model) -> tuple:
-    """A row's (method, settings) on `model`: where a row on a pre-trained model finds its base's row."""
-    return model, row["method"], json.dumps(row["varying"], sort_keys=True, default=str)
-
-
 def compare_task(frame, runs_by_id: dict, n_resamples: int = 2000, seed: int = 0) -> list[dict]:
     """Each trained row of one task against `full` (same model), against its method and settings on its
     base model (a pre-trained model's rows only) and against the task's best row."""
     best, full = best_rows(frame)
     trained = frame[~frame["is_baseline"]]
-    by_setting = {same_setting(row, row["model"]): int(idx) for idx, row in trained.iterrows()}
+    by_setting = {(row["model"], row["method"], row.get("setting")): int(idx) for idx, row in trained.iterrows()}
     out = []
     for idx, row in trained.iterrows():
         refs: dict[int, list[str]] = {}
-        on_base = by_setting.get(same_setting(row, row.get("adapted_from")))
+        on_base = by_setting.get((row.get("adapted_from"), row["method"], row.get("setting")))
         for kind, ref in (("full", full.get(row["model"])), ("base model", on_base), ("best", best)):
             if ref is not None and ref != idx:
                 refs.setdefault(ref, []).append(kind)  # full may also be the best: one test, both labels

@@ -57,6 +57,13 @@ def setting_key(run: RunResult) -> str:
     return json.dumps({k: v for k, v in flatten_config(run.config).items()}, sort_keys=True, default=str)
 
 
+def comparable_setting(run: RunResult) -> str:
+    """A run's settings without its model, seed and tuned values: two models' rows with the same
+    comparable setting ran the same method the same way (each model at its own tuned values)."""
+    tuned = ((run.config.get("tuning") or {}).get("chosen") or {})
+    return json.dumps({k: v for k, v in flatten_config(run.config).items() if k not in tuned}, sort_keys=True, default=str)
+
+
 def short_names(keys: list[str]) -> dict[str, str]:
     """`method_args.r` -> `r` for row labels, unless two keys would then share a name."""
     last = [k.rsplit(".", 1)[-1] for k in keys]
@@ -129,7 +136,9 @@ def summarize_group(runs: list[RunResult], varying: dict, n_resamples: int, seed
            "variant": ", ".join(variant), "varying": varying, "tuning": tuning,
            "train_examples": float(np.mean(train_examples)) if train_examples else math.nan,
            "seeds": len({r.seed for r in runs}), "run_ids": [r.run_id for r in runs],
-           "adapted_from": adapted_from(first.model_path),
+           "setting": comparable_setting(first),
+           # recorded by the run; read from the model folder for runs older than that record
+           "adapted_from": first.adapted_from or adapted_from(first.model_path),
            "total_params": first.efficiency.get("total_params")}
     for source, keys in (("metrics", list(METRICS)), ("efficiency", COST_KEYS)):
         for key in keys:

@@ -13,7 +13,7 @@ from medpeft.dist import is_main_process, local_device, wait_for_everyone
 from medpeft.errors import ModelError
 from medpeft.files import folder_written_whole
 from medpeft.methods import build_peft_config, output_prefix_tokens
-from medpeft.models import load_model
+from medpeft.models import adapted_from, load_model
 from medpeft.plan import RunPlan
 from medpeft.run.checkpoint import remove_checkpoints
 from medpeft.run.encode import encode_examples, prompt_format, truncation_warnings
@@ -67,6 +67,7 @@ def run_experiment(plan: RunPlan, run_dir: Path, on_validation=None, callbacks=(
             "resumed_from_step")
     result = RunResult.succeeded(
         cfg, cfg.variant, task_type=task.type, labels=task.labels, model_path=plan.model_path, model_kind=kind.name,
+        adapted_from=adapted_from(plan.model_path),
         metrics=metrics, evaluation=evaluation, efficiency=efficiency(params, training, eval_seconds, adapter_dir, evaluation.get("forgetting")),
         training={k: training[k] for k in kept if k in training}, evaluated_on=split,
         data={"train": train_stats, split: test_stats, "validation_examples": len(val_rows), "warnings": warnings,

@@ -70,26 +70,40 @@ def labelled_positions_loss(model, inputs: dict, num_items_in_batch=None):
     return loss / count, outputs
 
 
+# Masked-LM families whose head takes the encoder's last hidden state alone, position by position (read
+# from their ForMaskedLM forward in transformers 5); any other model runs its own forward.
+HEAD_ON_HIDDEN_STATES = ("bert", "roberta", "xlm-roberta", "camembert", "albert", "mobilebert", "esm")
+
+
 def masked_positions_loss(model, inputs: dict, num_items_in_batch=None):
     """Masked-LM cross-entropy with the prediction head run only over the masked positions (labels other
     than -100); -> (loss, outputs). The same value as the model's own loss over all positions: a plain
     mean over the batch's masked tokens (`num_items_in_batch` is not used: masked-LM heads average, and
-    pre-training tells the Trainer so). A model whose head is not one module beside its base model
-    (DistilBERT's is four) runs its own forward."""
+    pre-training tells the Trainer so). Only for HEAD_ON_HIDDEN_STATES models the Trainer has not wrapped
+    (DataParallel, DDP: their forward must run); any other runs its own forward."""
     from transformers.modeling_outputs import MaskedLMOutput
 
-    base = model.base_model
-    heads = [module for module in model.children() if module is not base]
-    if base is model or len(heads) != 1:
+    head = masked_lm_head(model)
+    if head is None:
         outputs = model(**inputs)
         return outputs.loss, outputs
     inputs = dict(inputs)
     labels = inputs.pop("labels")
-    hidden = base(**inputs).last_hidden_state
+    hidden = model.base_model(**inputs).last_hidden_state
     chosen = labels != -100
-    logits = heads[0](hidden[chosen]).float()
+    logits = head(hidden[chosen]).float()
     loss = torch.nn.functional.cross_entropy(logits, labels[chosen].to(logits.device))
     return loss, MaskedLMOutput(loss=loss)
+
+
+def masked_lm_head(model):
+    """The prediction head of a HEAD_ON_HIDDEN_STATES model (its one module beside the base model), or None."""
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel) or model.config.model_type not in HEAD_ON_HIDDEN_STATES:
+        return None
+    heads = [module for module in model.children() if module is not model.base_model]
+    return heads[0] if len(heads) == 1 else None
 
 
 def rows_per_forward(rows: int, tokens_per_row: int, device, config) -> int:

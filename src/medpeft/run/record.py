@@ -46,6 +46,7 @@ class RunResult:
     task_type: str | None = None
     labels: list[str] | None = None  # label set in the model's index order (classification, multilabel, ner)
     model_path: str | None = None
+    adapted_from: str | None = None  # the model `medpeft pretrain` made this run's model from (models.adapted_from)
     model_kind: str | None = None  # a ModelKind name (run/kinds.py)
     metrics: dict = field(default_factory=dict)
     evaluation: dict = field(default_factory=dict)  # how optional metrics were computed (BERTScore model and layer)
