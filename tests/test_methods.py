@@ -210,10 +210,11 @@ def test_new_modules_missing_from_the_checkpoint_are_trained_and_saved(tmp_path)
 
 
 def test_model_sizes_read_each_familys_names():
-    """BERT, Llama (grouped-query attention), T5 (its own names, a decoder) and a multimodal text_config."""
+    """BERT, Llama (grouped-query attention), T5 and BART (their own names, a decoder) and a multimodal
+    text_config."""
     from types import SimpleNamespace
 
-    from transformers import BertConfig, LlamaConfig, T5Config
+    from transformers import BartConfig, BertConfig, LlamaConfig, T5Config
 
     from medpeft.models import ModelSizes, model_sizes
 
@@ -224,6 +225,9 @@ def test_model_sizes_read_each_familys_names():
     assert model_sizes(smollm2) == ModelSizes(576, 1536, 30, 0, 9, 3, 64)
     t5 = T5Config(d_model=512, d_kv=64, d_ff=1024, num_heads=6, num_layers=8, num_decoder_layers=4)
     assert model_sizes(t5) == ModelSizes(512, 1024, 8, 4, 6, 6, 64)
+    bart = BartConfig(d_model=256, encoder_layers=6, decoder_layers=3, encoder_attention_heads=8,
+                      decoder_attention_heads=8, encoder_ffn_dim=1024, decoder_ffn_dim=1024)
+    assert model_sizes(bart) == ModelSizes(256, 1024, 6, 3, 8, 8, 32)
     assert model_sizes(SimpleNamespace(text_config=smollm2)) == model_sizes(smollm2)
 
 

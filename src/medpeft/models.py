@@ -43,15 +43,17 @@ class ModelSizes:
 
 def model_sizes(config) -> ModelSizes:
     """ModelSizes of `config` (a multimodal model's text_config): BERT/Llama names (hidden_size,
-    num_hidden_layers, ...) or T5's (d_model, num_layers, num_decoder_layers, d_kv, d_ff)."""
+    num_hidden_layers, ...), T5's (d_model, num_layers, num_decoder_layers, d_kv, d_ff) or BART's
+    (encoder_layers, decoder_layers, encoder_ffn_dim)."""
     text = getattr(config, "text_config", None) or config
     hidden = getattr(text, "hidden_size", None) or getattr(text, "d_model", 0)
     heads = getattr(text, "num_attention_heads", None) or getattr(text, "num_heads", 1)
     return ModelSizes(
         hidden=hidden,
-        intermediate=getattr(text, "intermediate_size", None) or getattr(text, "d_ff", None) or 4 * hidden,
+        intermediate=(getattr(text, "intermediate_size", None) or getattr(text, "d_ff", None)
+                      or getattr(text, "encoder_ffn_dim", None) or 4 * hidden),
         layers=getattr(text, "num_hidden_layers", None) or getattr(text, "num_layers", 0),
-        decoder_layers=getattr(text, "num_decoder_layers", 0) or 0,
+        decoder_layers=getattr(text, "num_decoder_layers", None) or getattr(text, "decoder_layers", 0) or 0,
         heads=heads,
         kv_heads=getattr(text, "num_key_value_heads", None) or heads,
         head_dim=getattr(text, "head_dim", None) or getattr(text, "d_kv", None) or hidden // heads,
