@@ -58,10 +58,11 @@ def setting_key(run: RunResult) -> str:
 
 
 def comparable_setting(run: RunResult) -> str:
-    """A run's settings without its model, seed and tuned values: two models' rows with the same
-    comparable setting ran the same method the same way (each model at its own tuned values)."""
-    tuned = ((run.config.get("tuning") or {}).get("chosen") or {})
-    return json.dumps({k: v for k, v in flatten_config(run.config).items() if k not in tuned}, sort_keys=True, default=str)
+    """A run's settings without its model (its name and a local folder's fingerprint), seed and tuned
+    values: two models' rows with the same comparable setting ran the same method the same way (each
+    model at its own tuned values)."""
+    skip = set((run.config.get("tuning") or {}).get("chosen") or {}) | {"fingerprint.model"}
+    return json.dumps({k: v for k, v in flatten_config(run.config).items() if k not in skip}, sort_keys=True, default=str)
 
 
 def short_names(keys: list[str]) -> dict[str, str]:
