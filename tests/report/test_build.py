@@ -225,3 +225,21 @@ def test_keys_set_together_get_one_sensitivity_plot(tmp_path):
     assert tied_keys(rows + [{"a": 3, "b": 2}], ["a", "b"]) == {}  # b = 2 beside a = 1 and a = 3
     assert tied_keys(rows + [{"a": 3}], ["a", "b"]) == {}  # a without b
     assert tied_keys([{"a": 1, "b": 1}, {"a": 1, "b": 2}], ["a", "b"]) == {}
+
+
+def test_model_size_plot_only_when_the_models_differ_in_size():
+    """A model and its domain-pretrained copy are one size: adapters' extra parameters must not spread
+    them over a size axis (the domain-pretraining grid drew such a plot)."""
+    import pandas as pd
+
+    from medpeft.report import plots
+
+    base = 22_713_216
+    rows = [("minilm", "full", base), ("minilm", "lora", base + 149_400), ("minilm", "untrained", base),
+            ("minilm-medline", "full", base), ("minilm-medline", "ia3", base + 18_100)]
+    frame = pd.DataFrame(rows, columns=["model", "method", "total_params"])
+    assert plots.model_params(frame) == {"minilm": base, "minilm-medline": base}
+    assert not plots.sizes_differ(frame)
+    larger = pd.concat([frame, pd.DataFrame([("bigger", "lora", 3 * base)], columns=frame.columns)])
+    assert plots.sizes_differ(larger)
+    assert not plots.sizes_differ(frame[frame["model"] == "minilm"])  # one model: nothing to plot

@@ -92,7 +92,7 @@ def make_task_plots(frame, task: str, plot_dir: Path) -> list[tuple[str, Path, s
         companions = [k for k, leader in tied.items() if leader == key]
         along = f" (with {', '.join(f'`{k}`' for k in companions)}, set together with it in every row)" if companions else ""
         out.append((f"Sensitivity to `{key}`{along}", path, "Other settings held as in the grid; error bars as above."))
-    if frame["model"].nunique() > 1:
+    if plots.sizes_differ(frame):
         path = plots.plot_model_size(frame, plot_dir / f"{name}-model-size.png", label)
         out.append(("Model size", path, "Best variant of each method per model; error bars as above."))
     return out

@@ -190,15 +190,31 @@ def plot_learning_curve(frame, key: str, path: Path, metric_label: str) -> Path:
     return save_figure(fig, path)
 
 
+SIZES_APART = 1.1  # the largest model at least this many times the smallest: a model-size plot says something
+
+
+def model_params(frame) -> dict:
+    """Each model's own parameters: the fewest total parameters of its rows (full fine-tuning's, or the
+    smallest adapter's), so that adapters do not spread one model over several sizes."""
+    return frame.dropna(subset=["total_params"]).groupby("model")["total_params"].min().to_dict()
+
+
+def sizes_differ(frame) -> bool:
+    """Whether the task's models differ in size (not, say, a model and its domain-pretrained copy)."""
+    sizes = list(model_params(frame).values())
+    return len(sizes) > 1 and max(sizes) >= SIZES_APART * min(sizes)
+
+
 def plot_model_size(frame, path: Path, metric_label: str) -> Path:
-    """Score against the model's total parameters, a line per method (its best variant per model)."""
+    """Score against the model's own parameters, a line per method (its best variant per model)."""
     fig, (ax,) = new_figure(6.5, 3.6)
     methods = list(dict.fromkeys(frame["method"]))
     best = frame.sort_values("primary_mean", ascending=False).drop_duplicates(["method", "model"])
+    best = best.assign(model_params=best["model"].map(model_params(frame)))
     for method, line in best.groupby("method", sort=False):
-        line = line.sort_values("total_params")
+        line = line.sort_values("model_params")
         errs = np.array([y_error(r)[:2] for _, r in line.iterrows()]).T
-        ax.errorbar(line["total_params"] / 1e6, 100 * line["primary_mean"], yerr=errs, marker="o", capsize=3,
+        ax.errorbar(line["model_params"] / 1e6, 100 * line["primary_mean"], yerr=errs, marker="o", capsize=3,
                     color=method_color(method, methods), ls=":" if method == "untrained" else "-", label=method)
     set_log_x(ax)
     ax.set_xlabel("model parameters (millions)")
