@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from medpeft.data.medline import MIN_KEY_CHARS, citation_keys, text_keys
 from medpeft.config import PRECISIONS
+from medpeft.data.medline import MIN_KEY_CHARS, citation_keys, text_keys
 from medpeft.errors import ConfigError
 from medpeft.run.forgetting import example_text
 from medpeft.run.record import write_json
