@@ -157,6 +157,11 @@ def test_each_method_on_a_pretrained_model_is_compared_with_its_base(tmp_path):
     assert on_base == {("adapted", "full"): (("base", "full"), 0.25), ("adapted", "lora"): (("base", "lora"), 0.0)}
     html_table, md = sections.comparison_table(frame, comparisons)
     assert "| full (tuned lr=0.0003) · adapted | full (tuned lr=0.0001) · base | +25.00 |" in md
+    from medpeft.report.sections import answer_first
+
+    (line,) = [x for x in answer_first(frame, comparisons, 1.0) if "against its base" in x]
+    assert line.startswith("**adapted against its base base**, each method at the same settings: ")
+    assert "full (tuned lr=0.0003) +25.00 (" in line and "lora +0.00 (no detectable difference)" in line
 
 
 def test_one_seed_is_never_called_a_claim(tmp_path):

@@ -79,12 +79,26 @@ def answer_first(frame, comparisons: list[dict], within_points: float) -> list[s
         row = frame.loc[cheap["row"]]
         lines.append(f"Cheapest not significantly worse than the best ({p_text(cheap['p_examples'])}): "
                      f"**{describe_row(row, many)}**, {name} {100 * row['primary_mean']:.2f}, {cost_text(row)}.")
+    lines += against_base_models(frame, comparisons)
     refs = [(f"{r['model']} " if many else "") + f"{100 * r['primary_mean']:.2f}" for _, r in frame.iterrows()
             if r["method"] == "untrained"]
     if refs:
         lines.append("Untrained baseline: " + "; ".join(refs) + ".")
     lines += baseline_beats_training(frame, trained, name)
     return lines
+
+
+def against_base_models(frame, comparisons: list[dict]) -> list[str]:
+    """One line per model pre-trained from another of the grid: each method's difference from the same
+    method on its base, with the verdict's first words (the table below has the p-values)."""
+    parts: dict[tuple, list[str]] = {}
+    for c in comparisons:
+        if "base model" in c["against"]:
+            row, base = frame.loc[c["row"]], frame.loc[c["ref"]]
+            verdict = c["verdict"].split(" (")[0]
+            parts.setdefault((row["model"], base["model"]), []).append(f"{row_label(row)} {100 * c['delta']:+.2f} ({verdict})")
+    return [f"**{model} against its base {base}**, each method at the same settings: {'; '.join(items)}."
+            for (model, base), items in parts.items()]
 
 
 def baseline_beats_training(frame, trained, name: str) -> list[str]:
