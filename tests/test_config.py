@@ -341,7 +341,15 @@ def test_local_model_directory(tmp_path):
     with pytest.raises(ModelError, match="config.json"):
         resolve_model(str(tmp_path), online=False)
     (tmp_path / "config.json").write_text("{}")
-    assert resolve_model(str(tmp_path), online=False) == str(tmp_path)
+    assert resolve_model(str(tmp_path), online=False) == str(tmp_path.resolve())
+
+
+def test_a_relative_model_directory_is_recorded_absolute(tmp_path, monkeypatch):
+    """result.json, a model card and a report read later from another folder must still find the model."""
+    (tmp_path / "models" / "mine").mkdir(parents=True)
+    (tmp_path / "models" / "mine" / "config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model("models/mine", online=False) == str(tmp_path.resolve() / "models" / "mine")
 
 
 def test_missing_local_path_is_not_mistaken_for_a_hub_id(tmp_path):

@@ -221,13 +221,13 @@ def resolve_model(name: str, online: bool) -> str:
                              f"or use a local copy (model: /path/to/dir). Offline models: {', '.join(offline_models())}")
         return spec.locate()
     path = Path(name).expanduser()
-    if path.is_dir():
+    if path.is_dir():  # absolute, so result.json, a model card and an adapter's config name it from anywhere
         if adapter_base(str(path)) is not None:  # a trained run's peft adapter: its base is loaded, then the adapter
-            return str(path)
+            return str(path.resolve())
         if not (path / "config.json").is_file():
             raise ModelError(f"model directory {path} has no config.json; point model: at a transformers save_pretrained "
                              "folder or a run's adapter/ folder")
-        return str(path)
+        return str(path.resolve())
     if is_hub_id(name):
         if not online:
             raise ModelError(f"model {name!r} looks like a hub id and medpeft is offline by default; pass --online to allow the download. "
