@@ -23,6 +23,20 @@ def _assets(assets_ready):
     pass
 
 
+def assert_same_loss_and_gradients(model, batch, lever):
+    """The lever's loss and gradients equal the model's own (1e-5); -> (the model's loss, the lever's result)."""
+    own = model(**batch).loss
+    own.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    result = lever(model, batch)
+    result[0].backward()
+    assert result[0].item() == pytest.approx(own.item(), abs=1e-5)
+    for name, grad in expected.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, atol=1e-5, rtol=1e-4)
+    return own, result
+
+
 @pytest.mark.parametrize("method", ["lora", "full", "prompt_tuning", "prefix_tuning"])
 def test_labelled_positions_loss_equals_the_models_own(method):
     """Logits only from the earliest labelled position on give the causal-LM loss of all logits: mean
@@ -32,15 +46,7 @@ def test_labelled_positions_loss_equals_the_models_own(method):
     assert (batch["labels"][:, :4] == -100).all()  # a prompt the lever can skip
     torch.manual_seed(0)
     model.eval()  # no dropout: both paths see the same network
-    plain = model(**batch).loss
-    plain.backward()
-    plain_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad()
-    mine, _ = loss_mod.labelled_positions_loss(model, batch)
-    mine.backward()
-    assert abs(mine.item() - plain.item()) < 1e-5
-    for name, grad in plain_grads.items():
-        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, atol=1e-5, rtol=1e-4)
+    plain, _ = assert_same_loss_and_gradients(model, batch, loss_mod.labelled_positions_loss)
     n_items = int((batch["labels"][:, 1:] != -100).sum())
     summed, _ = loss_mod.labelled_positions_loss(model, batch, num_items_in_batch=torch.tensor(2 * n_items))
     assert abs(summed.item() - plain.item() / 2) < 1e-5
@@ -266,16 +272,8 @@ def masked_batch(rows: int = 4, width: int = 12) -> dict:
 def test_masked_positions_loss_equals_the_models_own(arch):
     """Value and gradients as the model's own loss over all positions (a plain mean over masked tokens)."""
     model, batch = tiny_masked_lm(arch), masked_batch()
-    own = model(**batch).loss
-    own.backward()
-    expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad()
-    value, outputs = loss_mod.masked_positions_loss(model, batch)
-    value.backward()
+    _, (value, outputs) = assert_same_loss_and_gradients(model, batch, loss_mod.masked_positions_loss)
     assert outputs.loss is value
-    assert value.item() == pytest.approx(own.item(), abs=1e-5)
-    for name, grad in expected.items():
-        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("arch, head_rows", [("bert", "masked"), ("distilbert", "all"), ("wrapped bert", "all")])
