@@ -163,6 +163,19 @@ def test_tuned_report_has_a_tuning_section_and_no_trial_rows(tmp_path, assets_re
     assert summary.count("| tiny-bert |") == 2
 
 
+def test_the_tuning_note_names_methods_whose_candidates_all_tied():
+    """offline-clinical's drug reviews: every learning rate scored 76 % (all "positive"), so the choice
+    was the validation loss's alone; the note says so, and names no method whose candidates differ."""
+    from medpeft.report.tuning import tied_labels
+
+    def row(label, score):
+        return {"label": label, "score": score}
+
+    rows = [row("full", 0.76), row("full", 0.76), row("full", 0.76), row("lora", 0.7), row("lora", 0.76),
+            row("ia3", 0.5), row("ia3", None), row("prompt", 0.6)]
+    assert tied_labels(rows) == ["full"]  # ia3 has one scored candidate, prompt one: nothing to tie
+
+
 def test_untuned_report_warns_that_learning_rates_were_fixed(tmp_path, assets_ready):
     from medpeft.report.build import build_report
 

@@ -243,3 +243,22 @@ def test_model_size_plot_only_when_the_models_differ_in_size():
     larger = pd.concat([frame, pd.DataFrame([("bigger", "lora", 3 * base)], columns=frame.columns)])
     assert plots.sizes_differ(larger)
     assert not plots.sizes_differ(frame[frame["model"] == "minilm"])  # one model: nothing to plot
+
+
+def test_the_report_warns_when_a_method_predicts_one_label_for_everything(tmp_path):
+    """Drug reviews at a small budget: every method said "positive" for every review, so each accuracy
+    was the test set's share of positives. The report says so for such a row and for no other."""
+    from report_fixtures import LABELS, class_rows
+
+    truth = [LABELS[i % 3] if i % 4 else LABELS[0] for i in range(12)]  # a majority label, as in drug reviews
+    for seed in range(3):
+        collapsed = [{"id": f"s{i}", "input": f"review {i}", "reference": t, "prediction": LABELS[0],
+                      "correct": int(t == LABELS[0]), "probs": [0.6, 0.2, 0.2]} for i, t in enumerate(truth)]
+        write_run(tmp_path, f"t.m.ia3.seed{seed}", base_config("t", "m", "ia3", seed), collapsed, "classification")
+        write_run(tmp_path, f"t.m.lora.seed{seed}", base_config("t", "m", "lora", seed), class_rows([1, 0] * 6), "classification")
+    write_run(tmp_path, "t.m.untrained.seed0", base_config("t", "m", "untrained", 0), collapsed, "classification")
+    share = 100 * sum(t == LABELS[0] for t in truth) / len(truth)
+    md = build_report(tmp_path, n_resamples=50)["md"].read_text()
+    warned = [line for line in md.splitlines() if "for every test example" in line]
+    assert len(warned) == 1 and "ia3" in warned[0] and repr(LABELS[0]) in warned[0]
+    assert f"{share:.2f}" in warned[0]

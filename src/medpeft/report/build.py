@@ -16,7 +16,8 @@ from medpeft.report import plots
 from medpeft.report.compare import SEEDS_FOR_A_CLAIM, compare_task
 from medpeft.report.frame import aggregate, collect_runs, split_trials
 from medpeft.report.plots import image_html
-from medpeft.report.sections import answer_first, comparison_table, example_section, failure_section, warnings_for
+from medpeft.report.sections import (answer_first, comparison_table, example_section, failure_section, one_label_rows,
+                                      warnings_for)
 from medpeft.report.summary import write_summary
 from medpeft.report.tuning import tuning_lines, tuning_section
 from medpeft.report.tables import ROUGE_L_NOTE, table_columns, table_html, table_latex, table_markdown
@@ -132,7 +133,7 @@ def task_sections(task: str, frame, runs_by_id: dict, plot_dir: Path, opts: dict
     comparisons = compare_task(frame, runs_by_id, opts["n_resamples"], opts["seed"])
     tuned_lines, tuning_warnings = tuning_lines(frame)
     answer = answer_first(frame, comparisons, opts["within_points"]) + tuned_lines
-    warnings = tuning_warnings + warnings_for(frame)
+    warnings = tuning_warnings + warnings_for(frame) + one_label_rows(frame, runs_by_id)
     tune_html, tune_md, tune_plots = tuning_section(frame, list(trials), plot_dir / f"report-{slug(task)}-tuning.png")
     cols = table_columns(frame)
     baseline_rows = {i for i, b in enumerate(frame["is_baseline"]) if b}

@@ -163,6 +163,23 @@ def warnings_for(frame) -> list[str]:
     return out
 
 
+def one_label_rows(frame, runs_by_id: dict) -> list[str]:
+    """A warning per classification row whose every seed predicted the same single label for every test
+    example: its accuracy is that label's share of the test set, whatever it learned (an imbalanced
+    task at too small a budget; the untrained baseline is not named, it often does this)."""
+    if frame["task_type"].iloc[0] != "classification":
+        return []
+    out = []
+    for _, row in frame[~frame["is_baseline"]].iterrows():
+        predicted = {p["prediction"] for rid in row["run_ids"] for p in runs_by_id[rid].predictions()}
+        if len(predicted) == 1:
+            label = next(iter(predicted))
+            out.append(f"**{describe_row(row, frame['model'].nunique() > 1)} predicts {label!r} for every test example** "
+                       f"(every seed): its accuracy {100 * row['primary_mean']:.2f} is that label's share of the test "
+                       "set, not something learned. Raise the training budget (examples, epochs) or read macro-F1 and AUROC.")
+    return out
+
+
 def comparison_table(frame, comparisons: list[dict]) -> tuple[str, str]:
     """Each method against full fine-tuning, against its method on its base model (a model
     pre-trained from another of the grid) and against the best row: Δ, its CI and p-values."""
