@@ -97,8 +97,13 @@ def test_domain_pretraining_study_end_to_end(tmp_path, monkeypatch, assets_ready
 def test_offline_clinical_trains_drug_reviews_on_every_training_review(assets_ready):
     """At 300 reviews and 3 epochs every method and learning rate predicted the majority ("positive")
     for every review; the preset gives drug-review the whole training file and 5 epochs."""
+    from medpeft.data import assets
     from medpeft.tasks.clinical import drug_pools
 
+    try:
+        assets.wheel_path("drugreview")
+    except assets.AssetError as err:
+        pytest.skip(str(err))
     runs = [c for c in load_grid(CONFIGS / "offline-clinical.yaml").runs if c.task == "drug-review"]
     assert runs and all(c.data.train_size + c.data.val_size == len(drug_pools()["train"]) for c in runs)
     assert all(c.train.epochs == 5 for c in runs)

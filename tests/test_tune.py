@@ -163,17 +163,30 @@ def test_tuned_report_has_a_tuning_section_and_no_trial_rows(tmp_path, assets_re
     assert summary.count("| tiny-bert |") == 2
 
 
-def test_the_tuning_note_names_methods_whose_candidates_all_tied():
+def test_the_tuning_note_names_methods_whose_candidates_all_tied(tmp_path, monkeypatch):
     """offline-clinical's drug reviews: every learning rate scored 76 % (all "positive"), so the choice
-    was the validation loss's alone; the note says so, and names no method whose candidates differ."""
-    from medpeft.report.tuning import tied_labels
+    was the validation loss's; the note says so, and names no method whose candidates differ, failed,
+    or tied on another model than the one named."""
+    from medpeft.report import tuning
+    from medpeft.report.tuning import tied_labels, tuning_section
 
-    def row(label, score):
-        return {"label": label, "score": score}
+    def row(label, score, model="m", error=None, lr=1e-3, chosen=False):
+        return {"label": label, "method": label, "model": model, "score": score, "loss": 1.0, "metric": "accuracy",
+                "values": {"train.lr": lr}, "chosen": chosen, "error": error}
 
-    rows = [row("full", 0.76), row("full", 0.76), row("full", 0.76), row("lora", 0.7), row("lora", 0.76),
-            row("ia3", 0.5), row("ia3", None), row("prompt", 0.6)]
-    assert tied_labels(rows) == ["full"]  # ia3 has one scored candidate, prompt one: nothing to tie
+    rows = [row("full", 0.76), row("full", 0.76, lr=1e-4), row("lora", 0.7), row("lora", 0.76, lr=1e-4),
+            row("ia3", 0.5), row("ia3", None, error="boom", lr=1e-4), row("prompt", 0.6),
+            row("lora", 0.7, model="m2"), row("lora", 0.7, model="m2", lr=1e-4)]
+    assert tied_labels(rows) == ["full", "lora"]  # ia3: a candidate failed; prompt: one candidate
+    assert tied_labels(rows, several_models=True) == ["full · m", "lora · m2"]
+
+    def note(candidates):
+        monkeypatch.setattr(tuning, "candidate_rows", lambda frame, trials: candidates)
+        return tuning_section(None, [], tmp_path / "t.png")[1]
+
+    assert "Every candidate of full scored the same on validation" in note(rows[:2] + rows[4:7])
+    assert "scored the same" not in note(rows[2:7])
+    assert "scored the same" not in note([dict(r, metric="val_loss") for r in rows[:2]])  # the loss chose: nothing to say
 
 
 def test_untuned_report_warns_that_learning_rates_were_fixed(tmp_path, assets_ready):

@@ -261,4 +261,23 @@ def test_the_report_warns_when_a_method_predicts_one_label_for_everything(tmp_pa
     md = build_report(tmp_path, n_resamples=50)["md"].read_text()
     warned = [line for line in md.splitlines() if "for every test example" in line]
     assert len(warned) == 1 and "ia3" in warned[0] and repr(LABELS[0]) in warned[0]
-    assert f"{share:.2f}" in warned[0]
+    assert f"{share:.2f}" in warned[0] and "all 3 seeds" in warned[0]
+
+
+def test_the_one_label_warning_judges_each_seed_and_only_complete_rows(tmp_path):
+    """Seeds that each say one label, but different ones, are flagged; a row with a seed whose
+    predictions are missing is not judged."""
+    from report_fixtures import LABELS
+
+    def collapsed(label):
+        return [{"id": f"s{i}", "input": f"review {i}", "reference": LABELS[i % 3], "prediction": label,
+                 "correct": int(LABELS[i % 3] == label), "probs": [0.4, 0.3, 0.3]} for i in range(9)]
+
+    for seed in range(2):
+        write_run(tmp_path, f"t.m.ia3.seed{seed}", base_config("t", "m", "ia3", seed), collapsed(LABELS[seed]), "classification")
+        write_run(tmp_path, f"t.m.lora.seed{seed}", base_config("t", "m", "lora", seed), collapsed(LABELS[0]), "classification")
+    (tmp_path / "t.m.lora.seed1" / "predictions.jsonl").unlink()
+    md = build_report(tmp_path, n_resamples=50)["md"].read_text()
+    warned = [line for line in md.splitlines() if "for every test example" in line]
+    assert len(warned) == 1 and "ia3" in warned[0] and "all 2 seeds" in warned[0]
+    assert f"{LABELS[0]!r} or {LABELS[1]!r}" in warned[0]

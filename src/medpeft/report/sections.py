@@ -164,19 +164,23 @@ def warnings_for(frame) -> list[str]:
 
 
 def one_label_rows(frame, runs_by_id: dict) -> list[str]:
-    """A warning per classification row whose every seed predicted the same single label for every test
-    example: its accuracy is that label's share of the test set, whatever it learned (an imbalanced
-    task at too small a budget; the untrained baseline is not named, it often does this)."""
+    """A warning per classification row whose every seed predicted one label for every test example:
+    each seed's accuracy is then its label's share of the test set, whatever it learned (an imbalanced
+    task at too small a budget). Rows with a seed whose predictions are missing are not judged; the
+    untrained baseline is not named (it often does this)."""
     if frame["task_type"].iloc[0] != "classification":
         return []
     out = []
     for _, row in frame[~frame["is_baseline"]].iterrows():
-        predicted = {p["prediction"] for rid in row["run_ids"] for p in runs_by_id[rid].predictions()}
-        if len(predicted) == 1:
-            label = next(iter(predicted))
-            out.append(f"**{describe_row(row, frame['model'].nunique() > 1)} predicts {label!r} for every test example** "
-                       f"(every seed): its accuracy {100 * row['primary_mean']:.2f} is that label's share of the test "
-                       "set, not something learned. Raise the training budget (examples, epochs) or read macro-F1 and AUROC.")
+        per_seed = [{p["prediction"] for p in runs_by_id[rid].predictions()} for rid in row["run_ids"]]
+        if not per_seed or any(len(labels) != 1 for labels in per_seed):
+            continue
+        labels = sorted(set().union(*per_seed))
+        seeds = f"all {len(per_seed)} seeds" if len(per_seed) > 1 else "its one seed"
+        said = " or ".join(repr(label) for label in labels)
+        out.append(f"**{describe_row(row, frame['model'].nunique() > 1)} predicts {said} for every test example** "
+                   f"({seeds}, one label each): its accuracy {100 * row['primary_mean']:.2f} is the test set's share of "
+                   "that label, not something learned. Raise the training budget (examples, epochs) or read macro-F1 and AUROC.")
     return out
 
 

@@ -83,10 +83,10 @@ def tuning_section(frame, trials: list[RunResult], plot_path: Path) -> tuple[str
     note = (f"Each candidate trained once at the grid's first seed and was scored on the validation split; every seed "
             f"then ran with the chosen value ({'lowest validation loss' if metric == 'val_loss' else 'highest validation score; a tie goes to the lower validation loss'}). "
             "Trials are stored in the grid folder with `tuning_trial: true` and never enter the tables above.")
-    tied = tied_labels(rows)
+    tied = tied_labels(rows, several_models=len({r["model"] for r in rows}) > 1)
     if tied and metric != "val_loss":
-        note += (f" Every candidate of {', '.join(tied)} scored the same on validation, so its value was chosen by "
-                 "validation loss alone; a larger validation split (`data.val_size`) would separate them.")
+        note += (f" Every candidate of {', '.join(tied)} scored the same on validation, so the choice fell to the "
+                 "validation loss; if they all predict one label, a larger training budget is what separates them.")
     written = []
     if len(axes) == 1 and all(isinstance(r["values"][axes[0]], (int, float)) for r in rows) and len(rows) > len(set(r["label"] for r in rows)):
         written.append(plot_candidates(rows, axes[0], plot_path, header[len(axes) + 1]))
@@ -103,13 +103,14 @@ def tuning_section(frame, trials: list[RunResult], plot_path: Path) -> tuple[str
     return "\n".join(h), "\n".join(m), written
 
 
-def tied_labels(rows: list[dict]) -> list[str]:
-    """The rows (methods) with two or more scored candidates, all with the same validation score."""
-    scores: dict[str, list[float]] = {}
+def tied_labels(rows: list[dict], several_models: bool = False) -> list[str]:
+    """The rows (a method on a model) whose every candidate finished, two or more, with the same
+    validation score."""
+    scores: dict[tuple, list] = {}
     for r in rows:
-        if r["score"] is not None:
-            scores.setdefault(r["label"], []).append(r["score"])
-    return [label for label, values in scores.items() if len(values) > 1 and max(values) - min(values) < 1e-12]
+        scores.setdefault((r["model"], r["label"]), []).append(r["score"] if r["error"] is None else None)
+    return [label + (f" · {model}" if several_models else "") for (model, label), values in scores.items()
+            if len(values) > 1 and None not in values and max(values) - min(values) < 1e-12]
 
 
 def plot_candidates(rows: list[dict], axis: str, path: Path, ylabel: str) -> Path:
