@@ -189,6 +189,23 @@ def test_the_tuning_note_names_methods_whose_candidates_all_tied(tmp_path, monke
     assert "scored the same" not in note([dict(r, metric="val_loss") for r in rows[:2]])  # the loss chose: nothing to say
 
 
+def test_a_choice_at_the_edge_of_the_candidates_is_warned():
+    """offline-summarization: LoRA and prompt tuning chose their highest learning rate, so the best
+    may lie beyond the range; a choice inside it, a two-candidate list or a non-numeric axis is not warned."""
+    from medpeft.report.tuning import chosen_at_edge
+
+    def row(chosen, space):
+        return {"method": "lora", "variant": "", "tuning": {"chosen": chosen, "over": {"space": space}}}
+
+    lrs = {"train.lr": [3e-4, 1e-3, 3e-3]}
+    assert chosen_at_edge(row({"train.lr": 3e-3}, lrs)) == ["lora train.lr=0.003 (the highest of 0.0003–0.003)"]
+    assert chosen_at_edge(row({"train.lr": 3e-4}, lrs)) == ["lora train.lr=0.0003 (the lowest of 0.0003–0.003)"]
+    assert chosen_at_edge(row({"train.lr": 1e-3}, lrs)) == []
+    assert chosen_at_edge(row({"train.lr": 1e-3}, {"train.lr": [1e-3, 3e-3]})) == []
+    assert chosen_at_edge(row({"train.scheduler": "cosine"}, {"train.scheduler": ["linear", "cosine", "constant"]})) == []
+    assert chosen_at_edge(row({"train.lr": 1e-2}, {"train.lr": {"low": 1e-4, "high": 1e-2, "log": True}})) == []
+
+
 def test_untuned_report_warns_that_learning_rates_were_fixed(tmp_path, assets_ready):
     from medpeft.report.build import build_report
 

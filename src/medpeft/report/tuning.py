@@ -32,7 +32,25 @@ def tuning_lines(frame) -> tuple[list[str], list[str]]:
             f"({how}); the test split played no part in the choice.")
     untuned = [row_label(r) for _, r in trained.iterrows() if not r.get("tuning")]
     warnings = [f"Not tuned (fixed learning rate): {', '.join(untuned)}; compare them with the tuned rows with care."] if untuned else []
+    edges = [edge for r in tuned for edge in chosen_at_edge(r)]
+    if edges:
+        warnings.append(f"Chosen at the edge of the candidates: {'; '.join(edges)}. A better value may lie beyond it; "
+                        "add candidates past that end (tune: {train.lr: [...]}) before calling the comparison tuned.")
     return [line], warnings
+
+
+def chosen_at_edge(row) -> list[str]:
+    """'label axis=value (the highest of low–high)' for each numeric grid axis (three or more
+    candidates) whose chosen value is its lowest or highest candidate."""
+    record, out = row["tuning"], []
+    for axis, candidates in record["over"].get("space", {}).items():
+        value = record["chosen"].get(axis)
+        numeric = isinstance(candidates, list) and all(isinstance(c, (int, float)) for c in candidates)
+        if not numeric or len(set(candidates)) < 3 or value not in (min(candidates), max(candidates)):
+            continue
+        end = "highest" if value == max(candidates) else "lowest"
+        out.append(f"{row_label(row)} {axis}={value:g} (the {end} of {min(candidates):g}–{max(candidates):g})")
+    return out
 
 
 def score_name(metric: str | None) -> str:
