@@ -104,8 +104,9 @@ def test_offline_clinical_trains_drug_reviews_on_every_training_review(assets_re
         assets.wheel_path("drugreview")
     except assets.AssetError as err:
         pytest.skip(str(err))
-    runs = [c for c in load_grid(CONFIGS / "offline-clinical.yaml").runs if c.task == "drug-review"]
+    grid = load_grid(CONFIGS / "offline-clinical.yaml").runs
+    runs = [c for c in grid if c.task == "drug-review"]
     assert runs and all(c.data.train_size + c.data.val_size == len(drug_pools()["train"]) for c in runs)
     assert all(c.train.epochs == 5 for c in runs)
-    others = [c for c in load_grid(CONFIGS / "offline-clinical.yaml").runs if c.task != "drug-review"]
+    others = [c for c in grid if c.task != "drug-review"]
     assert {c.data.train_size for c in others} == {300} and {c.train.epochs for c in others} == {3}
