@@ -248,3 +248,41 @@ def test_the_answer_never_calls_a_dearer_tied_row_the_cheapest(tmp_path):
     assert not any("Cheapest not significantly worse" in line for line in lines)
     lines = answer("lora", "ia3")  # the tied row is the cheaper one: named
     assert any("Cheapest not significantly worse" in line and "ia3" in line for line in lines)
+
+
+def test_one_sample_p_by_hand():
+    """Student t with 2 degrees of freedom has a closed form: p = 1 - |t| / sqrt(2 + t^2)."""
+    t = 2 / (1 / math.sqrt(3))  # [1, 2, 3] against 0: mean 2, s 1, n 3
+    assert stats.one_sample_p([1, 2, 3], 0.0) == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-9)
+    assert stats.one_sample_p([0.4, 0.4, 0.4], 0.4) == 1.0
+    assert math.isnan(stats.one_sample_p([0.4, 0.4, 0.4], 0.3))  # no spread, other value: untestable, never 0
+    assert math.isnan(stats.one_sample_p([0.4], 0.3))
+
+
+def test_each_trained_row_is_compared_with_its_untrained_baseline(tmp_path):
+    """Does training pay at all? The baseline (zero-shot or the majority class) is one deterministic run: the
+    seeds are tested against its score (one-sample t), and one seed against it is not yet a claim."""
+    from medpeft.report.sections import answer_first, comparison_table
+
+    write_run(tmp_path, "t.m.untrained.seed0", base_config("t", "m", "untrained", 0), summary_rows([0.3] * 10), "summarization")
+    for seed in range(3):  # seed scores 0.50, 0.51, 0.52: +21 points on every example
+        write_run(tmp_path, f"t.m.lora.seed{seed}", base_config("t", "m", "lora", seed),
+                  summary_rows([0.5 + 0.01 * seed] * 10), "summarization")
+    write_run(tmp_path, "t.m.ia3.seed0", base_config("t", "m", "ia3", 0), summary_rows([0.3] * 10), "summarization")
+    runs = frames.collect_runs(tmp_path)
+    frame = frames.aggregate(runs, n_resamples=200)
+    comparisons = compare.compare_task(frame, {r.run_id: r for r in runs}, n_resamples=2000)
+    vs = {frame.loc[c["row"], "method"]: c for c in comparisons if c["against"] == "untrained"}
+    assert set(vs) == {"lora", "ia3"} and all(frame.loc[c["ref"], "method"] == "untrained" for c in vs.values())
+    lora, ia3 = vs["lora"], vs["ia3"]
+    t = 0.21 / (0.01 / math.sqrt(3))
+    assert lora["delta"] == pytest.approx(0.21) and lora["seeds"] == (3,) and lora["seed_test"] == "one-sample t"
+    assert lora["p_examples"] == pytest.approx(2 / 1024)  # exact: only the all-plus and all-minus sign patterns
+    assert lora["p_seeds"] == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-6)
+    assert lora["verdict"] == "better"
+    assert ia3["delta"] == 0.0 and ia3["p_examples"] == 1.0 and ia3["verdict"] == "no detectable difference (only 1 seed)"
+    (line,) = [x for x in answer_first(frame, comparisons, 1.0) if x.startswith("Untrained baseline")]
+    assert line == ("Untrained baseline: 30.00. Against it, the best row: +21.00 points, p = 0.002: better; "
+                    "1 of 2 trained rows detectably better.")
+    _, md = comparison_table(frame, comparisons)
+    assert "| lora | untrained | +21.00 |" in md and "one-sample t-test" in md

@@ -1,19 +1,20 @@
 """Is a difference real? Each trained row against full fine-tuning (same model), against the same
 method and settings on its base model (a model `medpeft pretrain` made from another model of the
-grid), and against the task's best row: paired over shared test examples, and over seeds; a verdict
-in plain words."""
+grid), against the task's best row and against the untrained baseline (zero-shot, or the majority
+class): paired over shared test examples, and over seeds; a verdict in plain words."""
 from __future__ import annotations
 
 import numpy as np
 
 from medpeft.report.frame import group_example_scores
-from medpeft.report.stats import paired_bootstrap_ci, paired_randomization_p, welch_p
+from medpeft.report.stats import one_sample_p, paired_bootstrap_ci, paired_randomization_p, welch_p
 
 SEEDS_FOR_A_CLAIM = 3  # fewer seeds than this per row and a difference is not called real
 
 
 def compare_rows(row_a: dict, row_b: dict, runs_by_id: dict, n_resamples: int, seed: int) -> dict:
-    """Row a against row b on the primary metric: paired over shared test ids, and over seeds."""
+    """Row a against row b on the primary metric: paired over shared test ids, and over seeds. An
+    untrained baseline b is one deterministic run: a's seeds are tested against its score (one-sample t)."""
     metric = row_a["primary"]
     a = group_example_scores([runs_by_id[i] for i in row_a["run_ids"]], metric)
     b = group_example_scores([runs_by_id[i] for i in row_b["run_ids"]], metric)
@@ -21,13 +22,15 @@ def compare_rows(row_a: dict, row_b: dict, runs_by_id: dict, n_resamples: int, s
     va, vb = np.array([a[i] for i in ids]), np.array([b[i] for i in ids])
     seeds_a = [runs_by_id[i].metrics[metric] for i in row_a["run_ids"]]
     seeds_b = [runs_by_id[i].metrics[metric] for i in row_b["run_ids"]]
+    fixed = bool(row_b.get("is_baseline"))  # no training, so no seed noise on that side
     return {
         "metric": metric, "n_examples": len(ids), "ids_differ": len(ids) < max(len(a), len(b)),
         "delta": float(np.mean(seeds_a) - np.mean(seeds_b)),
         "delta_ci": paired_bootstrap_ci(va, vb, n_resamples, seed),
         "p_examples": paired_randomization_p(va, vb, n_resamples, seed),
-        "p_seeds": welch_p(seeds_a, seeds_b),
-        "seeds": (len(seeds_a), len(seeds_b)),
+        "p_seeds": one_sample_p(seeds_a, float(np.mean(seeds_b))) if fixed else welch_p(seeds_a, seeds_b),
+        "seed_test": "one-sample t" if fixed else "Welch",
+        "seeds": (len(seeds_a),) if fixed else (len(seeds_a), len(seeds_b)),
     }
 
 
@@ -41,7 +44,8 @@ def describe_comparison(cmp: dict, alpha: float = 0.05) -> str:
     seeds = f"{few} seed" + ("s" if few != 1 else "")
     if p < alpha and cmp["p_seeds"] == cmp["p_seeds"] and cmp["p_seeds"] >= alpha:
         # the test set says yes, the seeds say it could be training noise: both must agree for a claim
-        return f"{verdict} on this test set, but within seed noise (Welch p = {cmp['p_seeds']:.2f}): not a claim"
+        test = cmp.get("seed_test", "Welch")
+        return f"{verdict} on this test set, but within seed noise ({test} p = {cmp['p_seeds']:.2f}): not a claim"
     if few < SEEDS_FOR_A_CLAIM and p < alpha:
         return f"{verdict} on this test set, but only {seeds}: training noise unmeasured, not yet a claim"
     if few < SEEDS_FOR_A_CLAIM:
@@ -66,15 +70,18 @@ def best_rows(frame) -> tuple[int | None, dict]:
 
 def compare_task(frame, runs_by_id: dict, n_resamples: int = 2000, seed: int = 0) -> list[dict]:
     """Each trained row of one task against `full` (same model), against its method and settings on its
-    base model (a pre-trained model's rows only) and against the task's best row."""
+    base model (a pre-trained model's rows only), against the task's best row and against its model's
+    untrained baseline."""
     best, full = best_rows(frame)
     trained = frame[~frame["is_baseline"]]
+    untrained = {row["model"]: int(idx) for idx, row in frame[frame["is_baseline"]].iterrows()}
     by_setting = {(row["model"], row["method"], row.get("setting")): int(idx) for idx, row in trained.iterrows()}
     out = []
     for idx, row in trained.iterrows():
         refs: dict[int, list[str]] = {}
         on_base = by_setting.get((row.get("adapted_from"), row["method"], row.get("setting")))
-        for kind, ref in (("full", full.get(row["model"])), ("base model", on_base), ("best", best)):
+        for kind, ref in (("full", full.get(row["model"])), ("base model", on_base), ("best", best),
+                          ("untrained", untrained.get(row["model"]))):
             if ref is not None and ref != idx:
                 refs.setdefault(ref, []).append(kind)  # full may also be the best: one test, both labels
         for ref, kinds in refs.items():

@@ -83,7 +83,7 @@ def answer_first(frame, comparisons: list[dict], within_points: float) -> list[s
     refs = [(f"{r['model']} " if many else "") + f"{100 * r['primary_mean']:.2f}" for _, r in frame.iterrows()
             if r["method"] == "untrained"]
     if refs:
-        lines.append("Untrained baseline: " + "; ".join(refs) + ".")
+        lines.append("Untrained baseline: " + "; ".join(refs) + "." + against_untrained(comparisons, best_idx))
     lines += baseline_beats_training(frame, trained, name)
     return lines
 
@@ -99,6 +99,18 @@ def against_base_models(frame, comparisons: list[dict]) -> list[str]:
             parts.setdefault((row["model"], base["model"]), []).append(f"{row_label(row)} {100 * c['delta']:+.2f} ({verdict})")
     return [f"**{model} against its base {base}**, each method at the same settings: {'; '.join(items)}."
             for (model, base), items in parts.items()]
+
+
+def against_untrained(comparisons: list[dict], best_idx: int) -> str:
+    """The best row's difference from its model's untrained baseline, and how many trained rows beat it:
+    does training pay at all here?"""
+    found = [c for c in comparisons if c["against"] == "untrained"]
+    best = [c for c in found if c["row"] == best_idx]
+    if not best:
+        return ""
+    c, above = best[0], sum(x["verdict"] == "better" for x in found)
+    return (f" Against it, the best row: {100 * c['delta']:+.2f} points, {p_text(c['p_examples'])}: {c['verdict']}; "
+            f"{above} of {len(found)} trained rows detectably better.")
 
 
 def baseline_beats_training(frame, trained, name: str) -> list[str]:
@@ -191,7 +203,7 @@ def comparison_table(frame, comparisons: list[dict]) -> tuple[str, str]:
         text = "Only one trained row: nothing to compare."
         return f"<p class='note'>{text}</p>", text + "\n"
     many = frame["model"].nunique() > 1
-    header = ["Method", "vs", "Δ points", "95% CI of Δ (test set)", "p (test set)", "p (seeds, Welch)", "Verdict"]
+    header = ["Method", "vs", "Δ points", "95% CI of Δ (test set)", "p (test set)", "p (seeds)", "Verdict"]
     rows = []
     for c in comparisons:
         lo, hi = c["delta_ci"]
@@ -205,7 +217,8 @@ def comparison_table(frame, comparisons: list[dict]) -> tuple[str, str]:
                      f"{format_p(c['p_examples'])} (n={c['n_examples']})", p_seeds, c["verdict"]])
     note = ("p (test set): two-sided paired approximate randomisation on per-example "
             f"{metric_label(comparisons[0]['metric'])} (seed-averaged, shared test ids). p (seeds): Welch's t-test "
-            "over seed scores, needs >= 2 seeds each. p-values are not adjusted for multiple comparisons.")
+            "over seed scores, needs >= 2 seeds each; against the untrained baseline (one run, no training noise), a "
+            "one-sample t-test of the row's seed scores against its score. p-values are not adjusted for multiple comparisons.")
     h = ("<table class='cmp'><thead><tr>" + "".join(f"<th>{html.escape(x)}</th>" for x in header) + "</tr></thead><tbody>"
          + "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in r) + "</tr>" for r in rows)
          + f"</tbody></table><p class='note'>{html.escape(note)}</p>")

@@ -135,6 +135,20 @@ def welch_p(a, b) -> float:
         return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
+def one_sample_p(values, reference: float) -> float:
+    """One-sample t-test p of seed scores against a fixed score (an untrained baseline: one deterministic
+    run, no seeds of its own); nan below 2 values. Seeds without spread: 1 when they equal the reference,
+    nan (untestable, never 0) when they do not."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2 or reference != reference:
+        return math.nan
+    if np.ptp(values) == 0:
+        return 1.0 if values[0] == reference else math.nan
+    from scipy import stats
+
+    return float(stats.ttest_1samp(values, reference).pvalue)
+
+
 def pareto_front(xs, ys) -> list[int]:
     """Indices of points no other point beats (lower-or-equal x and higher-or-equal y, one strictly), by x."""
     points = [(x, y, i) for i, (x, y) in enumerate(zip(xs, ys)) if x == x and y == y]
