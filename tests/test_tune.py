@@ -176,9 +176,9 @@ def test_the_tuning_note_names_methods_whose_candidates_all_tied(tmp_path, monke
 
     rows = [row("full", 0.76), row("full", 0.76, lr=1e-4), row("lora", 0.7), row("lora", 0.76, lr=1e-4),
             row("ia3", 0.5), row("ia3", None, error="boom", lr=1e-4), row("prompt", 0.6),
-            row("lora", 0.7, model="m2"), row("lora", 0.7, model="m2", lr=1e-4)]
-    assert tied_labels(rows) == ["full", "lora"]  # ia3: a candidate failed; prompt: one candidate
-    assert tied_labels(rows, several_models=True) == ["full · m", "lora · m2"]
+            row("lora · m2", 0.7, model="m2"), row("lora · m2", 0.7, model="m2", lr=1e-4)]
+    # ia3: a candidate failed; prompt: one candidate; lora tied on m2 only (the label names the model)
+    assert tied_labels(rows) == ["full", "lora · m2"]
 
     def note(candidates):
         monkeypatch.setattr(tuning, "candidate_rows", lambda frame, trials: candidates)
@@ -375,3 +375,28 @@ def test_dry_run_counts_the_tuning_trials_and_checks_the_validation_split(tmp_pa
     path.write_text(yaml.safe_dump(spec))
     assert cli.main(["run", str(path), "--dry-run"]) == 2
     assert "data.val_size" in capsys.readouterr().err
+
+
+def test_tuning_rows_name_the_model_when_a_task_has_several(tmp_path):
+    """Two models tuned in one grid: each candidate row, warning and plot line says which model it is
+    (the labels were "lora (tuned lr=0.001)" for both, so the table could not be read)."""
+    import pandas as pd
+
+    from medpeft.report.tuning import candidate_rows, chosen_at_edge, tuning_lines
+    from medpeft.run.record import RunResult
+
+    over = {"space": {"train.lr": [1e-4, 1e-3, 1e-2]}, "metric": "accuracy", "search": "grid"}
+    frame = pd.DataFrame([{"method": "lora", "variant": f"tuned lr={lr:g}", "model": model, "is_baseline": False,
+                           "tuning": {"group": f"g-{model}", "over": over, "chosen": {"train.lr": lr}}}
+                          for model, lr in (("small", 1e-2), ("big", 1e-3))])
+    trials = [RunResult.from_json({"run_id": f"t.{model}.lora.{lr}", "status": "ok", "task": "t", "model": model,
+                                   "method": "lora", "seed": 0, "metrics": {"accuracy": 0.5 + lr},
+                                   "config": {"tuning": {"group": f"g-{model}", "values": {"train.lr": lr}}}})
+              for model in ("small", "big") for lr in (1e-4, 1e-3, 1e-2)]
+    rows = candidate_rows(frame, trials)
+    assert [(r["label"], r["chosen"]) for r in rows if r["values"]["train.lr"] == 1e-3] == [
+        ("lora (tuned lr=0.01) · small", False), ("lora (tuned lr=0.001) · big", True)]
+    assert chosen_at_edge(frame.iloc[0], several_models=True) == [
+        "lora (tuned lr=0.01) · small train.lr=0.01 (the highest of 0.0001–0.01)"]
+    _, warnings = tuning_lines(frame)
+    assert "lora (tuned lr=0.01) · small train.lr=0.01" in warnings[0] and "· big" not in warnings[0]

@@ -14,7 +14,7 @@ from medpeft.report.compare import SEEDS_FOR_A_CLAIM
 from medpeft.report.frame import example_scores
 from medpeft.report.plots import image_html, plot_confusion
 from medpeft.report.stats import statistic
-from medpeft.report.tables import format_bytes, format_seconds, row_label
+from medpeft.report.tables import describe_row, format_bytes, format_seconds, row_label
 from medpeft.run.metrics import metric_label
 from medpeft.run.record import RunResult
 
@@ -23,10 +23,6 @@ BUDGETS = (("trainable_pct_mean", "Fewest trainable parameters", lambda v: f"{v:
            ("peak_memory_bytes_mean", "Least peak memory", lambda v: f"{format_bytes(v)} peak"),
            ("train_seconds_mean", "Fastest training", lambda v: f"{format_seconds(v)} training"))
 SOURCE_CHARS, OUTPUT_CHARS = 700, 600
-
-
-def describe_row(row, several_models: bool) -> str:
-    return row_label(row) + (f" · {row['model']}" if several_models else "")
 
 
 def format_mean(row) -> str:

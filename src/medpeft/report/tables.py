@@ -60,6 +60,11 @@ def row_label(row) -> str:
     return row["method"] + (f" ({row['variant']})" if row.get("variant") else "")
 
 
+def describe_row(row, several_models: bool) -> str:
+    """The row's label, with its model when the task has several (a label alone would be ambiguous)."""
+    return row_label(row) + (f" · {row['model']}" if several_models else "")
+
+
 def best_indices(values: list[float], trained: list[bool], higher: bool) -> set[int]:
     """Positions of the best value among trained rows (ties all marked); the baseline never wins."""
     pool = [v for v, t in zip(values, trained) if t and v == v]

@@ -9,7 +9,7 @@ import html
 import math
 from pathlib import Path
 
-from medpeft.report.tables import row_label
+from medpeft.report.tables import describe_row
 from medpeft.run.metrics import metric_label
 from medpeft.run.record import RunResult, validation_score
 
@@ -30,16 +30,17 @@ def tuning_lines(frame) -> tuple[list[str], list[str]]:
     axes = ", ".join(f"`{a}`" for a in over.get("space", {}))
     line = (f"**Tuned on validation data**: {axes} chosen per method by validation {score_name(over.get('metric'))} "
             f"({how}); the test split played no part in the choice.")
-    untuned = [row_label(r) for _, r in trained.iterrows() if not r.get("tuning")]
+    many = frame["model"].nunique() > 1
+    untuned = [describe_row(r, many) for _, r in trained.iterrows() if not r.get("tuning")]
     warnings = [f"Not tuned (fixed learning rate): {', '.join(untuned)}; compare them with the tuned rows with care."] if untuned else []
-    edges = [edge for r in tuned for edge in chosen_at_edge(r)]
+    edges = [edge for r in tuned for edge in chosen_at_edge(r, many)]
     if edges:
         warnings.append(f"Chosen at the edge of the candidates: {'; '.join(edges)}. A better value may lie beyond it; "
                         "add candidates past that end (tune: {train.lr: [...]}) before calling the comparison tuned.")
     return [line], warnings
 
 
-def chosen_at_edge(row) -> list[str]:
+def chosen_at_edge(row, several_models: bool = False) -> list[str]:
     """'label axis=value (the highest of low–high)' for each numeric grid axis (three or more
     candidates) whose chosen value is its lowest or highest candidate."""
     record, out = row["tuning"], []
@@ -49,7 +50,7 @@ def chosen_at_edge(row) -> list[str]:
         if not numeric or len(set(candidates)) < 3 or value not in (min(candidates), max(candidates)):
             continue
         end = "highest" if value == max(candidates) else "lowest"
-        out.append(f"{row_label(row)} {axis}={value:g} (the {end} of {min(candidates):g}–{max(candidates):g})")
+        out.append(f"{describe_row(row, several_models)} {axis}={value:g} (the {end} of {min(candidates):g}–{max(candidates):g})")
     return out
 
 
@@ -62,13 +63,13 @@ def candidate_rows(frame, trials: list[RunResult]) -> list[dict]:
     by_group: dict[str, list[RunResult]] = {}
     for t in trials:
         by_group.setdefault(t.config["tuning"]["group"], []).append(t)
-    rows = []
+    rows, many = [], frame["model"].nunique() > 1
     for _, row in frame[frame["tuning"].map(bool)].iterrows():
         record = row["tuning"]
         metric, chosen = record["over"]["metric"], record["chosen"]
         for t in sorted(by_group.get(record["group"], []), key=lambda t: sorted(t.config["tuning"]["values"].items())):
             values = t.config["tuning"]["values"]
-            rows.append({"label": row_label(row), "method": row["method"], "model": row["model"], "values": values,
+            rows.append({"label": describe_row(row, many), "method": row["method"], "model": row["model"], "values": values,
                          "score": validation_score(t, metric), "loss": validation_score(t, "val_loss"), "metric": metric,
                          "chosen": values == chosen,
                          "error": None if t.ok else (t.error or "failed").split("\n")[0][:160]})
@@ -101,7 +102,7 @@ def tuning_section(frame, trials: list[RunResult], plot_path: Path) -> tuple[str
     note = (f"Each candidate trained once at the grid's first seed and was scored on the validation split; every seed "
             f"then ran with the chosen value ({'lowest validation loss' if metric == 'val_loss' else 'highest validation score; a tie goes to the lower validation loss'}). "
             "Trials are stored in the grid folder with `tuning_trial: true` and never enter the tables above.")
-    tied = tied_labels(rows, several_models=len({r["model"] for r in rows}) > 1)
+    tied = tied_labels(rows)
     if tied and metric != "val_loss":
         note += (f" Every candidate of {', '.join(tied)} scored the same on validation, so the choice fell to the "
                  "validation loss; if they all predict one label, a larger training budget is what separates them.")
@@ -121,13 +122,13 @@ def tuning_section(frame, trials: list[RunResult], plot_path: Path) -> tuple[str
     return "\n".join(h), "\n".join(m), written
 
 
-def tied_labels(rows: list[dict], several_models: bool = False) -> list[str]:
-    """The rows (a method on a model) whose every candidate finished, two or more, with the same
-    validation score."""
-    scores: dict[tuple, list] = {}
+def tied_labels(rows: list[dict]) -> list[str]:
+    """The rows (a method on a model: the label names the model when there are several) whose every
+    candidate finished, two or more, with the same validation score."""
+    scores: dict[str, list] = {}
     for r in rows:
-        scores.setdefault((r["model"], r["label"]), []).append(r["score"] if r["error"] is None else None)
-    return [label + (f" · {model}" if several_models else "") for (model, label), values in scores.items()
+        scores.setdefault(r["label"], []).append(r["score"] if r["error"] is None else None)
+    return [label for label, values in scores.items()
             if len(values) > 1 and None not in values and max(values) - min(values) < 1e-12]
 
 
@@ -137,14 +138,16 @@ def plot_candidates(rows: list[dict], axis: str, path: Path, ylabel: str) -> Pat
 
     fig, (ax,) = new_figure(6.5, 3.4)
     methods = list(dict.fromkeys(r["method"] for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows))  # colour: the method; line style: the model
     scale = 1.0 if rows[0]["metric"] == "val_loss" else 100.0
     for label in dict.fromkeys(r["label"] for r in rows):
         line = sorted((r for r in rows if r["label"] == label and r["score"] is not None), key=lambda r: r["values"][axis])
         if not line:
             continue
         color = method_color(line[0]["method"], methods)
+        style = ("-", "--", ":", "-.")[models.index(line[0]["model"]) % 4]
         xs, ys = [r["values"][axis] for r in line], [scale * r["score"] for r in line]
-        ax.plot(xs, ys, marker="o", color=color, label=label)
+        ax.plot(xs, ys, marker="o", color=color, ls=style, label=label)
         for r in line:
             if r["chosen"]:
                 ax.plot([r["values"][axis]], [scale * r["score"]], marker="*", ms=15, color=color, ls="")
