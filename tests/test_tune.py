@@ -176,9 +176,11 @@ def test_the_tuning_note_names_methods_whose_candidates_all_tied(tmp_path, monke
 
     rows = [row("full", 0.76), row("full", 0.76, lr=1e-4), row("lora", 0.7), row("lora", 0.76, lr=1e-4),
             row("ia3", 0.5), row("ia3", None, error="boom", lr=1e-4), row("prompt", 0.6),
-            row("lora · m2", 0.7, model="m2"), row("lora · m2", 0.7, model="m2", lr=1e-4)]
-    # ia3: a candidate failed; prompt: one candidate; lora tied on m2 only (the label names the model)
-    assert tied_labels(rows) == ["full", "lora · m2"]
+            row("lora", 0.7, model="m2"), row("lora", 0.7, model="m2", lr=1e-4)]
+    # ia3: a candidate failed; prompt: one candidate; lora tied on m2 only (candidates of one model are
+    # never pooled with another's, whatever the label says; the report's labels name the model)
+    assert tied_labels(rows) == ["full", "lora"]
+    assert tied_labels(rows[:4] + [dict(r, label="lora · m2") for r in rows[7:]]) == ["full", "lora · m2"]
 
     def note(candidates):
         monkeypatch.setattr(tuning, "candidate_rows", lambda frame, trials: candidates)

@@ -282,7 +282,29 @@ def test_each_trained_row_is_compared_with_its_untrained_baseline(tmp_path):
     assert lora["verdict"] == "better"
     assert ia3["delta"] == 0.0 and ia3["p_examples"] == 1.0 and ia3["verdict"] == "no detectable difference (only 1 seed)"
     (line,) = [x for x in answer_first(frame, comparisons, 1.0) if x.startswith("Untrained baseline")]
-    assert line == ("Untrained baseline: 30.00. Against it, the best row: +21.00 points, p = 0.002: better; "
-                    "1 of 2 trained rows detectably better.")
+    assert line == ("Untrained baseline: 30.00. Against it, the best row: +21.00 points, p = 0.002: better. "
+                    "1 of 2 trained rows detectably better than it (1 with fewer than 3 seeds not judged).")
     _, md = comparison_table(frame, comparisons)
     assert "| lora | untrained | +21.00 |" in md and "one-sample t-test" in md
+
+
+def test_each_row_meets_its_own_models_baseline(tmp_path):
+    """Two models, two baselines: a row is compared with its model's, never the other's, and the answer
+    says whose baseline it means."""
+    from medpeft.report.sections import answer_first
+
+    for model, base in (("small", 0.3), ("big", 0.6)):
+        write_run(tmp_path, f"t.{model}.untrained.seed0", base_config("t", model, "untrained", 0),
+                  summary_rows([base] * 10), "summarization")
+        for seed in range(3):  # 0.50-0.52 on both: above small's baseline, below big's
+            write_run(tmp_path, f"t.{model}.lora.seed{seed}", base_config("t", model, "lora", seed),
+                      summary_rows([0.5 + 0.01 * seed + (0.001 if model == "big" else 0)] * 10), "summarization")
+    runs = frames.collect_runs(tmp_path)
+    frame = frames.aggregate(runs, n_resamples=200)
+    comparisons = compare.compare_task(frame, {r.run_id: r for r in runs}, n_resamples=2000)
+    vs = {frame.loc[c["row"], "model"]: (frame.loc[c["ref"], "model"], round(c["delta"], 3), c["verdict"])
+          for c in comparisons if c["against"] == "untrained"}
+    assert vs == {"small": ("small", 0.21, "better"), "big": ("big", -0.089, "worse")}
+    (line,) = [x for x in answer_first(frame, comparisons, 1.0) if x.startswith("Untrained baseline")]
+    assert line == ("Untrained baseline: big 60.00; small 30.00. Against big's, the best row: -8.90 points, "
+                    "p = 0.002: worse. 1 of 2 trained rows detectably better than their model's.")

@@ -22,7 +22,8 @@ def compare_rows(row_a: dict, row_b: dict, runs_by_id: dict, n_resamples: int, s
     va, vb = np.array([a[i] for i in ids]), np.array([b[i] for i in ids])
     seeds_a = [runs_by_id[i].metrics[metric] for i in row_a["run_ids"]]
     seeds_b = [runs_by_id[i].metrics[metric] for i in row_b["run_ids"]]
-    fixed = bool(row_b.get("is_baseline"))  # no training, so no seed noise on that side
+    # an untrained baseline is one run (or several that agree): no training noise on that side
+    fixed = bool(row_b.get("is_baseline")) and np.ptp(seeds_b) == 0
     return {
         "metric": metric, "n_examples": len(ids), "ids_differ": len(ids) < max(len(a), len(b)),
         "delta": float(np.mean(seeds_a) - np.mean(seeds_b)),
@@ -51,7 +52,8 @@ def describe_comparison(cmp: dict, alpha: float = 0.05) -> str:
     if few < SEEDS_FOR_A_CLAIM:
         return f"{verdict} (only {seeds})"
     if cmp["p_seeds"] != cmp["p_seeds"]:  # >= 2 seeds each, yet untestable: every seed of both rows scored the same
-        return f"{verdict} (seed scores do not vary within either row: no seed-level test)"
+        within = "" if len(cmp["seeds"]) == 1 else " within either row"  # against a baseline: one row has seeds
+        return f"{verdict} (seed scores do not vary{within}: no seed-level test)"
     return verdict
 
 

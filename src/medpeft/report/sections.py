@@ -79,7 +79,7 @@ def answer_first(frame, comparisons: list[dict], within_points: float) -> list[s
     refs = [(f"{r['model']} " if many else "") + f"{100 * r['primary_mean']:.2f}" for _, r in frame.iterrows()
             if r["method"] == "untrained"]
     if refs:
-        lines.append("Untrained baseline: " + "; ".join(refs) + "." + against_untrained(comparisons, best_idx))
+        lines.append("Untrained baseline: " + "; ".join(refs) + "." + against_untrained(frame, comparisons, best_idx, many))
     lines += baseline_beats_training(frame, trained, name)
     return lines
 
@@ -97,16 +97,20 @@ def against_base_models(frame, comparisons: list[dict]) -> list[str]:
             for (model, base), items in parts.items()]
 
 
-def against_untrained(comparisons: list[dict], best_idx: int) -> str:
-    """The best row's difference from its model's untrained baseline, and how many trained rows beat it:
-    does training pay at all here?"""
+def against_untrained(frame, comparisons: list[dict], best_idx: int, many: bool) -> str:
+    """The best row's difference from its model's untrained baseline, and how many trained rows are
+    detectably better than theirs (a claim: both tests and enough seeds): does training pay at all?"""
     found = [c for c in comparisons if c["against"] == "untrained"]
-    best = [c for c in found if c["row"] == best_idx]
-    if not best:
+    if not found:
         return ""
-    c, above = best[0], sum(x["verdict"] == "better" for x in found)
-    return (f" Against it, the best row: {100 * c['delta']:+.2f} points, {p_text(c['p_examples'])}: {c['verdict']}; "
-            f"{above} of {len(found)} trained rows detectably better.")
+    whose = f"{frame.loc[best_idx, 'model']}'s" if many else "it"
+    text = "".join(f" Against {whose}, the best row: {100 * c['delta']:+.2f} points, {p_text(c['p_examples'])}: {c['verdict']}."
+                   for c in found if c["row"] == best_idx)
+    above = sum(c["verdict"] == "better" for c in found)
+    few = sum(frame.loc[c["row"], "seeds"] < SEEDS_FOR_A_CLAIM for c in found)
+    unjudged = f" ({few} with fewer than {SEEDS_FOR_A_CLAIM} seeds not judged)" if few else ""
+    theirs = "their model's" if many else "it"
+    return text + f" {above} of {len(found)} trained rows detectably better than {theirs}{unjudged}."
 
 
 def baseline_beats_training(frame, trained, name: str) -> list[str]:
@@ -194,7 +198,8 @@ def one_label_rows(frame, runs_by_id: dict) -> list[str]:
 
 def comparison_table(frame, comparisons: list[dict]) -> tuple[str, str]:
     """Each method against full fine-tuning, against its method on its base model (a model
-    pre-trained from another of the grid) and against the best row: Δ, its CI and p-values."""
+    pre-trained from another of the grid), against the best row and against its model's untrained
+    baseline: Δ, its CI and p-values."""
     if not comparisons:
         text = "Only one trained row: nothing to compare."
         return f"<p class='note'>{text}</p>", text + "\n"

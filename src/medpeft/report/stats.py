@@ -144,9 +144,13 @@ def one_sample_p(values, reference: float) -> float:
         return math.nan
     if np.ptp(values) == 0:
         return 1.0 if values[0] == reference else math.nan
+    import warnings
+
     from scipy import stats
 
-    return float(stats.ttest_1samp(values, reference).pvalue)
+    with warnings.catch_warnings():  # nearly equal seeds: scipy warns about precision, the p is still right
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(stats.ttest_1samp(values, reference).pvalue)
 
 
 def pareto_front(xs, ys) -> list[int]:

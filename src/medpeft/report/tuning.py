@@ -125,10 +125,10 @@ def tuning_section(frame, trials: list[RunResult], plot_path: Path) -> tuple[str
 def tied_labels(rows: list[dict]) -> list[str]:
     """The rows (a method on a model: the label names the model when there are several) whose every
     candidate finished, two or more, with the same validation score."""
-    scores: dict[str, list] = {}
+    scores: dict[tuple, list] = {}
     for r in rows:
-        scores.setdefault(r["label"], []).append(r["score"] if r["error"] is None else None)
-    return [label for label, values in scores.items()
+        scores.setdefault((r["model"], r["label"]), []).append(r["score"] if r["error"] is None else None)
+    return [label for (_, label), values in scores.items()
             if len(values) > 1 and None not in values and max(values) - min(values) < 1e-12]
 
 
