@@ -177,6 +177,14 @@ def test_test_set_and_seeds_must_agree_before_a_claim():
     assert compare.describe_comparison(dict(cmp, p_examples=0.2)) == "no detectable difference"
 
 
+def test_constant_seeds_are_described_by_the_seed_test_used():
+    cmp = {"n_examples": 50, "p_examples": 0.001, "p_seeds": math.nan, "delta": 0.02}
+    welch = compare.describe_comparison(dict(cmp, seeds=(3, 3), seed_test="Welch"))
+    baseline = compare.describe_comparison(dict(cmp, seeds=(3,), seed_test="one-sample t"))
+    assert welch == "better (seed scores do not vary within either row: no seed-level test)"
+    assert baseline == "better (seed scores do not vary: no seed-level test)"  # a baseline has no seeds of its own
+
+
 def test_row_labels_use_short_names_unless_ambiguous():
     assert frames.short_names(["method_args.r", "train.lr"]) == {"method_args.r": "r", "train.lr": "lr"}
     assert frames.short_names(["a.lr", "b.lr"]) == {"a.lr": "a.lr", "b.lr": "b.lr"}

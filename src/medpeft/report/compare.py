@@ -52,7 +52,7 @@ def describe_comparison(cmp: dict, alpha: float = 0.05) -> str:
     if few < SEEDS_FOR_A_CLAIM:
         return f"{verdict} (only {seeds})"
     if cmp["p_seeds"] != cmp["p_seeds"]:  # >= 2 seeds each, yet untestable: every seed of both rows scored the same
-        within = "" if len(cmp["seeds"]) == 1 else " within either row"  # against a baseline: one row has seeds
+        within = "" if cmp.get("seed_test") == "one-sample t" else " within either row"  # a baseline has no seeds
         return f"{verdict} (seed scores do not vary{within}: no seed-level test)"
     return verdict
 

@@ -14,7 +14,7 @@ from medpeft.report.compare import SEEDS_FOR_A_CLAIM
 from medpeft.report.frame import example_scores
 from medpeft.report.plots import image_html, plot_confusion
 from medpeft.report.stats import statistic
-from medpeft.report.tables import describe_row, format_bytes, format_seconds, row_label
+from medpeft.report.tables import describe_row, format_bytes, format_seconds, has_several_models, row_label
 from medpeft.run.metrics import metric_label
 from medpeft.run.record import RunResult
 
@@ -47,7 +47,7 @@ def answer_first(frame, comparisons: list[dict], within_points: float) -> list[s
     trained = frame[~frame["is_baseline"] & frame["primary_mean"].notna()]
     if trained.empty:
         return ["No trained run finished for this task."]
-    name, many = metric_label(frame["primary"].iloc[0]), frame["model"].nunique() > 1
+    name, many = metric_label(frame["primary"].iloc[0]), has_several_models(frame)
     best_idx = trained["primary_mean"].idxmax()
     best = trained.loc[best_idx]
     lines = [f"**Best {name}: {describe_row(best, many)}**, {format_mean(best)}, {cost_text(best)}."]
@@ -166,7 +166,7 @@ def warnings_for(frame) -> list[str]:
                    "sampling only, not training randomness. Run at least 3 seeds (`seed: [0, 1, 2]`) before "
                    "claiming one method beats another.")
     elif len(seeds) and seeds.min() < SEEDS_FOR_A_CLAIM:
-        many = frame["model"].nunique() > 1
+        many = has_several_models(frame)
         few = ", ".join(describe_row(r, many) for _, r in frame[~frame["is_baseline"]].iterrows() if r["seeds"] < SEEDS_FOR_A_CLAIM)
         out.append(f"Fewer than {SEEDS_FOR_A_CLAIM} seeds for: {few}. Differences involving them are not yet claims.")
     n = int(frame["n_examples"].max()) if len(frame) else 0
@@ -190,7 +190,7 @@ def one_label_rows(frame, runs_by_id: dict) -> list[str]:
         labels = sorted(set().union(*per_seed))
         seeds = f"all {len(per_seed)} seeds" if len(per_seed) > 1 else "its one seed"
         said = " or ".join(repr(label) for label in labels)
-        out.append(f"**{describe_row(row, frame['model'].nunique() > 1)} predicts {said} for every test example** "
+        out.append(f"**{describe_row(row, has_several_models(frame))} predicts {said} for every test example** "
                    f"({seeds}, one label each): its accuracy {100 * row['primary_mean']:.2f} is the test set's share of "
                    "that label, not something learned. Raise the training budget (examples, epochs) or read macro-F1 and AUROC.")
     return out
@@ -203,7 +203,7 @@ def comparison_table(frame, comparisons: list[dict]) -> tuple[str, str]:
     if not comparisons:
         text = "Only one trained row: nothing to compare."
         return f"<p class='note'>{text}</p>", text + "\n"
-    many = frame["model"].nunique() > 1
+    many = has_several_models(frame)
     header = ["Method", "vs", "Δ points", "95% CI of Δ (test set)", "p (test set)", "p (seeds)", "Verdict"]
     rows = []
     for c in comparisons:
@@ -271,7 +271,7 @@ def summary_examples(frame, runs_by_id: dict) -> tuple[str, str]:
     metric = frame["primary"].iloc[0]
     scores = [example_scores(run, metric) for run in runs]
     chosen = pick_examples({i: example_score(v) for i, v in scores[best].items()}, ids)
-    name, many = metric_label(metric), frame["model"].nunique() > 1
+    name, many = metric_label(metric), has_several_models(frame)
     intro = (f"Test examples at the 25th, 50th and 75th percentile of the best row's per-example {name}; "
              f"outputs from each row's first seed, with their {name} (×100).")
     h, m = [f"<div class='examples'><h3>Examples</h3><p class='note'>{intro}</p>"], ["### Examples\n", intro + "\n"]
@@ -338,7 +338,7 @@ def confusion_section(frame, runs_by_id: dict, path: Path) -> tuple[str, str]:
     for p in predictions:
         matrix[labels.index(p["reference"]), labels.index(p["prediction"])] += 1
     seeds = f"{row['seeds']} seeds summed" if row["seeds"] > 1 else f"seed {runs_by_id[row['run_ids'][0]].seed}"
-    title = f"{describe_row(row, frame['model'].nunique() > 1)}, {seeds}"
+    title = f"{describe_row(row, has_several_models(frame))}, {seeds}"
     plot_confusion(labels, matrix, path, title)
     intro = f"Confusion matrix of the best row ({title}): rows are true labels, columns predicted."
     md_rows = ["| true \\ predicted | " + " | ".join(labels) + " |", "|" + "---|" * (len(labels) + 1)]

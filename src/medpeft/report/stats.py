@@ -126,13 +126,7 @@ def welch_p(a, b) -> float:
         return math.nan
     if np.ptp(a) == 0 and np.ptp(b) == 0:  # exact: std() of equal floats can come out as 1e-17
         return 1.0 if a.mean() == b.mean() else math.nan
-    import warnings
-
-    from scipy import stats  # scikit-learn's own dependency
-
-    with warnings.catch_warnings():  # one side without spread is fine for Welch; scipy still warns about it
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    return _t_test_p("ttest_ind", a, b, equal_var=False)
 
 
 def one_sample_p(values, reference: float) -> float:
@@ -144,13 +138,19 @@ def one_sample_p(values, reference: float) -> float:
         return math.nan
     if np.ptp(values) == 0:
         return 1.0 if values[0] == reference else math.nan
+    return _t_test_p("ttest_1samp", values, reference)
+
+
+def _t_test_p(test: str, *args, **kwargs) -> float:
+    """p of scipy.stats' `test`, its RuntimeWarnings silenced: one side without spread (fine for Welch) or
+    nearly equal seeds make scipy warn about precision, and the p is still right."""
     import warnings
 
-    from scipy import stats
+    from scipy import stats  # scikit-learn's own dependency
 
-    with warnings.catch_warnings():  # nearly equal seeds: scipy warns about precision, the p is still right
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return float(stats.ttest_1samp(values, reference).pvalue)
+        return float(getattr(stats, test)(*args, **kwargs).pvalue)
 
 
 def pareto_front(xs, ys) -> list[int]:

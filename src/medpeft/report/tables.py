@@ -60,6 +60,11 @@ def row_label(row) -> str:
     return row["method"] + (f" ({row['variant']})" if row.get("variant") else "")
 
 
+def has_several_models(frame) -> bool:
+    """Whether one task's rows come from more than one model (then a row's label must name its model)."""
+    return frame["model"].nunique() > 1
+
+
 def describe_row(row, several_models: bool) -> str:
     """The row's label, with its model when the task has several (a label alone would be ambiguous)."""
     return row_label(row) + (f" · {row['model']}" if several_models else "")

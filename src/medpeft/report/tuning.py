@@ -9,7 +9,7 @@ import html
 import math
 from pathlib import Path
 
-from medpeft.report.tables import describe_row
+from medpeft.report.tables import describe_row, has_several_models
 from medpeft.run.metrics import metric_label
 from medpeft.run.record import RunResult, validation_score
 
@@ -30,7 +30,7 @@ def tuning_lines(frame) -> tuple[list[str], list[str]]:
     axes = ", ".join(f"`{a}`" for a in over.get("space", {}))
     line = (f"**Tuned on validation data**: {axes} chosen per method by validation {score_name(over.get('metric'))} "
             f"({how}); the test split played no part in the choice.")
-    many = frame["model"].nunique() > 1
+    many = has_several_models(frame)
     untuned = [describe_row(r, many) for _, r in trained.iterrows() if not r.get("tuning")]
     warnings = [f"Not tuned (fixed learning rate): {', '.join(untuned)}; compare them with the tuned rows with care."] if untuned else []
     edges = [edge for r in tuned for edge in chosen_at_edge(r, many)]
@@ -63,7 +63,7 @@ def candidate_rows(frame, trials: list[RunResult]) -> list[dict]:
     by_group: dict[str, list[RunResult]] = {}
     for t in trials:
         by_group.setdefault(t.config["tuning"]["group"], []).append(t)
-    rows, many = [], frame["model"].nunique() > 1
+    rows, many = [], has_several_models(frame)
     for _, row in frame[frame["tuning"].map(bool)].iterrows():
         record = row["tuning"]
         metric, chosen = record["over"]["metric"], record["chosen"]
