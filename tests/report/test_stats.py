@@ -258,6 +258,33 @@ def test_the_answer_never_calls_a_dearer_tied_row_the_cheapest(tmp_path):
     assert any("Cheapest not significantly worse" in line and "ia3" in line for line in lines)
 
 
+def test_a_cheap_row_no_better_than_the_untrained_baseline_is_not_recommended(tmp_path):
+    """Tied with the best is not enough when the best itself is no better than the majority class (the
+    drug-review grid named prompt tuning "cheapest not significantly worse" while it sat at the majority)."""
+    from medpeft.report.compare import compare_task
+    from medpeft.report.sections import answer_first
+
+    scores = [0.2, 0.8, 0.5, 0.4, 0.6, 0.3, 0.7, 0.5, 0.45, 0.55]
+
+    def cheap_line(baseline: list[float]) -> str:
+        grid = tmp_path / str(baseline[0])
+        write_run(grid, "t.m.untrained.seed0", base_config("t", "m", "untrained", 0), summary_rows(baseline), "summarization")
+        for seed in range(3):
+            write_run(grid, f"t.m.lora.seed{seed}", base_config("t", "m", "lora", seed), summary_rows([0.25] + scores[1:]), "summarization")
+            write_run(grid, f"t.m.ia3.seed{seed}", base_config("t", "m", "ia3", seed), summary_rows(scores), "summarization")
+        runs = frames.collect_runs(grid)
+        frame = frames.aggregate(runs, n_resamples=200)
+        (line,) = [x for x in answer_first(frame, compare_task(frame, {r.run_id: r for r in runs}, n_resamples=200), 0.1)
+                   if x.startswith("Cheapest not significantly worse")]
+        return line
+
+    at_majority = cheap_line(scores)  # ia3 scores exactly what the untrained model does
+    assert "**ia3**" in at_majority
+    assert "; but not detectably better than the untrained baseline either (" in at_majority
+    assert at_majority.endswith("0.00 points, p = 1.000): no recommendation.")
+    assert "untrained" not in cheap_line([0.0] * 10)  # far above the baseline: named without a caveat
+
+
 def test_one_sample_p_by_hand():
     """Student t with 2 degrees of freedom has a closed form: p = 1 - |t| / sqrt(2 + t^2)."""
     t = 2 / (1 / math.sqrt(3))  # [1, 2, 3] against 0: mean 2, s 1, n 3

@@ -74,7 +74,8 @@ def answer_first(frame, comparisons: list[dict], within_points: float) -> list[s
     if cheap and cheap["row"] not in named:
         row = frame.loc[cheap["row"]]
         lines.append(f"Cheapest not significantly worse than the best ({p_text(cheap['p_examples'])}): "
-                     f"**{describe_row(row, many)}**, {name} {100 * row['primary_mean']:.2f}, {cost_text(row)}.")
+                     f"**{describe_row(row, many)}**, {name} {100 * row['primary_mean']:.2f}, {cost_text(row)}"
+                     f"{untrained_caveat(comparisons, cheap['row'])}.")
     lines += against_base_models(frame, comparisons)
     refs = [(f"{r['model']} " if many else "") + f"{100 * r['primary_mean']:.2f}" for _, r in frame.iterrows()
             if r["method"] == "untrained"]
@@ -82,6 +83,16 @@ def answer_first(frame, comparisons: list[dict], within_points: float) -> list[s
         lines.append("Untrained baseline: " + "; ".join(refs) + "." + against_untrained(frame, comparisons, best_idx, many))
     lines += baseline_beats_training(frame, trained, name)
     return lines
+
+
+def untrained_caveat(comparisons: list[dict], row_idx: int) -> str:
+    """', but not detectably better than ...' when a row named for its cost is no better than its model's
+    untrained baseline on the test set: tied with the best need not mean it learned anything."""
+    found = [c for c in comparisons if c["row"] == row_idx and c["against"] == "untrained"]
+    if not found or (found[0]["delta"] > 0 and found[0]["p_examples"] < 0.05):
+        return ""
+    return (f"; but not detectably better than the untrained baseline either ({100 * found[0]['delta']:+.2f} points, "
+            f"{p_text(found[0]['p_examples'])}): no recommendation")
 
 
 def against_base_models(frame, comparisons: list[dict]) -> list[str]:
