@@ -402,3 +402,18 @@ def test_tuning_rows_name_the_model_when_a_task_has_several(tmp_path):
         "lora (tuned lr=0.01) · small train.lr=0.01 (the highest of 0.0001–0.01)"]
     _, warnings = tuning_lines(frame)
     assert "lora (tuned lr=0.01) · small train.lr=0.01" in warnings[0] and "· big" not in warnings[0]
+
+
+def test_the_report_header_counts_only_the_trials_its_rows_used():
+    """A grid re-run with other settings leaves its old trials in the folder (offline-clinical's header
+    counted 18 unused drug-review trials among its 72); the tables ignore them, so does the count."""
+    from medpeft.report.build import trials_note
+
+    def result(run_id, tuning):
+        return RunResult.from_json({"run_id": run_id, "status": "ok", "task": "t", "model": "m", "method": "lora",
+                                    "seed": 0, "metrics": {"accuracy": 0.5}, "config": {"tuning": tuning}})
+
+    runs = [result("final", {"role": "final", "group": "now"}), result("untuned", None)]
+    trials = [result(f"t{i}", {"role": "trial", "group": group}) for i, group in enumerate(["now", "now", "old"])]
+    assert trials_note(runs, trials) == " (and 2 tuning trials, scored on validation; 1 more from settings no run uses now, left out)"
+    assert trials_note(runs, trials[:2]) == " (and 2 tuning trials, scored on validation)"

@@ -205,6 +205,15 @@ def report_header(grid_dir: Path, runs: list[dict], frame, opts: dict) -> tuple[
     return h, f"# medpeft report: {grid_dir.name}\n\n{meta}\n"
 
 
+def trials_note(runs: list, trials: list) -> str:
+    """' (and N tuning trials, scored on validation)', not counting trials of a group no run uses now (a
+    grid re-run with other settings leaves its old trials in the folder; the tables ignore them too)."""
+    groups = {(r.config.get("tuning") or {}).get("group") for r in runs}
+    used = sum((t.config.get("tuning") or {}).get("group") in groups for t in trials)
+    unused = f"; {len(trials) - used} more from settings no run uses now, left out" if used < len(trials) else ""
+    return f" (and {used} tuning trials, scored on validation{unused})"
+
+
 def build_report(grid_dir: Path, *, n_resamples: int = 2000, seed: int = 0, within_points: float = 1.0,
                  examples: bool = True, on_summary=lambda text: None) -> dict:
     """Write report.html, report.md, report.tex and report-*.png into grid_dir; return their paths.
@@ -214,7 +223,7 @@ def build_report(grid_dir: Path, *, n_resamples: int = 2000, seed: int = 0, with
     opts = {"n_resamples": n_resamples, "seed": seed, "within_points": within_points, "examples": examples}
     runs, trials = split_trials(collect_runs(grid_dir))
     if trials:
-        opts["trials_note"] = f" (and {len(trials)} tuning trials, scored on validation)"
+        opts["trials_note"] = trials_note(runs, trials)
     frame = aggregate(runs, n_resamples, seed)
     summary_text = write_summary(grid_dir, frame, runs)  # first: the plain table survives a failing figure
     on_summary(summary_text)
