@@ -185,6 +185,12 @@ def test_constant_seeds_are_described_by_the_seed_test_used():
     assert baseline == "better (seed scores do not vary: no seed-level test)"  # a baseline has no seeds of its own
 
 
+def test_points_are_signed_and_float_noise_is_not_negative():
+    from medpeft.report.tables import format_points
+
+    assert [format_points(d) for d in (0.0123, -0.0123, -1e-17, 0.5 - (0.1 + 0.2 + 0.2))] == ["+1.23", "-1.23", "+0.00", "+0.00"]
+
+
 def test_row_labels_use_short_names_unless_ambiguous():
     assert frames.short_names(["method_args.r", "train.lr"]) == {"method_args.r": "r", "train.lr": "lr"}
     assert frames.short_names(["a.lr", "b.lr"]) == {"a.lr": "a.lr", "b.lr": "b.lr"}
@@ -280,8 +286,8 @@ def test_a_cheap_row_no_better_than_the_untrained_baseline_is_not_recommended(tm
 
     at_majority = cheap_line(scores)  # ia3 scores exactly what the untrained model does
     assert "**ia3**" in at_majority
-    assert "; but not detectably better than the untrained baseline either (" in at_majority
-    assert at_majority.endswith("0.00 points, p = 1.000): no recommendation.")
+    assert at_majority.endswith("; but not detectably better than the untrained baseline either "
+                                "(+0.00 points, p = 1.000): no recommendation.")  # float noise: -1e-17 is +0.00
     assert "untrained" not in cheap_line([0.0] * 10)  # far above the baseline: named without a caveat
 
 

@@ -14,7 +14,7 @@ from medpeft.report.compare import SEEDS_FOR_A_CLAIM
 from medpeft.report.frame import example_scores
 from medpeft.report.plots import image_html, plot_confusion
 from medpeft.report.stats import statistic
-from medpeft.report.tables import describe_row, format_bytes, format_seconds, has_several_models, row_label
+from medpeft.report.tables import describe_row, format_bytes, format_points, format_seconds, has_several_models, row_label
 from medpeft.run.metrics import metric_label
 from medpeft.run.record import RunResult
 
@@ -62,7 +62,7 @@ def answer_first(frame, comparisons: list[dict], within_points: float) -> list[s
         full = [c for c in comparisons if c["row"] == best_idx and "full" in c["against"]]
         if full:
             lines.append(f"Against full fine-tuning ({100 * frame.loc[full[0]['ref'], 'primary_mean']:.2f}): "
-                         f"{100 * full[0]['delta']:+.2f} points, {p_text(full[0]['p_examples'])}: {full[0]['verdict']}.")
+                         f"{format_points(full[0]['delta'])} points, {p_text(full[0]['p_examples'])}: {full[0]['verdict']}.")
     lines.append(cheapest_near_best(trained, best_idx, within_points, name, many))
     def trainable(idx) -> float:
         value = frame.loc[idx].get("trainable_pct_mean", float("inf"))
@@ -91,7 +91,7 @@ def untrained_caveat(comparisons: list[dict], row_idx: int) -> str:
     found = [c for c in comparisons if c["row"] == row_idx and c["against"] == "untrained"]
     if not found or (found[0]["delta"] > 0 and found[0]["p_examples"] < 0.05):
         return ""
-    return (f"; but not detectably better than the untrained baseline either ({100 * found[0]['delta']:+.2f} points, "
+    return (f"; but not detectably better than the untrained baseline either ({format_points(found[0]['delta'])} points, "
             f"{p_text(found[0]['p_examples'])}): no recommendation")
 
 
@@ -103,7 +103,7 @@ def against_base_models(frame, comparisons: list[dict]) -> list[str]:
         if "base model" in c["against"]:
             row, base = frame.loc[c["row"]], frame.loc[c["ref"]]
             verdict = c["verdict"].split(" (")[0]
-            parts.setdefault((row["model"], base["model"]), []).append(f"{row_label(row)} {100 * c['delta']:+.2f} ({verdict})")
+            parts.setdefault((row["model"], base["model"]), []).append(f"{row_label(row)} {format_points(c['delta'])} ({verdict})")
     return [f"**{model} against its base {base}**, each method at the same settings: {'; '.join(items)}."
             for (model, base), items in parts.items()]
 
@@ -115,7 +115,7 @@ def against_untrained(frame, comparisons: list[dict], best_idx: int, many: bool)
     if not found:
         return ""
     whose = f"{frame.loc[best_idx, 'model']}'s" if many else "it"
-    text = "".join(f" Against {whose}, the best row: {100 * c['delta']:+.2f} points, {p_text(c['p_examples'])}: {c['verdict']}."
+    text = "".join(f" Against {whose}, the best row: {format_points(c['delta'])} points, {p_text(c['p_examples'])}: {c['verdict']}."
                    for c in found if c["row"] == best_idx)
     above = sum(c["verdict"] == "better" for c in found)
     few = sum(frame.loc[c["row"], "seeds"] < SEEDS_FOR_A_CLAIM for c in found)
@@ -151,7 +151,7 @@ def versus(comparisons: list[dict], row_idx: int, ref_idx: int) -> str:
     if not found:
         return "not compared"
     c = found[0]
-    return f"{100 * c['delta']:+.2f} points vs the best, {p_text(c['p_examples'])}: {c['verdict']}"
+    return f"{format_points(c['delta'])} points vs the best, {p_text(c['p_examples'])}: {c['verdict']}"
 
 
 def cheapest_near_best(trained, best_idx: int, within_points: float, name: str, many: bool) -> str:
@@ -225,7 +225,7 @@ def comparison_table(frame, comparisons: list[dict]) -> tuple[str, str]:
             p_seeds = f"n/a ({min(c['seeds'])} seed)" if min(c["seeds"]) < 2 else "n/a (no seed variance)"
         ref = describe_row(frame.loc[c["ref"]], many) + (" (best)" if "best" in c["against"] else "")
         rows.append([describe_row(frame.loc[c["row"]], many), ref,
-                     f"{100 * c['delta']:+.2f}", "n/a" if lo != lo else f"[{100 * lo:+.1f}, {100 * hi:+.1f}]",
+                     f"{format_points(c['delta'])}", "n/a" if lo != lo else f"[{100 * lo:+.1f}, {100 * hi:+.1f}]",
                      f"{format_p(c['p_examples'])} (n={c['n_examples']})", p_seeds, c["verdict"]])
     note = ("p (test set): two-sided paired approximate randomisation on per-example "
             f"{metric_label(comparisons[0]['metric'])} (seed-averaged, shared test ids). p (seeds): Welch's t-test "

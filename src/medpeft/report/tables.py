@@ -60,6 +60,11 @@ def row_label(row) -> str:
     return row["method"] + (f" ({row['variant']})" if row.get("variant") else "")
 
 
+def format_points(delta: float) -> str:
+    """A difference of two scores (fractions) in signed points; float noise around zero reads +0.00, not -0.00."""
+    return f"{round(100 * delta, 2) + 0.0:+.2f}"
+
+
 def has_several_models(frame) -> bool:
     """Whether one task's rows come from more than one model (then a row's label must name its model)."""
     return frame["model"].nunique() > 1
