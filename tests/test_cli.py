@@ -145,3 +145,17 @@ def test_export_dtype_is_checked_by_the_parser(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["export", "runs/x/y", "--out", "z", "--dtype", "fp8"])
     assert exit_info.value.code == 2 and "fp32" in capsys.readouterr().err
+
+
+def test_every_option_of_every_command_is_explained_in_its_help():
+    """The README sends users to `--help` for every option: none may be bare (pretrain's --lr was)."""
+    import argparse
+
+    from medpeft.cli import build_parser
+
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    bare = [f"{name} {'/'.join(action.option_strings) or action.dest}"
+            for name, sub in commands.choices.items() for action in sub._actions
+            if not isinstance(action, argparse._HelpAction) and not action.help]
+    assert bare == []

@@ -78,13 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "the held-out text is what those runs evaluate on, e.g. --set data.test_size=50 (repeatable)")
     pre.add_argument("--max-docs", type=int, default=0, help="use at most this many abstracts (default: all)")
     pre.add_argument("--max-tokens", type=int, default=128, help="truncate each abstract to this many tokens (default 128)")
-    pre.add_argument("--epochs", type=float, default=1.0)
+    pre.add_argument("--epochs", type=float, default=1.0, help="passes over the abstracts (default 1)")
     pre.add_argument("--max-steps", type=int, default=-1, help="optimiser steps; overrides --epochs when > 0")
     pre.add_argument("--precision", default="auto", choices=PRECISIONS,
                      help="as train.precision: auto = bf16 mixed precision on a GPU that has it, else fp32 (default auto)")
-    pre.add_argument("--lr", type=float, default=5e-5)
-    pre.add_argument("--batch-size", type=int, default=16)
-    pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--lr", type=float, default=5e-5, help="peak learning rate: 6 %% warm-up, then linear decay (default 5e-5)")
+    pre.add_argument("--batch-size", type=int, default=16, help="abstracts per optimiser step (default 16)")
+    pre.add_argument("--seed", type=int, default=0, help="seeds the masking, data order and initialisation (default 0)")
     pre.add_argument("--online", action="store_true",
                      help="allow a hub model download, and hub data sets of the --for-grid grids (to hold them out)")
     tasks = sub.add_parser("tasks", help="the task catalogue: type, source, split sizes, labels or lengths, license",
