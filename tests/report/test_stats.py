@@ -1,6 +1,7 @@
 """Seed statistics against hand-computed values: grouping, mean ± std, bootstrap CIs, paired tests."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -52,6 +53,20 @@ def test_a_swept_setting_splits_rows_instead_of_pooling_as_seeds(tmp_path):
     assert list(frame["seeds"]) == [2, 2]
     assert sorted(frame["rouge1_mean"]) == pytest.approx([0.04, 0.16])
     assert frame["varying"].iloc[0] in ({"method_args.r": 4}, {"method_args.r": 16})
+
+
+def test_a_block_without_an_axis_is_labelled_with_the_value_it_ran_at(tmp_path):
+    """sentence-roles: one grid block sets data.train_size and train.epochs, the other leaves the base's;
+    its row read "full (train_size=None, epochs=None)"."""
+    for seed in (0, 1):
+        base = base_config("t", "m", "full", seed)
+        write_run(tmp_path, f"t.m.full.base.s{seed}", base, summary_rows([0.5]), "summarization")
+        bigger = base_config("t", "m", "full", seed, data__train_size=80, train__epochs=3.0)
+        run = write_run(tmp_path, f"t.m.full.big.s{seed}", bigger, summary_rows([0.6]), "summarization")
+        path = tmp_path / run["run_id"] / "result.json"
+        path.write_text(json.dumps(dict(run, variant={"data.train_size": 80, "train.epochs": 3.0})))
+    frame = frames.aggregate(frames.collect_runs(tmp_path), n_resamples=100)
+    assert sorted(frame["variant"]) == ["train_size=40, epochs=1", "train_size=80, epochs=3"]
 
 
 def test_bootstrap_ci_by_hand():

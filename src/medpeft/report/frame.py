@@ -84,10 +84,11 @@ def label_groups(groups: list[list[RunResult]]) -> list[dict]:
     runs from an earlier config), every other setting that differs."""
     variants = [dict(g[0].variant) for g in groups]
     keys = differing(variants)
-    varying = [{k: v.get(k) for k in keys} for v in variants]
+    flats = [flatten_config(g[0].config) for g in groups]
+    # a grid block that does not set an axis another block sets ran at the base value: label it with that
+    varying = [{k: v[k] if k in v else f.get(k) for k in keys} for v, f in zip(variants, flats)]
     labels = [json.dumps(v, sort_keys=True, default=str) for v in varying]
     if len(set(labels)) < len(labels):
-        flats = [flatten_config(g[0].config) for g in groups]
         extra = [k for k in differing(flats) if k not in keys]
         varying = [dict(v, **{k: f.get(k) for k in extra}) for v, f in zip(varying, flats)]
     return varying
@@ -129,9 +130,11 @@ def summarize_group(runs: list[RunResult], varying: dict, n_resamples: int, seed
     short = short_names(list(varying))
     tuning = first.config.get("tuning")
     chosen = (tuning or {}).get("chosen") or {}
-    variant = [f"{short[k]}={v}" for k, v in varying.items()]
-    variant += [f"tuned {k.rsplit('.', 1)[-1]}={v:g}" if isinstance(v, float) else f"tuned {k.rsplit('.', 1)[-1]}={v}"
-                for k, v in chosen.items()]
+    def show(value) -> str:  # 2.0 from a dataclass and 2 from YAML read the same
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    variant = [f"{short[k]}={show(v)}" for k, v in varying.items()]
+    variant += [f"tuned {k.rsplit('.', 1)[-1]}={show(v)}" for k, v in chosen.items()]
     train_examples = [r.data["train"]["examples"] for r in runs if r.data.get("train", {}).get("examples") is not None]
     row = {"task": first.task, "model": first.model, "method": first.method, "task_type": first.task_type,
            "variant": ", ".join(variant), "varying": varying, "tuning": tuning,
