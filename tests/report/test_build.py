@@ -281,3 +281,24 @@ def test_the_one_label_warning_judges_each_seed_and_only_complete_rows(tmp_path)
     warned = [line for line in md.splitlines() if "for every test example" in line]
     assert len(warned) == 1 and "ia3" in warned[0] and "all 2 seeds" in warned[0]
     assert f"{LABELS[0]!r} or {LABELS[1]!r}" in warned[0]
+
+
+def test_a_learning_curve_names_a_setting_that_changed_with_the_training_size(tmp_path):
+    """sentence-roles: 3,000 sentences at 2 epochs against 6,000 at 3; the curve is not the data alone,
+    and its title says so (one figure, no separate epochs plot)."""
+    import json as _json
+
+    from medpeft.report.build import build_report
+    from report_fixtures import base_config, class_rows, write_run
+
+    grid_dir = tmp_path / "sizes"
+    for size, epochs, right in ((40, 2.0, 5), (80, 3.0, 8)):
+        for seed in (0, 1):
+            cfg = base_config("pubmed-rct", "m", "full", seed, data__train_size=size, train__epochs=epochs)
+            result = write_run(grid_dir, f"n{size}.s{seed}", cfg, class_rows([1] * right + [0] * (10 - right)), "classification")
+            result.update(variant={"data.train_size": size, "train.epochs": epochs})
+            (grid_dir / f"n{size}.s{seed}" / "result.json").write_text(_json.dumps(result))
+    build_report(grid_dir, n_resamples=50)
+    report = (grid_dir / "report.md").read_text()
+    assert "### Learning curve (with `train.epochs`, set together with it in every row)" in report
+    assert not list(grid_dir.glob("*sensitivity*"))

@@ -84,14 +84,14 @@ def make_task_plots(frame, task: str, plot_dir: Path) -> list[tuple[str, Path, s
     for key in keys:
         if key in tied:
             continue
+        companions = [k for k, leader in tied.items() if leader == key]
+        along = f" (with {', '.join(f'`{k}`' for k in companions)}, set together with it in every row)" if companions else ""
         if key in plots.LEARNING_CURVE_KEYS:
             path = plots.plot_learning_curve(frame, key, plot_dir / f"{name}-learning-curve.png", label)
-            out.append(("Learning curve", path, "Score against the training examples used; error bars: 95% CI over "
+            out.append((f"Learning curve{along}", path, "Score against the training examples used; error bars: 95% CI over "
                         "seeds (Student t; the test-set bootstrap CI for a single seed). Dotted: untrained baseline."))
             continue
         path = plots.plot_sensitivity(frame, key, plot_dir / f"{name}-sensitivity-{slug(key)}.png", label)
-        companions = [k for k, leader in tied.items() if leader == key]
-        along = f" (with {', '.join(f'`{k}`' for k in companions)}, set together with it in every row)" if companions else ""
         out.append((f"Sensitivity to `{key}`{along}", path, "Other settings held as in the grid; error bars as above."))
     if plots.sizes_differ(frame):
         path = plots.plot_model_size(frame, plot_dir / f"{name}-model-size.png", label)
