@@ -21,6 +21,7 @@ import numpy as np
 
 from medpeft.models import adapted_from
 from medpeft.report.stats import bootstrap_ci, std_or_nan, t_interval
+from medpeft.report.tables import format_value
 from medpeft.run.metrics import METRICS, PRIMARY_METRIC, example_value
 from medpeft.run.record import RunResult, load_results
 
@@ -130,11 +131,8 @@ def summarize_group(runs: list[RunResult], varying: dict, n_resamples: int, seed
     short = short_names(list(varying))
     tuning = first.config.get("tuning")
     chosen = (tuning or {}).get("chosen") or {}
-    def show(value) -> str:  # 2.0 from a dataclass and 2 from YAML read the same
-        return f"{value:g}" if isinstance(value, float) else str(value)
-
-    variant = [f"{short[k]}={show(v)}" for k, v in varying.items()]
-    variant += [f"tuned {k.rsplit('.', 1)[-1]}={show(v)}" for k, v in chosen.items()]
+    variant = [f"{short[k]}={format_value(v)}" for k, v in varying.items()]
+    variant += [f"tuned {k.rsplit('.', 1)[-1]}={format_value(v)}" for k, v in chosen.items()]
     train_examples = [r.data["train"]["examples"] for r in runs if r.data.get("train", {}).get("examples") is not None]
     row = {"task": first.task, "model": first.model, "method": first.method, "task_type": first.task_type,
            "variant": ", ".join(variant), "varying": varying, "tuning": tuning,

@@ -60,6 +60,11 @@ def row_label(row) -> str:
     return row["method"] + (f" ({row['variant']})" if row.get("variant") else "")
 
 
+def format_value(value) -> str:
+    """A setting's value as the grid file wrote it: 2.0 (a dataclass float) reads 2, 0.0003 stays 0.0003."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def format_points(delta: float) -> str:
     """A difference of two scores (fractions) in signed points; float noise around zero reads +0.00, not -0.00."""
     return f"{round(100 * delta, 2) + 0.0:+.2f}"

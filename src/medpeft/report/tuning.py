@@ -9,7 +9,7 @@ import html
 import math
 from pathlib import Path
 
-from medpeft.report.tables import describe_row, has_several_models
+from medpeft.report.tables import describe_row, format_value, has_several_models
 from medpeft.run.metrics import metric_label
 from medpeft.run.record import RunResult, validation_score
 
@@ -74,10 +74,6 @@ def candidate_rows(frame, trials: list[RunResult]) -> list[dict]:
                          "chosen": values == chosen,
                          "error": None if t.ok else (t.error or "failed").split("\n")[0][:160]})
     return rows
-
-
-def format_value(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def format_score(score: float | None, metric: str) -> str:
