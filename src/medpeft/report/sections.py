@@ -87,9 +87,10 @@ def answer_first(frame, comparisons: list[dict], within_points: float) -> list[s
 
 def untrained_caveat(comparisons: list[dict], row_idx: int) -> str:
     """'; but not detectably better than ...' when a row named for its cost is no better than its model's
-    untrained baseline on the test set: tied with the best need not mean it learned anything."""
+    untrained baseline on the test set (its verdict, compare.py's rule): tied with the best need not mean it
+    learned anything."""
     found = [c for c in comparisons if c["row"] == row_idx and c["against"] == "untrained"]
-    if not found or (found[0]["delta"] > 0 and found[0]["p_examples"] < 0.05):
+    if not found or found[0]["verdict"].startswith("better"):
         return ""
     return (f"; but not detectably better than the untrained baseline either ({format_points(found[0]['delta'])} points, "
             f"{p_text(found[0]['p_examples'])}): no recommendation")
