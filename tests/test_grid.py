@@ -120,3 +120,54 @@ def test_fused_kernels_train_on_a_gpu(tmp_path):
     results = [r for r in load_results(run_grid(grid, tmp_path)) if r.method == "lora"]
     assert results and all(r.ok for r in results)
     assert results[0].config["train"]["fused_kernels"] is True and results[0].config["train"]["precision"] == default_precision()
+
+
+def write_grid_file(folder, name: str = "shared", method: str = "lora"):
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "grid.yaml"
+    path.write_text(f"name: {name}\nbase: {{task: pubmed-rct, model: tiny-bert, method: {method}}}\n")
+    return path
+
+
+@pytest.fixture
+def nothing_runs(monkeypatch):
+    """run_grid up to its runs: no data checked, no training, no report (the grid folder's record is what is tested)."""
+    import medpeft.grid as grid_module
+
+    monkeypatch.setattr(grid_module, "plan_runs", lambda configs, online: [])
+    monkeypatch.setattr(grid_module, "run_plans", lambda *a, **k: [])
+    monkeypatch.setattr(grid_module, "write_outputs", lambda *a, **k: [])
+    return grid_module.run_grid
+
+
+def test_a_second_grid_file_with_the_same_name_is_refused_before_anything_runs(tmp_path, nothing_runs, monkeypatch):
+    import medpeft.grid as grid_module
+    from medpeft.config import load_grid
+
+    first, second = write_grid_file(tmp_path / "a"), write_grid_file(tmp_path / "b", method="dora")
+    nothing_runs(load_grid(first), tmp_path / "runs")
+    monkeypatch.setattr(grid_module, "plan_runs", lambda *a: pytest.fail("planned a run of the second grid"))
+    with pytest.raises(ConfigError) as info:
+        nothing_runs(load_grid(second), tmp_path / "runs")
+    message = str(info.value)
+    assert str(first) in message and str(second) in message and str(tmp_path / "runs" / "shared") in message
+    assert "another `name:`" in message and "--runs-dir" in message  # the fix
+    monkeypatch.setattr(grid_module, "plan_runs", lambda configs, online: [])
+    nothing_runs(load_grid(second), tmp_path / "elsewhere")  # another --runs-dir: its own folder
+
+
+def test_the_same_grid_file_edited_and_older_folders_run_on(tmp_path, nothing_runs, caplog):
+    from medpeft.config import load_grid
+    from medpeft.run.record import GRID_MARKER
+
+    path = write_grid_file(tmp_path / "a")
+    nothing_runs(load_grid(path), tmp_path / "runs")
+    write_grid_file(tmp_path / "a", method="dora")  # the same file, edited
+    nothing_runs(load_grid(path), tmp_path / "runs")
+    (tmp_path / "runs" / "shared" / GRID_MARKER).unlink()  # a folder from a medpeft before the record
+    other = write_grid_file(tmp_path / "b")
+    nothing_runs(load_grid(other), tmp_path / "runs")  # adopted, then recorded
+    other.unlink()  # the recorded file moved away: the folder is taken over, with a warning
+    nothing_runs(load_grid(write_grid_file(tmp_path / "c")), tmp_path / "runs")
+    assert "which is gone" in caplog.text
+    nothing_runs(expand_grid({"base": {"task": "pubmed-rct", "model": "tiny-bert", "method": "lora"}}, name="shared"), tmp_path / "runs")

@@ -395,6 +395,7 @@ class Grid:
 
     name: str
     runs: list[ExperimentConfig]
+    source_file: Path | None = None  # the grid file it was read from (None: built in code)
 
     @property
     def tuned(self) -> bool:
@@ -412,7 +413,9 @@ def load_grid(path: str | Path, overrides: list[str] = ()) -> Grid:
     spec = yaml.safe_load(path.read_text()) or {}
     if not isinstance(spec, dict):
         raise ConfigError(f"{path}: a grid file is a mapping with keys {', '.join(GRID_KEYS)}")
-    return expand_grid(spec, name=spec.get("name") or path.stem, overrides=overrides, source=str(path))
+    grid = expand_grid(spec, name=spec.get("name") or path.stem, overrides=overrides, source=str(path))
+    grid.source_file = path.resolve()  # which file owns runs/<name>/ (run.record.claim_grid_dir)
+    return grid
 
 
 def expand_grid(spec: dict, name: str, overrides=(), source: str = "grid") -> Grid:

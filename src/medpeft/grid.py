@@ -18,7 +18,7 @@ from medpeft.run.faults import diagnose, release_memory
 from medpeft.run.lock import acquire_run_lock, describe_holder
 from medpeft.run.preempt import stop_on_signal
 from medpeft.run.progress import grid_bar, level, run_log, say, showing
-from medpeft.run.record import RunResult, read_result
+from medpeft.run.record import RunResult, claim_grid_dir, read_result
 from medpeft.run.track import open_tracker
 
 LOCK_POLL_S = 10.0  # seconds between looks at runs another worker holds, when their results are needed
@@ -79,6 +79,7 @@ def run_grid(grid: Grid, runs_dir: Path, *, online: bool = False, shard: tuple[i
     part = f" shard {shard[0]}/{shard[1]}" if shard else ""
     tracker = open_tracker(track, grid_dir, grid.name, online, log) if track and is_main_process() else None
     configs = grid_configs(grid, None if grid.tuned else shard)
+    claim_grid_dir(grid_dir, grid.name, grid.source_file)  # before any run: two grid files of one name are refused
     with showing(verbosity), stop_on_signal():
         if grid.tuned:
             from medpeft.tune import tune_grid
