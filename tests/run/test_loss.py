@@ -291,3 +291,16 @@ def test_masked_positions_loss_runs_the_head_over_masked_tokens_only(arch, head_
     masked = int((batch["labels"] != -100).sum())
     assert seen == [masked if head_rows == "masked" else batch["input_ids"].numel()]
     assert 0 < masked < batch["input_ids"].numel()
+
+
+def test_cpu_slices_of_token_labels_are_contiguous(monkeypatch):
+    """A slice cut to its own longest row is a column cut; BERT's token-classification loss calls
+    labels.view(-1), which fails on a strided view (NER on sentences of different lengths never trained)."""
+    monkeypatch.setattr(loss_mod, "SLICE_OVERHEAD_TOKENS", 0)
+    mask = torch.tensor([[1] * 12, [1] * 12, [1] * 3 + [0] * 9, [1] * 3 + [0] * 9])
+    inputs = {"input_ids": torch.arange(48).reshape(4, 12) * mask, "attention_mask": mask,
+              "labels": torch.where(mask.bool(), 1, -100)}
+    parts = loss_mod.cpu_slices(inputs, build("lora", "token_cls")[0].config)
+    assert len(parts) == 2 and {p["labels"].shape[1] for p, _ in parts} == {3, 12}
+    assert all(p[k].is_contiguous() for p, _ in parts for k in ("input_ids", "attention_mask", "labels"))
+    assert all(p["labels"].view(-1).numel() == p["labels"].numel() for p, _ in parts)

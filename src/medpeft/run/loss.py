@@ -203,7 +203,8 @@ def cut_padding(part: dict, drop: int, dec_width: int, encoder_decoder: bool) ->
             cut[key] = value[:, : value.shape[1] - drop] if token_labels else value
         else:
             cut[key] = value[:, : width - drop] if value.shape[1] == width else value
-    return cut
+    # a column cut is a strided view; models' losses call .view() on labels (BERT's token classification)
+    return {k: v.contiguous() if torch.is_tensor(v) else v for k, v in cut.items()}
 
 
 def activation_bytes(config, tokens: int, bytes_per_float: int = 4) -> int:
