@@ -65,9 +65,10 @@ def test_missing_field(tmp_path):
     check_error(err, path, 4, "no field 'note'", "text_field")
 
 
-def test_empty_text(tmp_path):
+@pytest.mark.parametrize("blank", ["   ", "\u200b\u2060\ufeff "])  # zero-width characters are no text either
+def test_empty_text(tmp_path, blank):
     records = notes()
-    records[5]["note"] = "   "
+    records[5]["note"] = blank
     path = write_jsonl(tmp_path, records)
     with pytest.raises(DataError) as err:
         load(mapping(path))

@@ -6,15 +6,15 @@ fractions of a deterministic shuffle; `data.*_size` does not apply to user data.
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
+import re
+import unicodedata
 from pathlib import Path
 from typing import Any
 
 from medpeft.config import user_task_name
 from medpeft.errors import DataError
 from medpeft.tasks.base import SPLITS, TaskData, TaskSpec, check_task_data, data_error, shuffled
+from medpeft.tasks.user_files import read_records  # noqa: F401  (use/predict reads new records with it)
 
 USER_TYPES = ("summarization", "classification", "multilabel", "ner")
 USER_KEYS = {
@@ -36,6 +36,7 @@ SPLIT_ALIASES = {"train": "train", "validation": "validation", "val": "validatio
                  "dev": "validation", "test": "test"}
 MIN_EXAMPLES = {"train": 4, "validation": 0, "test": 1}  # below this a split cannot train or score
 MAX_LISTED = 10  # problems listed in one error
+NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")  # a label that reads as a number (no inf, nan, 1_000)
 INSTRUCTIONS = {
     "summarization": "Summarise this clinical text.",
     "classification": "Classify this clinical text.",
@@ -64,6 +65,10 @@ def check_user_task(mapping: dict) -> dict:
     if mapping.get("pair_field") is not None and (mapping["type"] == "ner" or not isinstance(mapping["pair_field"], str)):
         raise ValueError(f"task.pair_field must name a text field of {path}, and an ner task takes none (remove "
                          f"task.pair_field); got {mapping['pair_field']!r}")
+    labels = mapping.get("labels")
+    names = [label_name(label) for label in labels] if isinstance(labels, list) else None
+    if labels is not None and not (names and all(names) and len(set(names)) == len(names)):
+        raise ValueError(f"task.labels must be a list of distinct labels (text or numbers), got {labels!r}")
     fractions = mapping.get("fractions")
     if fractions is not None and (not isinstance(fractions, dict) or set(fractions) - set(SPLITS)
                                   or abs(sum(fractions.values()) - 1) > 1e-6):
@@ -88,69 +93,67 @@ def user_task_spec(mapping: dict) -> TaskSpec:
 # --- reading -------------------------------------------------------------------------
 
 
-def decode_error(path: Path, err: UnicodeDecodeError, first_line: int = 1) -> DataError:
-    """The bad byte and its line, from the bytes the decoder saw (`err.object`): for utf-8-sig
-    they start after the BOM, for a JSONL line at that line, so offsets into the raw file are wrong."""
-    line = first_line + err.object[: err.start].count(b"\n")
-    return data_error(f"{path}:{line}", f"byte 0x{err.object[err.start]:02x} is not UTF-8 text",
-                      f"re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 {path.name} > fixed.{path.suffix[1:]}`)")
-
-
-def read_csv_records(path: Path, text: str) -> list[tuple[int, dict]]:
-    """(line number, row) for every non-empty CSV row; a row longer than the header is an error,
-    since DictReader would file its extra cells under None and drop them silently."""
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    records = []
-    for row in reader:
-        if None in row:
-            raise data_error(f"{path}:{reader.line_num}",
-                             f"{len(reader.fieldnames) + len(row[None])} cells, but the header has "
-                             f"{len(reader.fieldnames)} columns",
-                             'quote fields that contain commas ("a, b"), or add the missing column to the header')
-        if any((v or "").strip() for v in row.values()):
-            records.append((reader.line_num, row))
-    return records
-
-
-def read_records(path: Path) -> list[tuple[int, dict]]:
-    """(line number, record) for every non-empty record of a JSONL or CSV file."""
-    raw = path.read_bytes()
-    if path.suffix.lower() == ".csv":
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError as err:
-            raise decode_error(path, err) from None
-        return read_csv_records(path, text)
-    records = []
-    for number, line in enumerate(raw.split(b"\n"), 1):
-        try:
-            text = line.decode("utf-8").strip()
-        except UnicodeDecodeError as err:
-            raise decode_error(path, err, number) from None
-        if not text:
-            continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise data_error(f"{path}:{number}", f"not valid JSON ({err.msg})", "write one JSON object per line") from None
-        if not isinstance(record, dict):
-            raise data_error(f"{path}:{number}", "a JSON line must be an object", 'write {"field": value, ...} per line')
-        records.append((number, record))
-    return records
-
-
 def fields_of(mapping: dict) -> tuple[str, str]:
     ner = mapping["type"] == "ner"
     return mapping.get("text_field") or ("tokens" if ner else "text"), mapping.get("target_field") or ("tags" if ner else "target")
 
 
-def parse_target(value, task_type: str, sep: str):
-    """The target as the task type wants it (labels of a CSV multilabel cell split on `sep`)."""
-    if task_type == "multilabel" and isinstance(value, str):
-        return [part.strip() for part in value.split(sep) if part.strip()]
-    if task_type == "classification" and isinstance(value, (int, float)) and not isinstance(value, bool):
+def strip_blank(text: str) -> str:
+    """`text` without the spaces, control characters and invisible format marks (zero-width spaces,
+    BOMs, direction marks) at its ends, which copy and paste leave: a text of only those is empty."""
+    start, end = 0, len(text)
+    while start < end and is_blank(text[start]):
+        start += 1
+    while end > start and is_blank(text[end - 1]):
+        end -= 1
+    return text[start:end]
+
+
+def is_blank(char: str) -> bool:
+    return char.isspace() or unicodedata.category(char) in ("Cc", "Cf")
+
+
+def label_name(value) -> str | None:
+    """A label value as a class name; None when it cannot be one (null, a list, an object).
+
+    Text in NFC, so that an é typed as e + a combining accent is the same class as é, and without
+    blanks at its ends (see strip_blank); true/false as JSON writes them; a number as Python writes it
+    (1, 1.0: unify_number_labels makes equal numbers one class)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
         return str(value)
+    return strip_blank(unicodedata.normalize("NFC", value)) if isinstance(value, str) else None
+
+
+def parse_target(value, task_type: str, sep: str):
+    """The target as the task type wants it: label names (labels of a CSV multilabel cell split on
+    `sep`), NER tags cleaned as labels are; None for a label that cannot be one."""
+    if task_type == "multilabel" and isinstance(value, str):
+        return [name for name in map(label_name, value.split(sep)) if name]
+    if task_type == "multilabel" and isinstance(value, list):
+        return [label_name(v) for v in value]
+    if task_type == "classification":
+        return label_name(value)
+    if task_type == "ner" and isinstance(value, list):
+        return [label_name(v) if isinstance(v, str) else v for v in value]
     return value
+
+
+def number_labels(value) -> dict[str, float]:
+    """The label names of the JSON numbers in a target, with their values."""
+    values = value if isinstance(value, list) else [value]
+    return {label_name(v): float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def ner_problem(text, target, text_field: str, target_field: str) -> tuple[str, str] | None:
+    if not (isinstance(text, list) and text and all(isinstance(t, str) and strip_blank(t) for t in text)):
+        return (f"field {text_field!r} must be a non-empty list of tokens, each with a visible character",
+                "fix the tokens or drop the line")
+    if not (isinstance(target, list) and len(target) == len(text)):
+        return f"field {target_field!r} must be a list with one tag per token ({len(text)})", "give every token a tag"
+    bad = [t for t in target if not (t == "O" or (isinstance(t, str) and t[:2] in ("B-", "I-") and len(t) > 2))]
+    return (f"tags {bad} are not BIO tags", "use O, B-<type> or I-<type>") if bad else None
 
 
 def record_problem(record: dict, mapping: dict) -> tuple[str, str] | None:
@@ -161,24 +164,24 @@ def record_problem(record: dict, mapping: dict) -> tuple[str, str] | None:
             return (f"no field {field!r} (the record has {', '.join(map(repr, record)) or 'no fields'})",
                     f"add {field!r} to every record, or set task.{'text' if field == text_field else 'target'}_field "
                     "to the right column")
-    text, target = record[text_field], parse_target(record[target_field], mapping["type"], mapping.get("label_sep", ";"))
+    raw = record[target_field]
+    text, target = record[text_field], parse_target(raw, mapping["type"], mapping.get("label_sep", ";"))
     if mapping["type"] == "ner":
-        if not (isinstance(text, list) and text and all(isinstance(t, str) and t.strip() for t in text)):
-            return f"field {text_field!r} must be a non-empty list of non-empty tokens", "fix the tokens or drop the line"
-        if not (isinstance(target, list) and len(target) == len(text)):
-            return f"field {target_field!r} must be a list with one tag per token ({len(text)})", "give every token a tag"
-        bad = [t for t in target if not (t == "O" or (isinstance(t, str) and t[:2] in ("B-", "I-") and len(t) > 2))]
-        return (f"tags {bad} are not BIO tags", "use O, B-<type> or I-<type>") if bad else None
-    if not isinstance(text, str) or not text.strip():
+        return ner_problem(text, target, text_field, target_field)
+    if not isinstance(text, str) or not strip_blank(text):
         return f"empty text in field {text_field!r}", "fill in the text or remove the line"
     pair_field = mapping.get("pair_field")
     if pair_field and not isinstance(record.get(pair_field), str):
         return (f"no text in field {pair_field!r} (task.pair_field)",
                 f"add {pair_field!r} (a string, may be empty) to every record, or drop task.pair_field")
     if mapping["type"] == "multilabel":
-        ok = isinstance(target, list) and all(isinstance(t, str) and t.strip() for t in target)
-        return None if ok else (f"field {target_field!r} must be a list of labels", 'write ["label a", "label b"] (CSV: "a;b")')
-    if not isinstance(target, str) or not target.strip():
+        ok = isinstance(target, list) and all(target)
+        return None if ok else (f"field {target_field!r} must be a list of labels (text or numbers)",
+                                'write ["label a", "label b"] (CSV: "a;b")')
+    if mapping["type"] == "classification" and isinstance(raw, (list, dict)):
+        return (f"field {target_field!r} holds {'a list' if isinstance(raw, list) else 'an object'}, not one label",
+                "write one label (text or a number) per record; for several labels per record use type: multilabel")
+    if not isinstance(target, str) or not strip_blank(target):
         return f"empty target in field {target_field!r}", "fill in the target or remove the line"
     return None
 
@@ -198,7 +201,7 @@ def read_user_examples(mapping: dict) -> tuple[list[dict], dict[str, str]]:
         raise data_error(str(path), "the file has no records", "add one record per line")
     split_field = mapping.get("split_field") or "split"
     id_field = mapping.get("id_field") or "id"
-    problems, examples, file_splits = [], [], {}
+    problems, examples, file_splits, numbers = [], [], {}, {}
     for line, record in records:
         problem = record_problem(record, mapping)
         if problem is not None:
@@ -206,6 +209,8 @@ def read_user_examples(mapping: dict) -> tuple[list[dict], dict[str, str]]:
             continue
         ex_id = str(record[id_field]) if record.get(id_field) not in (None, "") else f"line-{line:06d}"
         target = parse_target(record[target_field], mapping["type"], mapping.get("label_sep", ";"))
+        if mapping["type"] in ("classification", "multilabel"):
+            numbers.update(number_labels(record[target_field]))  # in file order: the first form names a class
         text = record[text_field]
         examples.append({"id": ex_id, "text": text if mapping["type"] == "ner" else text.strip(),
                          "target": target if isinstance(target, list) else target.strip(), "_line": line})
@@ -218,6 +223,7 @@ def read_user_examples(mapping: dict) -> tuple[list[dict], dict[str, str]]:
                                 f"Fix: write train, validation or test in {split_field!r}")
             file_splits[ex_id] = split
     raise_problems(problems)
+    unify_number_labels(path, examples, numbers, given_labels(mapping))
     return examples, file_splits
 
 
@@ -250,17 +256,65 @@ def check_split_sizes(path: Path, splits: dict[str, list[dict]], from_file: bool
                                         f"{minimum} needed to train and score", how)
 
 
+def labels_of(ex: dict) -> list[str]:
+    return ex["target"] if isinstance(ex["target"], list) else [ex["target"]]
+
+
+def given_labels(mapping: dict) -> list[str] | None:
+    """task.labels as class names (see label_name), or None when it is not given."""
+    given = mapping.get("labels")
+    return [label_name(label) for label in given] if given else None
+
+
+def as_number(label: str) -> float | None:
+    return float(label) if NUMBER.fullmatch(label) else None
+
+
+def unify_number_labels(path: Path, examples: list[dict], numbers: dict[str, float], given: list[str] | None) -> None:
+    """Make labels that are one number one class, or refuse them.
+
+    JSON numbers that are equal (1 and 1.0) are one class: JSON itself says they are the same
+    number, and nobody means 1 and 1.0 as two classes. The class is named as task.labels writes it,
+    else as the file first does. Labels written as text ('1' and '1.0' in a CSV) that read as one
+    number are refused unless task.labels lists both: as text they may be two codes (ICD-9 250 and
+    250.0), so neither merging them nor splitting them silently is safe."""
+    given = given or []
+    first: dict[float, str] = {}
+    for name, value in numbers.items():
+        first.setdefault(value, name)
+    rename = {}
+    for name, value in numbers.items():
+        same = [label for label in given if as_number(label) == value]
+        rename[name] = name if name in given else same[0] if len(same) == 1 else first[value]
+    for ex in examples:
+        renamed = [rename.get(label, label) for label in labels_of(ex)]
+        ex["target"] = renamed if isinstance(ex["target"], list) else renamed[0]
+    check_number_forms(path, examples, given)
+
+
+def check_number_forms(path: Path, examples: list[dict], given: list[str]) -> None:
+    """Refuse two labels that read as one number, written two ways, unless task.labels lists them."""
+    seen: dict[float, tuple[str, int]] = {}
+    for ex in examples:
+        for label in labels_of(ex):
+            value = None if label in given else as_number(label)
+            if value is None:
+                continue
+            other, line = seen.setdefault(value, (label, ex["_line"]))
+            if other != label:
+                raise data_error(f"{path}:{ex['_line']}", f"label {label!r} is label {other!r} (line {line}) "
+                                 "written another way: two classes, or one?",
+                                 "write it one way in every record; if they are two classes (codes such as "
+                                 "250 and 250.0), list both in task.labels")
+
+
 def label_set(path: Path, splits: dict[str, list[dict]], mapping: dict) -> list[str] | None:
     """The given label set, or the train split's (ner: with O first); every label must be in it."""
     kind = mapping["type"]
     if kind == "summarization":
         return None
-
-    def labels_of(ex):
-        return ex["target"] if isinstance(ex["target"], list) else [ex["target"]]
-
-    given = mapping.get("labels")
-    labels = [str(label) for label in given] if given else sorted({l for ex in splits["train"] for l in labels_of(ex)})
+    given = given_labels(mapping)
+    labels = given or sorted({l for ex in splits["train"] for l in labels_of(ex)})
     if kind == "ner" and "O" in labels:
         labels = ["O"] + [l for l in labels if l != "O"]
     where = "task.labels" if given else "the labels of the train split"
@@ -271,6 +325,29 @@ def label_set(path: Path, splits: dict[str, list[dict]], mapping: dict) -> list[
     ]
     raise_problems(problems)
     return labels
+
+
+def label_sets(examples: list[dict]) -> set[tuple[str, ...]]:
+    return {tuple(sorted(set(labels_of(ex)))) for ex in examples}
+
+
+def check_classes(path: Path, splits: dict[str, list[dict]], kind: str) -> None:
+    """Refuse a train split with nothing to learn: one class (a one-class classifier scores 100 %),
+    the same labels on every example (multilabel: each label on in all or in none), or no entity (NER)."""
+    train = splits["train"]
+    if kind == "ner" and all(tag == "O" for ex in train for tag in ex["target"]):
+        raise data_error(str(path), "no sentence of the train split has an entity: every tag is O",
+                         "add training sentences with entities tagged B-<type> and I-<type>")
+    if kind not in ("classification", "multilabel") or len(label_sets(train)) > 1:
+        return
+    only = ", ".join(map(repr, next(iter(label_sets(train))))) or "no labels"
+    everywhere = [ex for split in SPLITS for ex in splits[split]]
+    scope = "every record of the file" if len(label_sets(everywhere)) == 1 else "every example of the train split"
+    if kind == "classification":
+        raise data_error(str(path), f"{scope} has the label {only}: a one-class classifier learns nothing "
+                         "and scores 100 %", "add records of at least one other class to the train split")
+    raise data_error(str(path), f"{scope} has the same labels ({only}): each label is on in every example or in "
+                     "none, so there is nothing to learn", "add training records with other label sets")
 
 
 def load_user_data(name: str, mapping: dict, data_cfg: Any) -> TaskData:
@@ -284,6 +361,7 @@ def load_user_data(name: str, mapping: dict, data_cfg: Any) -> TaskData:
     splits = assign_splits(path, examples, file_splits, mapping, data_cfg.split_seed)
     check_split_sizes(path, splits, bool(file_splits))
     labels = label_set(path, splits, mapping)
+    check_classes(path, splits, mapping["type"])
     clean = {split: [{k: ex[k] for k in ("id", "text", "target", "pair") if k in ex} for ex in exs]
              for split, exs in splits.items()}
     return TaskData(name, mapping["type"], clean, labels, mapping.get("instruction") or INSTRUCTIONS[mapping["type"]])
