@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 import pytest
@@ -302,3 +303,26 @@ def test_a_learning_curve_names_a_setting_that_changed_with_the_training_size(tm
     report = (grid_dir / "report.md").read_text()
     assert "### Learning curve (with `train.epochs`, set together with it in every row)" in report
     assert not list(grid_dir.glob("*sensitivity*"))
+
+
+def set_metric(run_dir, key: str, value) -> None:
+    path = run_dir / "result.json"
+    data = json.loads(path.read_text())
+    data["metrics"][key] = value
+    path.write_text(json.dumps(data))  # NaN as Python's json writes it (and reads it back)
+
+
+def test_broken_result_files_and_nan_metrics_leave_the_report_whole(tmp_path, caplog):
+    grid_dir = write_demo_grid(tmp_path / "demo")
+    (grid_dir / "pubmed-rct.enc.full.seed0" / "result.json").write_text("null")
+    (grid_dir / "pubmed-conclusion.small.ia3.seed0" / "result.json").write_text("[]")
+    for run_id in ("pubmed-rct.enc.lora.seed0", "pubmed-rct.enc.untrained.seed0"):  # no row of the task keeps a score
+        set_metric(grid_dir / run_id, "accuracy", float("nan"))
+    set_metric(grid_dir / "pubmed-conclusion.tiny.lora-r4.seed1", "rouge1", float("nan"))  # one seed of a row
+    with caplog.at_level(logging.WARNING, logger="medpeft"):
+        assert cli.main(["report", str(grid_dir), "--resamples", str(RESAMPLES)]) == 0
+    for broken in ("pubmed-rct.enc.full.seed0", "pubmed-conclusion.small.ia3.seed0"):
+        assert str(grid_dir / broken / "result.json") in caplog.text  # which file, said
+        assert f"`{broken}`" in (grid_dir / "report.md").read_text().split("Unfinished")[1]  # listed as unfinished
+    assert f"{grid_dir / 'pubmed-rct.enc.lora.seed0' / 'result.json'}: metric(s) accuracy" in caplog.text
+    assert (grid_dir / "report-pubmed-conclusion-tradeoff.png").is_file()

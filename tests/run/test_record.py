@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import logging
+
+import pytest
 
 from medpeft.config import config_from_dict
 from medpeft.run.record import RunResult, Status, load_results, read_result
@@ -52,3 +55,26 @@ def test_predictions_are_read_from_the_run_folder(tmp_path):
     (tmp_path / "predictions.jsonl").write_text('{"id": "a", "correct": 1}\n{"id": "b", "correct": 0}\n')
     assert [p["id"] for p in read_result(tmp_path).predictions()] == ["a", "b"]
     assert RunResult.succeeded(cfg, {}).predictions() == []  # not read from anywhere
+
+
+OK_FIELDS = {"run_id": "x", "status": "ok", "task": "t", "model": "m", "method": "lora", "seed": 0, "config": {}}
+
+
+@pytest.mark.parametrize("text", ["null", "[]", '"finished"', "3", json.dumps({**OK_FIELDS, "metrics": []}),
+                                  json.dumps({**OK_FIELDS, "config": "lora"})])
+def test_a_result_json_that_is_not_a_result_counts_as_unfinished_and_names_its_file(tmp_path, caplog, text):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "result.json").write_text(text)
+    with caplog.at_level(logging.WARNING, logger="medpeft"):
+        assert read_result(tmp_path / "x") is None and load_results(tmp_path) == []
+    assert str(tmp_path / "x" / "result.json") in caplog.text and "unfinished" in caplog.text
+
+
+def test_a_nan_metric_reads_as_missing_and_says_so(tmp_path, caplog):
+    (tmp_path / "x").mkdir()  # json.dumps writes NaN and Infinity, as Python's json module reads them back
+    metrics = {"accuracy": float("nan"), "macro_f1": float("inf"), "auroc": None, "micro_f1": "high", "f1": 0.5}
+    (tmp_path / "x" / "result.json").write_text(json.dumps({**OK_FIELDS, "metrics": metrics}))
+    with caplog.at_level(logging.WARNING, logger="medpeft"):
+        run = read_result(tmp_path / "x")
+    assert run.ok and run.metrics == {"auroc": None, "f1": 0.5}  # None: a metric that does not apply, as medpeft writes it
+    assert str(tmp_path / "x" / "result.json") in caplog.text and "accuracy, macro_f1, micro_f1" in caplog.text

@@ -73,9 +73,13 @@ def metric_label(frame) -> str:
 def make_task_plots(frame, task: str, plot_dir: Path) -> list[tuple[str, Path, str]]:
     """(title, png, caption) of every figure this task supports, as plot_dir/report-<task>-<kind>.png.
 
-    Files, not a folder: every sub-folder of a grid directory is a run.
+    Files, not a folder: every sub-folder of a grid directory is a run. A row with no score (every seed's
+    metric missing, as a NaN one reads) is left out: no figure at all when no row has one.
     """
     label, name = metric_label(frame), "report-" + slug(task)
+    frame = frame[frame["primary_mean"].notna()]
+    if frame.empty:
+        return []
     out = [("Quality against cost", plots.plot_tradeoffs(frame, plot_dir / f"{name}-tradeoff.png", label),
             "Error bars: ± std over seeds; a row with one seed shows its 95% test-set bootstrap CI instead. "
             "Dashed grey: Pareto front (nothing else is both cheaper and better). Dotted: untrained baseline.")]
@@ -186,7 +190,7 @@ def glance_section(answers: dict[str, list[str]], failed: int) -> tuple[str, str
 
 
 def incomplete_runs(grid_dir: Path, runs: list[dict]) -> list[str]:
-    """Run folders without a result.json: still running, or killed before the end."""
+    """Run folders without a readable result.json: still running, killed before the end, or a broken file."""
     done = {r.run_id for r in runs}
     return sorted(d.name for d in Path(grid_dir).iterdir()
                   if d.is_dir() and d.name not in done and not d.name.startswith("."))

@@ -20,8 +20,8 @@ def compare_rows(row_a: dict, row_b: dict, runs_by_id: dict, n_resamples: int, s
     b = group_example_scores([runs_by_id[i] for i in row_b["run_ids"]], metric)
     ids = [i for i in a if i in b]
     va, vb = np.array([a[i] for i in ids]), np.array([b[i] for i in ids])
-    seeds_a = [runs_by_id[i].metrics[metric] for i in row_a["run_ids"]]
-    seeds_b = [runs_by_id[i].metrics[metric] for i in row_b["run_ids"]]
+    seeds_a = seed_scores(row_a, runs_by_id, metric)
+    seeds_b = seed_scores(row_b, runs_by_id, metric)
     # an untrained baseline is one run (or several that agree): no training noise on that side
     fixed = bool(row_b.get("is_baseline")) and np.ptp(seeds_b) == 0
     return {
@@ -33,6 +33,11 @@ def compare_rows(row_a: dict, row_b: dict, runs_by_id: dict, n_resamples: int, s
         "seed_test": "one-sample t" if fixed else "Welch",
         "seeds": (len(seeds_a),) if fixed else (len(seeds_a), len(seeds_b)),
     }
+
+
+def seed_scores(row: dict, runs_by_id: dict, metric: str) -> list[float]:
+    """The row's seeds' scores, leaving out a seed whose result has none (read as missing: record.py)."""
+    return [score for i in row["run_ids"] if (score := runs_by_id[i].metrics.get(metric)) is not None]
 
 
 def describe_comparison(cmp: dict, alpha: float = 0.05) -> str:
@@ -75,7 +80,8 @@ def compare_task(frame, runs_by_id: dict, n_resamples: int = 2000, seed: int = 0
     base model (a pre-trained model's rows only), against the task's best row and against its model's
     untrained baseline."""
     best, full = best_rows(frame)
-    trained = frame[~frame["is_baseline"]]
+    scored = frame["primary_mean"].notna()  # a row whose every seed lacks the metric has nothing to compare
+    trained = frame[~frame["is_baseline"] & scored]
     untrained = {row["model"]: int(idx) for idx, row in frame[frame["is_baseline"]].iterrows()}
     by_setting = {(row["model"], row["method"], row.get("setting")): int(idx) for idx, row in trained.iterrows()}
     out = []
@@ -84,7 +90,7 @@ def compare_task(frame, runs_by_id: dict, n_resamples: int = 2000, seed: int = 0
         on_base = by_setting.get((row.get("adapted_from"), row["method"], row.get("setting")))
         for kind, ref in (("full", full.get(row["model"])), ("base model", on_base), ("best", best),
                           ("untrained", untrained.get(row["model"]))):
-            if ref is not None and ref != idx:
+            if ref is not None and ref != idx and scored[ref]:
                 refs.setdefault(ref, []).append(kind)  # full may also be the best: one test, both labels
         for ref, kinds in refs.items():
             cmp = compare_rows(row.to_dict(), frame.loc[ref].to_dict(), runs_by_id, n_resamples, seed)

@@ -279,7 +279,8 @@ def summary_examples(frame, runs_by_id: dict) -> tuple[str, str]:
     ids = [i for i in preds[0] if all(i in p for p in preds[1:])]
     if not ids:
         return "", ""
-    best = frame[~frame["is_baseline"]]["primary_mean"].idxmax() if (~frame["is_baseline"]).any() else 0
+    scored = frame[~frame["is_baseline"]]["primary_mean"].dropna()  # a row with no score (read as missing) is no best
+    best = scored.idxmax() if len(scored) else 0
     metric = frame["primary"].iloc[0]
     scores = [example_scores(run, metric) for run in runs]
     chosen = pick_examples({i: example_score(v) for i, v in scores[best].items()}, ids)
@@ -338,7 +339,7 @@ def label_order(predictions: list[dict]) -> list[str]:
 
 def confusion_section(frame, runs_by_id: dict, path: Path) -> tuple[str, str]:
     """Confusion matrix of the best trained row, summed over its seeds."""
-    trained = frame[~frame["is_baseline"]]
+    trained = frame[~frame["is_baseline"] & frame["primary_mean"].notna()]
     if trained.empty:
         return "", ""
     row = frame.loc[trained["primary_mean"].idxmax()]
@@ -373,7 +374,7 @@ def failure_section(runs: list[RunResult], incomplete: list[str]) -> tuple[str, 
                  f"<pre>{html.escape(str(r.traceback or ''))}</pre></details></div>")
         m.append(f"- `{r.run_id}` ({what}): {r.error}")
     if incomplete:
-        text = f"Unfinished ({len(incomplete)}; no result.json: still running, or interrupted): "
+        text = f"Unfinished ({len(incomplete)}; no readable result.json: still running, interrupted, or a broken file): "
         h.append(f"<p class='note'>{html.escape(text)}{', '.join(f'<code>{html.escape(d)}</code>' for d in incomplete)}</p>")
         m.append("\n" + text + ", ".join(f"`{d}`" for d in incomplete))
     h.append("</section>")

@@ -11,6 +11,7 @@ import dataclasses
 import enum
 import json
 import logging
+import math
 import os
 import traceback
 from dataclasses import dataclass, field
@@ -88,7 +89,13 @@ class RunResult:
 
     @classmethod
     def from_json(cls, data: dict, run_dir: Path | None = None) -> RunResult:
-        """Read result.json data, older files included (fields added later take their defaults)."""
+        """Read result.json data, older files included (fields added later take their defaults). Data of
+        the wrong shape (null, a list, `"metrics": []`) is a TypeError that says what it holds."""
+        if not isinstance(data, dict):
+            raise TypeError(f"it holds {json_kind(data)}, not an object")
+        for name in OBJECT_FIELDS:
+            if data.get(name) is not None and not isinstance(data[name], dict):
+                raise TypeError(f"its {name!r} holds {json_kind(data[name])}, not an object")
         names = {f.name for f in dataclasses.fields(cls)} - {"run_dir", "status"}
         known = {k: v for k, v in data.items() if k in names and v is not None}
         return cls(status=Status(data.get("status", "failed")), run_dir=run_dir, **known)
@@ -103,6 +110,15 @@ class RunResult:
             lines = path.read_text(encoding="utf-8").splitlines() if self.run_dir and path.is_file() else []
             self._predictions = [json.loads(line) for line in lines if line.strip()]
         return self._predictions
+
+
+OBJECT_FIELDS = ("config", "variant", "metrics", "evaluation", "efficiency", "training", "data", "env")
+
+
+def json_kind(value) -> str:
+    """What a JSON value is, in JSON's words (null, an array, a string), for a message."""
+    kinds = {type(None): "null", list: "an array", str: "a string", bool: "true or false", dict: "an object"}
+    return kinds.get(type(value), "a number")
 
 
 def is_trial(cfg) -> bool:
@@ -124,12 +140,32 @@ def read_result(run_dir: Path) -> RunResult | None:
     if not path.is_file():
         return None
     try:
-        return RunResult.from_json(json.loads(path.read_text(encoding="utf-8")), run_dir=Path(run_dir))
+        result = RunResult.from_json(json.loads(path.read_text(encoding="utf-8")), run_dir=Path(run_dir))
     except json.JSONDecodeError:  # cut short by a kill before the atomic rename existed: unfinished
         return None
     except (TypeError, ValueError) as err:  # JSON, but not a result: say so rather than re-run in silence
-        log.warning("%s is not a medpeft result (%s); the run counts as unfinished and will run again", path, err)
+        warn_once(f"{path} is not a medpeft result ({err}); the run counts as unfinished; the next `medpeft run` runs it again")
         return None
+    unusable = [key for key, value in result.metrics.items() if value is not None and not is_finite_number(value)]
+    if unusable:  # a NaN would turn every mean, test and plot of its row into NaN: missing, and said so
+        for key in unusable:
+            result.metrics.pop(key)
+        warn_once(f"{path}: metric(s) {', '.join(unusable)} hold no finite number (NaN, infinite or not a number); "
+                  "read as missing")
+    return result
+
+
+def is_finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+_WARNED: set[str] = set()  # a result is read several times a grid (to skip it, to report it): one warning each
+
+
+def warn_once(text: str) -> None:
+    if text not in _WARNED:
+        _WARNED.add(text)
+        log.warning("%s", text)
 
 
 def is_finished(run_dir: Path) -> bool:
