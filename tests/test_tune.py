@@ -130,9 +130,9 @@ def trial_scores(grid_dir):
 
 def test_the_choice_never_sees_the_test_labels(tmp_path, monkeypatch, assets_ready):
     grid = tuned_grid(methods=("lora", "full"), tune_block={"train.lr": [1.0e-5, 3.0e-3]})
-    clean = grid_module.run_grid(grid, tmp_path / "clean", log=lambda *a: None)
+    clean = grid_module.run_grid(grid, tmp_path / "clean", log=lambda *a: None).grid_dir
     scramble_test_labels(monkeypatch)
-    scrambled = grid_module.run_grid(grid, tmp_path / "scrambled", log=lambda *a: None)
+    scrambled = grid_module.run_grid(grid, tmp_path / "scrambled", log=lambda *a: None).grid_dir
 
     assert trial_scores(clean) == trial_scores(scrambled) and len(trial_scores(clean)) == 4
     finals = {d: {r.method: r for r in load_results(d) if not r.tuning_trial and r.method != "untrained"}
@@ -152,7 +152,7 @@ def test_the_choice_never_sees_the_test_labels(tmp_path, monkeypatch, assets_rea
 def test_tuned_report_has_a_tuning_section_and_no_trial_rows(tmp_path, assets_ready):
     from medpeft.report.build import build_report
 
-    grid_dir = grid_module.run_grid(tuned_grid(), tmp_path, log=lambda *a: None)
+    grid_dir = grid_module.run_grid(tuned_grid(), tmp_path, log=lambda *a: None).grid_dir
     paths = build_report(grid_dir, n_resamples=50)
     md = paths["md"].read_text()
     assert "### Tuning" in md and "Tuned on validation data" in md and "fixed learning rate" not in md
@@ -212,7 +212,7 @@ def test_untuned_report_warns_that_learning_rates_were_fixed(tmp_path, assets_re
     from medpeft.report.build import build_report
 
     spec = {"base": {**BASE, "method": "lora"}}
-    grid_dir = grid_module.run_grid(expand_grid(spec, name="plain"), tmp_path, log=lambda *a: None)
+    grid_dir = grid_module.run_grid(expand_grid(spec, name="plain"), tmp_path, log=lambda *a: None).grid_dir
     md = build_report(grid_dir, n_resamples=50)["md"].read_text()
     assert "each method ran at a fixed learning rate; add a tune: block to compare fairly" in md.lower()
     assert "### Tuning" not in md
@@ -237,7 +237,7 @@ def test_interrupted_grid_tuning_resumes_without_retraining(tmp_path, monkeypatc
     calls.clear()
     monkeypatch.setattr(execute, "run_experiment", lambda plan, run_dir, **kw: (
         calls.append(((plan.config.tuning or {}).get("role", "run"), plan.run_id)), real(plan, run_dir, **kw))[1])
-    grid_dir = grid_module.run_grid(grid, tmp_path, log=lambda *a: None)
+    grid_dir = grid_module.run_grid(grid, tmp_path, log=lambda *a: None).grid_dir
     assert first_trial not in [run_id for _, run_id in calls]  # the finished trial was not trained again
     assert sorted(role for role, _ in calls) == ["final", "run", "trial"]  # the other trial, the final, the baseline
     assert sum(r.tuning_trial for r in load_results(grid_dir)) == 2
@@ -287,7 +287,7 @@ def test_optuna_search_chooses_on_validation_and_records_the_study(tmp_path, mon
 
     calls = []
     fake_runs(monkeypatch, calls)
-    grid_dir = grid_module.run_grid(tuned_grid(tune_block=OPTUNA_BLOCK), tmp_path, log=lambda *a: None)
+    grid_dir = grid_module.run_grid(tuned_grid(tune_block=OPTUNA_BLOCK), tmp_path, log=lambda *a: None).grid_dir
     study = optuna.load_study(study_name=optuna.get_all_study_names(f"sqlite:///{grid_dir / 'tuning.db'}")[0],
                               storage=f"sqlite:///{grid_dir / 'tuning.db'}")
     finished = [t for t in study.trials if t.state.is_finished()]
@@ -338,7 +338,7 @@ def test_optuna_prunes_a_trial_whose_validation_loss_is_hopeless(tmp_path, monke
 
     monkeypatch.setattr(execute, "run_experiment", worse_after_two)
     block = dict(OPTUNA_BLOCK, trials=4)
-    grid_dir = grid_module.run_grid(tuned_grid(tune_block=block), tmp_path, log=lambda *a: None)
+    grid_dir = grid_module.run_grid(tuned_grid(tune_block=block), tmp_path, log=lambda *a: None).grid_dir
     trials = [r for r in load_results(grid_dir) if r.tuning_trial or "TrialPruned" in (r.error or "")]
     pruned = [r for r in trials if "TrialPruned" in (r.error or "")]
     assert len(pruned) == 2 and all("pruned at step" in r.error for r in pruned)

@@ -174,8 +174,9 @@ def command_run(args) -> int:
             print(f"tuning: {len(groups)} group(s), {trial_count(groups, trials)} trial run(s) on validation before "
                   "these runs; the ids above change when the chosen values are set")
         return 0
-    run_grid(grid, args.runs_dir, online=args.online, shard=shard, track=args.track, verbosity=args.verbosity)
-    return 0
+    outcome = run_grid(grid, args.runs_dir, online=args.online, shard=shard, track=args.track, verbosity=args.verbosity)
+    print(f"medpeft: {outcome.account()}", file=sys.stderr if outcome.exit_code else sys.stdout)
+    return outcome.exit_code
 
 
 def command_pretrain(args) -> int:
@@ -229,8 +230,10 @@ def command_report(args) -> int:
     if not Path(args.grid_dir).is_dir():
         print(f"medpeft: error: {args.grid_dir} is not a directory (expected a grid's runs, e.g. runs/quick)", file=sys.stderr)
         return 2
+    from medpeft import files
     from medpeft.use.card import write_cards
 
+    files.check_writable_folder(Path(args.grid_dir), "the grid folder", "make it writable, or copy it elsewhere and report there")
     paths = build_report(args.grid_dir, n_resamples=args.resamples, within_points=args.within, examples=not args.no_examples)
     for key in ("html", "md", "tex"):
         print(paths[key])

@@ -26,6 +26,11 @@ class AssetError(MedpeftError, RuntimeError):
     """A pinned offline asset that is missing or does not match its hash; the message says how to get it."""
 
 
+class OutputError(MedpeftError, OSError):
+    """A folder or file medpeft must write that it cannot (read-only, missing, a file where a folder goes);
+    raised before any work whose result it would hold. The message names the path and the fix."""
+
+
 class UnknownNameError(MedpeftError, LookupError):
     """A registry lookup of a name that is not registered (the message lists the valid ones)."""
 

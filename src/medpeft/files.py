@@ -15,6 +15,8 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+from medpeft.errors import OutputError
+
 
 def temporary_path(path: Path) -> Path:
     """A hidden, unique sibling of `path` to write into before renaming it over `path`."""
@@ -61,6 +63,23 @@ def folder_written_whole(path: Path):
 
 
 DISK_FULL_TEXT = ("No space left on device", "StorageFull", "Disk quota exceeded", "file write failed")
+
+
+def check_writable_folder(folder: Path, what: str, fix: str) -> None:
+    """Write (then remove) a probe file in `folder`, or in its nearest existing parent when it does not
+    exist yet (nothing is created), so a read-only or full place, or a file where a folder goes, is an
+    OutputError naming it now rather than a traceback after the work. `what` names the folder for the
+    user; `fix` says what to do instead."""
+    folder = Path(folder).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{existing} is a file, not a folder")
+        probe = temporary_path(existing / "write-check")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise OutputError(f"cannot write to {what} {folder} ({err.strerror or err}); {fix}") from None
 
 
 def is_disk_full(err: BaseException) -> bool:

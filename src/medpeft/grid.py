@@ -7,11 +7,13 @@ from __future__ import annotations
 import dataclasses
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from medpeft.config import ExperimentConfig, Grid
 from medpeft.dist import is_distributed, is_main_process, wait_for_everyone
 from medpeft.errors import ConfigError
+from medpeft.files import check_writable_folder
 from medpeft.plan import RunPlan, plan_runs, resolve_config
 from medpeft.run.checkpoint import find_resumable, remove_checkpoints
 from medpeft.run.faults import diagnose, release_memory
@@ -22,6 +24,38 @@ from medpeft.run.record import RunResult, claim_grid_dir, read_result
 from medpeft.run.track import open_tracker
 
 LOCK_POLL_S = 10.0  # seconds between looks at runs another worker holds, when their results are needed
+
+
+@dataclass
+class GridOutcome:
+    """What one `medpeft run` did, for its last line and its exit status: 0 when every run of the grid
+    (or shard) finished and every output was written, 1 when a run failed or an output could not be written."""
+
+    grid_dir: Path
+    runs: int = 0  # runs of this grid or shard, baselines included (tuning trials not)
+    failed: list[RunResult] = field(default_factory=list)  # runs that failed in this call
+    held: int = 0  # runs left to other workers that hold them
+    trials_failed: int = 0  # tuning trials that failed (not pruned): tuning's answer, not the grid's failure
+    outputs_failed: list[str] = field(default_factory=list)  # "report", "model cards"
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed or self.outputs_failed else 0
+
+    def account(self) -> str:
+        """One line: how many runs finished and failed, and whether the report was written."""
+        done = self.runs - len(self.failed) - self.held
+        parts = [f"{done} of {self.runs} runs finished"]
+        if self.failed:
+            parts.append(f"{len(self.failed)} failed ({', '.join(r.run_id for r in self.failed[:3])}"
+                         f"{', ...' if len(self.failed) > 3 else ''}: see their result.json)")
+        if self.held:
+            parts.append(f"{self.held} held by other workers")
+        if self.trials_failed:
+            parts.append(f"{self.trials_failed} tuning trial(s) failed")
+        parts.append(f"{' and '.join(self.outputs_failed)} NOT written" if self.outputs_failed else "report written")
+        head = "FAILED" if self.exit_code else "done"
+        return f"{head}: {'; '.join(parts)} -> {self.grid_dir}"
 
 
 def with_baselines(runs: list[ExperimentConfig]) -> list[ExperimentConfig]:
@@ -69,34 +103,44 @@ def select_shard(runs: list[ExperimentConfig], shard: tuple[int, int] | None) ->
 
 
 def run_grid(grid: Grid, runs_dir: Path, *, online: bool = False, shard: tuple[int, int] | None = None,
-             track: str | None = None, log=say, verbosity: str = "normal") -> Path:
+             track: str | None = None, log=say, verbosity: str = "normal") -> GridOutcome:
     """Run every configuration of `grid` (or one shard of it) under runs_dir/<grid name>/, then write
-    its summary and report. A grid with a `tune:` block first tunes each group on validation data
-    (tune.py); with --shard every shard runs (or finds finished) the trials it needs. `track`:
-    mlflow, tensorboard or wandb (run/track.py). `verbosity`: quiet, normal or verbose (run/progress.py)."""
+    its summary and report; what happened, as a GridOutcome. A grid with a `tune:` block first tunes
+    each group on validation data (tune.py); with --shard every shard runs (or finds finished) the trials
+    it needs. `track`: mlflow, tensorboard or wandb (run/track.py). `verbosity`: quiet, normal or verbose
+    (run/progress.py)."""
     grid_dir = Path(runs_dir) / grid.name
+    outcome = GridOutcome(grid_dir)
     log = log if is_main_process() else (lambda *_: None)
     part = f" shard {shard[0]}/{shard[1]}" if shard else ""
-    tracker = open_tracker(track, grid_dir, grid.name, online, log) if track and is_main_process() else None
     configs = grid_configs(grid, None if grid.tuned else shard)
+    check_writable_folder(grid_dir, "the grid's runs folder", "choose another place with --runs-dir, or make it writable")
     claim_grid_dir(grid_dir, grid.name, grid.source_file)  # before any run: two grid files of one name are refused
+    tracker = open_tracker(track, grid_dir, grid.name, online, log) if track and is_main_process() else None
     with showing(verbosity), stop_on_signal():
         if grid.tuned:
             from medpeft.tune import tune_grid
 
             def run_trials(plans, on_validation=None):  # a trial another worker holds is waited for: its score counts
-                return run_plans(plans, grid_dir, log, "tuning trials", on_validation, tracker, wait=True)
+                results = run_plans(plans, grid_dir, log, "tuning trials", on_validation, tracker, wait=True)
+                outcome.trials_failed += sum(r is not None and not r.ok and r.cause != "pruned" for r in results)
+                return results
 
             configs, failed = tune_grid(configs, grid_dir, online, run_trials, log)
             for result in failed if is_main_process() else ():
                 result.write(grid_dir / result.run_id)
+            outcome.failed += failed  # every shard tuned every group, so each reports a group that failed
+            outcome.runs += len(failed)
             configs = select_shard(configs, shard)
         plans = plan_runs(configs, online)  # every check, before any training
-        run_plans(plans, grid_dir, log, f"grid {grid.name}{part}", tracker=tracker)
+        results = run_plans(plans, grid_dir, log, f"grid {grid.name}{part}", tracker=tracker)
+    outcome.runs += len(results)
+    outcome.failed += [r for r in results if r is not None and not r.ok]
+    outcome.held = sum(r is None for r in results)
     if is_main_process():
         with showing(verbosity):
-            write_outputs(grid_dir, log)
-    return grid_dir
+            outcome.outputs_failed = write_outputs(grid_dir, log)
+    return outcome
 
 
 def run_plans(plans: list[RunPlan], grid_dir: Path, log, title: str, on_validation=None, tracker=None,
@@ -195,8 +239,9 @@ def record_failure(result: RunResult, run_dir: Path, log, lead: str = "   ") -> 
         log(f"    warning: could not record the failure in {run_dir / 'result.json'} ({err})")
 
 
-def write_outputs(grid_dir: Path, log) -> None:
-    """summary.md/csv and the report; derived from the runs, so their failure never fails or loses a run.
+def write_outputs(grid_dir: Path, log) -> list[str]:
+    """summary.md/csv, the report and the model cards; derived from the runs, so their failure never fails
+    or loses a run: the outputs not written are returned (and logged with the command that retries).
     At the quiet level only the report's path and warnings are printed."""
     from medpeft.report.build import build_report
 
@@ -205,7 +250,7 @@ def write_outputs(grid_dir: Path, log) -> None:
         paths = build_report(grid_dir, on_summary=(lambda text: None) if quiet else log)
     except Exception as err:  # noqa: BLE001
         log(f"warning: report not written ({type(err).__name__}: {err}); retry with: medpeft report {grid_dir}")
-        return
+        return ["report"]
     log(f"report: {paths['html']}")
     from medpeft.use.card import write_cards
 
@@ -213,6 +258,7 @@ def write_outputs(grid_dir: Path, log) -> None:
         cards = write_cards(grid_dir)
     except Exception as err:  # noqa: BLE001 - a card is derived from the runs, like the report
         log(f"warning: model cards not written ({type(err).__name__}: {err}); retry with: medpeft report {grid_dir}")
-        return
+        return ["model cards"]
     if cards and not quiet:
         log(f"model cards: README.md in the adapter/ of {len(cards)} run(s)")
+    return []

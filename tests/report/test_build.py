@@ -139,7 +139,7 @@ def test_run_grid_survives_a_broken_report(tmp_path, monkeypatch, assets_ready):
     monkeypatch.setattr(build, "task_sections", broken)
     logs = []
     spec = {"base": {"task": "pubmed-rct", "model": "tiny-bert", "method": "lora"}}
-    grid_dir = grid.run_grid(expand_grid(spec, name="g"), tmp_path, log=logs.append)
+    grid_dir = grid.run_grid(expand_grid(spec, name="g"), tmp_path, log=logs.append).grid_dir
     assert (grid_dir / "summary.md").is_file()
     assert any("### pubmed-rct" in line for line in logs)  # the summary is printed even though the report broke
     assert any("warning: report not written" in line and "plotting exploded" in line for line in logs)

@@ -66,7 +66,7 @@ def write_bio_file(folder: Path, sentences: int = 40) -> Path:
 
 def run_quiet_grid(spec: dict, runs_dir: Path, name: str, overrides=()) -> Path:
     """Expand and run a grid as `medpeft grid` does, without its log lines."""
-    return run_grid(expand_grid(spec, name=name, overrides=overrides), runs_dir, log=lambda *a: None)
+    return run_grid(expand_grid(spec, name=name, overrides=overrides), runs_dir, log=lambda *a: None).grid_dir
 
 
 # --- what the runs say (the expected values) --------------------------------------------------------

@@ -39,7 +39,7 @@ def test_mlflow_runs_are_read_back_with_their_test_metric(tmp_path, monkeypatch,
     monkeypatch.setattr(grid_module, "write_outputs", lambda *a: None)  # the report is not what is tested
     grid = tiny_grid("tracked")
     for _ in range(2):
-        grid_dir = grid_module.run_grid(grid, tmp_path, track="mlflow", log=lambda *a: None)
+        grid_dir = grid_module.run_grid(grid, tmp_path, track="mlflow", log=lambda *a: None).grid_dir
     assert (grid_dir / "mlflow.db").is_file() and not (tmp_path / "mlruns").exists()
 
     mlflow.set_tracking_uri(f"sqlite:///{grid_dir / 'mlflow.db'}")
@@ -62,7 +62,7 @@ def test_tensorboard_gets_the_curves_and_the_final_metrics(tmp_path, assets_read
     grid = expand_grid({"base": {"task": "pubmed-rct", "model": "tiny-bert", "method": "lora", "data": dict(TINY_DATA),
                                  "train": dict(TINY_TRAIN)}}, name="tb")
     run_id = next(c.run_id for c in grid_module.grid_configs(grid) if c.method == "lora")
-    grid_dir = grid_module.run_grid(grid, tmp_path, track="tensorboard", log=lambda *a: None)
+    grid_dir = grid_module.run_grid(grid, tmp_path, track="tensorboard", log=lambda *a: None).grid_dir
     events = EventAccumulator(str(grid_dir / "tensorboard" / run_id))
     events.Reload()
     tags = events.Tags()["scalars"]
