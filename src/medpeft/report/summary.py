@@ -6,6 +6,7 @@ seeds counted as distinct seed values, the task type's primary metric first.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from medpeft.report.frame import COST_KEYS
@@ -15,6 +16,8 @@ from medpeft.run.record import RunResult, write_atomic
 
 NOTE = "Metrics are ×100, mean ± std over seeds. Peak memory is process RSS on CPU, allocator peak on GPU."
 ROUGE_NOTE = " ROUGE-L is `rougeL` (whole summary LCS), `rougeLsum` splits sentences."
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell that starts so as a formula (OWASP)
+PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def metric_keys(frame) -> list[str]:
@@ -32,7 +35,16 @@ def summary_csv(frame) -> str:
     columns = ["task", "task_type", "model", "method", "variant", "seeds", "primary", "primary_mean", "primary_std"]
     out = frame[columns + [f"{k}_{s}" for k in keys for s in ("mean", "std")]].copy()
     out.insert(5, "varying", [json.dumps(v, sort_keys=True, default=str) for v in frame["varying"]])
-    return out.to_csv(index=False)
+    return out.map(spreadsheet_safe).to_csv(index=False)
+
+
+def spreadsheet_safe(value):
+    """A text cell that a spreadsheet would run as a formula (a task named `=1+1`, a model `@SUM(A1)`), with a
+    leading ' so it is shown, never run (OWASP's CSV injection rule); numbers, and text that is a plain number,
+    as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_START) and not PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
 
 
 def format_cell(mean, std, key: str) -> str:
