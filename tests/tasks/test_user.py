@@ -302,3 +302,25 @@ def test_a_pair_run_predicts_new_records_with_its_own_pair_field(tmp_path, asset
     without = write_jsonl(tmp_path, [{"id": p["id"], "note": p["input"]} for p in saved], "bare")
     with pytest.raises(DataError, match=r"bare.jsonl:1: no field 'context'"):
         predict_runs([tmp_path / cfg.run_id], without, tmp_path / "out2.jsonl", progress=False)
+
+
+@pytest.mark.parametrize("task_type, field, value, needle", [
+    ("classification", "note", 42, "field 'note' holds a number, not text"),
+    ("classification", "note", ["Chest", "pain"], "field 'note' holds a list, not text"),
+    ("summarization", "summary", {"text": "Chest pain"}, "field 'summary' holds an object, not text"),
+])
+def test_a_value_that_is_no_text_is_named_by_its_kind(tmp_path, task_type, field, value, needle):
+    records = notes()
+    records[2][field] = value
+    path = write_jsonl(tmp_path, records)
+    target = "label" if task_type == "classification" else "summary"
+    with pytest.raises(DataError) as err:
+        load(mapping(path, type=task_type, target_field=target))
+    check_error(err, path, 3, needle)
+
+
+def test_ner_from_a_csv_is_a_config_error(tmp_path):
+    path = tmp_path / "bio.csv"
+    path.write_text("tokens,tags\nAspirin daily,B-Drug O\n")
+    with pytest.raises(ConfigError, match="reads JSON lines"):
+        checked_config({"task": {"type": "ner", "path": str(path)}, "model": "tiny-bert", "method": "lora"})

@@ -151,3 +151,13 @@ def test_nan_in_json_lines_is_refused(tmp_path, constant):
     with pytest.raises(DataError) as err:
         load(mapping(str(path)))
     check_error(err, str(path), 5, "not valid JSON", f"{constant} is not JSON", "null")
+
+
+def test_a_lone_surrogate_escape_is_refused(tmp_path):
+    # json reads "\ud800" as half a character; the tokenizer would fail on it mid-run.
+    path = tmp_path / "notes.jsonl"
+    path.write_text(jsonl_text(notes()[:3]) + '{"note": "pain \\ud800 score", "label": "urgent"}\n'
+                    + '{"note": "smile \\ud83d\\ude00 fine", "label": "routine"}\n')
+    with pytest.raises(DataError) as err:
+        load(mapping(str(path)))
+    check_error(err, str(path), 4, "lone surrogate")

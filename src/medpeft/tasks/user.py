@@ -59,6 +59,9 @@ def check_user_task(mapping: dict) -> dict:
         raise ValueError(f"task.path {path!r} is not a file (relative paths are read from {Path.cwd()})")
     if Path(path).suffix.lower() not in (".jsonl", ".csv"):
         raise ValueError(f"task.path {path!r} must be a .jsonl or .csv file")
+    if mapping["type"] == "ner" and Path(path).suffix.lower() != ".jsonl":
+        raise ValueError(f"task.path {path!r}: an ner task reads JSON lines, since its tokens and tags are lists "
+                         '(one {"tokens": [...], "tags": [...]} per line)')
     for key in ("text_field", "target_field"):
         if mapping["type"] != "ner" and not isinstance(mapping.get(key), str):
             raise ValueError(f"task.{key} must name a field of {path} ({USER_KEYS[key]})")
@@ -140,6 +143,11 @@ def parse_target(value, task_type: str, sep: str):
     return value
 
 
+def json_kind(value) -> str:
+    return {bool: "true/false", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
+        type(value), type(value).__name__)
+
+
 def number_labels(value) -> dict[str, float]:
     """The label names of the JSON numbers in a target, with their values."""
     values = value if isinstance(value, list) else [value]
@@ -168,7 +176,9 @@ def record_problem(record: dict, mapping: dict) -> tuple[str, str] | None:
     text, target = record[text_field], parse_target(raw, mapping["type"], mapping.get("label_sep", ";"))
     if mapping["type"] == "ner":
         return ner_problem(text, target, text_field, target_field)
-    if not isinstance(text, str) or not strip_blank(text):
+    if not isinstance(text, (str, type(None))):
+        return f"field {text_field!r} holds {json_kind(text)}, not text", "write the text as a string (in quotes)"
+    if not text or not strip_blank(text):
         return f"empty text in field {text_field!r}", "fill in the text or remove the line"
     pair_field = mapping.get("pair_field")
     if pair_field and not isinstance(record.get(pair_field), str):
@@ -179,8 +189,10 @@ def record_problem(record: dict, mapping: dict) -> tuple[str, str] | None:
         return None if ok else (f"field {target_field!r} must be a list of labels (text or numbers)",
                                 'write ["label a", "label b"] (CSV: "a;b")')
     if mapping["type"] == "classification" and isinstance(raw, (list, dict)):
-        return (f"field {target_field!r} holds {'a list' if isinstance(raw, list) else 'an object'}, not one label",
+        return (f"field {target_field!r} holds {json_kind(raw)}, not one label",
                 "write one label (text or a number) per record; for several labels per record use type: multilabel")
+    if mapping["type"] == "summarization" and not isinstance(raw, (str, type(None))):
+        return f"field {target_field!r} holds {json_kind(raw)}, not text", "write the summary as a string (in quotes)"
     if not isinstance(target, str) or not strip_blank(target):
         return f"empty target in field {target_field!r}", "fill in the target or remove the line"
     return None

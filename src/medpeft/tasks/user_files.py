@@ -159,6 +159,11 @@ def read_jsonl_records(path: Path, raw: bytes) -> list[tuple[int, dict]]:
                              "write one JSON object per line (a missing value is null)") from None
         if not isinstance(record, dict):
             raise data_error(f"{path}:{number}", "a JSON line must be an object", 'write {"field": value, ...} per line')
+        try:  # JSON may escape half of a character (\\ud800); no tokenizer or file write takes it
+            json.dumps(record, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise data_error(f"{path}:{number}", "an escape \\ud800-\\udfff that is half of a character (a lone "
+                             "surrogate)", "write the character itself, or both halves of its pair") from None
         records.append((number, record))
     return records
 
