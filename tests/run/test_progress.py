@@ -29,7 +29,7 @@ def run_cli(tmp_path, capsys, *flags: str):
 
 @pytest.fixture
 def no_report(monkeypatch):
-    monkeypatch.setattr(grid_module, "write_outputs", lambda *a: None)  # the report is not what is tested
+    monkeypatch.setattr(grid_module, "write_outputs", lambda *a: [])  # the report is not what is tested
 
 
 def test_quiet_prints_one_line_per_run_and_no_bars(tmp_path, capsys, assets_ready):
@@ -38,7 +38,8 @@ def test_quiet_prints_one_line_per_run_and_no_bars(tmp_path, capsys, assets_read
     assert len(run_dirs) == 2  # the lora run and its untrained baseline
     per_run = [line for line in lines if line.startswith("[")]
     assert len(per_run) == 2 and all("accuracy=" in line and "% trainable" in line for line in per_run)
-    assert [line for line in lines if line not in per_run] == [next(line for line in lines if line.startswith("report: "))]
+    assert [line for line in lines if line not in per_run] == [next(line for line in lines if line.startswith("report: ")),
+                                                              next(line for line in lines if line.startswith("medpeft: done: 2 of 2 runs"))]
     assert BAR not in err and "{'loss'" not in out
     for run_dir in run_dirs:  # the log is written whatever is shown
         log = (run_dir / progress.LOG_FILE).read_text()

@@ -36,7 +36,7 @@ def test_mlflow_runs_are_read_back_with_their_test_metric(tmp_path, monkeypatch,
 
     failed = []
     monkeypatch.setattr(execute, "run_experiment", fails_once)
-    monkeypatch.setattr(grid_module, "write_outputs", lambda *a: None)  # the report is not what is tested
+    monkeypatch.setattr(grid_module, "write_outputs", lambda *a: [])  # the report is not what is tested
     grid = tiny_grid("tracked")
     for _ in range(2):
         grid_dir = grid_module.run_grid(grid, tmp_path, track="mlflow", log=lambda *a: None).grid_dir
@@ -118,7 +118,7 @@ def test_the_cli_passes_track_to_the_grid(monkeypatch, tmp_path):
     from medpeft import cli
 
     seen = {}
-    monkeypatch.setattr(grid_module, "run_grid", lambda grid, runs_dir, **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(grid_module, "run_grid", lambda grid, runs_dir, **kwargs: seen.update(kwargs) or grid_module.GridOutcome(runs_dir))
     grid_file = tmp_path / "g.yaml"
     grid_file.write_text("base: {task: pubmed-rct, model: tiny-bert, method: lora}\n")
     assert cli.main(["run", str(grid_file), "--track", "mlflow"]) == 0 and seen["track"] == "mlflow"
