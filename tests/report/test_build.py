@@ -326,3 +326,39 @@ def test_broken_result_files_and_nan_metrics_leave_the_report_whole(tmp_path, ca
         assert f"`{broken}`" in (grid_dir / "report.md").read_text().split("Unfinished")[1]  # listed as unfinished
     assert f"{grid_dir / 'pubmed-rct.enc.lora.seed0' / 'result.json'}: metric(s) accuracy" in caplog.text
     assert (grid_dir / "report-pubmed-conclusion-tradeoff.png").is_file()
+
+
+HOSTILE = {"task": "<script>alert('task')</script>", "model": "<img src=x onerror=alert('model')>",
+           "label": "<b onmouseover=alert('label')>pos</b>", "text": "<iframe src=javascript:alert('text')>"}
+RAW_HTML = re.compile(r"<(script|img src=x|b onmouseover|iframe|i>)", re.I)  # the user's HTML, as a viewer would run it
+
+
+def hostile_rows(correct: list[int]) -> list[dict]:
+    labels = [HOSTILE["label"], "neg &amp; other"]
+    return [{"id": f"<i>{i}</i>", "input": HOSTILE["text"], "reference": labels[i % 2],
+             "prediction": labels[i % 2] if c else labels[1 - i % 2], "correct": c} for i, c in enumerate(correct)]
+
+
+def test_html_in_names_labels_and_texts_is_shown_not_run_in_the_markdown(tmp_path):
+    markdown_it = pytest.importorskip("markdown_it")
+    grid_dir = tmp_path / "g"
+    for method, correct in (("untrained", [1, 0] * 6), ("full", [1, 1, 0] * 4), ("lora", [1, 1, 1, 0] * 3)):
+        cfg = base_config(HOSTILE["task"], HOSTILE["model"], method, 0)
+        write_run(grid_dir, f"run-{method}", cfg, hostile_rows(correct), "classification")
+    write_failed(grid_dir, "run-failed", base_config(HOSTILE["task"], HOSTILE["model"], "ia3", 0), f"ValueError: {HOSTILE['label']}")
+    for method, level in (("untrained", 0.1), ("lora", 0.3)):  # a summarization task: its examples are texts
+        rows = [dict(r, id=f"<i>{i}</i>", input=HOSTILE["text"], prediction=HOSTILE["label"])
+                for i, r in enumerate(summary_rows([level] * 6))]
+        write_run(grid_dir, f"summ-{method}", base_config("summ", HOSTILE["model"], method, 0), rows, "summarization")
+    paths = build_report(grid_dir, n_resamples=RESAMPLES)
+    viewer = markdown_it.MarkdownIt("commonmark").enable("table")
+    for name in ("report.md", "summary.md"):
+        text = (grid_dir / name).read_text()
+        shown = viewer.render(text)
+        assert not RAW_HTML.search(shown), (name, RAW_HTML.search(shown))
+        assert "&lt;script&gt;alert('task')&lt;/script&gt;" in shown  # the user's text, shown as written
+        assert "&lt;img src=x onerror=alert('model')&gt;" in shown
+    shown = viewer.render(paths["md"].read_text())
+    assert "&lt;b onmouseover=alert('label')&gt;pos&lt;/b&gt;" in shown and "neg &amp;amp; other" in shown
+    assert "<code>&lt;i&gt;" in shown and "&lt;iframe" in shown  # an example's id and its text
+    assert not RAW_HTML.search(paths["html"].read_text())  # the HTML report: escaped, as before

@@ -1,4 +1,4 @@
-"""summary.csv from a frame: text that a spreadsheet would run is shown, not run."""
+"""summary.csv and summary.md from a frame: text that a spreadsheet or a Markdown viewer would run is shown, not run."""
 from __future__ import annotations
 
 import csv
@@ -8,7 +8,7 @@ import json
 from report_fixtures import base_config, class_rows, write_run
 
 from medpeft.report.frame import aggregate
-from medpeft.report.summary import spreadsheet_safe, summary_csv
+from medpeft.report.summary import spreadsheet_safe, summary_csv, summary_markdown
 from medpeft.run.record import load_results
 
 
@@ -36,3 +36,10 @@ def test_spreadsheet_safe_follows_the_owasp_rule():
     for value in ("-1", "-0.5", "+2e-3", -3, -0.5, 2.0, "lora", "r=4, lr=-1", "", None):
         assert spreadsheet_safe(value) == value  # plain numbers, even written as text, and ordinary text
 
+
+def test_summary_markdown_shows_html_in_names_as_text(tmp_path):
+    cfg = base_config("<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "lora", 0)
+    write_run(tmp_path / "g", "r", cfg, class_rows([1, 0, 1]), "classification")
+    text = summary_markdown(aggregate(load_results(tmp_path / "g"), n_resamples=50))
+    assert "<script>" not in text and "<img" not in text
+    assert "&lt;script>alert(1)&lt;/script>" in text and "&lt;img src=x onerror=alert(1)>" in text

@@ -20,7 +20,7 @@ from medpeft.report.sections import (answer_first, comparison_table, example_sec
                                       warnings_for)
 from medpeft.report.summary import write_summary
 from medpeft.report.tuning import tuning_lines, tuning_section
-from medpeft.report.tables import ROUGE_L_NOTE, table_columns, table_html, table_latex, table_markdown
+from medpeft.report.tables import ROUGE_L_NOTE, md_text, table_columns, table_html, table_latex, table_markdown
 from medpeft.run.metrics import MACRO_NOTE
 from medpeft.run.metrics import metric_label as label_of
 from medpeft.run.record import write_atomic
@@ -163,12 +163,13 @@ def task_sections(task: str, frame, runs_by_id: dict, plot_dir: Path, opts: dict
          f"<div class='warn'>{bullets_html(warnings)}</div>" if warnings else "",
          "<h3>Main table</h3>", f"<div class='scroll'>{table_html(cols, baseline_rows)}</div>", f"<p class='note'>{inline_html(table_note)}</p>",
          "<h3>Is the difference real?</h3>", cmp_html, tune_html]
-    m = [f"\n## {heading}\n", "**Answer first**\n", *[f"- {a}" for a in answer], "",
-         *[f"> ⚠ {w}" for w in warnings], "", "### Main table\n", table_markdown(cols), table_note + "\n",
+    # the answer and warnings name tasks, models and settings a user wrote: HTML in them is shown, not run
+    m = [f"\n## {md_text(heading)}\n", "**Answer first**\n", *[f"- {md_text(a)}" for a in answer], "",
+         *[f"> ⚠ {md_text(w)}" for w in warnings], "", "### Main table\n", table_markdown(cols), table_note + "\n",
          "### Is the difference real?\n", cmp_md, tune_md]
     for title, path, caption in figures:
         h += [f"<h3>{inline_html(title)}</h3>", image_html(path, title), f"<p class='note'>{inline_html(caption)}</p>"]
-        m += [f"### {title}\n", f"![{title}]({path.name})\n", caption + "\n"]
+        m += [f"### {md_text(title)}\n", f"![{md_text(title)}]({path.name})\n", caption + "\n"]
     h += [ex_html, "</section>"]
     m += [ex_md]
     caption = (f"{task}: metrics ×100, mean ± std over seeds; best in bold."
@@ -186,7 +187,7 @@ def glance_section(answers: dict[str, list[str]], failed: int) -> tuple[str, str
     if not lines:
         return "", ""
     return (f"<div class='answer'><b>At a glance</b>{bullets_html(lines)}</div>",
-            "**At a glance**\n\n" + "\n".join(f"- {line}" for line in lines) + "\n")
+            "**At a glance**\n\n" + "\n".join(f"- {md_text(line)}" for line in lines) + "\n")
 
 
 def incomplete_runs(grid_dir: Path, runs: list[dict]) -> list[str]:
@@ -206,7 +207,7 @@ def report_header(grid_dir: Path, runs: list[dict], frame, opts: dict) -> tuple[
     nav = "".join(f"<a href='#{slug(t)}'>{html.escape(t)}</a>" for t in tasks) + "<a href='#failures'>failures</a>"
     h = (f"<h1>medpeft report: {html.escape(grid_dir.name)}</h1><p class='meta'>{inline_html(meta)}</p>"
          f"<nav>{nav}</nav>")
-    return h, f"# medpeft report: {grid_dir.name}\n\n{meta}\n"
+    return h, f"# medpeft report: {md_text(grid_dir.name)}\n\n{meta}\n"
 
 
 def trials_note(runs: list, trials: list) -> str:

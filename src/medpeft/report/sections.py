@@ -14,7 +14,8 @@ from medpeft.report.compare import SEEDS_FOR_A_CLAIM
 from medpeft.report.frame import example_scores
 from medpeft.report.plots import image_html, plot_confusion
 from medpeft.report.stats import statistic
-from medpeft.report.tables import describe_row, format_bytes, format_points, format_seconds, has_several_models, row_label
+from medpeft.report.tables import (describe_row, format_bytes, format_points, format_seconds, has_several_models, md_code,
+                                   md_text, row_label)
 from medpeft.run.metrics import metric_label
 from medpeft.run.record import RunResult
 
@@ -235,7 +236,7 @@ def comparison_table(frame, comparisons: list[dict]) -> tuple[str, str]:
     h = ("<table class='cmp'><thead><tr>" + "".join(f"<th>{html.escape(x)}</th>" for x in header) + "</tr></thead><tbody>"
          + "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in r) + "</tr>" for r in rows)
          + f"</tbody></table><p class='note'>{html.escape(note)}</p>")
-    m = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+    m = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(map(md_text, r)) + " |" for r in rows]
     return h, "\n".join(m) + "\n\n" + note + "\n"
 
 
@@ -294,14 +295,14 @@ def summary_examples(frame, runs_by_id: dict) -> tuple[str, str]:
                  f"<div><span class='label'>Source</span><br>{html.escape(clip(show(ex.get('input', '')), SOURCE_CHARS))}</div>"
                  f"<div><span class='label'>Reference</span><br>{html.escape(show(ex.get('reference', ''), ex.get('input', '')))}</div></div>"
                  "<div class='outs'>")
-        m += [f"**Example {n}** (`{i}`)\n", f"- *Source*: {one_line(clip(show(ex.get('input', '')), SOURCE_CHARS))}",
-              f"- *Reference*: {one_line(show(ex.get('reference', ''), ex.get('input', '')))}"]
+        m += [f"**Example {n}** ({md_code(i)})\n", f"- *Source*: {md_text(one_line(clip(show(ex.get('input', '')), SOURCE_CHARS)))}",
+              f"- *Reference*: {md_text(one_line(show(ex.get('reference', ''), ex.get('input', ''))))}"]
         for row, p, s in zip(rows, preds, scores):
             score = example_score(s[i]) if i in s else math.nan
             label = f"{describe_row(row, many)} · " + (f"{100 * score:.1f}" if score == score else "—")
             output = clip(show(p[i].get("prediction", ""), p[i].get("input", "")), OUTPUT_CHARS)
             h.append(f"<div><span class='label'>{html.escape(label)}</span><br>{html.escape(output)}</div>")
-            m.append(f"- *{label}*: {one_line(output)}")
+            m.append(f"- *{md_text(label)}*: {md_text(one_line(output))}")
         h.append("</div></div>")
         m.append("")
     h.append("</div>")
@@ -354,10 +355,10 @@ def confusion_section(frame, runs_by_id: dict, path: Path) -> tuple[str, str]:
     title = f"{describe_row(row, has_several_models(frame))}, {seeds}"
     plot_confusion(labels, matrix, path, title)
     intro = f"Confusion matrix of the best row ({title}): rows are true labels, columns predicted."
-    md_rows = ["| true \\ predicted | " + " | ".join(labels) + " |", "|" + "---|" * (len(labels) + 1)]
-    md_rows += [f"| {label} | " + " | ".join(str(v) for v in matrix[i]) + " |" for i, label in enumerate(labels)]
+    md_rows = ["| true \\ predicted | " + " | ".join(map(md_text, labels)) + " |", "|" + "---|" * (len(labels) + 1)]
+    md_rows += [f"| {md_text(label)} | " + " | ".join(str(v) for v in matrix[i]) + " |" for i, label in enumerate(labels)]
     h = f"<h3>Confusion matrix</h3><p class='note'>{html.escape(intro)}</p>{image_html(path, 'confusion matrix')}"
-    return h, "### Confusion matrix\n\n" + intro + "\n\n" + "\n".join(md_rows) + f"\n\n![confusion matrix]({path.name})\n"
+    return h, "### Confusion matrix\n\n" + md_text(intro) + "\n\n" + "\n".join(md_rows) + f"\n\n![confusion matrix]({path.name})\n"
 
 
 def failure_section(runs: list[RunResult], incomplete: list[str]) -> tuple[str, str]:
@@ -372,10 +373,10 @@ def failure_section(runs: list[RunResult], incomplete: list[str]) -> tuple[str, 
         h.append(f"<div class='fail'><b>{html.escape(r.run_id)}</b> ({html.escape(what)})<br>"
                  f"{html.escape(str(r.error))}<details><summary>traceback</summary>"
                  f"<pre>{html.escape(str(r.traceback or ''))}</pre></details></div>")
-        m.append(f"- `{r.run_id}` ({what}): {r.error}")
+        m.append(f"- {md_code(r.run_id)} ({md_text(what)}): {md_text(r.error)}")
     if incomplete:
         text = f"Unfinished ({len(incomplete)}; no readable result.json: still running, interrupted, or a broken file): "
         h.append(f"<p class='note'>{html.escape(text)}{', '.join(f'<code>{html.escape(d)}</code>' for d in incomplete)}</p>")
-        m.append("\n" + text + ", ".join(f"`{d}`" for d in incomplete))
+        m.append("\n" + text + ", ".join(map(md_code, incomplete)))
     h.append("</section>")
     return "".join(h), "\n".join(m) + "\n"

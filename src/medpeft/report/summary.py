@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from medpeft.report.frame import COST_KEYS
-from medpeft.report.tables import format_bytes, row_label
+from medpeft.report.tables import format_bytes, md_code, md_text, row_label
 from medpeft.run.metrics import METRICS, metric_label
 from medpeft.run.record import RunResult, write_atomic
 
@@ -72,11 +72,11 @@ def summary_markdown(frame) -> str:
         costs = [k for k in COST_KEYS if f"{k}_mean" in rows and rows[f"{k}_mean"].notna().any()]
         header = ["model", "method", "seeds"] + [metric_label(k) + (" (primary)" if k == rows["primary"].iloc[0] else "")
                                                  for k in keys] + costs
-        lines = [f"\n### {task} ({rows['task_type'].iloc[0]})\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines = [f"\n### {md_text(task)} ({rows['task_type'].iloc[0]})\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for _, row in rows.iterrows():
             cells = [row["model"], row_label(row), str(row["seeds"])]
             cells += [format_cell(row[f"{k}_mean"], row[f"{k}_std"], k) for k in keys + costs]
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append("| " + " | ".join(map(md_text, cells)) + " |")
         parts.append("\n".join(lines) + "\n")
     return "".join(parts)
 
@@ -85,7 +85,7 @@ def failures_markdown(runs: list[RunResult]) -> str:
     failed = [r for r in runs if not r.ok]
     if not failed:
         return ""
-    lines = [f"\n### Failed runs ({len(failed)})\n"] + [f"- `{r.run_id}`: {r.error}" for r in failed]
+    lines = [f"\n### Failed runs ({len(failed)})\n"] + [f"- {md_code(r.run_id)}: {md_text(r.error)}" for r in failed]
     return "\n".join(lines) + "\n"
 
 
@@ -93,5 +93,5 @@ def write_summary(grid_dir: Path, frame, runs: list[RunResult]) -> str:
     """Write summary.csv and summary.md of a grid from its frame; return the markdown."""
     write_atomic(Path(grid_dir) / "summary.csv", summary_csv(frame))
     text = summary_markdown(frame) + failures_markdown(runs)
-    write_atomic(Path(grid_dir) / "summary.md", f"# Summary of {Path(grid_dir).name}\n\n{text}")
+    write_atomic(Path(grid_dir) / "summary.md", f"# Summary of {md_text(Path(grid_dir).name)}\n\n{text}")
     return text

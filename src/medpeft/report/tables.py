@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 
 from medpeft.run.metrics import METRICS, metric_label
 
@@ -128,9 +129,37 @@ def table_html(cols: list[dict], baseline_rows: set[int] = frozenset()) -> str:
 def table_markdown(cols: list[dict]) -> str:
     lines = ["| " + " | ".join(c["header"] for c in cols) + " |", "|" + "---|" * len(cols)]
     for i in range(len(cols[0]["cells"])):
-        cells = [f"**{c['cells'][i]}**" if i in c["best"] and c["cells"][i] else c["cells"][i] for c in cols]
+        cells = [md_text(c["cells"][i]) for c in cols]  # a model's name or a row's label: user text
+        cells = [f"**{cell}**" if i in c["best"] and cell else cell for cell, c in zip(cells, cols)]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+# Raw HTML a Markdown viewer would run: `<` opening a tag, a closing tag, a comment or a declaration
+# (CommonMark's raw HTML), and `&` opening an entity. `a < b` and a blockquote's `>` stay as they are.
+HTML_START = re.compile(r"<(?=[A-Za-z/!?])|&(?=#?[A-Za-z0-9]+;)")
+
+
+def md_text(text) -> str:
+    """Text a user wrote (a task or model name, a label, a model's output, an error) for Markdown, where a
+    viewer would run HTML in it (a label `<script>`): every tag and entity start escaped, so it is shown as
+    written. For a code span use md_code, whose text is shown as it is."""
+    return HTML_START.sub(lambda m: "&lt;" if m.group() == "<" else "&amp;", str(text))
+
+
+def md_code(text) -> str:
+    """`text` as a Markdown code span, shown character for character: its fence is one backtick longer than
+    any run of backticks in it, so a backtick it holds cannot end the span early (CommonMark)."""
+    text = str(text)
+    ticks = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{ticks}{pad}{text}{pad}{ticks}"
+
+
+def md_fence(text, info: str = "") -> str:
+    """A fenced code block that `text` cannot close: its fence is longer than any run of backticks in it."""
+    ticks = "`" * max(3, max(map(len, re.findall("`+", str(text))), default=0) + 1)
+    return f"{ticks}{info}\n{text}\n{ticks}"
 
 
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$",

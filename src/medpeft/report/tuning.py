@@ -9,7 +9,7 @@ import html
 import math
 from pathlib import Path
 
-from medpeft.report.tables import describe_row, format_value, has_several_models
+from medpeft.report.tables import describe_row, format_value, has_several_models, md_text
 from medpeft.run.metrics import metric_label
 from medpeft.run.record import RunResult, validation_score
 
@@ -109,7 +109,7 @@ def tuning_section(frame, trials: list[RunResult], plot_path: Path) -> tuple[str
          *["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in line) + "</tr>" for line in cells], "</table></div>",
          f"<p class='note'>{html.escape(note)}</p>"]
     m = ["### Tuning\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-         *["| " + " | ".join(line) + " |" for line in cells], "", note + "\n"]
+         *["| " + " | ".join(map(md_text, line)) + " |" for line in cells], "", md_text(note) + "\n"]
     if written:
         from medpeft.report.plots import image_html
 
