@@ -136,6 +136,13 @@ def test_a_repeated_column_name_is_an_error(tmp_path):
     check_error(err, str(path), 1, "'label' twice")
 
 
+def test_empty_column_names_may_repeat(tmp_path):
+    # Excel writes trailing empty columns ("note,label,,"): unnamed, so nothing is lost.
+    path = tmp_path / "notes.csv"
+    path.write_text("note,label,,\n" + "".join(f'"{n}",{"ab"[i % 2]},,\n' for i, n in enumerate(NOTES)))
+    assert load(mapping(str(path))).labels == ["a", "b"]
+
+
 def test_a_csv_field_longer_than_the_csv_modules_limit_is_read(tmp_path):
     long_note = "Long discharge summary. " * 8000  # 192,000 characters; the csv default limit is 131,072
     path = tmp_path / "notes.csv"

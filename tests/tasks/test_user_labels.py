@@ -155,3 +155,20 @@ def test_multilabel_numbers_in_json_lists_are_labels(tmp_path):
     path = write_jsonl(tmp_path, records([[1, 2], [2.0], [1]] * 4))
     data = load({"type": "multilabel", "path": path, "text_field": "note", "target_field": "label"})
     assert data.labels == ["1", "2"] and json.dumps(all_labels(data)).count('"2"') == 8
+
+
+@pytest.mark.parametrize("cell", ['"[""I10"", ""E11""]"', "\"['I10', 'E11']\"", "I10;E11"])
+def test_a_list_in_a_csv_cell_is_read_as_its_labels(tmp_path, cell):
+    # pandas' to_csv writes a list column as ['I10', 'E11']; split on ';' it was one odd label.
+    path = tmp_path / "codes.csv"
+    path.write_text("note,codes\n" + "".join(f'"{n}",{cell if i % 2 else "I10"}\n' for i, n in enumerate(NOTES * 2)))
+    data = load({"type": "multilabel", "path": str(path), "text_field": "note", "target_field": "codes"})
+    assert data.labels == ["E11", "I10"]
+    assert sorted(map(sorted, all_labels(data))) == [["E11", "I10"]] * 8 + [["I10"]] * 8
+
+
+def test_a_label_in_brackets_is_still_a_label(tmp_path):
+    path = tmp_path / "codes.csv"
+    path.write_text("note,codes\n" + "".join(f'"{n}",{"[redacted];I10" if i % 2 else "I10"}\n' for i, n in enumerate(NOTES)))
+    data = load({"type": "multilabel", "path": str(path), "text_field": "note", "target_field": "codes"})
+    assert data.labels == ["I10", "[redacted]"]

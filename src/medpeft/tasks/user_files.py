@@ -26,6 +26,7 @@ MIN_NUL_SHARE = 0.05  # of the bytes: UTF-16 text of ASCII is half NULs, of CJK 
 # punctuation and field names are ASCII; below this a NUL is a stray (or binary) byte
 CSV_FIELD_LIMIT = 2**31 - 1  # the csv module's default (131,072 characters) is shorter than a long note
 CSV_END_IN_QUOTES = "unexpected end of data"  # the csv module's words for a quote never closed
+MAX_LISTED = 10  # problems listed in one error
 
 
 def utf8_name(path: Path) -> Path:
@@ -123,7 +124,7 @@ def read_csv_records(path: Path, text: str) -> list[tuple[int, dict]]:
     if not rows:
         return []
     (header_line, header), records = rows[0], []
-    twice = sorted({name for name in header if header.count(name) > 1})
+    twice = sorted({name for name in header if name and header.count(name) > 1})  # Excel leaves empty ones
     if twice:
         raise data_error(f"{path}:{header_line}", f"the header names column {twice[0]!r} twice",
                          "give every column its own name")
@@ -180,3 +181,9 @@ def read_records(path: Path) -> list[tuple[int, dict]]:
     except UnicodeDecodeError as err:
         raise decode_error(path, err) from None
     return read_csv_records(path, text)
+
+
+def raise_problems(problems: list[str]) -> None:
+    if problems:
+        more = f"\n... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        raise DataError(f"{len(problems)} problem(s) in the data:\n" + "\n".join(problems[:MAX_LISTED]) + more)
