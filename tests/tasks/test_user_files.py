@@ -136,6 +136,15 @@ def test_a_repeated_column_name_is_an_error(tmp_path):
     check_error(err, str(path), 1, "'label' twice")
 
 
+@pytest.mark.parametrize("sep, shown", [(";", "';'"), ("\t", "'\\t'")])
+def test_a_file_separated_by_semicolons_or_tabs_is_named(tmp_path, sep, shown):
+    path = tmp_path / "notes.csv"
+    path.write_text(f"note{sep}label\n" + "".join(f"{n}{sep}{'ab'[i % 2]}\n" for i, n in enumerate(NOTES)))
+    with pytest.raises(DataError) as err:
+        load(mapping(str(path)))
+    check_error(err, str(path), 1, f"separated by {shown}", "Comma delimited")
+
+
 def test_empty_column_names_may_repeat(tmp_path):
     # Excel writes trailing empty columns ("note,label,,"): unnamed, so nothing is lost.
     path = tmp_path / "notes.csv"

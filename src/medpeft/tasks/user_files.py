@@ -124,6 +124,11 @@ def read_csv_records(path: Path, text: str) -> list[tuple[int, dict]]:
     if not rows:
         return []
     (header_line, header), records = rows[0], []
+    other = next((sep for sep in (";", "\t") if len(header) == 1 and sep in header[0]), None)
+    if other:  # Excel in many European locales writes ';', and a .tsv renamed has tabs
+        raise data_error(f"{path}:{header_line}", f"the header is one column, {header[0]!r}: the file is separated by "
+                         f"{other!r}, not commas", "save it as comma-separated CSV (Excel: Save As > 'CSV UTF-8 "
+                         "(Comma delimited)'), or as JSON lines")
     twice = sorted({name for name in header if name and header.count(name) > 1})  # Excel leaves empty ones
     if twice:
         raise data_error(f"{path}:{header_line}", f"the header names column {twice[0]!r} twice",
