@@ -104,6 +104,44 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_ends_as_the_uninterrupted_run(
     assert not (run_dir / "checkpoints").exists()  # removed once the run succeeded
 
 
+@pytest.mark.parametrize("stop_at", [5, 10])
+def test_a_run_resumed_in_a_later_epoch_ends_exactly_as_the_uninterrupted_run(stop_at, tmp_path, monkeypatch, assets_ready):
+    """Resumed at the start (5: epoch 2 begins at step 5) or in the middle (10) of a later epoch: the same
+    data order, dropout draws and weights as without the stop. Each epoch's order is drawn from the run's
+    seed and the epoch, not from whatever the global random state was when the epoch began (which a
+    resumed process cannot reproduce: after a kill -9, a resumed LoRA run of 600 steps ended with weights
+    up to 0.118 away from the uninterrupted run's)."""
+    cfg = tiny_config(max_steps=16, checkpoint_steps=None)
+    whole = run_config(cfg, tmp_path / "whole")
+    run_dir = tmp_path / "stopped"
+    with monkeypatch.context() as patch:
+        signal_at_step(patch, stop_at)
+        with pytest.raises(Preempted):
+            run_config(cfg, run_dir)
+    resumed = run_config(cfg, run_dir)
+    assert resumed.training["resumed_from_step"] == stop_at
+    assert resumed.training["train_loss"] == pytest.approx(whole.training["train_loss"], rel=1e-6)
+    a, b = adapter_weights(tmp_path / "whole"), adapter_weights(run_dir)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+
+
+def test_each_epoch_draws_a_new_order_from_the_seed_and_the_epoch(tmp_path, monkeypatch, assets_ready):
+    """The Trainer tells the sampler each epoch (else every epoch would repeat the first one's order)."""
+    from medpeft.run import fit
+
+    epochs, orders = [], []
+    real_iter = fit.EpochSeededSampler.__iter__
+
+    def spy(self):
+        epochs.append(self.epoch)
+        orders.append(list(real_iter(self)))
+        return iter(orders[-1])
+
+    monkeypatch.setattr(fit.EpochSeededSampler, "__iter__", spy)
+    run_config(tiny_config(max_steps=12, checkpoint_steps=None), tmp_path / "run")
+    assert epochs == [0, 1, 2] and len({tuple(o) for o in orders}) == 3
+
+
 def test_a_checkpoint_cut_short_is_skipped(tmp_path):
     folder = tmp_path / "checkpoints" / "checkpoint-4"
     folder.mkdir(parents=True)

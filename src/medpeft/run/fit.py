@@ -176,6 +176,11 @@ def trainer_class(base, loss=None, encoder_decoder: bool = False):
                 return result
             return (result[0] * self.slice_weight, result[1]) if return_outputs else result * self.slice_weight
 
+        def _get_train_sampler(self, train_dataset=None):
+            sampler = super()._get_train_sampler(train_dataset)
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return EpochSeededSampler(sampler, seed) if hasattr(sampler, "generator") else sampler
+
         def training_step(self, model, inputs, num_items_in_batch=None):
             # a GPU keeps the batch whole (faster there); under DDP every backward synchronises
             on_cpu = self.args.world_size == 1 and torch.device(self.args.device).type == "cpu"
@@ -193,6 +198,26 @@ def trainer_class(base, loss=None, encoder_decoder: bool = False):
             return total
 
     return MedpeftTrainer
+
+
+class EpochSeededSampler(torch.utils.data.Sampler):
+    """The Trainer's sampler (length-grouped or random), its order in each epoch drawn from the run's seed
+    and the epoch alone. Left to itself it draws from the global random state as the epoch begins, which a
+    run resumed from a checkpoint in a later epoch cannot reproduce (the Trainer restores that state only
+    after fast-forwarding the data): it trained on another order than the uninterrupted run."""
+
+    def __init__(self, sampler, seed: int):
+        self.sampler, self.seed, self.epoch = sampler, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # the Trainer (through accelerate) calls it at every epoch
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        self.sampler.generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(self.sampler)
 
 
 def auto_checkpointing(model, kind, cfg: ExperimentConfig, train_rows) -> bool:
