@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from medpeft import cli
-from medpeft.errors import ConfigError, ModelError
+from medpeft.errors import ConfigError, ModelError, OutputError
 from medpeft.use import export as export_module
 from medpeft.use.export import export_run
 from medpeft.use.runs import base_model_path, open_run
@@ -128,6 +128,19 @@ def test_export_refuses_what_it_cannot_do(trained, tmp_path):
     _, t5_untrained, _ = trained("t5-untrained")
     with pytest.raises(ModelError, match="nothing to export"):
         export_run(t5_untrained, tmp_path / "base")
+
+
+@pytest.mark.parametrize("out", ["notes.txt", "notes.txt/exported"])
+def test_export_out_an_existing_file_or_under_one_exits_2(trained, tmp_path, capsys, out):
+    _, run_dir, _ = trained("rct-lora")
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="is a file"):
+        export_run(run_dir, tmp_path / out)
+    capsys.readouterr()  # drop what training the fixture's run printed
+    assert cli.main(["export", str(run_dir), "--out", str(tmp_path / out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"medpeft: error: --out {tmp_path / out}") and err.count("\n") == 1
+    assert (tmp_path / "notes.txt").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
 def test_a_failed_export_leaves_nothing_behind(trained, tmp_path, monkeypatch):

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from medpeft import cli
-from medpeft.errors import ConfigError, DataError, ModelError
+from medpeft.errors import ConfigError, DataError, ModelError, OutputError
 from medpeft.use import predict as predict_module
 from medpeft.use.card import prompt_section
 from medpeft.use.predict import predict_runs
 from medpeft.use.runs import open_run
 
-from use_fixtures import read_jsonl, trained, write_inputs  # noqa: F401  (trained is a fixture)
+from use_fixtures import read_jsonl, refuse_models, trained, write_inputs  # noqa: F401  (trained is a fixture)
 
 # name -> input file suffix: one run of every task type, model kind and method family
 REPRODUCED = {"rct-lora": ".csv", "rct-full": ".csv", "rct-prompt": ".jsonl", "t5-lora": ".jsonl",
@@ -126,12 +126,7 @@ def test_bad_input_names_file_line_and_fix_before_any_model_loads(trained, tmp_p
         path.write_bytes(content)
     out = tmp_path / "out.jsonl"
     out.write_text('{"earlier": "output"}\n')
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the input was checked")
-
-    monkeypatch.setattr(predict_module, "load_adapters", refuse)
-    monkeypatch.setattr(predict_module, "load_run_model", refuse)
+    refuse_models(monkeypatch)
     with pytest.raises(DataError) as err:
         predict_runs([run_dir], path, out, progress=False)
     message = str(err.value)
@@ -166,6 +161,35 @@ def test_output_may_not_replace_the_input(trained, tmp_path):
     inputs = write_inputs(tmp_path / "in.jsonl", read_jsonl(run_dir / "predictions.jsonl"))
     with pytest.raises(DataError, match="replace the input"):
         predict_runs([run_dir], inputs, inputs, progress=False)
+
+
+UNWRITABLE = {  # case -> (make the place, the --output path, what the message must say)
+    "a folder": (lambda tmp: (tmp / "preds").mkdir(), "preds", "is a folder"),
+    "under a file": (lambda tmp: (tmp / "notes.txt").write_text("mine"), "notes.txt/out.jsonl", "is a file, not a folder"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNWRITABLE))
+def test_an_output_that_cannot_be_written_fails_before_any_model_loads(trained, tmp_path, monkeypatch, capsys, case):
+    _, run_dir, _ = trained("rct-lora")
+    make, name, needle = UNWRITABLE[case]
+    make(tmp_path)
+    inputs = write_inputs(tmp_path / "in.csv", read_jsonl(run_dir / "predictions.jsonl"))
+    refuse_models(monkeypatch)
+    with pytest.raises(OutputError, match=needle) as err:
+        predict_runs([run_dir], inputs, tmp_path / name, progress=False)
+    assert str(tmp_path / name) in str(err.value)
+    capsys.readouterr()  # drop what training the fixture's run printed
+    assert cli.main(["predict", str(run_dir), "--input", str(inputs), "--output", str(tmp_path / name)]) == 2
+    out = capsys.readouterr().err
+    assert out.startswith("medpeft: error: --output ") and out.count("\n") == 1 and needle in out
+
+
+def test_a_missing_output_folder_is_made(trained, tmp_path):
+    _, run_dir, _ = trained("rct-lora")
+    inputs = write_inputs(tmp_path / "in.csv", read_jsonl(run_dir / "predictions.jsonl"))
+    predict_runs([run_dir], inputs, tmp_path / "new" / "deeper" / "out.jsonl", progress=False)
+    assert (tmp_path / "new" / "deeper" / "out.jsonl").is_file()
 
 
 def test_runs_that_cannot_predict_say_why(trained, tmp_path):

@@ -31,6 +31,7 @@ RUNS = {  # name -> (grid folder, task, model, method, seed)
     "mesh-lora": ("mesh", "mesh", "tiny-bert", "lora", 0),
     "ner-lora": ("ner", "ner", "tiny-bert", "lora", 0),
     "ner-prompt": ("ner", "ner", "tiny-bert", "prompt_tuning", 0),
+    "local-lora": ("local", "pubmed-rct", "local-bert", "lora", 0),  # a base in a folder of your own (fingerprinted)
 }
 _CACHE: dict[str, tuple] = {}  # shared by every test module of the session
 
@@ -61,6 +62,15 @@ def chat_model(folder: Path) -> str:
     return str(folder)
 
 
+def local_model(folder: Path) -> str:
+    """tiny-bert copied into a folder of its own: a local base, whose fingerprint the run records."""
+    from medpeft.models import resolve_model
+
+    if not (folder / "config.json").is_file():
+        shutil.copytree(resolve_model("tiny-bert", online=False), folder, dirs_exist_ok=True)
+    return str(folder)
+
+
 def run_config(name: str, root: Path):
     grid, task, model, method, seed = RUNS[name]
     data = dict(DATA)
@@ -70,6 +80,8 @@ def run_config(name: str, root: Path):
         task, data = {"type": "ner", "path": str(path), "name": "ner-toy"}, {"max_source_tokens": 32}
     if model == "chat-llama":
         model = chat_model(root / "chat-llama")
+    if model == "local-bert":
+        model = local_model(root / "local-bert")
     return config_from_dict({"task": task, "model": model, "method": method, "seed": seed, "data": data,
                              "train": dict(TRAIN)})
 
@@ -107,3 +119,14 @@ def write_inputs(path: Path, predictions: list[dict], text_field: str = "text") 
     else:
         path.write_text("".join(json.dumps({"id": p["id"], text_field: p["input"]}) + "\n" for p in predictions))
     return path
+
+
+def refuse_models(monkeypatch) -> None:
+    """Make `medpeft predict` fail loudly if it loads a model: for checks that must come before any model loads."""
+    from medpeft.use import predict as predict_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the inputs, the output and the runs were checked")
+
+    monkeypatch.setattr(predict_module, "load_adapters", refuse)
+    monkeypatch.setattr(predict_module, "load_run_model", refuse)

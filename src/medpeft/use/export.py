@@ -16,14 +16,14 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medpeft.errors import ConfigError, ModelError
+from medpeft.errors import ConfigError, ModelError, OutputError
 from medpeft.files import folder_fingerprint, folder_written_whole, write_atomic
 from medpeft.models import is_hub_id, load_model
 from medpeft.use.card import write_card
-from medpeft.use.runs import FinishedRun, base_model_path, open_run
+from medpeft.use.runs import FinishedRun, base_model_path, check_output_place, open_run
 
 DTYPES = ("fp32", "bf16", "fp16")
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # open_run refuses a pickled adapter_model.bin
 BASE_REFERENCE = "base_model.json"
 
 
@@ -54,8 +54,11 @@ def export_run(run_dir, out, *, merge: bool = False, dtype: str | None = None, o
     if not run.method.trains:
         raise ModelError(f"run {run.name} is the untrained baseline: nothing was trained, so there is nothing to export; "
                          f"its base model is {run.result.model_path}")
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file; export into a new folder")
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} already exists and is not empty; export into a new folder (or remove it first)")
+    check_output_place(out, "--out")
     with folder_written_whole(out) as tmp:  # renamed over `out` (or the empty folder the user made) at the end
         if run.is_full:
             export = export_full(run, tmp, dtype_value, merge)

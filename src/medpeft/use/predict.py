@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medpeft.dist import local_device
-from medpeft.errors import ConfigError
+from medpeft.errors import ConfigError, OutputError
 from medpeft.methods import output_prefix_tokens
 from medpeft.run.encode import encode_examples
 from medpeft.run.kinds import predicted_class, predicted_labels, rounded
@@ -21,8 +21,8 @@ from medpeft.run.predict import length_batches
 from medpeft.run.record import write_jsonl
 from medpeft.tasks.base import data_error
 from medpeft.tasks.user import fields_of, raise_problems, read_records
-from medpeft.use.runs import (FinishedRun, load_adapters, load_run_model, open_run, pair_field_of, reads_pairs,
-                              run_instruction, share_base)
+from medpeft.use.runs import (FinishedRun, base_model_path, check_output_place, load_adapters, load_run_model, open_run,
+                              pair_field_of, reads_pairs, run_instruction, share_base)
 
 CHUNK_BATCHES = 4  # batches per progress-bar step; a multiple of the batch size keeps the run's own batches
 INPUT_SUFFIXES = (".csv", ".jsonl")
@@ -64,6 +64,9 @@ def predict_runs(run_dirs, input_path, output_path, *, text_field: str | None = 
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     instructions = {run.name: run_instruction(run, online) for run in runs}  # may load a task: fail before any model
+    for run in runs:
+        if not run.is_full:  # a missing, empty or changed base fails now, not after other runs predicted
+            base_model_path(run, online)
     fields = {run.name: (None if len(runs) == 1 else run.name) for run in runs}
     result = Prediction(len(inputs), output_path, fields)
     outputs = {}
@@ -186,8 +189,13 @@ def text_problem(record: dict, text_field: str) -> tuple[str, str] | None:
 
 
 def check_output(input_path: Path, output_path: Path) -> None:
+    """The output can be written where it goes (checked before any model loads, not after every prediction)."""
     if output_path.resolve() == input_path.resolve():
         raise data_error(str(output_path), "the output would replace the input", "write the predictions to another file")
+    if output_path.is_dir():
+        raise OutputError(f"--output {output_path} is a folder; give the file to write, e.g. "
+                          f"{output_path / 'predictions.jsonl'}")
+    check_output_place(output_path, "--output")
 
 
 def run_examples(run: FinishedRun, inputs: list[dict]) -> list[dict]:

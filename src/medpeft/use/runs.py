@@ -11,15 +11,18 @@ from pathlib import Path
 
 from medpeft.config import ExperimentConfig, config_from_dict
 from medpeft.dist import local_device
-from medpeft.errors import MedpeftError, ModelError
+from medpeft.errors import MedpeftError, ModelError, OutputError
+from medpeft.files import check_writable_folder, folder_fingerprint
 from medpeft.methods import MethodSpec
-from medpeft.models import load_model, model_architecture, resolve_model
+from medpeft.models import MODELS, load_model, model_architecture, resolve_model
 from medpeft.plan import load_data, model_kind, task_spec
 from medpeft.registry import METHODS
 from medpeft.run.kinds import KINDS, ModelKind
-from medpeft.run.record import RunResult, read_result
+from medpeft.run.record import GRID_MARKER, RunResult, read_result, recorded_grid_file
 
 TEXT_ONLY = "text"  # prompt_format of an encoder that sees the text alone (no instruction): run/encode.py
+# Pickled weight files -> the safetensors file a conversion writes; loading a pickle can run any code it holds.
+PICKLED_WEIGHTS = {"adapter_model.bin": "adapter_model.safetensors", "pytorch_model.bin": "model.safetensors"}
 
 
 @dataclass(frozen=True)
@@ -80,9 +83,65 @@ def open_run(run_dir) -> FinishedRun:
     if not method.trains and run.kind.new_head:
         raise ModelError(f"run {result.run_id} is the untrained baseline: its {result.task_type} head was never trained "
                          "(it scored the training split's prior), so it has no model to use; pick a trained run")
-    if method.trains and not run.adapter_dir.is_dir():
-        raise ModelError(f"run {result.run_id} has no adapter/ folder ({run.adapter_dir}); run it again to save one")
+    if method.trains:
+        check_saved_model(run)
     return run
+
+
+def grid_command(run_dir: Path) -> str:
+    """The `medpeft run` line of the run's grid: its file as the grid folder records it (grid.json), else by name."""
+    grid_dir = Path(run_dir).absolute().parent  # runs/<grid name>, whatever folder the run was named from
+    grid_file = recorded_grid_file(grid_dir / GRID_MARKER)
+    named = "" if grid_file else f" (GRID.yaml: the grid file with name: {grid_dir.name})"
+    return f"medpeft run {grid_file or 'GRID.yaml'} --runs-dir {grid_dir.parent}{named}"
+
+
+def rerun_advice(run_dir: Path) -> str:
+    """How to train a finished run again: `medpeft run` skips every run whose result.json says it finished."""
+    return (f"`medpeft run` skips a run with a result.json, so remove {run_dir / 'result.json'} and run its grid again: "
+            f"{grid_command(run_dir)}")
+
+
+def check_saved_model(run: FinishedRun) -> None:
+    """adapter/ holds the run's config and weights, as safetensors and whole; else an error naming the file.
+    (Without its adapter_config.json a peft run would predict with the bare base, silently.)"""
+    folder = run.adapter_dir
+    if not folder.is_dir():
+        raise ModelError(f"run {run.name} has no adapter/ folder ({folder}): it was removed after the run finished. To "
+                         f"train it again: {rerun_advice(run.run_dir)}")
+    for name, safe in PICKLED_WEIGHTS.items():
+        if (folder / name).is_file():
+            raise ModelError(pickle_message(folder / name, folder / safe))
+    weights = sorted(folder.glob("*.safetensors"))
+    config = "config.json" if run.is_full else "adapter_config.json"
+    missing = ([] if (folder / config).is_file() else [config]) + ([] if weights else ["its weights (*.safetensors)"])
+    if missing:
+        raise ModelError(f"{folder} lacks {' and '.join(missing)}: copy the run's adapter/ back whole, or train it "
+                         f"again: {rerun_advice(run.run_dir)}")
+    for path in weights:
+        check_safetensors(path, run.run_dir)
+
+
+def pickle_message(path: Path, safe: Path) -> str:
+    """Why a pickled weight file is refused, and the fix: remove it beside its safetensors twin, else convert it."""
+    fix = (f"remove it ({safe.name} beside it holds the weights)" if safe.is_file() else
+           f"if you trust the file, convert it: python -c \"import torch; from safetensors.torch import save_file; "
+           f"save_file(torch.load('{path}', weights_only=True), '{safe}')\" and then remove {path.name}")
+    return (f"{path} is a pickle (PyTorch .bin), and loading a pickle can run any code it holds, so medpeft loads "
+            f"safetensors only (its own runs save {safe.name}); {fix}")
+
+
+def check_safetensors(path: Path, run_dir: Path) -> None:
+    """Read a safetensors file's header, which lists every tensor's bytes: a file cut short fails here."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as fh:
+            fh.keys()
+    except (SafetensorError, OSError) as err:
+        raise ModelError(f"{path} cannot be read ({err}): it is damaged or cut short, e.g. by a full disk or an "
+                         f"interrupted copy. Copy it again from a whole copy, or train the run again: "
+                         f"{rerun_advice(run_dir)}") from None
 
 
 def reads_pairs(run: FinishedRun) -> bool:
@@ -98,9 +157,28 @@ def pair_field_of(run: FinishedRun) -> str:
 def base_model_path(run: FinishedRun, online: bool = False) -> str:
     """The base model the run was trained from: its recorded folder, else its model rebuilt or resolved again."""
     path = run.result.model_path
-    if path and Path(path).expanduser().is_dir():
-        return path
-    return resolve_model(run.config.model, online)  # a packaged model rebuilt into the cache, or a hub id (--online)
+    if not (path and Path(path).expanduser().is_dir()):
+        path = resolve_model(run.config.model, online)  # a packaged model rebuilt into the cache, or a hub id (--online)
+    if Path(path).expanduser().is_dir():
+        check_base(run, Path(path).expanduser())
+    return path
+
+
+def check_base(run: FinishedRun, folder: Path) -> None:
+    """The base folder holds a model, and (for a local model the run fingerprinted) the one the run trained on:
+    an adapter on other weights predicts otherwise, silently."""
+    if not ((folder / "config.json").is_file() or (folder / "adapter_config.json").is_file()):
+        rebuild = (f"; or remove the folder, and medpeft builds model {run.config.model!r} there again"
+                   if run.config.model in MODELS else "")
+        raise ModelError(f"{folder} (model_path in {run.run_dir / 'result.json'}) is not a model folder: it has no "
+                         f"config.json. Put back the base model run {run.name} trained on (a transformers "
+                         f"save_pretrained folder){rebuild}")
+    recorded = (run.config.fingerprint or {}).get("model")
+    if recorded is not None and (now := folder_fingerprint(folder)) != recorded:
+        raise ModelError(f"the base model in {folder} changed after run {run.name} trained on it (its fingerprint is "
+                         f"{now}, {run.run_dir / 'result.json'} recorded {recorded}), so the adapter would run on other "
+                         f"weights. Restore the folder's files as they were when the run trained, or train on the "
+                         f"changed base, where the run gets a new run id: {grid_command(run.run_dir)}")
 
 
 def run_instruction(run: FinishedRun, online: bool = False) -> str:
@@ -149,3 +227,14 @@ def share_base(run: FinishedRun) -> tuple | None:
         return None
     return (run.result.model_path, run.config.model, run.kind.name, tuple(run.head_labels or ()), run.peft_type,
             run.method.quantize_4bit)
+
+
+def check_output_place(path: Path, option: str) -> None:
+    """What `option` (--output, --out) names can be written: no file stands where one of its folders goes, and
+    its folder takes a new file (made now if missing, as the write would make it). Checked before any model loads."""
+    for parent in Path(path).absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"{option} {path}: {parent} is a file, not a folder; give {option} another place")
+            break
+    check_writable_folder(Path(path).parent, f"the folder of {option}", f"give {option} a place you can write to")
