@@ -1,23 +1,17 @@
-"""Experiment configuration: one validated `ExperimentConfig` per run, expanded from a YAML grid.
-
-A grid file has a `base:` block (one run's settings) and a `grid:` block of axes whose
-values are lists; dotted keys reach nested fields (`method_args.r: [4, 16]`,
-`train.lr: [1e-4, 3e-4]`). `grid:` may also be a list of such blocks, whose expansions
-are joined (e.g. one block per task with its own model). Every error is raised before
-any training and names the offending key and the valid choices.
+"""One run's configuration: `ExperimentConfig` and its blocks (data, train, generation, optional
+measurements) and a grid's `tune:` block, pure dataclasses that check their own types and values in
+`__post_init__`; every error names the key and the valid choices. Names (task, model, method) are
+resolved against the registries later, once, in plan.py.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import json
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from medpeft.config.values import build_dataclass, check_name, check_types, optional_block
 from medpeft.errors import ConfigError
 
 
@@ -28,13 +22,14 @@ class DataConfig:
     train_size: int = 256  # training examples (classification: sentences/documents)
     val_size: int = 32  # validation examples
     test_size: int = 64  # held-out test examples every metric is computed on
-    split_seed: int = 1234  # seeds the split only; fixed so every run sees the same test set
+    split_seed: int = 1234  # seeds the split only; fixed so every run sees the same test set (0 .. 2**32 - 1)
     max_source_tokens: int = 512  # input truncation length, in tokens
     max_target_tokens: int = 128  # summary truncation length and generation budget, in tokens
     per_class: int | None = None  # few-shot: K training examples per class (per entity type for NER), drawn by the run's seed
 
     def __post_init__(self):
         check_types(self, "data")
+        check_seed(self.split_seed, "data.split_seed")
         if self.per_class is not None and self.per_class < 1:
             raise ConfigError(f"data.per_class must be >= 1 (examples per class) or unset, got {self.per_class}")
         for name in ("train_size", "test_size", "max_source_tokens", "max_target_tokens"):
@@ -45,6 +40,15 @@ class DataConfig:
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto is resolved per machine when a run is planned
+# transformers' SchedulerType values that run with no lr_scheduler_kwargs and no evaluation strategy (the
+# others need min_lr, num_decay_steps or a metric each step); tests/test_values.py builds each one.
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt")
+SEED_MAX = 2**32 - 1  # numpy's seeds stop here
+
+
+def check_seed(seed: int, key: str) -> None:
+    if not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"{key} must be in 0 .. {SEED_MAX} (numpy and torch seeds are unsigned 32-bit), got {seed}")
 
 
 @dataclass
@@ -56,9 +60,9 @@ class TrainConfig:
     lr: float | None = None  # peak learning rate; None takes the method's default
     batch_size: int = 8  # examples per device per step
     grad_accum: int = 1  # gradient accumulation steps
-    weight_decay: float = 0.0  # AdamW weight decay
-    warmup: float = 0.0  # warm-up: a ratio of total steps in [0, 1), or a step count >= 1
-    scheduler: str = "linear"  # transformers lr_scheduler_type
+    weight_decay: float = 0.0  # AdamW weight decay, >= 0
+    warmup: float = 0.0  # warm-up: a ratio of total steps in [0, 1), or a whole step count >= 1
+    scheduler: str = "linear"  # transformers lr_scheduler_type: one of SCHEDULERS
     eval_batch_size: int = 16  # examples per batch at evaluation and generation
     precision: str = "auto"  # auto (bf16 on a GPU that has it, else fp32) | fp32 | bf16 | fp16 (fp16 needs a GPU)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30 % more time (on by itself when they would not fit)
@@ -77,6 +81,13 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"train.scheduler must be one of {', '.join(SCHEDULERS)}; got {self.scheduler!r}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"train.weight_decay must be >= 0 (0 = off; AdamW's usual values are 0.0 to 0.1), got {self.weight_decay}")
+        if self.warmup < 0 or (self.warmup >= 1 and not self.warmup.is_integer()):
+            raise ConfigError(f"train.warmup must be a ratio of the training steps in [0, 1) or a whole number of steps >= 1, "
+                              f"got {self.warmup}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ConfigError(f"train.time_budget_s must be > 0 seconds or unset, got {self.time_budget_s}")
         if self.checkpoint_steps is not None and self.checkpoint_steps < 1:
@@ -183,8 +194,13 @@ class ExperimentConfig:
         if self.user_data is not None and not isinstance(self.user_data, dict):
             raise ConfigError(f"user_data must be a mapping, got {self.user_data!r}")
         check_types(self, "")
+        check_seed(self.seed, "seed")
         if not isinstance(self.method_args, dict):
             raise ConfigError(f"method_args must be a mapping, got {self.method_args!r}")
+        if len(self.run_id.encode()) > RUN_ID_MAX_BYTES:
+            raise ConfigError(f"the run folder name {self.run_id!r} would be {len(self.run_id.encode())} bytes, over the file "
+                              f"system's {RUN_ID_MAX_BYTES}; it is <task>.<model>.<method>.seed<N>.<hash>: shorten the task "
+                              f"name, or move the model folder ({self.model!r}) to a shorter path")
 
     @property
     def run_id(self) -> str:
@@ -208,20 +224,10 @@ class ExperimentConfig:
         return data
 
 
+RUN_ID_MAX_BYTES = 255  # a run id is a folder name
+
 UNSET_KEYS = (("data", "per_class"), ("train", "time_budget_s"), ("train", "checkpoint_steps"), ("train", "fused_kernels"),
               ("generation", "batch_size"))
-
-
-def optional_block(cls, value, key: str):
-    """An optional measurement's settings: true (the defaults), a mapping, or false / null (off)."""
-    if value is True:
-        return cls()
-    if isinstance(value, dict):
-        return build_dataclass(cls, value, key)
-    if value is False or value is None or isinstance(value, cls):
-        return value or None
-    raise ConfigError(f"{key} must be true, false or a mapping of its settings ({', '.join(f.name for f in dataclasses.fields(cls))}), "
-                      f"got {value!r}")
 
 
 def moved_beams(train: dict, cfg) -> dict:
@@ -244,92 +250,10 @@ def user_task_name(mapping: dict) -> str:
     """The task name of your own data: `name:`, or user-<file stem>."""
     if not isinstance(mapping.get("path", ""), str):
         raise ConfigError(f"task.path must be a file path, got {mapping.get('path')!r}")
-    return str(mapping.get("name") or f"user-{Path(mapping.get('path') or 'data').stem}")
-
-
-def check_types(obj, prefix: str) -> None:
-    """Check (and gently coerce: YAML reads `3e-4` as a string) the dataclass's field types."""
-    hints = typing.get_type_hints(type(obj))
-    for f in dataclasses.fields(obj):
-        value, hint = getattr(obj, f.name), hints[f.name]
-        key = f"{prefix}.{f.name}" if prefix else f.name
-        allowed = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
-        if value is None and type(None) in typing.get_args(hint):
-            continue
-        if dataclasses.is_dataclass(allowed[0]):
-            continue
-        setattr(obj, f.name, coerce_value(value, allowed[0], key))
-
-
-def coerce_value(value, kind: type, key: str):
-    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if kind is float and isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if kind is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-        return value
-    raise ConfigError(f"{key} must be of type {kind.__name__}, got {value!r} ({type(value).__name__})")
-
-
-def build_dataclass(cls, values: dict, prefix: str):
-    """Build `cls` from a dict; an unknown key is an error that lists the valid ones."""
-    if not isinstance(values, dict):
-        raise ConfigError(f"{prefix} must be a mapping of settings, got {values!r}")
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
-    for key in values:
-        if key not in names:
-            where = f"{prefix}.{key}" if prefix else key
-            raise ConfigError(f"unknown config key {where!r}; valid keys{' of ' + prefix if prefix else ''}: {', '.join(names)}")
-    try:
-        return cls(**values)
-    except TypeError as err:  # a required field is missing
-        raise ConfigError(f"{prefix or 'run'} config: {err}") from None
-
-
-def set_dotted(config: dict, key: str, value) -> None:
-    """Set `a.b.c` in a nested dict (method_args keep their own keys, validated later)."""
-    parts = key.split(".")
-    node = config
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"cannot set {key!r}: {part!r} is not a mapping")
-    node[parts[-1]] = value
-
-
-NAMING_AXES = ("task", "model", "method", "seed")  # name a row (or a seed) by themselves: not part of a variant
-
-
-def expand_block(base: dict, block: dict) -> list[tuple[dict, dict]]:
-    """The cartesian product of a grid block's list-valued axes, each merged into `base`,
-    with its variant: the block's axes other than task, model, method and seed."""
-    if not isinstance(block, dict):
-        raise ConfigError(f"each grid block must be a mapping of axis: [values], got {block!r}")
-    axes = {k: (v if isinstance(v, list) else [v]) for k, v in block.items()}
-    for key, values in axes.items():
-        if not values:
-            raise ConfigError(f"grid axis {key!r} has no values")
-    runs = []
-    for combo in itertools.product(*axes.values()):
-        config = json.loads(json.dumps(base))  # deep copy of plain YAML data
-        for key, value in zip(axes, combo):
-            set_dotted(config, key, value)
-        variant = {key: value for key, value in zip(axes, combo) if key not in NAMING_AXES}
-        runs.append((config, variant))
-    return runs
-
-
-def parse_override(text: str) -> tuple[str, object]:
-    """`key=value` from `--set`, the value read as YAML (so numbers and lists keep their type)."""
-    if "=" not in text:
-        raise ConfigError(f"--set takes key=value (e.g. train.epochs=1), got {text!r}")
-    key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw)
+    name = mapping.get("name")
+    if name is None or name == "":
+        return check_name(f"user-{Path(mapping.get('path') or 'data').stem}", "task.path's file name (which names the task unless task.name is set)")
+    return check_name(name, "task.name")
 
 
 TUNABLE = ("train.", "method_args.", "generation.")  # what a tune: block may choose; data and names stay the grid's
@@ -373,79 +297,6 @@ def check_tune_axis(key: str, values, search: str) -> None:
             raise ConfigError(f"tune.{key}: low must be below high, got {values!r}")
     elif not isinstance(values, list) or not values:
         raise ConfigError(f"tune.{key} must be a non-empty list of candidates, got {values!r}")
-
-
-def parse_tune(value, source: str) -> TuneConfig | None:
-    """`tune: auto`, or a mapping of axes plus search, trials and metric; none or false: no tuning."""
-    if value is None or value is False:
-        return None
-    if value is True or value == "auto":
-        return TuneConfig(space={"train.lr": "auto"})
-    if not isinstance(value, dict):
-        raise ConfigError(f"{source}: tune must be auto or a mapping of axis: [candidates], got {value!r}")
-    settings = {k: value[k] for k in ("search", "trials", "metric") if k in value}
-    space = {k: v for k, v in value.items() if k not in settings}
-    return TuneConfig(space=space or {"train.lr": "auto"}, **settings)
-
-
-@dataclass
-class Grid:
-    """An expanded grid: its name (the runs/ sub-folder) and one config per run, each with its variant
-    and its tune: block, if any."""
-
-    name: str
-    runs: list[ExperimentConfig]
-    source_file: Path | None = None  # the grid file it was read from (None: built in code)
-
-    @property
-    def tuned(self) -> bool:
-        return any(cfg.tune is not None for cfg in self.runs)
-
-
-GRID_KEYS = ("name", "description", "base", "grid", "tune")
-
-
-def load_grid(path: str | Path, overrides: list[str] = ()) -> Grid:
-    """Read a YAML grid, expand it, apply `--set` overrides, check every run's keys, types and values."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"grid file {path} does not exist")
-    spec = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{path}: a grid file is a mapping with keys {', '.join(GRID_KEYS)}")
-    grid = expand_grid(spec, name=spec.get("name") or path.stem, overrides=overrides, source=str(path))
-    grid.source_file = path.resolve()  # which file owns runs/<name>/ (run.record.claim_grid_dir)
-    return grid
-
-
-def expand_grid(spec: dict, name: str, overrides=(), source: str = "grid") -> Grid:
-    """Every run of a grid spec; a `--set` override applies to every run, so it is no variant."""
-    for key in spec:
-        if key not in GRID_KEYS:
-            raise ConfigError(f"{source}: unknown top-level key {key!r}; valid keys: {', '.join(GRID_KEYS)}")
-    base = spec.get("base") or {}
-    blocks = spec.get("grid") or [{}]
-    blocks = blocks if isinstance(blocks, list) else [blocks]
-    pairs = [parse_override(o) for o in overrides]
-    top_tune = parse_tune(spec.get("tune"), source)
-    runs, seen = [], set()
-    for block in blocks:
-        tune = top_tune
-        if isinstance(block, dict) and "tune" in block:  # a block's own tune: (false: not tuned) replaces the grid's
-            block = dict(block)
-            tune = parse_tune(block.pop("tune"), f"{source}: grid block {block}")
-        for raw, variant in expand_block(base, block):
-            for key, value in pairs:
-                set_dotted(raw, key, value)
-                variant.pop(key, None)
-            for key in tune.space if tune else ():  # chosen by tuning: not a variant of its own
-                variant.pop(key, None)
-            cfg = config_from_dict(raw)
-            cfg.variant, cfg.tune = variant, tune
-            if cfg.run_id not in seen:
-                seen.add(cfg.run_id)
-                runs.append(cfg)
-    return Grid(name=name, runs=runs)
 
 
 def config_from_dict(raw: dict) -> ExperimentConfig:
