@@ -11,7 +11,8 @@ import torch
 
 from medpeft.run.encode import encode_examples, token_collator
 from medpeft.run.kinds import KINDS
-from medpeft.methods import build_peft_config, output_prefix_tokens
+from medpeft.errors import ConfigError
+from medpeft.methods import SET_BY_MEDPEFT, build_peft_config, output_prefix_tokens, validate_method_args
 from medpeft.models import resolve_model
 from medpeft.run.measure import count_parameters
 from medpeft.registry import METHODS
@@ -239,3 +240,66 @@ def test_adapted_from_names_the_base_of_a_pretrained_folder(tmp_path):
     (tmp_path / PRETRAIN_RECORD).write_text("{not json")
     assert adapted_from(str(tmp_path)) is None  # a damaged record: no comparison, no crash
     assert adapted_from(str(tmp_path / "missing")) is None and adapted_from(None) is None
+
+
+# --- method_args values, checked at plan time from the peft config's field types (issue 27) ---------------
+
+PEFT_METHODS = sorted(name for name, spec in METHODS.items() if spec.peft_class)
+
+
+def size_fields(method: str) -> list[str]:
+    """The peft config fields typed int (or int | None): sizes and counts, which must be >= 1."""
+    import dataclasses
+    import typing
+
+    import peft
+
+    cls = getattr(peft, METHODS[method].peft_class)
+    hints = typing.get_type_hints(cls)
+    return [f.name for f in dataclasses.fields(cls) if f.name not in SET_BY_MEDPEFT
+            and (hints[f.name] is int or set(typing.get_args(hints[f.name])) == {int, type(None)})]
+
+
+@pytest.mark.parametrize("method", PEFT_METHODS)
+def test_every_methods_defaults_pass_the_plan_time_check(method):
+    validate_method_args(method, {})
+
+
+@pytest.mark.parametrize("method", PEFT_METHODS)
+@pytest.mark.parametrize("value", [0, -4, "sixteen", 2.5, True])
+def test_a_size_or_count_that_is_no_positive_int_is_refused(method, value):
+    fields = size_fields(method) or pytest.skip(f"{method}'s peft config has no int field")
+    for key in fields:
+        with pytest.raises(ConfigError, match=rf"^method_args.{key} for {method} \(\w+\) must be an int >= 1"):
+            validate_method_args(method, {key: value})
+
+
+@pytest.mark.parametrize("method, args, needle", [
+    ("lora", {"lora_dropout": 1.5}, "method_args.lora_dropout for lora (LoraConfig) must be a probability in [0, 1), got 1.5"),
+    ("p_tuning", {"encoder_dropout": -0.1}, "method_args.encoder_dropout for p_tuning (PromptEncoderConfig) must be a probability"),
+    ("lora", {"lora_dropout": float("nan")}, "method_args.lora_dropout for lora (LoraConfig) must be a finite number, got nan"),
+    ("lora", {"lora_dropout": "5e-2"}, "must be float, got '5e-2' (str); YAML reads an exponent without a dot as text"),
+    ("lora", {"bias": "bogus"}, "method_args.bias for lora (LoraConfig) must be one of 'none', 'all', 'lora_only', got 'bogus'"),
+    ("lora", {"use_dora": "yes"}, "method_args.use_dora for lora (LoraConfig) must be bool, got 'yes'"),
+    ("ia3", {"target_modules": 3}, "method_args.target_modules for ia3 (IA3Config) must be list[str] | str | null, got 3"),
+    ("lora", {"layers_to_transform": [-1]}, "method_args.layers_to_transform for lora (LoraConfig) must be list[int] | int | null (ints >= 0)"),
+    ("lora", {"layers_pattern": "layer"}, "method_args for lora (LoraConfig): When `layers_pattern` is specified"),  # peft's own check
+    ("dora", {"lora_bias": True}, "method_args for dora (LoraConfig): The argument lora_bias=True is not supported for DoRA"),
+])
+def test_bad_method_args_values_name_the_key_and_what_it_takes(method, args, needle):
+    with pytest.raises(ConfigError) as err:
+        validate_method_args(method, args)
+    assert needle in str(err.value)
+
+
+@pytest.mark.parametrize("method, args", [
+    ("lora", {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["query", "value"]}),
+    ("lora", {"target_modules": ["query"], "layers_to_transform": 0, "layers_pattern": "layer"}),  # layer 0 is an index
+    ("lora", {"init_lora_weights": "pissa_niter_16", "rank_pattern": {"query": 8}, "bias": "lora_only"}),
+    ("lora", {"layer_replication": [[0, 2], [1, 2]]}),
+    ("prompt_tuning", {"num_virtual_tokens": 8, "prompt_tuning_init": "RANDOM"}),
+    ("p_tuning", {"encoder_hidden_size": 64, "encoder_dropout": 0.1, "encoder_reparameterization_type": "LSTM"}),
+    ("prefix_tuning", {"num_virtual_tokens": 10, "prefix_projection": True}),
+])
+def test_valid_method_args_values_pass(method, args):
+    validate_method_args(method, args)

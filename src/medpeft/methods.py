@@ -9,6 +9,10 @@ studies in the brief: LoRA r=16, alpha=32 on the attention query/value projectio
 from __future__ import annotations
 
 import dataclasses
+import enum
+import math
+import types
+import typing
 from dataclasses import dataclass
 from typing import Callable
 
@@ -43,8 +47,13 @@ def register_method(name, description, default_lr, peft_class, trains=True, quan
     return decorator
 
 
+# Fields of a peft config that medpeft sets itself (from the model kind and the run), never method_args.
+SET_BY_MEDPEFT = {"task_type", "peft_type", "auto_mapping", "base_model_name_or_path", "revision", "inference_mode", "peft_version"}
+
+
 def validate_method_args(method: str, args: dict) -> None:
-    """Fail before training on a method argument its peft config does not have."""
+    """Fail before training on a method argument its peft config does not have, on a value of the wrong
+    type or out of range (see `arg_problem`), and on any combination peft's own config refuses."""
     spec = METHODS[method]
     if not isinstance(args, dict):
         raise ConfigError(f"method_args must be a mapping, got {args!r}")
@@ -54,13 +63,89 @@ def validate_method_args(method: str, args: dict) -> None:
         return
     import peft
 
-    valid = {f.name for f in dataclasses.fields(getattr(peft, spec.peft_class))}
-    valid -= {"task_type", "peft_type", "auto_mapping", "base_model_name_or_path", "revision", "inference_mode"}
+    peft_class = getattr(peft, spec.peft_class)
+    valid = {f.name for f in dataclasses.fields(peft_class)} - SET_BY_MEDPEFT
     for key in args:
         if key not in valid:
             raise ConfigError(
                 f"unknown method_args key {key!r} for {method} ({spec.peft_class}); valid keys: {', '.join(sorted(valid))}"
             )
+    hints = typing.get_type_hints(peft_class)
+    for key, value in args.items():
+        if problem := arg_problem(key, value, hints[key]):
+            raise ConfigError(f"method_args.{key} for {method} ({spec.peft_class}) must be {problem}")
+    try:  # peft's own checks of how the arguments combine (task type and model are the run's: any will do here)
+        spec.build(PEFT_TASK_TYPES[0], dict(args), model_path="<model>", instruction="<instruction>")
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"method_args for {method} ({spec.peft_class}): {err}") from None
+
+
+def arg_problem(key: str, value, hint) -> str | None:
+    """What `value` should be, when it does not fit the peft field `key` of type `hint`, else None. From the
+    type alone: an int field (r, lora_alpha, num_virtual_tokens, ...) is a size or count, >= 1; ints inside
+    a list or a union with one (layers_to_transform, token indices) are indices, >= 0; floats are finite;
+    a *dropout is a probability in [0, 1)."""
+    size = hint is int or set(typing.get_args(hint)) == {int, type(None)}
+    lowest = 1 if size else 0
+    got = f"got {value!r}" + (f" ({type(value).__name__})" if isinstance(value, str) else "")
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"a finite number, {got}"
+    if not fits(value, hint, lowest):
+        wanted = "an int >= 1 (a size or count)" if size else type_name(hint) + (" (ints >= 0)" if "int" in type_name(hint) else "")
+        hint_text = "; YAML reads an exponent without a dot as text: write e.g. 5.0e-2" if isinstance(value, str) and is_number(value) else ""
+        return f"{wanted}, {got}{hint_text}"
+    if key.endswith("dropout") and isinstance(value, (int, float)) and not 0 <= value < 1:
+        return f"a probability in [0, 1), {got}"
+    return None
+
+
+def fits(value, hint, lowest: int) -> bool:
+    """Whether `value` (plain YAML data) has the type `hint` (a peft config field's annotation)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(fits(value, a, lowest) for a in args)
+    if origin is typing.Literal:  # 'pissa_niter_[number of iters]' stands for pissa_niter_16 and the like
+        return any(value == a or (isinstance(a, str) and "[" in a and str(value).startswith(a.split("[")[0])) for a in args)
+    if hint in (bool, str, type(None)):
+        return type(value) is hint
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= lowest
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if origin in (list, tuple) or hint in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(fits(v, a, 0) for v, a in zip(value, args))
+        return all(fits(v, args[0], 0) for v in value) if args else True
+    if origin is dict or hint is dict:
+        key_type, value_type = args or (typing.Any, typing.Any)
+        return isinstance(value, dict) and all(fits(k, key_type, 0) and fits(v, value_type, 0) for k, v in value.items())
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return isinstance(value, hint) or value in [e.value for e in hint]
+    return True  # typing.Any, or a nested settings class (LoftQConfig, EvaConfig ...): peft checks it when the config is built
+
+
+def type_name(hint) -> str:
+    """A peft field's annotation as the error shows it: `list[str] | str | null`, `one of 'none', 'all'`."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_name(a) for a in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return "one of " + ", ".join(repr(e.value) for e in hint)
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join('...' if a is Ellipsis else type_name(a) for a in args)}]"
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+def is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def check_hardware(method: str, precision: str, fused_kernels: bool = False) -> None:

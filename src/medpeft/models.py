@@ -269,6 +269,16 @@ def model_architecture(path: str) -> str:
     return "encoder"
 
 
+def position_limit(path: str) -> int | None:
+    """How many token positions the model has (max_position_embeddings, GPT-2's n_positions), or None when
+    it has no such limit (T5's relative position buckets reach any length)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(adapter_base(path) or path)
+    text = getattr(config, "text_config", None) or config
+    return getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
+
+
 def quantization_kwargs() -> dict:
     """QLoRA's 4-bit NF4 base with double quantisation and bf16 compute, placed on this process's GPU."""
     import torch

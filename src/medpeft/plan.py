@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from medpeft.config import ExperimentConfig
 from medpeft.dist import default_precision
 from medpeft.errors import ConfigError, MedpeftError
 from medpeft.methods import MethodSpec, check_hardware, validate_method_args
-from medpeft.models import check_model_name, model_architecture, resolve_model
+from medpeft.models import check_model_name, model_architecture, position_limit, resolve_model
 from medpeft.files import file_fingerprint, folder_fingerprint
 from medpeft.registry import METHODS, MODELS, TASKS
 from medpeft.tasks import TaskData, TaskSpec, user_task_spec
@@ -26,6 +27,11 @@ from medpeft.tasks import TaskData, TaskSpec, user_task_spec
 # own architecture (seq2seq or causal).
 KIND_FOR_TASK_TYPE = {"classification": "seq_cls", "multilabel": "multilabel", "ner": "token_cls"}
 GENERATIVE_ARCHITECTURES = ("seq2seq", "causal")
+# Optimiser steps one run may plan. The summarization study's longest run (Flan-T5-Large, 1525 min) was in the tens of
+# thousands; a million is 10x more than any fine-tuning here needs, and far below what a typo plans (epochs: 1e9 on
+# 256 examples is 3.2e10 steps, an ETA of 20,000 hours). An error, not a warning: grids run unattended (Slurm, CI),
+# where a warning scrolls past while the job holds the GPU, and the step count also sets the learning-rate schedule.
+MAX_PLANNED_STEPS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -118,14 +124,16 @@ def plan_runs(configs: list[ExperimentConfig], online: bool = False) -> list[Run
     """A plan per config, in order. Each distinct model is resolved, each distinct (task, data)
     loaded and each run's method, precision and kernels checked; the loaded splits are shared by the plans."""
     resolved = [resolve_config(cfg) for cfg in configs]
-    paths, architectures, data, specs, owners, scorers = {}, {}, {}, {}, {}, {}
+    paths, architectures, limits, data, specs, owners, scorers = {}, {}, {}, {}, {}, {}, {}
     for cfg in resolved:
         check_hardware(cfg.method, cfg.train.precision, bool(cfg.train.fused_kernels))
         if cfg.model not in paths:
             paths[cfg.model] = resolve_model(cfg.model, online)
             architectures[cfg.model] = model_architecture(paths[cfg.model])
+            limits[cfg.model] = position_limit(paths[cfg.model])
         spec = task_spec(cfg)
-        model_kind(spec.type, architectures[cfg.model], cfg.model)  # before any data is read or downloaded
+        kind = model_kind(spec.type, architectures[cfg.model], cfg.model)  # before any data is read or downloaded
+        check_lengths(cfg, kind, limits[cfg.model])
         specs.setdefault(spec.name, spec)
         if owners.setdefault(spec.name, cfg.user_data) != cfg.user_data:
             raise ConfigError(f"two data sets in this grid are both named {spec.name!r}; give each its own name: "
@@ -134,6 +142,7 @@ def plan_runs(configs: list[ExperimentConfig], online: bool = False) -> list[Run
         if key not in data:
             data[key] = load_data(spec, cfg, online)
         check_splits(cfg, spec, data[key])
+        check_steps(cfg, len(data[key].splits["train"]))
     plans = []
     for cfg in resolved:
         spec = specs[cfg.task]
@@ -162,6 +171,45 @@ def check_splits(cfg: ExperimentConfig, spec: TaskSpec, data: TaskData) -> None:
     if cfg.tuning is not None and not data.splits["validation"]:
         raise ConfigError(f"tune: chooses on the validation split, and task {cfg.task!r} has none (data.val_size is "
                           f"{cfg.data.val_size}); raise data.val_size (e.g. data.val_size: 32) or remove the tune: block")
+
+
+def check_lengths(cfg: ExperimentConfig, kind: str, limit: int | None) -> None:
+    """Token lengths must fit the model's positions (`limit`; None: no limit, as T5's relative positions):
+    the source, and the target a seq2seq decoder writes; a decoder-only model reads the source and writes
+    the target in one sequence, so their sum."""
+    if limit is None:
+        return
+    source, target = cfg.data.max_source_tokens, cfg.data.max_target_tokens
+    budget, budget_key = target, "data.max_target_tokens"
+    if (cfg.generation.max_new_tokens or 0) > target:  # generation may write more than training saw
+        budget, budget_key = cfg.generation.max_new_tokens, "generation.max_new_tokens"
+    if kind == "causal":
+        checks = [(source + budget, f"data.max_source_tokens + {budget_key}",
+                   f"a decoder reads both in one sequence: lower the sum, e.g. data.max_source_tokens: {max(limit - budget, 1)}")]
+    else:
+        checks = [(source, "data.max_source_tokens", f"set data.max_source_tokens: {limit} or less")]
+        if kind == "seq2seq":
+            checks.append((budget, budget_key, f"set {budget_key}: {limit} or less"))
+    for tokens, key, fix in checks:
+        if tokens > limit:
+            raise ConfigError(f"{key} is {tokens:,} tokens, but model {cfg.model!r} has {limit:,} positions "
+                              f"(max_position_embeddings in its config.json); {fix}")
+
+
+def check_steps(cfg: ExperimentConfig, n_train: int) -> None:
+    """Refuse a run that plans more than MAX_PLANNED_STEPS optimiser steps (a typo such as epochs: 1e9)."""
+    t = cfg.train
+    if not METHODS[cfg.method].trains:
+        return
+    if t.max_steps > 0:
+        steps, how = t.max_steps, f"train.max_steps is {t.max_steps:,}"
+    else:
+        steps = math.ceil(math.ceil(n_train / (t.batch_size * t.grad_accum)) * t.epochs)
+        how = (f"train.epochs: {t.epochs:g} epochs of {n_train:,} training examples at {t.batch_size} per batch x "
+               f"{t.grad_accum} accumulated is {steps:,} optimiser steps")
+    if steps > MAX_PLANNED_STEPS:
+        raise ConfigError(f"{how}, over medpeft's limit of {MAX_PLANNED_STEPS:,} per run (a long fine-tuning run takes "
+                          f"10,000 to 100,000); lower {'train.max_steps' if t.max_steps > 0 else 'train.epochs, or set train.max_steps'}")
 
 
 def bertscore_model(cfg: ExperimentConfig, task_type: str, online: bool, cache: dict) -> tuple[str, int] | None:
