@@ -7,6 +7,7 @@ Narrative text is written once in a tiny Markdown subset (**bold**, `code`) and 
 """
 from __future__ import annotations
 
+import hashlib
 import html
 import re
 import time
@@ -62,8 +63,18 @@ def bullets_html(lines: list[str]) -> str:
     return "<ul>" + "".join(f"<li>{inline_html(line)}</li>" for line in lines) + "</ul>"
 
 
+SLUG_MAX = 64  # characters kept of a long name; the hash keeps it apart from others
+
+
 def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+    """`text` as a file-name and anchor part: lowercase ASCII letters, digits and '-' (the separators '_', '.'
+    and ' ' become '-'). When that loses more (capitals, other scripts: 病历 and 心脏 would both be empty,
+    other punctuation) or the name is long, 8 hex digits of its hash follow, so two tasks never share a file."""
+    plain = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+    if re.fullmatch(r"[a-z0-9 ._-]*", text) and plain and len(plain) <= SLUG_MAX:
+        return plain
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{plain[:SLUG_MAX]}-{digest}".lstrip("-")
 
 
 def metric_label(frame) -> str:
