@@ -162,3 +162,37 @@ def test_write_cards_skips_trials_and_replaces_peft_template(trained, tmp_path):
     assert (trial / "adapter" / "README.md").read_text() == "peft's template\n"
     for path in written.values():
         assert path.read_text().startswith("---\nlibrary_name: peft\n")
+
+
+HOSTILE_HTML = re.compile(r"<(script|img src=x|b onmouseover|iframe)")  # the user's HTML, as a viewer would run it
+
+
+def edited_copy(run_dir, folder, **changes):
+    """A copy of a finished run whose result.json has `changes` (`data` is merged into its data)."""
+    copy = folder / run_dir.parent.name / run_dir.name
+    shutil.copytree(run_dir, copy)
+    result = json.loads((copy / "result.json").read_text())
+    result["data"].update(changes.pop("data", {}))
+    (copy / "result.json").write_text(json.dumps({**result, **changes}))
+    return copy
+
+
+def test_html_in_labels_task_and_instruction_is_shown_not_run(trained, tmp_path):
+    markdown_it = pytest.importorskip("markdown_it")
+    rct_dir, t5_dir = trained("rct-lora")[1], trained("t5-lora")[1]
+    labels = json.loads((rct_dir / "result.json").read_text())["labels"]
+    hostile = ["<script>alert(1)</script>", "a`<b onmouseover=alert(2)>`b", *labels[2:]]
+    rct = edited_copy(rct_dir, tmp_path, task="<iframe src=x>", labels=hostile,
+                      data={"warnings": ["label <img src=x onerror=alert(3)> is rare"]})
+    instruction = "Summarise <script>alert(4)</script>\n```\n<img src=x onerror=alert(5)>"
+    t5 = edited_copy(t5_dir, tmp_path, data={"instruction": instruction})
+    viewer = markdown_it.MarkdownIt("commonmark")
+    for run_dir in (rct, t5):  # the body, as the Hub shows a card: its metadata header is data, read as YAML
+        shown = viewer.render(write_card(run_dir).read_text().split("---\n", 2)[2])
+        assert not HOSTILE_HTML.search(shown), HOSTILE_HTML.search(shown)
+    card = sections(write_card(rct).read_text())
+    shown = viewer.render(card["Task and data"])
+    assert "<code>&lt;script&gt;alert(1)&lt;/script&gt;</code>" in shown  # each label shown as written
+    assert "<code>a`&lt;b onmouseover=alert(2)&gt;`b</code>" in shown and "&lt;iframe src=x&gt;" in shown
+    template = viewer.render(sections(write_card(t5).read_text())["Prompt format"])
+    assert "```\n&lt;img src=x onerror=alert(5)&gt;\n\n{text}" in template  # the instruction, inside its code block

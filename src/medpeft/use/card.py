@@ -19,6 +19,7 @@ from medpeft.errors import MedpeftError
 from medpeft.files import write_atomic
 from medpeft.registry import METHODS, MODELS, TASKS
 from medpeft.report.stats import std_or_nan, t_interval
+from medpeft.report.tables import md_code, md_fence, md_text
 from medpeft.run.encode import ANSWER_CUE, ANSWER_CUE_FORMAT, CHAT_TEMPLATE, source_text
 from medpeft.run.kinds import decoding
 from medpeft.run.metrics import PRIMARY_METRIC, metric_label
@@ -62,8 +63,9 @@ def card_text(run: FinishedRun, grid: list[RunResult], export: dict | None) -> s
     r = run.result
     primary = PRIMARY_METRIC.get(r.task_type)
     score = f" Test {metric_label(primary)}: {points(r.metrics.get(primary))} (×100)." if primary in r.metrics else ""
-    title = (f"# {r.run_id}\n\n`{r.method}` on `{r.model}` for the task `{r.task}` ({r.task_type}), trained and "
-             f"evaluated with medpeft.{score}")
+    # names, labels and paths a user wrote: shown as written (md_code, md_text), never run as HTML by a viewer
+    title = (f"# {md_text(r.run_id)}\n\n{md_code(r.method)} on {md_code(r.model)} for the task {md_code(r.task)} "
+             f"({r.task_type}), trained and evaluated with medpeft.{score}")
     parts = [metadata(run, export), title, export_section(export), base_section(run), method_section(run),
              data_section(run), metrics_section(run, grid), comparison_section(run, grid), prompt_section(run),
              loading_section(run, export), versions_section(r), limits_section(run)]
@@ -109,7 +111,7 @@ def base_section(run: FinishedRun) -> str:
     spec = MODELS.get(model)
     source = f"{spec.description} ({SOURCES.get(spec.source, spec.source)})" if spec else (
         "a local model folder" if path and Path(path).is_absolute() else "a hub model")
-    lines = [f"- `{model}`: {source}", f"- loaded from: `{path}`"]
+    lines = [f"- {md_code(model)}: {md_text(source)}", f"- loaded from: {md_code(path)}"]
     if spec is not None and spec.hub_id:
         lines.append(f"- original: `{spec.hub_id}` (license {spec.license})")
     return "## Base model\n\n" + "\n".join(lines)
@@ -121,7 +123,7 @@ def method_section(run: FinishedRun) -> str:
               f"({eff.get('trainable_pct', 0.0):.3g} %); weights stored: {eff.get('adapter_bytes', 0) / 1e6:.2f} MB.")
     config = yaml.safe_dump(run.result.config, sort_keys=False, allow_unicode=True).strip()
     return (f"## Method\n\n`{run.config.method}`: {run.method.description}. {params}\n\n"
-            f"The run's full config (result.json `config`):\n\n```yaml\n{config}\n```")
+            f"The run's full config (result.json `config`):\n\n{md_fence(config, 'yaml')}")
 
 
 def task_facts(run: FinishedRun) -> tuple[str, str, str]:
@@ -138,11 +140,11 @@ def data_section(run: FinishedRun) -> str:
     description, source, license_ = task_facts(run)
     sizes = (f"train {data.get('train', {}).get('examples', '?')}, validation {data.get('validation_examples', '?')}, "
              f"{r.evaluated_on} {data.get(r.evaluated_on, {}).get('examples', '?')}")
-    lines = [f"- task `{r.task}` ({r.task_type}): {description}", f"- data source: {source}", f"- license: {license_}",
-             f"- split sizes: {sizes}"]
+    lines = [f"- task {md_code(r.task)} ({r.task_type}): {md_text(description)}", f"- data source: {md_text(source)}",
+             f"- license: {md_text(license_)}", f"- split sizes: {sizes}"]
     if run.labels:
-        lines.append(f"- labels, in the model's output order: {', '.join(f'`{l}`' for l in run.labels)}")
-    lines += [f"- note: {w}" for w in data.get("warnings", [])]
+        lines.append(f"- labels, in the model's output order: {', '.join(map(md_code, run.labels))}")
+    lines += [f"- note: {md_text(w)}" for w in data.get("warnings", [])]
     return "## Task and data\n\n" + "\n".join(lines)
 
 
@@ -207,7 +209,7 @@ def comparison_section(run: FinishedRun, grid: list[RunResult]) -> str:
     for label, members in [(f"this setting ({r.method})", seed_group(r, grid))] + [(group_label(g), g) for g in others]:
         values = [m.metrics[primary] for m in members if m.metrics.get(primary) is not None]
         mean = sum(values) / len(values) if values else None
-        rows.append(f"| {label} | {len(members)} | {points(mean)} | {members[0].efficiency.get('trainable_pct', 0):.3g} |")
+        rows.append(f"| {md_text(label)} | {len(members)} | {points(mean)} | {members[0].efficiency.get('trainable_pct', 0):.3g} |")
     return ("## Compared with full fine-tuning and the untrained baseline\n\nThe grid's rows scored on the same "
             f"test examples (×100).\n\n" + "\n".join(rows))
 
@@ -259,13 +261,13 @@ def prompt_section(run: FinishedRun) -> str:
     except (MedpeftError, OSError, ValueError) as err:  # e.g. the base model's folder is gone from this machine
         template = f"(not rendered here: {err})"
     note = FORMAT_NOTES.get(fmt, "not recorded by this run.").format(n=run.config.data.max_source_tokens)
-    text = f"## Prompt format\n\n`{fmt}`: {note}\n\n```text\n{template}\n```"
+    text = f"## Prompt format\n\n{md_code(fmt)}: {note}\n\n{md_fence(template, 'text')}"
     if reads_pairs(run):
         field = pair_field_of(run)
-        text += (f"\n\nEach input is a text pair: the text, then a second text ({pair_note(run, field)}). "
+        text += (f"\n\nEach input is a text pair: the text, then a second text ({md_text(pair_note(run, field))}). "
                  "An encoder with a separator token reads them as two segments with their segment ids, the longer cut "
                  "first; any other model reads the two joined by a blank line. `medpeft predict` takes the second text "
-                 f"from `--pair-field` (default `{field}`).")
+                 f"from `--pair-field` (default {md_code(field)}).")
     if run.result.task_type == "summarization":
         settings = ", ".join(f"{k}={v}" for k, v in decoding(run.config).items())
         text += f"\n\nDecoding: greedy or beam search, never sampled: {settings}."
@@ -295,8 +297,9 @@ def loading_section(run: FinishedRun, export: dict | None) -> str:
             head += f", problem_type={run.kind.problem_type!r}" if run.kind.problem_type else ""
         code += [f"base = {auto}.from_pretrained(base_model{head})", "model = PeftModel.from_pretrained(base, adapter)"]
     code.append("model.eval()")
-    return (f"## Loading\n\n{lead}\n\n```python\n" + "\n".join(code) + "\n```\n\nFeed it prompts in the format above, or "
-            f"let medpeft do it: `medpeft predict {run.run_dir} --input notes.csv --output predictions.jsonl`.")
+    snippet, predict = "\n".join(code), md_code(f"medpeft predict {run.run_dir} --input notes.csv --output predictions.jsonl")
+    return (f"## Loading\n\n{lead}\n\n{md_fence(snippet, 'python')}\n\nFeed it prompts in the format above, "
+            f"or let medpeft do it: {predict}.")
 
 
 def versions_section(result: RunResult) -> str:
@@ -312,7 +315,7 @@ def limits_section(run: FinishedRun) -> str:
     small = f": a small test set, on another {n_test} examples the score could move by several points" if n_test < SMALL_TEST else ""
     lines = ["- Intended use: comparing ways to adapt a language model to medical text, and a starting point for a "
              "model that is then validated on the setting's own data.",
-             f"- Test set size: {n_test} examples of `{r.task}`{small}.",
+             f"- Test set size: {n_test} examples of {md_code(r.task)}{small}.",
              f"- Inputs are cut to {data_cfg.max_source_tokens} tokens (data.max_source_tokens): text beyond that is not seen.",
              f"- {NOT_CLINICAL} Its outputs must not be used to diagnose, treat or triage patients.",
              "- It inherits the biases, errors and license terms of its base model and its training data.",
