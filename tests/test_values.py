@@ -183,3 +183,10 @@ def test_a_yaml_alias_cycle_is_a_config_error(text):
 def test_invalid_yaml_is_a_config_error_naming_the_file():
     with pytest.raises(ConfigError, match="^g.yaml: not valid YAML"):
         load_yaml("a: [b\n", "g.yaml")
+
+
+def test_a_file_name_that_cannot_name_the_grids_folder_says_where_the_name_came_from(tmp_path):
+    path = tmp_path / ("g" * 140 + ".yaml")
+    path.write_text("base: {task: pubmed-rct, model: tiny-bert, method: lora}\n")
+    with pytest.raises(ConfigError, match=r"the grid's name \(its file name, as name: is unset\) 'g{60}'\.\.\. cannot name a folder"):
+        load_grid(path)

@@ -107,7 +107,7 @@ def expand_grid(spec: dict, name: str, overrides=(), source: str = "grid") -> Gr
     for key in spec:
         if key not in GRID_KEYS:
             raise ConfigError(f"{source}: unknown top-level key {key!r}; valid keys: {', '.join(GRID_KEYS)}")
-    check_name(name, f"{source}: name")
+    check_name(name, f"{source}: name" if spec.get("name") else f"{source}: the grid's name (its file name, as name: is unset)")
     base = spec.get("base") or {}
     blocks = spec.get("grid") or [{}]
     blocks = blocks if isinstance(blocks, list) else [blocks]
