@@ -155,7 +155,7 @@ def test_an_alias_bomb_is_refused_before_it_is_copied(tmp_path, depth):
     path.write_text(alias_bomb(depth))
     assert len(path.read_bytes()) < 700
     start = time.perf_counter()
-    with pytest.raises(ConfigError, match=rf"bomb.yaml: the YAML expands to [\d,]+ values .* over the limit of {YAML_MAX_NODES:,}"):
+    with pytest.raises(ConfigError, match=rf"bomb.yaml: the YAML expands to more than {YAML_MAX_NODES:,} values once its aliases"):
         load_grid(path)
     assert time.perf_counter() - start < 2
 

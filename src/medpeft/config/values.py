@@ -130,8 +130,8 @@ def load_yaml(text: str, source: str):
     except RecursionError:
         raise ConfigError(f"{source}: the YAML is nested too deeply to read") from None
     if nodes > YAML_MAX_NODES:
-        raise ConfigError(f"{source}: the YAML expands to {nodes:,} values once its aliases (*name) are resolved, over the "
-                          f"limit of {YAML_MAX_NODES:,}; a grid needs a few hundred: write the values out, or use fewer "
+        raise ConfigError(f"{source}: the YAML expands to more than {YAML_MAX_NODES:,} values once its aliases (*name) are "
+                          "resolved (counting stopped there); a grid needs a few hundred: write the values out, or use fewer "
                           "nested aliases")
     return data
 
