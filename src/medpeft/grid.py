@@ -115,11 +115,13 @@ def run_grid(grid: Grid, runs_dir: Path, *, online: bool = False, shard: tuple[i
     part = f" shard {shard[0]}/{shard[1]}" if shard else ""
     configs = grid_configs(grid, None if grid.tuned else shard)
     check_writable_folder(grid_dir, "the grid's runs folder", "choose another place with --runs-dir, or make it writable")
-    claim_grid_dir(grid_dir, grid.name, grid.source_file)  # before any run: two grid files of one name are refused
+    claim_grid_dir(grid_dir, grid.name, grid.source_file, record=False)  # two grid files of one name: refused first
     tracker = open_tracker(track, grid_dir, grid.name, online, log) if track and is_main_process() else None
     with showing(verbosity), stop_on_signal():
         if grid.tuned:
             from medpeft.tune import tune_grid
+
+            claim_grid_dir(grid_dir, grid.name, grid.source_file)  # recorded before the first trial is written
 
             def run_trials(plans, on_validation=None):  # a trial another worker holds is waited for: its score counts
                 results = run_plans(plans, grid_dir, log, "tuning trials", on_validation, tracker, wait=True)
@@ -133,6 +135,8 @@ def run_grid(grid: Grid, runs_dir: Path, *, online: bool = False, shard: tuple[i
             outcome.runs += len(failed)
             configs = select_shard(configs, shard)
         plans = plan_runs(configs, online)  # every check, before any training
+        if not grid.tuned:  # recorded after the checks, so a grid refused at plan time writes nothing
+            claim_grid_dir(grid_dir, grid.name, grid.source_file)
         results = run_plans(plans, grid_dir, log, f"grid {grid.name}{part}", tracker=tracker)
     outcome.runs += len(results)
     outcome.failed += [r for r in results if r is not None and not r.ok]

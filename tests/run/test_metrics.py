@@ -119,6 +119,16 @@ def test_multilabel_macro_f1_over_present_labels_only():
     assert score_multilabel([[0, 0]], np.array([[0.1, 0.2]]))["macro_f1"] is None  # no label anywhere: undefined
 
 
+def test_micro_f1_of_no_label_at_all_is_what_the_reports_resampling_computes():
+    """A test split whose examples have no label, predicted as none: the headline micro-F1 and the
+    statistic the report's CI and tests resample from the per-example counts agree (0, as seqeval's entity
+    F1 of no entity). It was 1.0 (scikit-learn's convention) with a CI of [0, 0]."""
+    truth, probs = [[0, 0], [0, 0]], np.array([[0.1, 0.2], [0.3, 0.1]])
+    counts = [label_counts(set(), set()) for _ in truth]
+    assert score_multilabel(truth, probs)["micro_f1"] == statistic(counts) == 0.0
+    assert score_ner([["O", "O"]], [["O", "O"]])["entity_f1"] == statistic([entity_counts(["O", "O"], ["O", "O"])]) == 0.0
+
+
 def test_auroc_is_missing_when_no_class_can_be_scored():
     from medpeft.run.metrics import score_classification
 

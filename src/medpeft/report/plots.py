@@ -63,8 +63,15 @@ def y_error(row) -> tuple[float, float, bool]:
         return 100 * std, 100 * std, False
     lo, hi = row["ci_examples"]
     if lo == lo:
-        return 100 * (mean - lo), 100 * (hi - mean), True
+        return bar_lengths(100 * mean, 100 * lo, 100 * hi) + (True,)
     return 0.0, 0.0, False
+
+
+def bar_lengths(y: float, lo: float, hi: float) -> tuple[float, float]:
+    """An error bar from y down to lo and up to hi; 0 on a side the interval does not reach. A percentile
+    bootstrap CI of a metric that is not a mean (F1 over a small test set) can lie wholly on one side of
+    the point estimate, and matplotlib refuses a negative length."""
+    return max(0.0, y - lo), max(0.0, hi - y)
 
 
 def add_legends(fig, frame) -> None:
@@ -175,7 +182,7 @@ def plot_learning_curve(frame, key: str, path: Path, metric_label: str) -> Path:
         line = line.sort_values("train_examples")
         ys = 100 * line["primary_mean"].to_numpy()
         bounds = [r["ci_seeds"] if r["seeds"] > 1 else r["ci_examples"] for _, r in line.iterrows()]
-        errs = np.array([[y - 100 * lo, 100 * hi - y] if lo == lo else [0.0, 0.0] for y, (lo, hi) in zip(ys, bounds)]).T
+        errs = np.array([bar_lengths(y, 100 * lo, 100 * hi) if lo == lo else [0.0, 0.0] for y, (lo, hi) in zip(ys, bounds)]).T
         ax.errorbar(line["train_examples"].to_numpy(), ys, yerr=errs, marker=model_marker(model, models),
                     color=method_color(method, methods), capsize=3, label=f"{method} · {model}")
     for _, row in frame[frame["is_baseline"]].iterrows():

@@ -131,7 +131,9 @@ def score_multilabel(y_true: np.ndarray, probs: np.ndarray, threshold: float = 0
     present = [j for j in range(y_true.shape[1]) if y_true[:, j].any() or y_pred[:, j].any()] if y_true.ndim == 2 else []
     macro = f1_score(y_true[:, present], y_pred[:, present], average="macro", zero_division=0) if present else None
     return {
-        "micro_f1": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
+        # no label in the truth or the predictions: 0, as seqeval and the report's resampling (stats.f1_of_sums)
+        # count it; scikit-learn says 1.0, and the report's CI then lay wholly below its own point estimate
+        "micro_f1": float(f1_score(y_true, y_pred, average="micro", zero_division=0)) if present else 0.0,
         "macro_f1": float(macro) if macro is not None else None,
         "exact_match": float((y_true == y_pred).all(axis=1).mean()) if len(y_true) else 0.0,
     }

@@ -181,11 +181,12 @@ def load_results(grid_dir: Path) -> list[RunResult]:
 GRID_MARKER = "grid.json"  # in runs/<name>/: the grid file whose runs the folder holds
 
 
-def claim_grid_dir(grid_dir: Path, name: str, grid_file: Path | None) -> None:
+def claim_grid_dir(grid_dir: Path, name: str, grid_file: Path | None, record: bool = True) -> None:
     """Refuse to run `grid_file` into a folder that another grid file of the same `name:` made: the two
     grids' runs would be mixed in one folder and one report without a word. The first run records its
     file in grid.json; the same file (edited or not) runs on. A grid built in code (no file), a folder
-    from a medpeft older than the record, and a recorded file that is gone (moved, renamed) are let through."""
+    from a medpeft older than the record, and a recorded file that is gone (moved, renamed) are let through.
+    `record=False` only checks (before the plan's checks, so a grid refused there writes nothing)."""
     if grid_file is None:
         return
     grid_file, marker = Path(grid_file).resolve(), Path(grid_dir) / GRID_MARKER
@@ -197,7 +198,7 @@ def claim_grid_dir(grid_dir: Path, name: str, grid_file: Path | None) -> None:
                               f"report. Give one of them another `name:`, or run it with another --runs-dir.")
         if not recorded.is_file():
             log.warning("%s was made by grid file %s, which is gone; it now holds the runs of %s", grid_dir, recorded, grid_file)
-    if recorded != grid_file:
+    if recorded != grid_file and record:
         try:
             write_json(marker, {"name": name, "grid_file": str(grid_file)})
         except OSError as err:  # a read-only folder: the grid's own writes report it; the record is a safeguard
