@@ -205,7 +205,7 @@ def tiny_grid(name: str, methods=("lora", "ia3")):
 def grid_run(tmp_path_factory, assets_ready):
     grid = tiny_grid("two-methods")
     runs_dir = tmp_path_factory.mktemp("runs")
-    grid_dir = grid_module.run_grid(grid, runs_dir, log=lambda *a: None)
+    grid_dir = grid_module.run_grid(grid, runs_dir, log=lambda *a: None).grid_dir
     return grid, grid_dir
 
 
@@ -258,7 +258,7 @@ def test_failed_run_is_recorded_and_the_grid_goes_on_then_resumes(tmp_path, monk
 
     monkeypatch.setattr(execute, "run_experiment", flaky)
     grid = tiny_grid("flaky", methods=("lora", "ia3"))
-    grid_dir = grid_module.run_grid(grid, tmp_path, log=lambda *a: None)
+    grid_dir = grid_module.run_grid(grid, tmp_path, log=lambda *a: None).grid_dir
     assert calls == ["untrained", "lora", "ia3"]  # the grid went on after the failure
     by_method = {r.method: r for r in record.load_results(grid_dir)}
     failed = by_method["lora"]

@@ -225,7 +225,7 @@ def test_a_run_with_forgetting_records_it_and_the_report_shows_it(tmp_path, asse
     spec = {"base": {"task": "pubmed-conclusion", "model": "tiny-llama", "data": TINY_DATA,
                      "train": {**TINY_TRAIN, "lr": 1e-2}, "forgetting": {"documents": 4, "max_tokens": 32}},
             "grid": {"method": ["lora", "full"]}}
-    grid_dir = run_grid(expand_grid(spec, name="forget"), tmp_path, log=lambda *a: None)
+    grid_dir = run_grid(expand_grid(spec, name="forget"), tmp_path, log=lambda *a: None).grid_dir
     by_method = {r.method: r for r in load_results(grid_dir)}
     for method in ("lora", "full"):
         measured = by_method[method].evaluation["forgetting"]
