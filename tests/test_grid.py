@@ -117,9 +117,33 @@ def test_fused_kernels_train_on_a_gpu(tmp_path):
     from medpeft.dist import default_precision
     from medpeft.run.record import load_results
 
-    results = [r for r in load_results(run_grid(grid, tmp_path)) if r.method == "lora"]
+    results = [r for r in load_results(run_grid(grid, tmp_path).grid_dir) if r.method == "lora"]
     assert results and all(r.ok for r in results)
     assert results[0].config["train"]["fused_kernels"] is True and results[0].config["train"]["precision"] == default_precision()
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="Liger's kernels need a CUDA GPU")
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_fused_kernels_train_a_real_shaped_decoder(method, tmp_path, assets_ready):
+    """SmolLM2-135M (30 layers, tied embeddings, a 49,152-word head) with Liger's kernels and a validation
+    split: every run failed with 'skip_logits is True, but labels and shift_labels are None' (the Trainer
+    asks Liger to skip the logits when it evaluates, and the labelled-position loss kept the labels from
+    it); the tiny-llama test, without a validation split, trained. The loss must equal the run's without
+    the kernels (the same labelled tokens, summed over the same count)."""
+    pytest.importorskip("liger_kernel")
+    from medpeft.grid import run_grid
+    from medpeft.run.record import load_results
+
+    losses = {}
+    for fused in (True, None):
+        train = {"max_steps": 3, "batch_size": 4, "eval_batch_size": 4, "fused_kernels": fused}
+        spec = {"base": {"task": "pubmed-conclusion", "model": "smollm2-135m", "method": method,
+                         "data": dict(TINY_DATA, val_size=4, max_source_tokens=256, max_target_tokens=64), "train": train}}
+        outcome = run_grid(expand_grid(spec, name=f"liger-{fused}"), tmp_path)
+        trained = [r for r in load_results(outcome.grid_dir) if r.method == method]
+        assert outcome.exit_code == 0 and trained and trained[0].ok, [r.error for r in outcome.failed]
+        losses[fused] = (trained[0].training["train_loss"], trained[0].training["val_loss"])
+    assert losses[True] == pytest.approx(losses[None], rel=2e-2)  # bf16 kernels against bf16 logits
 
 
 def write_grid_file(folder, name: str = "shared", method: str = "lora"):

@@ -148,7 +148,10 @@ def build_trainer(model, tokenizer, kind, cfg: ExperimentConfig, train_rows, val
     args = training_arguments(kind, cfg, len(train_rows), output_dir, watch, auto_checkpointing(model, kind, cfg, train_rows))
     handlers = handlers + ([ValidationWatch(on_validation)] if watch else [])
     collator = kind.collator(tokenizer, output_prefix_tokens(getattr(model, "peft_config", {}).get("default")))
-    trainer_cls = trainer_class(Seq2SeqTrainer if kind.seq2seq_trainer else Trainer, kind.loss, kind.seq2seq_trainer)
+    # Liger's fused linear cross-entropy takes the labels into the model and never builds the logits: it does
+    # what the labelled-position loss does, and fails when that loss keeps the labels from it
+    loss = None if cfg.train.fused_kernels else kind.loss
+    trainer_cls = trainer_class(Seq2SeqTrainer if kind.seq2seq_trainer else Trainer, loss, kind.seq2seq_trainer)
     trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
                           eval_dataset=Dataset.from_list(val_rows) if val_rows else None, data_collator=collator,
                           processing_class=tokenizer, callbacks=[as_callback(h) for h in handlers if h] + list(callbacks))
