@@ -274,7 +274,11 @@ def position_limit(path: str) -> int | None:
     it has no such limit (T5's relative position buckets reach any length)."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(adapter_base(path) or path)
+    return config_positions(AutoConfig.from_pretrained(adapter_base(path) or path))
+
+
+def config_positions(config) -> int | None:
+    """The position limit of a loaded model's config (see position_limit)."""
     text = getattr(config, "text_config", None) or config
     return getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
 

@@ -9,6 +9,7 @@ generation prompt, and learns to close its reply with the template's end-of-turn
 gets instruction + source + a bare answer cue. `prompt_format` names the frame for result.json."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 ANSWER_CUE = "\n\nAnswer:"  # ends a decoder-only prompt without a chat template; the target follows it
@@ -191,6 +192,28 @@ def encode_examples(examples, tokenizer, kind, instruction: str, data_cfg, label
              "truncated_sources_fraction": cut_source / n, "truncated_targets_fraction": cut_target / n,
              "text_pairs": sum("pair" in ex for ex in examples)}  # > 0: the run reads a second text (predict needs it)
     return rows, stats
+
+
+def source_that_fits(data_cfg, model, peft_config, kind_name: str) -> tuple[object, str | None]:
+    """`data_cfg`, with max_source_tokens lowered where a soft prompt or prefix (prompt tuning, P-tuning,
+    prefix tuning) would push the input past the model's positions, and a note saying so (else None).
+    Their virtual tokens take positions too: on a 512-position encoder, 512 input tokens plus 20 virtual
+    ones failed in training ('The expanded size of the tensor (532) must match ... (512)'). A decoder
+    also needs room for the target. Models without a position limit (T5) are left alone."""
+    from medpeft.models import config_positions
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    limit = config_positions(base.config)
+    if limit is None or peft_config is None or not getattr(peft_config, "is_prompt_learning", False):
+        return data_cfg, None
+    virtual = peft_config.num_virtual_tokens
+    room = max(1, limit - virtual - (data_cfg.max_target_tokens if kind_name == "causal" else 0))
+    if data_cfg.max_source_tokens <= room:
+        return data_cfg, None
+    note = (f"inputs cut at {room} tokens, below data.max_source_tokens={data_cfg.max_source_tokens}: {virtual} of "
+            f"the model's {limit} positions go to the {peft_config.peft_type.value.lower()} virtual tokens")
+    log.warning(note)
+    return dataclasses.replace(data_cfg, max_source_tokens=room), note
 
 
 def truncation_warnings(split: str, stats: dict, data_cfg) -> list[str]:

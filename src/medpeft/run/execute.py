@@ -16,7 +16,7 @@ from medpeft.methods import build_peft_config, output_prefix_tokens
 from medpeft.models import adapted_from, load_model
 from medpeft.plan import RunPlan
 from medpeft.run.checkpoint import remove_checkpoints
-from medpeft.run.encode import encode_examples, prompt_format, truncation_warnings
+from medpeft.run.encode import encode_examples, prompt_format, truncation_warnings, source_that_fits
 from medpeft.run.fit import NOT_TRAINED, train_model
 from medpeft.run.forgetting import continuation_rows, heldout_abstracts, measure_forgetting
 from medpeft.run.kinds import KINDS
@@ -44,8 +44,9 @@ def run_experiment(plan: RunPlan, run_dir: Path, on_validation=None, callbacks=(
     model, tokenizer, peft_config, new_modules = prepare_model(plan, kind)
     params = count_parameters(model)
     train_split, per_class = training_examples(plan)
-    train_rows, train_stats = encode_examples(train_split, tokenizer, kind, task.instruction, cfg.data, task.labels)
-    val_rows, _ = encode_examples(task.splits["validation"], tokenizer, kind, task.instruction, cfg.data, task.labels)
+    data_cfg, fit_note = source_that_fits(cfg.data, model, peft_config, kind.name)
+    train_rows, train_stats = encode_examples(train_split, tokenizer, kind, task.instruction, data_cfg, task.labels)
+    val_rows, _ = encode_examples(task.splits["validation"], tokenizer, kind, task.instruction, data_cfg, task.labels)
     training = (train_model(model, tokenizer, kind, cfg, train_rows, val_rows, run_dir, on_validation, callbacks)
                 if plan.method.trains else NOT_TRAINED)
 
@@ -55,14 +56,15 @@ def run_experiment(plan: RunPlan, run_dir: Path, on_validation=None, callbacks=(
     if trial and cfg.tuning.get("metric") == "loss":  # scored by its validation loss: nothing to generate
         predictions, metrics, test_stats = [], {}, {}
     else:
-        predictions, metrics, test_stats = evaluate_model(model, tokenizer, kind, plan, train_rows, use_model, split)
+        predictions, metrics, test_stats = evaluate_model(model, tokenizer, kind, plan, train_rows, use_model, split, data_cfg)
     evaluation = add_bertscore(plan, predictions, metrics) if plan.bertscore and not trial else {}
     eval_seconds = time.perf_counter() - start
     if plan.config.forgetting is not None and plan.method.trains:
         evaluation["forgetting"] = measure_run_forgetting(model, tokenizer, plan, kind, peft_config)
     adapter_dir = save_adapter(model, tokenizer, plan, peft_config, run_dir / "adapter")
 
-    warnings = truncation_warnings("train", train_stats, cfg.data) + (truncation_warnings(split, test_stats, cfg.data) if test_stats else [])
+    warnings = ([fit_note] if fit_note else []) + truncation_warnings("train", train_stats, data_cfg) + (
+        truncation_warnings(split, test_stats, data_cfg) if test_stats else [])
     kept = ("steps", "planned_steps", "gradient_checkpointing", "train_loss", "val_loss", "train_tokens", "time_budget_s", "stopped_by_time_budget",
             "resumed_from_step")
     result = RunResult.succeeded(
@@ -123,14 +125,15 @@ def training_examples(plan: RunPlan) -> tuple[list[dict], dict | None]:
     return sample_per_class(task.splits["train"], cfg.data.per_class, cfg.seed, task.type)
 
 
-def evaluate_model(model, tokenizer, kind, plan: RunPlan, train_rows: list[dict], use_model: bool = True, split: str = "test"):
+def evaluate_model(model, tokenizer, kind, plan: RunPlan, train_rows: list[dict], use_model: bool = True, split: str = "test",
+                   data_cfg=None):
     """Predictions (one dict per example of `split`, with its own scores), the task's metrics and truncation stats.
 
     `use_model=False` (untrained method, random new head) scores the training split's prior instead:
     the majority class, each label's share of the training examples, or the majority tag."""
     cfg, task = plan.config, plan.data
     test = task.splits[split]
-    rows, stats = encode_examples(test, tokenizer, kind, task.instruction, cfg.data, task.labels, for_generation=True)
+    rows, stats = encode_examples(test, tokenizer, kind, task.instruction, data_cfg or cfg.data, task.labels, for_generation=True)
     if use_model:
         prefix = output_prefix_tokens(getattr(model, "peft_config", {}).get("default"))
         outputs = kind.predict(model, tokenizer, rows, test, task.labels, cfg, local_device(), prefix)

@@ -15,7 +15,7 @@ from pathlib import Path
 from medpeft.dist import local_device
 from medpeft.errors import ConfigError, OutputError
 from medpeft.methods import output_prefix_tokens
-from medpeft.run.encode import encode_examples
+from medpeft.run.encode import encode_examples, source_that_fits
 from medpeft.run.kinds import predicted_class, predicted_labels, rounded
 from medpeft.run.predict import length_batches
 from medpeft.run.record import write_jsonl
@@ -39,15 +39,15 @@ class Prediction:
     output: Path
     fields: dict[str, str | None]  # run id -> its output field (None: one run, fields at the top level)
     truncated: dict[str, int] = field(default_factory=dict)  # run id -> inputs longer than data.max_source_tokens
-    max_tokens: dict[str, int] = field(default_factory=dict)  # run id -> its data.max_source_tokens
+    max_tokens: dict[str, str] = field(default_factory=dict)  # run id -> where its inputs were cut, in words
 
     def lines(self) -> list[str]:
         """A report for the console: what was written, and each run's truncated inputs."""
         out = [f"wrote {self.inputs} predictions of {len(self.fields)} run(s) to {self.output}"]
         for run_id, count in self.truncated.items():
             if count:
-                out.append(f"{run_id}: {count} of {self.inputs} inputs are longer than data.max_source_tokens="
-                           f"{self.max_tokens[run_id]} tokens and were cut there, as in training")
+                out.append(f"{run_id}: {count} of {self.inputs} inputs are longer than {self.max_tokens[run_id]} "
+                           "and were cut there, as in training")
         return out
 
 
@@ -76,9 +76,11 @@ def predict_runs(run_dirs, input_path, output_path, *, text_field: str | None = 
         for run, name in zip(group, names):
             if share_base(run):
                 model.set_adapter(name)
-            outputs[run.name], result.truncated[run.name] = predict_inputs(
+            outputs[run.name], result.truncated[run.name], cut_at = predict_inputs(
                 model, tokenizer, run, inputs, instructions[run.name], batch_size, progress)
-            result.max_tokens[run.name] = run.config.data.max_source_tokens
+            given = run.config.data.max_source_tokens
+            result.max_tokens[run.name] = (f"data.max_source_tokens={given} tokens" if cut_at == given else
+                                           f"{cut_at} tokens (data.max_source_tokens={given}, less the soft prompt's positions)")
         del model
     write_jsonl(output_path, output_rows(inputs, runs, outputs, fields))
     return result
@@ -211,16 +213,19 @@ def run_examples(run: FinishedRun, inputs: list[dict]) -> list[dict]:
 
 
 def predict_inputs(model, tokenizer, run: FinishedRun, inputs: list[dict], instruction: str, batch_size: int | None,
-                   progress: bool) -> tuple[list[dict], int]:
-    """One output dict per input for one run, and how many inputs were longer than its truncation."""
+                   progress: bool) -> tuple[list[dict], int, int]:
+    """One output dict per input for one run, how many inputs were longer than its truncation, and that
+    truncation in tokens (data.max_source_tokens, or less where a soft prompt takes positions)."""
     from tqdm.auto import tqdm
 
     cfg = run.config
     if batch_size:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, eval_batch_size=batch_size))
     examples = run_examples(run, inputs)
-    rows, stats = encode_examples(examples, tokenizer, run.kind, instruction, cfg.data, run.labels, for_generation=True)
-    prefix = output_prefix_tokens(model.peft_config[model.active_adapter]) if share_base(run) else 0
+    peft_config = model.peft_config[model.active_adapter] if share_base(run) else None
+    data_cfg, _ = source_that_fits(cfg.data, model, peft_config, run.kind.name)  # cut as the run's own inputs were
+    rows, stats = encode_examples(examples, tokenizer, run.kind, instruction, data_cfg, run.labels, for_generation=True)
+    prefix = output_prefix_tokens(peft_config)
     outputs = [None] * len(rows)
     with tqdm(total=len(rows), desc=run.name, unit="text", disable=not progress) as bar:
         for chunk in length_batches(rows, cfg.train.eval_batch_size * CHUNK_BATCHES):
@@ -229,7 +234,8 @@ def predict_inputs(model, tokenizer, run: FinishedRun, inputs: list[dict], instr
             for i, output in zip(chunk, part):
                 outputs[i] = output
             bar.update(len(chunk))
-    return [decided(run.result.task_type, output, run.labels) for output in outputs], stats["truncated_sources"]
+    return ([decided(run.result.task_type, output, run.labels) for output in outputs], stats["truncated_sources"],
+            data_cfg.max_source_tokens)
 
 
 def decided(task_type: str, output, labels: list[str] | None) -> dict:
