@@ -78,3 +78,21 @@ def test_a_nan_metric_reads_as_missing_and_says_so(tmp_path, caplog):
         run = read_result(tmp_path / "x")
     assert run.ok and run.metrics == {"auroc": None, "f1": 0.5}  # None: a metric that does not apply, as medpeft writes it
     assert str(tmp_path / "x" / "result.json") in caplog.text and "accuracy, macro_f1, micro_f1" in caplog.text
+
+
+def test_result_files_are_strict_json_whatever_floats_they_hold(tmp_path):
+    """NaN or infinity anywhere (a diverged run's forgetting score, a per-example score) is written as
+    null: Python's json.dumps writes NaN/Infinity, which strict JSON readers refuse."""
+    import json as strict_json
+
+    from medpeft.run.record import write_json, write_jsonl
+
+    write_json(tmp_path / "r.json", {"efficiency": {"forgetting": float("nan"), "ok": 1.5}, "xs": [float("inf"), 2]})
+    write_jsonl(tmp_path / "p.jsonl", [{"score": float("-inf")}, {"score": 0.25}])
+
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+
+    assert strict_json.loads((tmp_path / "r.json").read_text(), parse_constant=refuse) == {
+        "efficiency": {"forgetting": None, "ok": 1.5}, "xs": [None, 2]}
+    assert [strict_json.loads(line, parse_constant=refuse)["score"] for line in (tmp_path / "p.jsonl").read_text().splitlines()] == [None, 0.25]

@@ -215,8 +215,21 @@ def recorded_grid_file(marker: Path) -> Path | None:
 
 
 def write_json(path: Path, data: dict) -> None:
-    write_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    write_atomic(path, json.dumps(finite(data), indent=2, sort_keys=False, default=str, allow_nan=False) + "\n")
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_atomic(path, "".join(json.dumps(finite(r), ensure_ascii=False, allow_nan=False) + "\n" for r in rows))
+
+
+def finite(value):
+    """`value` with every NaN or infinite float (a forgetting score of a diverged run, a per-example score)
+    as null: Python's json writes them as NaN/Infinity, which is not JSON, and other tools (jq, pandas'
+    strict readers, JavaScript) then cannot read the file at all."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
