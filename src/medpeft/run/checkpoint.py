@@ -72,11 +72,17 @@ def checkpoint_problem(path: Path) -> str | None:
 
 def check_safetensors(path: Path) -> None:
     """Read every weights file's header (cheap: no tensor is loaded); raises when one is corrupt."""
+    for file in path.rglob("*.safetensors"):
+        read_safetensors_header(file)
+
+
+def read_safetensors_header(file: Path) -> None:
+    """Open one safetensors file and list its tensors: its header gives every tensor's bytes, so a file cut
+    short or damaged raises here (safetensors' SafetensorError, or an OSError)."""
     from safetensors import safe_open
 
-    for file in path.rglob("*.safetensors"):
-        with safe_open(str(file), framework="pt") as handle:
-            handle.keys()
+    with safe_open(str(file), framework="pt") as handle:
+        handle.keys()
 
 
 def write_marker(path: Path, step: int, train_seconds: float) -> None:

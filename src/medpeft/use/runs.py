@@ -17,6 +17,7 @@ from medpeft.methods import MethodSpec
 from medpeft.models import MODELS, load_model, model_architecture, resolve_model
 from medpeft.plan import load_data, model_kind, task_spec
 from medpeft.registry import METHODS
+from medpeft.run.checkpoint import read_safetensors_header
 from medpeft.run.kinds import KINDS, ModelKind
 from medpeft.run.record import GRID_MARKER, RunResult, read_result, recorded_grid_file
 
@@ -132,12 +133,11 @@ def pickle_message(path: Path, safe: Path) -> str:
 
 
 def check_safetensors(path: Path, run_dir: Path) -> None:
-    """Read a safetensors file's header, which lists every tensor's bytes: a file cut short fails here."""
-    from safetensors import SafetensorError, safe_open
+    """A safetensors file whose header cannot be read (cut short, damaged) is a ModelError naming it."""
+    from safetensors import SafetensorError
 
     try:
-        with safe_open(str(path), "pt") as fh:
-            fh.keys()
+        read_safetensors_header(path)
     except (SafetensorError, OSError) as err:
         raise ModelError(f"{path} cannot be read ({err}): it is damaged or cut short, e.g. by a full disk or an "
                          f"interrupted copy. Copy it again from a whole copy, or train the run again: "
@@ -230,8 +230,9 @@ def share_base(run: FinishedRun) -> tuple | None:
 
 
 def check_output_place(path: Path, option: str) -> None:
-    """What `option` (--output, --out) names can be written: no file stands where one of its folders goes, and
-    its folder takes a new file (made now if missing, as the write would make it). Checked before any model loads."""
+    """What `option` (--output, --out) names can be written: no file stands where one of its folders goes (said
+    with the option first), and its nearest existing folder takes a new file (the write makes the missing
+    ones). Checked before any model loads."""
     for parent in Path(path).absolute().parents:
         if parent.exists():
             if not parent.is_dir():
