@@ -321,6 +321,35 @@ def test_interrupted_optuna_search_resumes_where_it_stopped(tmp_path, monkeypatc
     assert len(trials) == 3 + 3 + 1  # three before the kill, three after, then the final run
 
 
+def test_an_edited_optuna_space_is_a_new_study_and_the_choice_stays_inside_it(tmp_path, monkeypatch, assets_ready):
+    # Issue 29, item 4: after the space moved from [1e-4, 1e-3] to [1e-2, 1e-1], no trial ran and the old
+    # study's 5.19e-4 was chosen, outside the new range.
+    pytest.importorskip("optuna")
+    calls = []
+    fake_runs(monkeypatch, calls)
+    old = {"search": "optuna", "trials": 3, "train.lr": {"low": 1.0e-4, "high": 1.0e-3, "log": True}}
+    grid_module.run_grid(tuned_grid(tune_block=old), tmp_path, log=lambda *a: None)
+    calls.clear()
+    new = dict(old, **{"train.lr": {"low": 1.0e-2, "high": 1.0e-1, "log": True}})
+    grid_dir = grid_module.run_grid(tuned_grid(tune_block=new), tmp_path, log=lambda *a: None).grid_dir
+    assert len([c for c in calls if ".lora." in c]) == 3 + 1  # three trials in the new space, then the final run
+    finals = [r for r in load_results(grid_dir) if not r.tuning_trial and r.method == "lora"
+              and r.config["tuning"]["over"]["space"] == {"train.lr": new["train.lr"]}]
+    assert len(finals) == 1 and 1.0e-2 <= finals[0].config["train"]["lr"] <= 1.0e-1
+
+
+def test_an_optuna_group_key_holds_its_space_and_metric_and_a_grid_searchs_does_not():
+    def key(block):
+        return tune.tuning_groups(grid_module.grid_configs(tuned_grid(tune_block=block)))[0].key
+
+    optuna_block = {"search": "optuna", "trials": 3, "train.lr": {"low": 1.0e-4, "high": 1.0e-3, "log": True}}
+    assert key(optuna_block) != key(dict(optuna_block, **{"train.lr": {"low": 1.0e-2, "high": 1.0e-1, "log": True}}))
+    assert key(optuna_block) != key(dict(optuna_block, metric="loss"))
+    assert key(optuna_block) == key(dict(optuna_block, trials=8))  # more trials continue the same study
+    # grid search: a trial's run id holds its values, so an edited list reuses the candidates already trained
+    assert key({"train.lr": [1e-4, 1e-3]}) == key({"train.lr": [1e-4, 1e-3, 1e-2]})
+
+
 def test_optuna_prunes_a_trial_whose_validation_loss_is_hopeless(tmp_path, monkeypatch, assets_ready):
     pytest.importorskip("optuna")
     calls = []

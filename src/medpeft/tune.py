@@ -9,7 +9,8 @@ evaluated on test. The test split never enters the choice.
 `search: grid` trains every candidate (every combination of the axes' lists); `search: optuna`
 samples `trials` candidates per group with Optuna's TPE sampler, prunes hopeless ones on their
 mid-training validation loss, and keeps each study in runs/<grid>/tuning.db so an interrupted
-search resumes where it stopped.
+search resumes where it stopped. An edited space or metric is a new study (its group key holds them);
+more `trials` continue the old one.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ OPTUNA_HINT = "search: optuna needs the optuna package: .venv/bin/pip install 'm
 class Group:
     """The runs of a grid that differ only in their seed, and what they are tuned over."""
 
-    key: str  # task.model.method.<digest>: names the group's trials and its Optuna study
+    key: str  # task.model.method.<digest> (of the settings; for Optuna also the space): names its trials and Optuna study
     runs: list[ExperimentConfig]  # every seed, resolved, in grid order
     space: dict  # axis -> candidates (a list) or a range {low, high, log}; "auto" resolved for the method
     tune: TuneConfig  # the grid's (or the group's block's) tune: block
@@ -48,13 +49,18 @@ class Group:
 
 # --- groups and candidates ---------------------------------------------------------------------
 
-def group_key(cfg: ExperimentConfig, tuned: list[str]) -> str:
-    """The run's settings minus its seed and the tuned axes, hashed."""
+def group_key(cfg: ExperimentConfig, tune: TuneConfig, space: dict) -> str:
+    """The run's settings minus its seed and the tuned axes, hashed; for Optuna also the search space and
+    metric. An Optuna study's trials are drawn from its space and scored by its metric, so a study run under
+    another space (or metric) cannot be resumed: an edited space names a new study. A grid-search trial's run
+    id holds its values, so there an edited candidate list reuses the candidates already trained."""
     settings = cfg.to_dict()
     settings.pop("seed")
-    for axis in tuned:
+    for axis in tune.space:
         parent, _, leaf = axis.rpartition(".")
         settings.get(parent, {}).pop(leaf, None)
+    if tune.search == "optuna":
+        settings["tune"] = {"search": tune.search, "space": space, "metric": tune.metric}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return f"{cfg.task}.{cfg.model.strip('/').replace('/', '--')}.{cfg.method}.{digest}"
 
@@ -79,8 +85,9 @@ def tuning_groups(configs: list[ExperimentConfig]) -> list[Group]:
     groups: dict[str, Group] = {}
     for cfg in configs:
         if cfg.tune is not None and METHODS[cfg.method].trains:
-            key = group_key(cfg, list(cfg.tune.space))
-            groups.setdefault(key, Group(key, [], method_space(cfg.tune, cfg.method), cfg.tune)).runs.append(cfg)
+            space = method_space(cfg.tune, cfg.method)
+            key = group_key(cfg, cfg.tune, space)
+            groups.setdefault(key, Group(key, [], space, cfg.tune)).runs.append(cfg)
     return list(groups.values())
 
 
