@@ -69,6 +69,13 @@ class TrainConfig:
     time_budget_s: float | None = None  # stop training after this many wall-clock seconds (equal-time comparisons)
     checkpoint_steps: int | None = None  # also checkpoint every this many optimiser steps (always: every 30 min)
     fused_kernels: bool | None = None  # Liger's fused kernels (RMSNorm, RoPE, SwiGLU): a CUDA GPU and liger-kernel
+    # GPU levers (run/levers.py); None: chosen for the device (on where they pay on a CUDA GPU, off on CPU)
+    pad_to_multiple_of: int | None = None  # pad each batch to a multiple of this many tokens (None: 64 on CUDA, 1 = off)
+    packing: bool | None = None  # padding-free batches of decoder-only models (one row, position ids restart per example)
+    bf16_base: bool | None = None  # hold a frozen base in bf16 under bf16 precision; trained weights stay fp32
+    fused_optimizer: bool | None = None  # AdamW as one fused kernel (adamw_torch_fused)
+    dataloader_workers: int | None = None  # batch-building processes with pinned memory (None: 2 on CUDA, 0 on CPU)
+    compile: bool | None = None  # torch.compile the model (opt-in; None and false: off)
 
     def __post_init__(self):
         check_types(self, "train")
@@ -92,6 +99,10 @@ class TrainConfig:
             raise ConfigError(f"train.time_budget_s must be > 0 seconds or unset, got {self.time_budget_s}")
         if self.checkpoint_steps is not None and self.checkpoint_steps < 1:
             raise ConfigError(f"train.checkpoint_steps must be >= 1 or unset, got {self.checkpoint_steps}")
+        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
+            raise ConfigError(f"train.pad_to_multiple_of must be >= 1 (1 = off) or unset, got {self.pad_to_multiple_of}")
+        if self.dataloader_workers is not None and self.dataloader_workers < 0:
+            raise ConfigError(f"train.dataloader_workers must be >= 0 or unset, got {self.dataloader_workers}")
 
 
 @dataclass
@@ -227,7 +238,8 @@ class ExperimentConfig:
 RUN_ID_MAX_BYTES = 255  # a run id is a folder name
 
 UNSET_KEYS = (("data", "per_class"), ("train", "time_budget_s"), ("train", "checkpoint_steps"), ("train", "fused_kernels"),
-              ("generation", "batch_size"))
+              ("generation", "batch_size"), ("train", "pad_to_multiple_of"), ("train", "packing"), ("train", "bf16_base"),
+              ("train", "fused_optimizer"), ("train", "dataloader_workers"), ("train", "compile"))
 
 
 def moved_beams(train: dict, cfg) -> dict:
