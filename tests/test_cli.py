@@ -159,3 +159,13 @@ def test_every_option_of_every_command_is_explained_in_its_help():
             for name, sub in commands.choices.items() for action in sub._actions
             if not isinstance(action, argparse._HelpAction) and not action.help]
     assert bare == []
+
+
+def test_one_formatter_shows_every_error():
+    """errors.error_text: a medpeft error's message as written for the user; any other exception with its type."""
+    from medpeft.errors import ConfigError, DataError, error_text
+
+    assert error_text(ConfigError("unknown config key 'trian'")) == "unknown config key 'trian'"
+    assert error_text(DataError("notes.csv:3: no text")) == "notes.csv:3: no text"
+    assert error_text(KeyError("labels")) == "KeyError: 'labels'"
+    assert error_text(RuntimeError("boom")) == "RuntimeError: boom"

@@ -137,3 +137,36 @@ def test_a_run_planning_absurdly_many_steps_is_refused(train, needle):
 def test_steps_up_to_the_limit_and_untrained_runs_pass():
     check_steps(config_from_dict({**BASE, "train": {"max_steps": MAX_PLANNED_STEPS}}), 256)
     check_steps(config_from_dict({**BASE, "method": "untrained", "train": {"epochs": 1e9}}), 256)
+
+
+@pytest.mark.parametrize("base, start", [
+    ({"task": "pubmedqa", "data": {"test_size": 100000}}, "task 'pubmedqa' has only 500 examples"),
+    ({"task": "pubmed-summarization", "model": "tiny-t5"}, "task 'pubmed-summarization' downloads its data from the hub"),
+])
+def test_a_task_error_is_raised_where_it_starts_and_named_once(base, start, tmp_path, capsys, assets_ready):
+    """Issue 29: tasks/ raised ValueError that plan.py converted, prefixing the task a second time
+    ("task 'pubmedqa': task 'pubmedqa' has only 500 examples ...")."""
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump({"name": "once", "base": {**BASE, **base}}))
+    assert cli.main(["run", str(grid), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"medpeft: error: {start}"), err
+    assert err.count(f"task '{base['task']}'") == 1, err
+
+
+def test_a_loaders_own_bug_is_not_dressed_as_a_config_error(monkeypatch):
+    """Only medpeft's own errors are shown as user errors; a bare ValueError from a loader is a bug and keeps
+    its type (and traceback)."""
+    import dataclasses
+
+    from medpeft.plan import load_data, task_spec
+
+    cfg = config_from_dict(BASE)
+
+    def broken(data_cfg, online=False):
+        raise ValueError("a bug in the loader")
+
+    spec = dataclasses.replace(task_spec(cfg), load=broken)
+    with pytest.raises(ValueError, match="a bug in the loader") as err:
+        load_data(spec, cfg, online=False)
+    assert not isinstance(err.value, ConfigError)

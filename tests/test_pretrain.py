@@ -231,3 +231,14 @@ def test_precision_is_checked_before_any_work(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="--precision: fp16 needs a CUDA GPU"):
         pretrain(PretrainConfig(model="tiny-bert", out=str(tmp_path / "x"), precision="fp16"), log=lambda *_: None)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_seq2seq_model_is_refused_by_the_cli_before_any_work(tmp_path, monkeypatch, capsys, assets_ready):
+    """Issue 29: `medpeft pretrain` on a seq2seq model printed a ValueError's traceback after building the corpus."""
+    import medpeft.pretrain as pretrain_mod
+
+    monkeypatch.setattr(pretrain_mod, "build_corpus", lambda *a: pytest.fail("built the corpus"))
+    assert cli.main(["pretrain", "--model", "tiny-t5", "--out", str(tmp_path / "t5")]) == 2
+    err = capsys.readouterr().err
+    assert "medpeft: error: model 'tiny-t5' is an encoder-decoder (seq2seq) model" in err and "Traceback" not in err
+    assert not (tmp_path / "t5").exists()

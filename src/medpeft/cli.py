@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--resamples", type=int, default=2000, help="bootstrap / randomisation resamples (default 2000)")
     report.add_argument("--within", type=float, default=1.0, metavar="POINTS",
                         help="'cheapest within POINTS of the best' in the answer block (metric ×100; default 1)")
+    report.add_argument("--unadjusted", action="store_true",
+                        help="leave p-values unadjusted for multiple comparisons (default: Holm over each task's comparisons)")
     report.add_argument("--no-examples", action="store_true",
                         help="a report to share: no source, reference or prediction text anywhere (no examples section)")
     pre = sub.add_parser("pretrain", help="continue pre-training a model on MEDLINE (masked-LM or causal-LM)",
@@ -234,7 +236,8 @@ def command_report(args) -> int:
     from medpeft.use.card import write_cards
 
     files.check_writable_folder(Path(args.grid_dir), "the grid folder", "make it writable, or copy it elsewhere and report there")
-    paths = build_report(args.grid_dir, n_resamples=args.resamples, within_points=args.within, examples=not args.no_examples)
+    paths = build_report(args.grid_dir, n_resamples=args.resamples, within_points=args.within, examples=not args.no_examples,
+                         adjust=not args.unadjusted)
     for key in ("html", "md", "tex"):
         print(paths[key])
     cards = write_cards(args.grid_dir)
@@ -269,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from medpeft.errors import MedpeftError, Preempted
+    from medpeft.errors import MedpeftError, Preempted, error_text
 
     quiet_libraries()
     handlers = {"pretrain": command_pretrain, "run": command_run, "report": command_report, "list": command_list, "fetch": command_fetch,
@@ -277,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except MedpeftError as err:
-        print(f"medpeft: error: {err}", file=sys.stderr)
+        print(f"medpeft: error: {error_text(err)}", file=sys.stderr)
         return 2
     except Preempted as err:  # SIGTERM / SIGINT: a clean stop, not a crash
         print(f"medpeft: {err}", file=sys.stderr)

@@ -1,7 +1,9 @@
 """Every error medpeft shows a user, in one place (the bottom layer: it imports nothing of medpeft).
 
 Each message names the file, line or key at fault and says how to fix it; the CLI prints it
-without a traceback. All of them derive from `MedpeftError`, so one `except` catches them.
+without a traceback. All of them derive from `MedpeftError`, so one `except` catches them; each is
+raised where the problem is found (a task's loader, the config, the model check), never converted on
+the way up. `error_text` is the one way an exception becomes text.
 """
 from __future__ import annotations
 
@@ -33,6 +35,13 @@ class OutputError(MedpeftError, OSError):
 
 class UnknownNameError(MedpeftError, LookupError):
     """A registry lookup of a name that is not registered (the message lists the valid ones)."""
+
+
+def error_text(err: BaseException) -> str:
+    """An exception as one line of text, wherever medpeft shows one (the CLI, a log line, a warning, a
+    failed run's record): a MedpeftError's message as it is, since it is written for the user; any other
+    exception's type and message, since a library's message alone may say nothing (a KeyError's is the key)."""
+    return str(err) if isinstance(err, MedpeftError) else f"{type(err).__name__}: {err}"
 
 
 class Preempted(KeyboardInterrupt):

@@ -61,12 +61,7 @@ def task_spec(cfg: ExperimentConfig) -> TaskSpec:
     if cfg.task in TASKS:
         raise ConfigError(f"task name {cfg.task!r} is already a registered task; give your data set its own "
                           f"name (task: {{name: ..., path: {cfg.user_data.get('path')}}})")
-    try:
-        return user_task_spec(cfg.user_data)
-    except MedpeftError:
-        raise
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    return user_task_spec(cfg.user_data)
 
 
 def resolve_config(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -112,12 +107,9 @@ def model_kind(task_type: str, architecture: str, model: str) -> str:
 
 
 def load_data(spec: TaskSpec, cfg: ExperimentConfig, online: bool) -> TaskData:
-    try:
-        return spec.load(cfg.data, online=online)
-    except MedpeftError:
-        raise
-    except ValueError as err:  # a split that does not fit, a malformed source: say which task
-        raise ConfigError(f"task {cfg.task!r}: {err}") from None
+    """The task's splits. A split that does not fit is a ConfigError, a malformed source a DataError, each
+    raised where it is found and naming the task; anything else is a bug and keeps its traceback."""
+    return spec.load(cfg.data, online=online)
 
 
 def plan_runs(configs: list[ExperimentConfig], online: bool = False) -> list[RunPlan]:

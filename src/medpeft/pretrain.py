@@ -16,7 +16,7 @@ from pathlib import Path
 
 from medpeft.config import PRECISIONS
 from medpeft.data.medline import MIN_KEY_CHARS, citation_keys, text_keys
-from medpeft.errors import ConfigError
+from medpeft.errors import ConfigError, ModelError
 from medpeft.run.forgetting import example_text
 from medpeft.run.record import write_json
 
@@ -113,21 +113,28 @@ def build_corpus(held_out: dict[str, list[str]], max_docs: int, seed: int) -> tu
     return docs, stats
 
 
-def load_lm(path: str):
-    """The model with its pre-training head: masked-LM for encoders, causal-LM for decoders."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
-    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+def lm_objective(model: str, path: str) -> str:
+    """masked-lm for an encoder, causal-lm for a decoder; an encoder-decoder is a ModelError (checked from
+    its config, before the corpus is built or any weights load)."""
+    from medpeft.models import model_architecture
 
-    config = AutoConfig.from_pretrained(path)
+    architecture = model_architecture(path)
+    if architecture == "seq2seq":
+        raise ModelError(f"model {model!r} is an encoder-decoder (seq2seq) model; `medpeft pretrain` covers encoders "
+                         "(masked-LM, e.g. tiny-bert, minilm-l6) and decoders (causal-LM, e.g. smollm2-135m, tiny-llama)")
+    return "causal-lm" if architecture == "causal" else "masked-lm"
+
+
+def load_lm(path: str, objective: str):
+    """The model with its pre-training head: masked-LM for encoders, causal-LM for decoders."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(path)
-    if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not config.is_encoder_decoder:
-        return AutoModelForMaskedLM.from_pretrained(path), tokenizer, "masked-lm"
-    if config.is_encoder_decoder:
-        raise ValueError(f"{path} is an encoder-decoder model; `medpeft pretrain` covers encoders (masked-LM) "
-                         "and decoders (causal-LM)")
+    if objective == "masked-lm":
+        return AutoModelForMaskedLM.from_pretrained(path), tokenizer
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return AutoModelForCausalLM.from_pretrained(path), tokenizer, "causal-lm"
+    return AutoModelForCausalLM.from_pretrained(path), tokenizer
 
 
 def save_adapted(model, base_path: str, objective: str, out: Path) -> None:
@@ -164,9 +171,10 @@ def pretrain(cfg: PretrainConfig, *, online: bool = False, log=print) -> Path:
     check_precision(precision, "--precision")
     set_seed(cfg.seed)
     path = resolve_model(cfg.model, online)
+    objective = lm_objective(cfg.model, path)
     held_out = evaluation_texts(cfg.exclude_grids, cfg.exclude_overrides, online)
     docs, stats = build_corpus(held_out, cfg.max_docs, cfg.seed)
-    model, tokenizer, objective = load_lm(path)
+    model, tokenizer = load_lm(path, objective)
     by_task = ", ".join(f"{task} {s['dropped_citations']}" for task, s in stats["held_out"].items())
     log(f"pretrain {cfg.model} ({objective}) on {stats['documents']} MEDLINE abstracts; "
         f"{stats['dropped_for_evaluation']} held out because they share text with an evaluation split"

@@ -74,7 +74,7 @@ def test_pubmedqa_pqaa_adds_automatic_questions_to_training_only():
     train = [ex["id"] for ex in extended.splits["train"]]
     assert len(train) == 700 and any(i.startswith("pqaa-") for i in train) and any(i.startswith("pqal-") for i in train)
     assert not set(train) & {ex["id"] for split in ("validation", "test") for ex in extended.splits[split]}
-    with pytest.raises(ValueError, match="lower data.train_size to at most 800"):
+    with pytest.raises(ConfigError, match="lower data.train_size to at most 800"):
         tasks.load_task("pubmedqa-pqaa", cfg(train_size=801, val_size=50, test_size=150))
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from medpeft import tasks
 from medpeft.data import assets
+from medpeft.errors import ConfigError, DataError
 from medpeft.registry import TASKS, UnknownNameError
 
 # sha256 prefix of the pubmed-conclusion test ids at split_seed=0, test_size=100 (pinned data).
@@ -134,7 +135,7 @@ def test_too_many_examples_names_the_key(name, key):
     if TASKS[name].eval_only and key != "test_size":
         pytest.skip("an evaluation-only task ignores train_size and val_size")
     sizes = {"train_size": 5, "val_size": 2, "test_size": 5, key: 10_000_000}
-    with pytest.raises(ValueError, match=f"lower data.{key} to at most"):
+    with pytest.raises(ConfigError, match=f"^task {name!r} has only .* lower data.{key} to at most"):
         tasks.load_task(name, cfg(**sizes))
 
 
@@ -143,13 +144,13 @@ def test_hub_task_fails_fast_offline_naming_the_offline_tasks(name, monkeypatch)
     import datasets
 
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("the hub was contacted"))
-    with pytest.raises(ValueError, match="--online") as err:
+    with pytest.raises(ConfigError, match="--online") as err:
         tasks.load_task(name, cfg())
     assert "pubmed-conclusion" in str(err.value) and "aci-bench" in str(err.value)
 
 
 def test_negative_size_is_rejected():
-    with pytest.raises(ValueError, match="data.val_size must be an int >= 0"):
+    with pytest.raises(ConfigError, match="data.val_size must be an int >= 0"):
         tasks.load_task("pubmed-conclusion", cfg(val_size=-1))
 
 
@@ -230,9 +231,9 @@ def test_an_example_may_carry_a_text_pair_but_only_as_text_and_not_in_ner():
     from medpeft.tasks.base import check_example
 
     check_example("t", "train", {"id": "a", "text": "x", "pair": "y", "target": "A"}, "classification", ["A"])
-    with pytest.raises(ValueError, match="example 'a'.*must be a string"):
+    with pytest.raises(DataError, match="example 'a'.*must be a string"):
         check_example("t", "train", {"id": "a", "text": "x", "pair": 3, "target": "A"}, "classification", ["A"])
-    with pytest.raises(ValueError, match="an NER task has none"):
+    with pytest.raises(DataError, match="an NER task has none"):
         check_example("t", "train", {"id": "a", "text": ["x"], "pair": "y", "target": ["O"]}, "ner", ["O"])
-    with pytest.raises(ValueError, match="example 'a' has keys"):
+    with pytest.raises(DataError, match="example 'a' has keys"):
         check_example("t", "train", {"id": "a", "text": "x", "context": "y", "target": "A"}, "classification", ["A"])

@@ -181,6 +181,8 @@ def test_bad_task_mapping_is_a_config_error(tmp_path, change, needle):
     m = {k: v for k, v in {**mapping(write_jsonl(tmp_path, notes())), **change}.items() if v is not None}
     with pytest.raises(ConfigError, match=needle):
         checked_config({"task": m, "model": "tiny-bert", "method": "lora"})
+    with pytest.raises(ConfigError, match=needle):  # raised where it starts, not converted by the plan
+        user_task_spec(m)
 
 
 # --- splits and names --------------------------------------------------------------------
@@ -276,7 +278,7 @@ def test_pair_field_gives_each_example_its_second_text(tmp_path):
     with pytest.raises(DataError) as err:
         load(mapping(path, pair_field="context"))
     check_error(err, path, 7, "no text in field 'context'", "task.pair_field")
-    with pytest.raises(ValueError, match="pair_field"):
+    with pytest.raises(ConfigError, match="pair_field"):
         user_task_spec({"type": "ner", "path": path, "pair_field": "context"})
 
 

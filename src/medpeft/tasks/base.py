@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from medpeft.errors import DataError
+from medpeft.errors import ConfigError, DataError
 from medpeft.registry import TASKS
 
 TASK_TYPES = ("summarization", "classification", "multilabel", "ner")
@@ -60,32 +60,32 @@ class TaskSpec:
 
 
 def check_example(task: str, split: str, ex: dict, task_type: str, labels: list[str] | None) -> None:
-    """Raise ValueError if one example does not have its task type's format."""
+    """Raise DataError if one example does not have its task type's format."""
     if set(ex) - {"pair"} != {"id", "text", "target"}:
-        raise ValueError(f"task {task!r} {split} example {ex.get('id')!r} has keys {sorted(ex)} (id, text, target and "
-                         "an optional text `pair`)")
+        raise DataError(f"task {task!r} {split} example {ex.get('id')!r} has keys {sorted(ex)} (id, text, target and "
+                        "an optional text `pair`)")
     if "pair" in ex and (task_type == "ner" or not isinstance(ex["pair"], str)):
-        raise ValueError(f"task {task!r} example {ex['id']!r}: its second text (`pair`) must be a string, and an NER "
-                         f"task has none; got {type(ex['pair']).__name__} in a {task_type} task")
+        raise DataError(f"task {task!r} example {ex['id']!r}: its second text (`pair`) must be a string, and an NER "
+                        f"task has none; got {type(ex['pair']).__name__} in a {task_type} task")
     target = ex["target"]
     if task_type == "classification" and target not in labels:
-        raise ValueError(f"task {task!r} example {ex['id']} has unknown label {target!r}")
+        raise DataError(f"task {task!r} example {ex['id']} has unknown label {target!r}")
     if task_type == "multilabel" and not (isinstance(target, list) and set(target) <= set(labels)):
-        raise ValueError(f"task {task!r} example {ex['id']} has labels {target!r} outside the label set")
+        raise DataError(f"task {task!r} example {ex['id']} has labels {target!r} outside the label set")
     if task_type == "ner":
         if len(ex["text"]) != len(target) or not set(target) <= set(labels):
-            raise ValueError(f"task {task!r} example {ex['id']} has {len(ex['text'])} tokens, {len(target)} tags "
-                             f"or tags outside {labels}")
+            raise DataError(f"task {task!r} example {ex['id']} has {len(ex['text'])} tokens, {len(target)} tags "
+                            f"or tags outside {labels}")
 
 
 def check_task_data(spec: TaskSpec, data: TaskData) -> TaskData:
-    """Raise ValueError if a loader's output does not match its spec and the example format."""
+    """Raise DataError if a loader's output does not match its spec and the example format."""
     if (data.name, data.type) != (spec.name, spec.type):
-        raise ValueError(f"task {spec.name!r} loader returned data for {data.name!r} ({data.type})")
+        raise DataError(f"task {spec.name!r} loader returned data for {data.name!r} ({data.type})")
     if sorted(data.splits) != sorted(SPLITS):
-        raise ValueError(f"task {spec.name!r} splits are {sorted(data.splits)}, expected {list(SPLITS)}")
+        raise DataError(f"task {spec.name!r} splits are {sorted(data.splits)}, expected {list(SPLITS)}")
     if (data.labels is None) != (data.type == "summarization"):
-        raise ValueError(f"task {spec.name!r} ({data.type}) has labels {data.labels!r}")
+        raise DataError(f"task {spec.name!r} ({data.type}) has labels {data.labels!r}")
     for split, examples in data.splits.items():
         for ex in examples:
             check_example(spec.name, split, ex, data.type, data.labels)
@@ -128,14 +128,14 @@ def split_sizes(data_cfg: Any) -> dict[str, int]:
     sizes = {split: getattr(data_cfg, key) for split, key in SPLIT_KEYS.items()}
     for split, size in sizes.items():
         if not isinstance(size, int) or size < 0:
-            raise ValueError(f"data.{SPLIT_KEYS[split]} must be an int >= 0, got {size!r}")
+            raise ConfigError(f"data.{SPLIT_KEYS[split]} must be an int >= 0, got {size!r}")
     return sizes
 
 
-def too_few_error(task: str, have: str, sizes: dict[str, int], split: str, room: int) -> ValueError:
+def too_few_error(task: str, have: str, sizes: dict[str, int], split: str, room: int) -> ConfigError:
     """Build the error for asking more examples than exist, naming the config key to lower."""
     asked = ", ".join(f"data.{SPLIT_KEYS[s]}={n}" for s, n in sizes.items())
-    return ValueError(
+    return ConfigError(
         f"task {task!r} has only {have} but the config asks for {asked}; "
         f"lower data.{SPLIT_KEYS[split]} to at most {room}"
     )
@@ -200,8 +200,8 @@ def split_eval_only(task: str, examples: list[dict], data_cfg: Any) -> dict[str,
     """Evaluation-only: a test split of data.test_size, empty train and validation (their sizes are ignored)."""
     size = data_cfg.test_size
     if size > len(examples):
-        raise ValueError(f"task {task!r} has only {len(examples)} examples (evaluation-only) but the config asks for "
-                         f"data.test_size={size}; lower data.test_size to at most {len(examples)}")
+        raise ConfigError(f"task {task!r} has only {len(examples)} examples (evaluation-only) but the config asks for "
+                          f"data.test_size={size}; lower data.test_size to at most {len(examples)}")
     return {"train": [], "validation": [], "test": [dict(ex) for ex in shuffled(examples, data_cfg.split_seed)[:size]]}
 
 
@@ -247,7 +247,7 @@ def sample_per_class(examples: list[dict], k: int, seed: int, task_type: str) ->
     Returns the examples (in the shuffled order) and the count per class; a class with fewer than k
     examples in the training split keeps what it has."""
     if task_type not in FEW_SHOT_TYPES:
-        raise ValueError(f"data.per_class samples classes; a {task_type} task has none (use data.train_size)")
+        raise ConfigError(f"data.per_class samples classes; a {task_type} task has none (use data.train_size)")
     counts: dict[str, int] = {}
     chosen = []
     for ex in shuffled(examples, seed):

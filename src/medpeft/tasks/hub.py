@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from medpeft.errors import ConfigError
 from medpeft.tasks.base import TaskData, offline_task_names, register_task, split_predefined
 
 PARQUET_EXPORT = "refs/convert/parquet"
@@ -15,7 +16,7 @@ PARQUET_EXPORT = "refs/convert/parquet"
 def require_online(task: str, online: bool) -> None:
     """Fail fast offline, naming the tasks that do work offline."""
     if not online:
-        raise ValueError(
+        raise ConfigError(
             f"task {task!r} downloads its data from the hub and medpeft is offline by default; pass --online "
             f"(plan_run(cfg, online=True) in Python) to allow it. Offline tasks: {', '.join(offline_task_names())}")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from medpeft.config import user_task_name
+from medpeft.errors import ConfigError
 from medpeft.tasks.base import SPLITS, TaskData, TaskSpec, check_task_data, data_error, shuffled
 from medpeft.tasks.user_files import raise_problems, read_records  # use/predict reads new records with these
 from medpeft.tasks.user_labels import (cell_list, check_classes, given_labels, label_name, label_set, number_labels,
@@ -43,36 +44,38 @@ INSTRUCTIONS = {
 
 
 def check_user_task(mapping: dict) -> dict:
-    """Validate a user-data task mapping (keys, type, file, fields); return a plain copy."""
+    """Validate a user-data task mapping (keys, type, file, fields); return a plain copy. A problem is a
+    ConfigError naming the task.* key."""
     if not isinstance(mapping, dict):
-        raise ValueError(f"task must be a registered task name or a mapping, got {mapping!r}")
+        raise ConfigError(f"task must be a registered task name or a mapping, got {mapping!r}")
     unknown = sorted(set(mapping) - set(USER_KEYS))
     if unknown:
-        raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))} in task:; valid keys: {', '.join(USER_KEYS)}")
+        raise ConfigError(f"unknown key(s) {', '.join(map(repr, unknown))} in task:; valid keys: {', '.join(USER_KEYS)}")
     if mapping.get("type") not in USER_TYPES:
-        raise ValueError(f"task.type must be one of {', '.join(USER_TYPES)}, got {mapping.get('type')!r}")
+        raise ConfigError(f"task.type must be one of {', '.join(USER_TYPES)}, got {mapping.get('type')!r}")
     path = mapping.get("path")
     if not isinstance(path, str) or not Path(path).expanduser().is_file():
-        raise ValueError(f"task.path {path!r} is not a file (relative paths are read from {Path.cwd()})")
+        raise ConfigError(f"task.path {path!r} is not a file (relative paths are read from {Path.cwd()})")
     if Path(path).suffix.lower() not in (".jsonl", ".csv"):
-        raise ValueError(f"task.path {path!r} must be a .jsonl or .csv file")
+        raise ConfigError(f"task.path {path!r} must be a .jsonl or .csv file")
     if mapping["type"] == "ner" and Path(path).suffix.lower() != ".jsonl":
-        raise ValueError(f"task.path {path!r}: an ner task reads JSON lines, since its tokens and tags are lists "
-                         '(one {"tokens": [...], "tags": [...]} per line)')
+        raise ConfigError(f"task.path {path!r}: an ner task reads JSON lines, since its tokens and tags are lists "
+                          '(one {"tokens": [...], "tags": [...]} per line)')
     for key in ("text_field", "target_field"):
         if mapping["type"] != "ner" and not isinstance(mapping.get(key), str):
-            raise ValueError(f"task.{key} must name a field of {path} ({USER_KEYS[key]})")
+            raise ConfigError(f"task.{key} must name a field of {path} ({USER_KEYS[key]})")
     if mapping.get("pair_field") is not None and (mapping["type"] == "ner" or not isinstance(mapping["pair_field"], str)):
-        raise ValueError(f"task.pair_field must name a text field of {path}, and an ner task takes none (remove "
-                         f"task.pair_field); got {mapping['pair_field']!r}")
+        raise ConfigError(f"task.pair_field must name a text field of {path}, and an ner task takes none (remove "
+                          f"task.pair_field); got {mapping['pair_field']!r}")
     labels = mapping.get("labels")
     names = [label_name(label) for label in labels] if isinstance(labels, list) else None
     if labels is not None and not (names and all(names) and len(set(names)) == len(names)):
-        raise ValueError(f"task.labels must be a list of distinct labels (text or numbers), got {labels!r}")
+        raise ConfigError(f"task.labels must be a list of distinct labels (text or numbers), got {labels!r}")
     fractions = mapping.get("fractions")
     if fractions is not None and (not isinstance(fractions, dict) or set(fractions) - set(SPLITS)
+                                  or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in fractions.values())
                                   or abs(sum(fractions.values()) - 1) > 1e-6):
-        raise ValueError(f"task.fractions must map train/validation/test to fractions summing to 1, got {fractions!r}")
+        raise ConfigError(f"task.fractions must map train/validation/test to fractions summing to 1, got {fractions!r}")
     return dict(mapping)
 
 
