@@ -1,8 +1,12 @@
 """The layout's rule, checked on the source: layers import only downward, and no module imports itself back.
 
-cli -> grid, pretrain, bench -> tune -> report | run -> plan -> methods, models, tasks -> config, registry, data, dist -> errors.
-A module may import its own folder's modules; the report reads the run's contract (the metric table
-and the result record), nothing else of run/.
+This file is the one statement of the layers: RANKS below. A module imports only from lower ranks
+(never from its own rank, except its own folder's modules); the report reads the run's contract (the
+metric table and the result record), nothing else of run/. The README's Layout section states the
+layers as `layer_line()` writes them, top first (a test checks it):
+
+__main__ -> cli -> grid, pretrain, bench -> tune, use/ -> run/, report/ -> plan -> methods, models, tasks/
+-> config/, registry, data/, dist, files -> errors
 """
 from __future__ import annotations
 
@@ -14,9 +18,9 @@ import pytest
 import medpeft
 
 PACKAGE = Path(medpeft.__file__).parent
-RANKS = {  # by module (dotted, without "medpeft.") or by folder
+RANKS = {  # by module (dotted, without "medpeft.") or by folder; the package's __init__ imports nothing
     "errors": 0,
-    "registry": 1, "config": 1, "data": 1, "dist": 1, "files": 1,
+    "config": 1, "registry": 1, "data": 1, "dist": 1, "files": 1,
     "methods": 2, "models": 2, "tasks": 2,
     "plan": 3,
     "run": 4, "report": 4,
@@ -92,3 +96,33 @@ def test_the_run_contract_reads_no_model_code():
     """The metric table and the result record stay light: the report imports them without torch or the run."""
     for module in REPORT_MAY_READ:
         assert all(rank(t) <= 1 for t in MODULES[module]), (module, MODULES[module])
+
+
+def test_importing_medpeft_does_no_work_and_the_registries_load_explicitly():
+    """Issue 29: `import medpeft` imported methods, models and tasks (layer 2) to fill the registries.
+    Now it imports nothing; medpeft.load_registries() (or importing a module that reads them, e.g.
+    medpeft.plan) fills them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, medpeft; loaded = sorted(m for m in sys.modules if m.startswith('medpeft.')); print(loaded); "
+            "from medpeft.registry import METHODS, MODELS, TASKS; assert not (METHODS or MODELS or TASKS); "
+            "medpeft.load_registries(); assert 'lora' in METHODS and 'tiny-bert' in MODELS and 'pubmed-rct' in TASKS")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def layer_line(arrow: str = " → ") -> str:
+    """RANKS as one line, top layer first, folders with a trailing slash: the README's statement of the layers."""
+    by_rank: dict[int, list[str]] = {}
+    for name, r in RANKS.items():
+        by_rank.setdefault(r, []).append(f"`{name}/`" if name in FOLDERS else f"`{name}`")
+    return arrow.join(", ".join(names) for _, names in sorted(by_rank.items(), reverse=True))
+
+
+def test_the_readme_states_the_layers_this_file_enforces():
+    """One layer spec: the README's Layout line is RANKS, rendered; and this file's docstring too."""
+    readme = " ".join((PACKAGE.parents[1] / "README.md").read_text().split())
+    assert layer_line() in readme, f"README's Layout section should state: {layer_line()}"
+    assert layer_line(" -> ").replace("`", "") in " ".join(__doc__.split())

@@ -206,10 +206,10 @@ def command_tasks(args) -> int:
 
 
 def command_list(args) -> int:
-    import medpeft.methods  # noqa: F401  (importing them fills the registries)
-    import medpeft.models  # noqa: F401
-    import medpeft.tasks  # noqa: F401
+    from medpeft import load_registries
     from medpeft.registry import METHODS, MODELS, TASKS
+
+    load_registries()
 
     print("models:")
     for name, spec in sorted(MODELS.items()):
