@@ -303,3 +303,15 @@ def test_bad_method_args_values_name_the_key_and_what_it_takes(method, args, nee
 ])
 def test_valid_method_args_values_pass(method, args):
     validate_method_args(method, args)
+
+
+def test_every_method_has_one_role():
+    """The baseline, full fine-tuning and the peft methods are told apart by role, not by name."""
+    from medpeft.methods import BASELINE, FULL, Role, method_role
+
+    roles = {name: spec.role for name, spec in METHODS.items()}
+    assert [n for n, r in roles.items() if r is Role.BASELINE] == [BASELINE] == ["untrained"]
+    assert [n for n, r in roles.items() if r is Role.FULL] == [FULL] == ["full"]
+    assert all(METHODS[n].peft_class is not None for n, r in roles.items() if r is Role.PEFT)
+    assert method_role("untrained") is Role.BASELINE and method_role("full") is Role.FULL
+    assert method_role("a-method-since-removed") is Role.PEFT

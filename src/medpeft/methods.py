@@ -20,6 +20,16 @@ from medpeft.errors import ConfigError
 from medpeft.registry import METHODS
 
 PEFT_TASK_TYPES = ("SEQ_2_SEQ_LM", "CAUSAL_LM", "SEQ_CLS", "TOKEN_CLS")
+FULL = "full"  # the method name of full fine-tuning
+BASELINE = "untrained"  # the method name of the untrained baseline (one per model and task in every grid)
+
+
+class Role(str, enum.Enum):
+    """What a method is to the comparison: the untrained baseline, full fine-tuning, or a peft method."""
+
+    BASELINE = "baseline"
+    FULL = "full"
+    PEFT = "peft"
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,20 @@ class MethodSpec:
     # `tune: auto` learning rates: half-decade steps spanning the short CPU runs (higher) and the studies'
     # long GPU runs (LoRA 3e-4, prompt tuning 3e-2, full 2e-5..5e-5 at the lower end)
     lr_candidates: tuple[float, ...] = ()
+
+    @property
+    def role(self) -> Role:
+        if not self.trains:
+            return Role.BASELINE
+        return Role.FULL if self.peft_class is None else Role.PEFT
+
+
+def method_role(name: str) -> Role:
+    """The role of the method called `name` (as a result.json records it); a name no longer registered is a
+    peft method unless it is the baseline's or full fine-tuning's."""
+    if name in METHODS:
+        return METHODS[name].role
+    return {BASELINE: Role.BASELINE, FULL: Role.FULL}.get(name, Role.PEFT)
 
 
 def register_method(name, description, default_lr, peft_class, trains=True, quantize_4bit=False, lr_candidates=()):
@@ -207,12 +231,12 @@ def encoder_only(task_type: str) -> dict:
     return {"num_transformer_submodules": 1} if task_type == "SEQ_2_SEQ_LM" else {}
 
 
-@register_method("untrained", "no training: the base model as it is (zero-shot generation; majority class for classification)", 0.0, None, trains=False)
+@register_method(BASELINE, "no training: the base model as it is (zero-shot generation; majority class for classification)", 0.0, None, trains=False)
 def build_untrained(task_type, args, **_):
     return None
 
 
-@register_method("full", "full fine-tuning: every weight is trained and stored", 5e-5, None,
+@register_method(FULL, "full fine-tuning: every weight is trained and stored", 5e-5, None,
                  lr_candidates=(3e-5, 1e-4, 3e-4))
 def build_full(task_type, args, **_):
     return None

@@ -125,3 +125,33 @@ def test_multilabel_run_end_to_end_and_reload(tmp_path, assets_ready):
     rows, _ = encode_examples(task.splits["test"], tokenizer, KINDS["multilabel"], task.instruction, cfg.data, task.labels)
     probs = predict_probs(model, tokenizer, rows, 4, torch.device("cpu"), multilabel=True)
     np.testing.assert_allclose(probs, [p["probs"] for p in saved], rtol=0, atol=2e-6)
+
+
+def test_kinds_answer_what_callers_ask():
+    """Callers ask the kind (decoder-only, generates, one label, hub pipeline tag), never its name."""
+    from medpeft.run.kinds import kind_of_task
+
+    assert [n for n, k in KINDS.items() if k.decoder_only] == ["causal"]
+    assert {n for n, k in KINDS.items() if k.generates} == {"seq2seq", "causal"}
+    assert [n for n, k in KINDS.items() if k.single_label] == ["seq_cls"]
+    assert [n for n, k in KINDS.items() if k.reads_words] == ["token_cls"]
+    assert {n: k.pipeline_tag for n, k in KINDS.items()} == {
+        "seq2seq": "text2text-generation", "causal": "text-generation", "seq_cls": "text-classification",
+        "multilabel": "text-classification", "token_cls": "token-classification"}
+    assert kind_of_task("classification").single_label and kind_of_task("summarization").generates
+    assert kind_of_task("ner").reads_words and not kind_of_task("multilabel").single_label
+    with pytest.raises(KeyError, match="summarization"):
+        kind_of_task("translation")
+
+
+def test_predict_placeholders_and_decisions_per_kind():
+    """What stands in for a new text's target, and what `medpeft predict` writes, per kind; 0.5 decides a label."""
+    from medpeft.run.metrics import LABEL_THRESHOLD
+
+    labels, ex = ["a", "b"], {"text": ["w1", "w2"]}
+    assert KINDS["token_cls"].placeholder(ex, labels) == ["a", "a"] and KINDS["seq_cls"].placeholder(ex, labels) == "a"
+    assert KINDS["multilabel"].placeholder(ex, labels) == [] and KINDS["causal"].placeholder(ex, labels) == ""
+    assert KINDS["seq_cls"].decide(np.array([0.3, 0.7]), labels) == {"prediction": "b", "probs": {"a": 0.3, "b": 0.7}}
+    assert LABEL_THRESHOLD == 0.5
+    assert KINDS["multilabel"].decide(np.array([0.5, 0.4999]), labels)["prediction"] == ["a"]
+    assert KINDS["seq2seq"].decide("a summary", None) == {"prediction": "a summary"}

@@ -96,3 +96,62 @@ def test_result_files_are_strict_json_whatever_floats_they_hold(tmp_path):
     assert strict_json.loads((tmp_path / "r.json").read_text(), parse_constant=refuse) == {
         "efficiency": {"forgetting": None, "ok": 1.5}, "xs": [None, 2]}
     assert [strict_json.loads(line, parse_constant=refuse)["score"] for line in (tmp_path / "p.jsonl").read_text().splitlines()] == [None, 0.25]
+
+
+# --- the typed sections: every reader goes through these ------------------------------------
+
+
+def test_typed_sections_read_what_a_run_writes(tmp_path):
+    cfg = config_from_dict(CFG)
+    RunResult.succeeded(
+        cfg, {}, efficiency={"trainable_params": 10, "total_params": 1000, "trainable_pct": 1.0, "adapter_bytes": 40},
+        training={"steps": 6, "train_loss": 0.5, "val_loss": None, "gradient_checkpointing": False},
+        data={"train": {"examples": 8, "text_pairs": 8}, "test": {"examples": 4, "truncated_sources": 1},
+              "validation_examples": 2, "warnings": ["cut"], "prompt_format": "text", "instruction": ""}).write(tmp_path)
+    run = read_result(tmp_path)
+    assert (run.cost.trainable_params, run.cost.total_params, run.cost.trainable_pct, run.cost.adapter_bytes) == (10, 1000, 1.0, 40)
+    assert run.cost.forgetting is None and run.cost.get("adapter_bytes") == 40
+    assert (run.fit.steps, run.fit.train_loss, run.fit.val_loss, run.fit.gradient_checkpointing) == (6, 0.5, None, False)
+    assert run.inputs.train.examples == 8 and run.inputs.train.text_pairs == 8 and run.inputs.split("test").truncated_sources == 1
+    assert run.inputs.split("validation").examples is None and run.inputs.validation_examples == 2
+    assert run.inputs.warnings == ("cut",) and run.inputs.prompt_format == "text" and run.inputs.instruction == ""
+    assert run.tuning is None
+
+
+def test_typed_sections_of_an_older_or_broken_file_read_as_missing(tmp_path):
+    """An older file lacks later keys; a broken one holds null, NaN or text where a number goes: None, never
+    an exception (as a NaN metric reads as missing)."""
+    broken = {**OK_FIELDS, "efficiency": {"trainable_pct": float("nan"), "train_seconds": "slow", "adapter_bytes": True,
+                                          "peak_memory_bytes": float("inf"), "eval_seconds": 2},
+              "training": {"val_loss": float("nan"), "steps": None}, "data": {"train": [], "warnings": "cut", "per_class": 3},
+              "config": {"tuning": {"values": {"train.lr": 1e-3}}}}  # a tuning record without a role: not tuned
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "result.json").write_text(json.dumps(broken))
+    run = read_result(tmp_path / "x")
+    assert run.cost.trainable_pct is run.cost.train_seconds is run.cost.adapter_bytes is run.cost.peak_memory_bytes is None
+    assert run.cost.eval_seconds == 2 and run.fit.val_loss is None and run.fit.steps is None
+    assert run.inputs.train.examples is None and run.inputs.warnings == () and run.inputs.per_class is None
+    assert run.tuning is None
+    old = RunResult.from_json({k: v for k, v in OK_FIELDS.items()})  # no efficiency, training or data at all
+    assert old.cost.trainable_params is None and old.fit.steps is None and old.inputs.instruction is None
+
+
+def test_tuning_records_read_as_tune_writes_them():
+    from medpeft.run.record import LOSS_SCORE, Tuning
+
+    trial = Tuning.from_json({"role": "trial", "group": "g", "metric": LOSS_SCORE, "values": {"train.lr": 1e-3}})
+    assert trial.is_trial and trial.scored_by_loss and trial.values == {"train.lr": 1e-3} and trial.over.space == {}
+    final = Tuning.from_json({"role": "final", "group": "g", "chosen": {"train.lr": 1e-3},
+                              "over": {"search": "optuna", "metric": "accuracy", "space": {"train.lr": [1e-4, 1e-2]}, "trials": 8}})
+    assert not final.is_trial and not final.scored_by_loss and final.chosen == {"train.lr": 1e-3}
+    assert (final.over.search, final.over.metric, final.over.trials, final.over.space) == ("optuna", "accuracy", 8, {"train.lr": [1e-4, 1e-2]})
+    assert Tuning.from_json(None) is None and Tuning.from_json({}) is None
+
+
+def test_cost_and_training_keys_are_the_records_fields():
+    """One list of cost figures and of training figures: what execute writes is what the records read."""
+    from medpeft.run.record import COST_KEYS, TRAINING_KEYS
+
+    assert COST_KEYS == ("trainable_params", "trainable_pct", "train_seconds", "eval_seconds", "train_tokens_per_second",
+                         "peak_memory_bytes", "adapter_bytes", "adapter_folder_bytes", "forgetting")
+    assert {"steps", "planned_steps", "train_loss", "val_loss", "resumed_from_step"} <= set(TRAINING_KEYS)

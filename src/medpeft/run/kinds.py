@@ -15,8 +15,8 @@ import numpy as np
 
 from medpeft.run.encode import encode_causal, encode_class, encode_label_set, encode_seq2seq, encode_tokens, token_collator
 from medpeft.run.loss import labelled_positions_loss
-from medpeft.run.metrics import (entity_counts, label_counts, score_classification, score_multilabel, score_ner,
-                                 score_rouge)
+from medpeft.run.metrics import (LABEL_THRESHOLD, entity_counts, label_counts, score_classification, score_multilabel,
+                                 score_ner, score_rouge)
 from medpeft.run.predict import generate_texts, generation_rows, predict_probs, predict_tags
 
 
@@ -34,6 +34,10 @@ class ModelKind:
     predict: Callable  # (model, tokenizer, rows, test, labels, cfg, device, soft_prefix) -> outputs
     score: Callable  # (test, outputs, labels) -> (metrics, one dict per example: prediction and its scores)
     prior: Callable | None  # (train_rows, test, labels) -> outputs of the untrained baseline with a random head
+    task_type: str  # the task type it serves (tasks/base.TASK_TYPES)
+    pipeline_tag: str  # the Hugging Face Hub pipeline tag of such a model (a model card's metadata)
+    placeholder: Callable  # (ex, labels) -> a stand-in target, so the encoder runs on a new text (`medpeft predict`)
+    decide: Callable  # (output, labels) -> what `medpeft predict` writes for one input
     seq2seq_trainer: bool = False  # Seq2SeqTrainer rather than Trainer
     # The Trainer multiplies the loss by the number of processes when the forward takes **kwargs, expecting
     # it to divide by the global token count. Only causal LMs' loss_function does; T5 and the classification
@@ -41,6 +45,31 @@ class ModelKind:
     loss_kwargs: bool = False
     # (model, inputs, num_items_in_batch) -> (loss, outputs): the kind's own training loss; None: the model's
     loss: Callable | None = None
+    reads_words: bool = False  # its input is a list of words (NER): a new text is split on whitespace
+
+    @property
+    def decoder_only(self) -> bool:
+        """A causal LM: the prompt and its continuation are one sequence."""
+        return self.peft_task_type == "CAUSAL_LM"
+
+    @property
+    def generates(self) -> bool:
+        """Its outputs are texts written by decoding (summaries), scored by ROUGE; not labels or tags."""
+        return self.task_type == "summarization"
+
+    @property
+    def single_label(self) -> bool:
+        """One label per example (classification): a confusion matrix applies, accuracy is its diagonal."""
+        return self.task_type == "classification"
+
+
+def kind_of_task(task_type: str) -> ModelKind:
+    """A kind that serves `task_type`, for callers that hold a task type only (reports, cards): what the
+    outputs are (texts, one label, label sets, tags) is the same for every kind of one task type."""
+    for kind in KINDS.values():
+        if kind.task_type == task_type:
+            return kind
+    raise KeyError(f"no model kind serves task type {task_type!r}; types: {', '.join(sorted({k.task_type for k in KINDS.values()}))}")
 
 
 # --- collators ---------------------------------------------------------------------------
@@ -119,9 +148,6 @@ def score_texts(test, texts, labels=None):
     return metrics, [{"prediction": t, "scores": s} for t, s in zip(texts, per_example)]
 
 
-LABEL_THRESHOLD = 0.5  # a multi-label label is predicted at this probability
-
-
 def predicted_class(probs, labels: list[str]) -> str:
     return labels[int(probs.argmax())]
 
@@ -161,16 +187,50 @@ def rounded(probs) -> list[float]:
     return [round(float(x), 6) for x in probs]
 
 
+# --- `medpeft predict` on new texts ---------------------------------------------------------
+
+
+def no_text(ex, labels):
+    return ""
+
+
+def first_label(ex, labels):
+    return labels[0]
+
+
+def no_labels(ex, labels):
+    return []
+
+
+def first_label_per_word(ex, labels):
+    return [labels[0]] * len(ex["text"])
+
+
+def decide_text(output, labels) -> dict:
+    return {"prediction": output}
+
+
+def decide_class(probs, labels) -> dict:
+    return {"prediction": predicted_class(probs, labels), "probs": dict(zip(labels, rounded(probs)))}
+
+
+def decide_labels(probs, labels) -> dict:
+    return {"prediction": predicted_labels(probs, labels), "probs": dict(zip(labels, rounded(probs)))}
+
+
 KINDS: dict[str, ModelKind] = {k.name: k for k in (
     ModelKind("seq2seq", "AutoModelForSeq2SeqLM", "SEQ_2_SEQ_LM", False, None, encode_seq2seq, pad_seq2seq,
-              functools.partial(generate, decoder_only=False), score_texts, None, seq2seq_trainer=True),
+              functools.partial(generate, decoder_only=False), score_texts, None, "summarization", "text2text-generation",
+              no_text, decide_text, seq2seq_trainer=True),
     ModelKind("causal", "AutoModelForCausalLM", "CAUSAL_LM", False, None, encode_causal, pad_seq2seq,
-              functools.partial(generate, decoder_only=True), score_texts, None, loss_kwargs=True,
-              loss=labelled_positions_loss),
+              functools.partial(generate, decoder_only=True), score_texts, None, "summarization", "text-generation",
+              no_text, decide_text, loss_kwargs=True, loss=labelled_positions_loss),
     ModelKind("seq_cls", "AutoModelForSequenceClassification", "SEQ_CLS", True, None, encode_class, pad_inputs,
-              class_probs, score_classes, majority_class),
+              class_probs, score_classes, majority_class, "classification", "text-classification", first_label, decide_class),
     ModelKind("multilabel", "AutoModelForSequenceClassification", "SEQ_CLS", True, "multi_label_classification",
-              encode_label_set, pad_inputs, functools.partial(class_probs, multilabel=True), score_label_sets, label_shares),
+              encode_label_set, pad_inputs, functools.partial(class_probs, multilabel=True), score_label_sets, label_shares,
+              "multilabel", "text-classification", no_labels, decide_labels),
     ModelKind("token_cls", "AutoModelForTokenClassification", "TOKEN_CLS", True, None, encode_tokens, token_collator,
-              word_tags, score_tags, majority_tag),
+              word_tags, score_tags, majority_tag, "ner", "token-classification", first_label_per_word, decide_text,
+              reads_words=True),
 )}

@@ -121,7 +121,10 @@ def score_classification(y_true: list[int], probs: np.ndarray, n_labels: int) ->
     }
 
 
-def score_multilabel(y_true: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict:
+LABEL_THRESHOLD = 0.5  # a multi-label label is predicted at this probability (scores and `medpeft predict` alike)
+
+
+def score_multilabel(y_true: np.ndarray, probs: np.ndarray, threshold: float = LABEL_THRESHOLD) -> dict:
     """Micro F1, macro F1 over the labels present (in the truth or the predictions; None when no label is),
     and exact match (every label of an example right). A label is predicted when its probability >= threshold."""
     from sklearn.metrics import f1_score

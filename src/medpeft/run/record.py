@@ -103,6 +103,25 @@ class RunResult:
     def write(self, run_dir: Path) -> None:
         write_json(Path(run_dir) / "result.json", self.to_json())
 
+    # The typed reads of result.json's sections: read a run through these, never by its dict keys. The dict
+    # fields above are the file's sections as written (to_json writes them back unchanged).
+    @property
+    def cost(self) -> Efficiency:
+        return Efficiency.from_json(self.efficiency)
+
+    @property
+    def fit(self) -> Training:
+        return Training.from_json(self.training)
+
+    @property
+    def inputs(self) -> Data:
+        return Data.from_json(self.data)
+
+    @property
+    def tuning(self) -> Tuning | None:
+        """How tuning made this run (a trial, or a run at the chosen values); None for an untuned run."""
+        return Tuning.from_json(self.config.get("tuning"))
+
     def predictions(self) -> list[dict]:
         """The run's predictions.jsonl rows (read once); [] when the file is missing."""
         if not hasattr(self, "_predictions"):
@@ -110,6 +129,181 @@ class RunResult:
             lines = path.read_text(encoding="utf-8").splitlines() if self.run_dir and path.is_file() else []
             self._predictions = [json.loads(line) for line in lines if line.strip()]
         return self._predictions
+
+
+# --- the typed sections of result.json ------------------------------------------------------
+# Parsed here only, tolerant of older files (a key added later is None) and of broken values (null, NaN, text
+# where a number goes: None, as a metric that holds no finite number reads as missing).
+
+
+def number(value) -> int | float | None:
+    """A finite number as recorded (an int stays an int), else None."""
+    return value if is_finite_number(value) else None
+
+
+def flag(value) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+def text(value) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def section(value) -> dict:
+    """A JSON object, else {} (an older file's missing section, a null)."""
+    return value if isinstance(value, dict) else {}
+
+
+def numbers(cls, data) -> dict:
+    return {f.name: number(section(data).get(f.name)) for f in dataclasses.fields(cls)}
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """result.json `efficiency`: what a run cost (None: not recorded)."""
+
+    trainable_params: int | None = None
+    trainable_pct: float | None = None  # percent of total_params
+    train_seconds: float | None = None  # wall time of training, resumed sessions summed
+    eval_seconds: float | None = None  # wall time of prediction and scoring
+    train_tokens_per_second: float | None = None
+    peak_memory_bytes: int | None = None  # CUDA allocator peak, or the process's RSS high-water mark on CPU
+    adapter_bytes: int | None = None  # the weights that must be stored (the whole model for full fine-tuning)
+    adapter_folder_bytes: int | None = None  # adapter/ whole: configs, README, a full run's tokenizer
+    forgetting: float | None = None  # change in LM loss on held-out abstracts, nats/token (when measured)
+    total_params: int | None = None
+
+    @classmethod
+    def from_json(cls, data) -> Efficiency:
+        return cls(**numbers(cls, data))
+
+    def get(self, key: str):
+        """The figure named `key` (a COST_KEYS name), for loops over the cost columns."""
+        return getattr(self, key)
+
+
+# The cost figures of a run, in the order tables show them (total_params is the model's size, not a cost).
+COST_KEYS = tuple(f.name for f in dataclasses.fields(Efficiency) if f.name != "total_params")
+
+
+@dataclass(frozen=True)
+class Training:
+    """result.json `training`: what training did (an untrained run: 0 steps, no losses)."""
+
+    steps: int | None = None  # optimiser steps taken
+    planned_steps: int | None = None
+    train_loss: float | None = None  # mean training loss over the run
+    val_loss: float | None = None  # validation loss at the end (None without a validation split)
+    train_tokens: int | None = None
+    time_budget_s: float | None = None
+    resumed_from_step: int | None = None
+    gradient_checkpointing: bool | None = None
+    stopped_by_time_budget: bool | None = None
+
+    @classmethod
+    def from_json(cls, data) -> Training:
+        data = section(data)
+        return cls(**{**numbers(cls, data), "gradient_checkpointing": flag(data.get("gradient_checkpointing")),
+                      "stopped_by_time_budget": flag(data.get("stopped_by_time_budget"))})
+
+
+TRAINING_KEYS = tuple(f.name for f in dataclasses.fields(Training))  # what a run records of its training
+
+
+@dataclass(frozen=True)
+class SplitStats:
+    """One split's encoding counts in result.json `data`."""
+
+    examples: int | None = None
+    truncated_sources: int | None = None  # inputs longer than data.max_source_tokens, cut there
+    truncated_targets: int | None = None
+    truncated_sources_fraction: float | None = None
+    truncated_targets_fraction: float | None = None
+    text_pairs: int | None = None  # examples with a second text (> 0: predict needs one too)
+
+    @classmethod
+    def from_json(cls, data) -> SplitStats:
+        return cls(**numbers(cls, data))
+
+
+@dataclass(frozen=True)
+class Data:
+    """result.json `data`: the splits as the run encoded them, and how its prompts were built."""
+
+    splits: dict[str, SplitStats] = field(default_factory=dict)  # "train" and the evaluated split ("test" or "validation")
+    validation_examples: int | None = None
+    warnings: tuple[str, ...] = ()  # truncation and input-fit notes, as the run logged them
+    prompt_format: str | None = None  # how a prompt was built (run/encode.prompt_format); None: not recorded
+    instruction: str | None = None  # the task instruction the prompts start with; None: not recorded
+    per_class: dict[str, int] | None = None  # few-shot sampling: training examples per class
+
+    @classmethod
+    def from_json(cls, data) -> Data:
+        data = section(data)
+        splits = {k: SplitStats.from_json(v) for k, v in data.items() if k in SPLITS and isinstance(v, dict)}
+        warnings, per_class = data.get("warnings"), data.get("per_class")
+        return cls(splits, number(data.get("validation_examples")),
+                   tuple(w for w in warnings if isinstance(w, str)) if isinstance(warnings, list) else (),
+                   text(data.get("prompt_format")), text(data.get("instruction")),
+                   dict(per_class) if isinstance(per_class, dict) else None)
+
+    def split(self, name: str) -> SplitStats:
+        """The counts of split `name`; all None when the run did not record it."""
+        return self.splits.get(name, SplitStats())
+
+    @property
+    def train(self) -> SplitStats:
+        return self.split("train")
+
+
+SPLITS = ("train", "validation", "test")
+TRIAL, FINAL = "trial", "final"  # tuning roles: a trial scored on validation; a run at the chosen values
+LOSS_SCORE = "val_loss"  # the tuning metric of trials scored by their validation loss (tune.py writes it)
+
+
+@dataclass(frozen=True)
+class Search:
+    """What a tuned run's values were chosen from (config.tuning.over)."""
+
+    search: str | None = None  # "grid" or "optuna"
+    metric: str | None = None  # the validation score: LOSS_SCORE or a metric name
+    space: dict = field(default_factory=dict)  # axis -> candidates (grid) or range (optuna)
+    trials: int | None = None  # optuna's trial count
+
+    @classmethod
+    def from_json(cls, data) -> Search:
+        data = section(data)
+        return cls(text(data.get("search")), text(data.get("metric")), section(data.get("space")), number(data.get("trials")))
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """A run's config.tuning, as tune.py records it."""
+
+    role: str  # TRIAL or FINAL
+    group: str | None = None  # the tuning group (runs tuned together)
+    metric: str | None = None  # a trial's validation score: LOSS_SCORE or a metric name
+    values: dict = field(default_factory=dict)  # a trial's candidate values
+    chosen: dict = field(default_factory=dict)  # a final run's chosen values
+    over: Search = field(default_factory=Search)  # a final run's search
+
+    @classmethod
+    def from_json(cls, data) -> Tuning | None:
+        """None for an untuned run (no record, or one without a role)."""
+        data = section(data)
+        if text(data.get("role")) is None:
+            return None
+        return cls(data["role"], text(data.get("group")), text(data.get("metric")), section(data.get("values")),
+                   section(data.get("chosen")), Search.from_json(data.get("over")))
+
+    @property
+    def is_trial(self) -> bool:
+        return self.role == TRIAL
+
+    @property
+    def scored_by_loss(self) -> bool:
+        """A trial scored by its validation loss: it needs no predictions (no generated summaries)."""
+        return self.metric == LOSS_SCORE
 
 
 OBJECT_FIELDS = ("config", "variant", "metrics", "evaluation", "efficiency", "training", "data", "env")
@@ -123,15 +317,16 @@ def json_kind(value) -> str:
 
 def is_trial(cfg) -> bool:
     """A tuning trial (tune.py): scored on validation, kept out of every table."""
-    return (cfg.tuning or {}).get("role") == "trial"
+    tuning = Tuning.from_json(cfg.tuning)
+    return tuning is not None and tuning.is_trial
 
 
 def validation_score(result: RunResult | None, metric: str) -> float | None:
-    """A tuning trial's validation score as recorded: its validation loss (metric "val_loss") or the
+    """A tuning trial's validation score as recorded: its validation loss (metric LOSS_SCORE) or the
     metric's value; None when the trial failed or did not record it."""
     if result is None or not result.ok:
         return None
-    return result.training.get("val_loss") if metric == "val_loss" else result.metrics.get(metric)
+    return result.fit.val_loss if metric == LOSS_SCORE else result.metrics.get(metric)
 
 
 def read_result(run_dir: Path) -> RunResult | None:
