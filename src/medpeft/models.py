@@ -302,6 +302,7 @@ def load_model(path: str, auto_class: str, labels: list[str] | None = None, prob
     `auto_class` is the transformers Auto class name; `labels` give a new head its size and names.
     A peft adapter folder is loaded onto its base model and merged, so it behaves as a plain model
     (e.g. a model trained on one task, evaluated on an evaluation-only task)."""
+    import torch
     import transformers
     from transformers import AutoTokenizer
 
@@ -309,7 +310,9 @@ def load_model(path: str, auto_class: str, labels: list[str] | None = None, prob
     tokenizer = AutoTokenizer.from_pretrained(path if (Path(path) / "tokenizer_config.json").is_file() else (base or path))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    kwargs = {"output_loading_info": True}
+    # fp32 whatever the checkpoint holds (transformers 5 loads its dtype by default): full fine-tuning keeps fp32
+    # weights under bf16 autocast, and run/levers.py casts a frozen base to bf16 itself where it pays
+    kwargs = {"output_loading_info": True, "dtype": None if quantize_4bit else torch.float32}
     if labels is not None:
         kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
     if problem_type is not None:

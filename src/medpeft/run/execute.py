@@ -17,7 +17,8 @@ from medpeft.models import adapted_from, load_model
 from medpeft.plan import RunPlan
 from medpeft.run.checkpoint import remove_checkpoints
 from medpeft.run.encode import encode_examples, prompt_format, truncation_warnings, source_that_fits
-from medpeft.run.fit import NOT_TRAINED, train_model
+from medpeft.run.fit import NOT_TRAINED, run_levers, train_model
+from medpeft.run.levers import hold_frozen_in_bf16
 from medpeft.run.forgetting import continuation_rows, heldout_abstracts, measure_forgetting
 from medpeft.run.kinds import KINDS
 from medpeft.run.metrics import score_bertscore
@@ -98,6 +99,8 @@ def prepare_model(plan: RunPlan, kind):
                                     instruction=plan.data.instruction, new_modules=new_modules)
     if peft_config is not None:
         model = apply_peft(model, peft_config, cfg, kind)
+        if run_levers(cfg, kind).bf16_base:  # before the model moves: the GPU never holds the fp32 base
+            hold_frozen_in_bf16(model)
     if not spec.trains:
         model.requires_grad_(False)
     if not spec.quantize_4bit:  # a 4-bit model is already placed and cannot be moved

@@ -1,4 +1,5 @@
-"""Fit a model with the transformers Trainer (Seq2SeqTrainer for encoder-decoders), dynamic padding."""
+"""Fit a model with the transformers Trainer (Seq2SeqTrainer for encoder-decoders): dynamic padding on CPU,
+the GPU levers of run/levers.py on CUDA."""
 from __future__ import annotations
 
 import logging
@@ -11,9 +12,10 @@ import torch
 
 from medpeft.config import ExperimentConfig
 from medpeft.errors import Preempted
-from medpeft.methods import output_prefix_tokens
+from medpeft.methods import METHODS, output_prefix_tokens
 from medpeft.run.checkpoint import CHECKPOINT_EVERY_S, Checkpointer, checkpoint_folder, find_resumable, whole_run_loss
-from medpeft.run.loss import cpu_slices, needs_checkpointing, rows_per_forward
+from medpeft.run.levers import HOST_KEYS, TOKENS, BatchCollator, Levers, choose_levers
+from medpeft.run.loss import cpu_slices, labelled_positions_loss, needs_checkpointing, rows_per_forward
 from medpeft.run.preempt import checkpoint_on_signal, signal_name
 from medpeft.run.progress import TrainProgress
 
@@ -77,8 +79,27 @@ def as_callback(obj):
         name: getattr(obj, name) for name in HANDLERS if hasattr(obj, name)})()
 
 
+def run_levers(cfg: ExperimentConfig, kind) -> Levers:
+    """The GPU levers (run/levers.py) of a run of `cfg` with a model of `kind` on this process's device."""
+    from medpeft.dist import local_device
+
+    spec = METHODS[cfg.method]
+    return choose_levers(local_device().type, kind.name, spec.peft_class, spec.quantize_4bit, cfg.train)
+
+
+def lever_arguments(levers: Levers) -> dict:
+    """TrainingArguments of the levers the Trainer itself applies."""
+    workers = levers.dataloader_workers
+    args = {"dataloader_num_workers": workers, "dataloader_persistent_workers": workers > 0, "torch_compile": levers.compile}
+    if workers:  # pinned batches (the Trainer pins by default) copied to the GPU without blocking
+        args["accelerator_config"] = {"non_blocking": True}
+    if levers.fused_optimizer is not None:
+        args["optim"] = "adamw_torch_fused" if levers.fused_optimizer else "adamw_torch"
+    return args
+
+
 def training_arguments(kind, cfg: ExperimentConfig, n_train: int, output_dir: Path, watch: bool = False,
-                       checkpointing: bool = False):
+                       checkpointing: bool = False, levers: Levers | None = None):
     """TrainingArguments from the run's train settings; logging about 5 times per run; with `watch`, a
     validation loss VALIDATIONS_PER_RUN times per run. Checkpoints go to `output_dir` when the
     Checkpointer callback asks (save_strategy stays "no"), and it alone removes old ones."""
@@ -90,7 +111,7 @@ def training_arguments(kind, cfg: ExperimentConfig, n_train: int, output_dir: Pa
     args_cls = Seq2SeqTrainingArguments if kind.seq2seq_trainer else TrainingArguments
     evaluation = {"eval_strategy": "steps", "eval_steps": max(1, total_steps // VALIDATIONS_PER_RUN)} if watch else {}
     return args_cls(
-        **evaluation,
+        **evaluation, **lever_arguments(levers or run_levers(cfg, kind)),
         output_dir=str(output_dir), per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.eval_batch_size, gradient_accumulation_steps=t.grad_accum,
         learning_rate=t.lr, num_train_epochs=t.epochs, max_steps=t.max_steps, weight_decay=t.weight_decay,
@@ -99,7 +120,7 @@ def training_arguments(kind, cfg: ExperimentConfig, n_train: int, output_dir: Pa
         use_liger_kernel=bool(t.fused_kernels),
         train_sampling_strategy="group_by_length", include_num_input_tokens_seen="non_padding",
         logging_steps=max(1, total_steps // 5), save_strategy="no", report_to="none", logging_nan_inf_filter=False,
-        remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=True,
+        remove_unused_columns=False, disable_tqdm=True,
         gradient_checkpointing=t.gradient_checkpointing or checkpointing, prediction_loss_only=True,
         gradient_checkpointing_kwargs={"use_reentrant": False},  # works with a frozen embedding (peft)
     )
@@ -145,12 +166,14 @@ def build_trainer(model, tokenizer, kind, cfg: ExperimentConfig, train_rows, val
     from transformers import PrinterCallback, Seq2SeqTrainer, Trainer
 
     watch = on_validation is not None and bool(val_rows)
-    args = training_arguments(kind, cfg, len(train_rows), output_dir, watch, auto_checkpointing(model, kind, cfg, train_rows))
+    levers = run_levers(cfg, kind)
+    args = training_arguments(kind, cfg, len(train_rows), output_dir, watch, auto_checkpointing(model, kind, cfg, train_rows), levers)
     handlers = handlers + ([ValidationWatch(on_validation)] if watch else [])
-    collator = kind.collator(tokenizer, output_prefix_tokens(getattr(model, "peft_config", {}).get("default")))
     # Liger's fused linear cross-entropy takes the labels into the model and never builds the logits: it does
     # what the labelled-position loss does, and fails when that loss keeps the labels from it
     loss = None if cfg.train.fused_kernels else kind.loss
+    collator = BatchCollator(kind.collator(tokenizer, output_prefix_tokens(getattr(model, "peft_config", {}).get("default"))),
+                             tokenizer.pad_token_id, levers, loss is labelled_positions_loss, kind.seq2seq_trainer)
     trainer_cls = trainer_class(Seq2SeqTrainer if kind.seq2seq_trainer else Trainer, loss, kind.seq2seq_trainer)
     trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
                           eval_dataset=Dataset.from_list(val_rows) if val_rows else None, data_collator=collator,
@@ -170,6 +193,8 @@ def trainer_class(base, loss=None, encoder_decoder: bool = False):
         slice_weight = 1.0  # the running slice's share of the batch's labelled items (1: the whole batch)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            # the collator's host counts are for the Trainer and a kind's own loss, never for the model
+            inputs = {k: v for k, v in inputs.items() if k != TOKENS and (loss is not None or k not in HOST_KEYS)}
             if loss is None:
                 result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             else:
@@ -178,6 +203,13 @@ def trainer_class(base, loss=None, encoder_decoder: bool = False):
             if self.slice_weight == 1.0:
                 return result
             return (result[0] * self.slice_weight, result[1]) if return_outputs else result * self.slice_weight
+
+        def _track_num_input_tokens(self, inputs):
+            # the collator counted the batch's tokens on the CPU: no .item() that makes the host wait each step
+            if TOKENS in inputs and self.args.world_size == 1 and self.args.include_num_input_tokens_seen != "no":
+                self.state.num_input_tokens_seen += inputs[TOKENS]
+            else:
+                super()._track_num_input_tokens(inputs)
 
         def _get_train_sampler(self, train_dataset=None):
             sampler = super()._get_train_sampler(train_dataset)

@@ -24,6 +24,7 @@ import inspect
 import torch
 
 from medpeft.models import model_sizes
+from medpeft.run.levers import LOGIT_POSITIONS, LOGITS_FROM_END
 
 SLICE_BYTES = 3 * 2**29  # CPU: estimated activations one forward/backward may hold (1.5 GiB; SmolLM2: ~1100 tokens)
 # CPU: a forward/backward's fixed cost in tokens' worth of compute, where a slice is cut off only if it
@@ -54,20 +55,44 @@ def labelled_positions_loss(model, inputs: dict, num_items_in_batch=None):
 
     The same value as transformers' causal-LM loss over all logits (fp32 logits, labels shifted by one,
     -100 ignored; the sum over `num_items_in_batch` labelled tokens when given, else the mean). Right
-    padding, position ids and soft prompts (which peft puts first) are untouched."""
+    padding, position ids and soft prompts (which peft puts first) are untouched. On a GPU the collator
+    has already found, on the CPU, where the logits are needed (run/levers.py: LOGITS_FROM_END for a
+    padded batch, LOGIT_POSITIONS for a packed one), so no step waits for the GPU to say it."""
     inputs = dict(inputs)
     labels = inputs.pop("labels")
+    positions, keep = inputs.pop(LOGIT_POSITIONS, None), inputs.pop(LOGITS_FROM_END, None)
+    if positions is not None:
+        return packed_positions_loss(model, inputs, labels, positions, num_items_in_batch)
     targets = labels[:, 1:]  # the token each position predicts
-    labelled = (targets != -100).any(dim=0).nonzero()
-    first = int(labelled[0]) if len(labelled) else targets.shape[1] - 1
-    keep = labels.shape[1] - first  # positions first .. L-1; the last one predicts nothing
+    if keep is None:
+        labelled = (targets != -100).any(dim=0).nonzero()
+        keep = labels.shape[1] - (int(labelled[0]) if len(labelled) else targets.shape[1] - 1)
+    first = labels.shape[1] - keep  # positions first .. L-1; the last one predicts nothing
     outputs = model(**inputs, **({"logits_to_keep": keep} if accepts_logits_to_keep(model) else {}))
     logits = outputs.logits[:, -keep:][:, :-1].float()
-    targets = targets[:, first:].to(logits.device)
+    return summed_cross_entropy(logits, targets[:, first:], num_items_in_batch), outputs
+
+
+def packed_positions_loss(model, inputs: dict, labels, positions, num_items_in_batch=None):
+    """The loss of a packed one-row batch (run/levers.pack_rows): logits only at `positions`, the
+    positions whose next token is labelled."""
+    positions = positions.to(labels.device)
+    if accepts_logits_to_keep(model):
+        outputs = model(**inputs, logits_to_keep=positions)
+        logits = outputs.logits[0].float()
+    else:
+        outputs = model(**inputs)
+        logits = outputs.logits[0, positions].float()
+    return summed_cross_entropy(logits, labels[0, positions + 1], num_items_in_batch), outputs
+
+
+def summed_cross_entropy(logits, targets, num_items_in_batch=None):
+    """Cross-entropy summed over the labelled targets, divided by `num_items_in_batch` (else their count)."""
+    targets = targets.to(logits.device)
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
                                              reduction="sum")
     count = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum()
-    return loss / count, outputs
+    return loss / count
 
 
 # Masked-LM families whose head takes the encoder's last hidden state alone, position by position (read
