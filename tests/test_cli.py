@@ -169,3 +169,28 @@ def test_one_formatter_shows_every_error():
     assert error_text(DataError("notes.csv:3: no text")) == "notes.csv:3: no text"
     assert error_text(KeyError("labels")) == "KeyError: 'labels'"
     assert error_text(RuntimeError("boom")) == "RuntimeError: boom"
+
+
+def test_pretrain_options_and_their_defaults_come_from_pretrain_config(monkeypatch):
+    """Issue 29: the defaults were written twice (cli.py and PretrainConfig); now the options are built
+    from the dataclass's fields (default, type, choices, help)."""
+    import dataclasses
+
+    from medpeft.pretrain import PretrainConfig
+
+    fields = {f.name: f for f in dataclasses.fields(PretrainConfig)}
+    monkeypatch.setattr(fields["lr"], "default", 1.25e-3)
+    monkeypatch.setattr(fields["max_tokens"], "default", 77)
+    args = cli.build_parser().parse_args(["pretrain", "--model", "m", "--out", "o"])
+    assert args.lr == 1.25e-3 and args.max_tokens == 77
+    for name in ("max_docs", "epochs", "max_steps", "precision", "batch_size", "seed", "mlm_probability"):
+        assert getattr(args, name) == fields[name].default, name
+    help_text = " ".join(cli.build_parser()._subparsers._group_actions[0].choices["pretrain"].format_help().split())
+    assert "(default 77)" in help_text and "{auto,fp32,bf16,fp16}" in help_text
+
+
+def test_export_dtype_choices_are_the_configs():
+    from medpeft.config import DTYPES
+
+    export = cli.build_parser()._subparsers._group_actions[0].choices["export"]
+    assert next(a for a in export._actions if a.dest == "dtype").choices == DTYPES

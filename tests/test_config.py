@@ -465,3 +465,58 @@ def test_precision_auto_is_fp32_on_cpu_and_bf16_on_a_gpu_that_has_it(monkeypatch
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)  # fp16-only GPUs: fp32 unless asked
     assert checked_config(raw).train.precision == "fp32"
     assert checked_config(dict(raw, train={"precision": "fp16"})).train.precision == "fp16"  # an explicit choice stays
+
+
+# --- the fields describe themselves (issue 29) ----------------------------------------
+
+def config_classes():
+    import medpeft.config as config
+    from medpeft.pretrain import PretrainConfig
+
+    return [config.DataConfig, config.TrainConfig, config.GenerationConfig, config.BertScoreConfig,
+            config.ForgettingConfig, config.ExperimentConfig, config.TuneConfig, PretrainConfig]
+
+
+@pytest.mark.parametrize("cls", config_classes(), ids=lambda c: c.__name__)
+def test_every_config_field_has_help(cls):
+    """Each setting carries its one-line help as field metadata (as peft's configs do): the CLI's options
+    and their --help are built from it."""
+    import dataclasses
+
+    missing = [f.name for f in dataclasses.fields(cls) if not f.metadata.get("help")]
+    assert not missing, f"{cls.__name__} fields without metadata help: {missing}"
+
+
+def literal_fields():
+    import dataclasses
+    import typing
+
+    found = []
+    for cls in config_classes():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if typing.get_origin(hints[f.name]) is typing.Literal:
+                found.append((cls, f.name, typing.get_args(hints[f.name])))
+    return found
+
+
+def test_fields_with_a_fixed_set_of_values_are_literals():
+    import medpeft.config as config
+
+    found = {(cls.__name__, name): choices for cls, name, choices in literal_fields()}
+    assert found[("TrainConfig", "precision")] == config.PRECISIONS == ("auto", "fp32", "bf16", "fp16")
+    assert found[("TrainConfig", "scheduler")] == config.SCHEDULERS
+    assert found[("TuneConfig", "search")] == ("grid", "optuna") and found[("TuneConfig", "metric")] == ("primary", "loss")
+    assert found[("PretrainConfig", "precision")] == config.PRECISIONS
+    assert config.DTYPES == ("fp32", "bf16", "fp16")  # the weights' dtypes: a precision but auto (medpeft export --dtype)
+
+
+@pytest.mark.parametrize("cls, name, choices", literal_fields(), ids=lambda v: getattr(v, "__name__", str(v)))
+def test_a_literal_field_takes_each_of_its_choices_and_nothing_else(cls, name, choices):
+    """Validated from the Literal itself: the choices have one home."""
+    required = {"ExperimentConfig": dict(BASE), "TuneConfig": {"space": {"train.lr": [1e-3]}},
+                "PretrainConfig": {"model": "tiny-bert", "out": "out"}}.get(cls.__name__, {})
+    for choice in choices:
+        assert getattr(cls(**required, **{name: choice}), name) == choice
+    with pytest.raises(ConfigError, match=f"must be one of {', '.join(choices)}; got 'bogus'"):
+        cls(**required, **{name: "bogus"})

@@ -52,8 +52,8 @@ def test_every_trainable_method_has_an_auto_range_spanning_its_default():
     ({"search": "optuna", "train.lr": {"low": 1e-2, "high": 1e-4}}, "low must be below high"),
     ({"method_args.r": "auto"}, "auto is a learning-rate range"),
     ({"train.lr": []}, "non-empty list"),
-    ({"metric": "accuracy"}, "tune.metric must be primary"),
-    ({"search": "random"}, "tune.search must be grid or optuna"),
+    ({"metric": "accuracy"}, "tune.metric must be one of primary, loss; got 'accuracy' \\(primary: the task's primary metric"),
+    ({"search": "random"}, "tune.search must be one of grid, optuna; got 'random'"),
     ("sometimes", "tune must be auto or a mapping"),
 ])
 def test_bad_tune_blocks_are_clear_errors(block, message):

@@ -22,8 +22,23 @@ EPILOG = """examples:
 """
 
 
+def add_config_options(parser, cls, names) -> None:
+    """A --option per field of config dataclass `cls`: its default, type or Literal choices and help are the
+    field's own (one home; a default changed there is the CLI's too)."""
+    import dataclasses
+    import typing
+
+    fields, hints = {f.name: f for f in dataclasses.fields(cls)}, typing.get_type_hints(cls)
+    for name in names:
+        f, hint = fields[name], hints[name]
+        how = {"choices": typing.get_args(hint)} if typing.get_origin(hint) is typing.Literal else {"type": hint}
+        text = f"{f.metadata['help']} (default {f.default:g})" if isinstance(f.default, float) else \
+            f"{f.metadata['help']} (default {f.default})"
+        parser.add_argument("--" + name.replace("_", "-"), default=f.default, help=text.replace("%", "%%"), **how)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from medpeft.config import PRECISIONS
+    from medpeft.config import PRETRAIN_OPTIONS, PretrainConfig
 
     parser = argparse.ArgumentParser(
         prog="medpeft", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -78,15 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a setting in every run of the --for-grid grids, as `medpeft run --set` does, so "
                           "the held-out text is what those runs evaluate on, e.g. --set data.test_size=50 (repeatable)")
-    pre.add_argument("--max-docs", type=int, default=0, help="use at most this many abstracts (default: all)")
-    pre.add_argument("--max-tokens", type=int, default=128, help="truncate each abstract to this many tokens (default 128)")
-    pre.add_argument("--epochs", type=float, default=1.0, help="passes over the abstracts (default 1)")
-    pre.add_argument("--max-steps", type=int, default=-1, help="optimiser steps; overrides --epochs when > 0")
-    pre.add_argument("--precision", default="auto", choices=PRECISIONS,
-                     help="as train.precision: auto = bf16 mixed precision on a GPU that has it, else fp32 (default auto)")
-    pre.add_argument("--lr", type=float, default=5e-5, help="peak learning rate: 6 %% warm-up, then linear decay (default 5e-5)")
-    pre.add_argument("--batch-size", type=int, default=16, help="abstracts per optimiser step (default 16)")
-    pre.add_argument("--seed", type=int, default=0, help="seeds the masking, data order and initialisation (default 0)")
+    add_config_options(pre, PretrainConfig, PRETRAIN_OPTIONS)
     pre.add_argument("--online", action="store_true",
                      help="allow a hub model download, and hub data sets of the --for-grid grids (to hold them out)")
     tasks = sub.add_parser("tasks", help="the task catalogue: type, source, split sizes, labels or lengths, license",
@@ -107,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_use_commands(sub) -> None:
     """`predict` and `export`: using a finished run (use/)."""
+    from medpeft.config import DTYPES
+
     predict = sub.add_parser("predict", help="predict with finished runs on new texts (CSV or JSONL) -> JSONL",
                              description="Run one or more finished runs on new texts exactly as each predicted its test "
                                          "split (prompt format, truncation, label order, decoding). Writes one JSON line "
@@ -133,7 +142,7 @@ def add_use_commands(sub) -> None:
     export.add_argument("run_dir", metavar="RUN_DIR", help="a finished run's folder, runs/<grid>/<run_id>")
     export.add_argument("--out", required=True, help="a new folder to write")
     export.add_argument("--merge", action="store_true", help="merge a LoRA, DoRA or IA3 adapter into its base model")
-    export.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="weights' dtype (default: as the run saved them)")
+    export.add_argument("--dtype", choices=DTYPES, help="weights' dtype (default: as the run saved them)")
     export.add_argument("--online", action="store_true", help="allow a hub base model to be downloaded")
 
 
@@ -182,12 +191,11 @@ def command_run(args) -> int:
 
 
 def command_pretrain(args) -> int:
-    from medpeft.pretrain import PretrainConfig, pretrain
+    from medpeft.config import PRETRAIN_OPTIONS, PretrainConfig
+    from medpeft.pretrain import pretrain
 
-    cfg = PretrainConfig(model=args.model, out=args.out, exclude_grids=tuple(args.grids),
-                         exclude_overrides=tuple(args.overrides), max_docs=args.max_docs,
-                         max_tokens=args.max_tokens, epochs=args.epochs, max_steps=args.max_steps, lr=args.lr,
-                         batch_size=args.batch_size, seed=args.seed, precision=args.precision)
+    cfg = PretrainConfig(model=args.model, out=args.out, exclude_grids=tuple(args.grids), exclude_overrides=tuple(args.overrides),
+                         **{name: getattr(args, name) for name in PRETRAIN_OPTIONS})
     if not cfg.exclude_grids:
         print("medpeft: warning: no --for-grid given, so no evaluation split is held out of the corpus; "
               "pass the grid(s) you will evaluate the adapted model in", file=sys.stderr)

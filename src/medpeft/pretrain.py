@@ -11,41 +11,13 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from medpeft.config import PRECISIONS
+from medpeft.config import PretrainConfig  # its home is config/pretrain.py; callers may import it from here
 from medpeft.data.medline import MIN_KEY_CHARS, citation_keys, text_keys
 from medpeft.errors import ConfigError, ModelError
 from medpeft.run.forgetting import example_text
 from medpeft.run.record import write_json
-
-
-@dataclass
-class PretrainConfig:
-    """One pre-training job (the CLI's `medpeft pretrain` options)."""
-
-    model: str  # registered model, local directory or hub id (with online=True)
-    out: str  # where the adapted model directory goes
-    exclude_grids: tuple[str, ...] = ()  # grids whose validation/test text must stay unseen
-    exclude_overrides: tuple[str, ...] = ()  # `--set KEY=VALUE` applied to exclude_grids, as `medpeft run --set` does
-    max_docs: int = 0  # cap on corpus documents (0 = all that remain after exclusion)
-    max_tokens: int = 128  # truncation per document, in tokens
-    epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides epochs
-    lr: float = 5e-5
-    batch_size: int = 16
-    mlm_probability: float = 0.15  # masked-LM only
-    seed: int = 0
-    precision: str = "auto"  # auto (bf16 on a GPU that has it, else fp32) | fp32 | bf16 | fp16, as train.precision
-
-    def __post_init__(self):
-        self.exclude_grids, self.exclude_overrides = tuple(self.exclude_grids), tuple(self.exclude_overrides)
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
-        if self.exclude_overrides and not self.exclude_grids:
-            raise ConfigError("--set (exclude_overrides) overrides settings of the --for-grid grids (exclude_grids), "
-                              "and none is given; pass the grid(s) the adapted model will be evaluated in")
 
 
 # --- what of the evaluation text must stay out -------------------------------------

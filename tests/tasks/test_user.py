@@ -176,6 +176,7 @@ def test_several_problems_are_listed_together(tmp_path):
     ({"path": "/no/such/notes.jsonl"}, "is not a file"),
     ({"text_field": None}, "task.text_field"),
     ({"fractions": {"train": 0.5, "test": 0.2}}, "fractions"),
+    ({"fractions": {"train": "most", "test": 0.2}}, "fractions"),  # was a TypeError from sum()
 ])
 def test_bad_task_mapping_is_a_config_error(tmp_path, change, needle):
     m = {k: v for k, v in {**mapping(write_jsonl(tmp_path, notes())), **change}.items() if v is not None}

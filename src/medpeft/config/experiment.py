@@ -8,9 +8,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
+from medpeft.config.tuning import TuneConfig
 from medpeft.config.values import build_dataclass, check_name, check_types, optional_block
 from medpeft.errors import ConfigError
 
@@ -19,13 +22,16 @@ from medpeft.errors import ConfigError
 class DataConfig:
     """How a task's data is split and truncated."""
 
-    train_size: int = 256  # training examples (classification: sentences/documents)
-    val_size: int = 32  # validation examples
-    test_size: int = 64  # held-out test examples every metric is computed on
-    split_seed: int = 1234  # seeds the split only; fixed so every run sees the same test set (0 .. 2**32 - 1)
-    max_source_tokens: int = 512  # input truncation length, in tokens
-    max_target_tokens: int = 128  # summary truncation length and generation budget, in tokens
-    per_class: int | None = None  # few-shot: K training examples per class (per entity type for NER), drawn by the run's seed
+    train_size: int = field(default=256, metadata={"help": "training examples (classification: sentences/documents)"})
+    val_size: int = field(default=32, metadata={"help": "validation examples"})
+    test_size: int = field(default=64, metadata={"help": "held-out test examples every metric is computed on"})
+    split_seed: int = field(default=1234, metadata={
+        "help": "seeds the split only; fixed so every run sees the same test set (0 .. 2**32 - 1)"})
+    max_source_tokens: int = field(default=512, metadata={"help": "input truncation length, in tokens"})
+    max_target_tokens: int = field(default=128, metadata={
+        "help": "summary truncation length and generation budget, in tokens"})
+    per_class: int | None = field(default=None, metadata={
+        "help": "few-shot: K training examples per class (per entity type for NER), drawn by the run's seed"})
 
     def __post_init__(self):
         check_types(self, "data")
@@ -39,10 +45,15 @@ class DataConfig:
             raise ConfigError(f"data.val_size must be >= 0, got {self.val_size}")
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto is resolved per machine when a run is planned
+# The choices of a field that takes a fixed set are its Literal type, their one home: check_types validates
+# a value against it, the CLI offers it, and the tuples below are read from it.
+Precision = Literal["auto", "fp32", "bf16", "fp16"]  # auto is resolved per machine when a run is planned
+PRECISIONS = typing.get_args(Precision)
+DTYPES = tuple(p for p in PRECISIONS if p != "auto")  # a weight dtype: a precision, not resolved (medpeft export --dtype)
 # transformers' SchedulerType values that run with no lr_scheduler_kwargs and no evaluation strategy (the
 # others need min_lr, num_decay_steps or a metric each step); tests/test_values.py builds each one.
-SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt")
+Scheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"]
+SCHEDULERS = typing.get_args(Scheduler)
 SEED_MAX = 2**32 - 1  # numpy's seeds stop here
 
 
@@ -55,27 +66,40 @@ def check_seed(seed: int, key: str) -> None:
 class TrainConfig:
     """Optimisation and decoding settings passed to the transformers Trainer and generate()."""
 
-    epochs: float = 3.0  # passes over the training split (ignored when max_steps > 0)
-    max_steps: int = -1  # optimiser steps; > 0 overrides epochs
-    lr: float | None = None  # peak learning rate; None takes the method's default
-    batch_size: int = 8  # examples per device per step
-    grad_accum: int = 1  # gradient accumulation steps
-    weight_decay: float = 0.0  # AdamW weight decay, >= 0
-    warmup: float = 0.0  # warm-up: a ratio of total steps in [0, 1), or a whole step count >= 1
-    scheduler: str = "linear"  # transformers lr_scheduler_type: one of SCHEDULERS
-    eval_batch_size: int = 16  # examples per batch at evaluation and generation
-    precision: str = "auto"  # auto (bf16 on a GPU that has it, else fp32) | fp32 | bf16 | fp16 (fp16 needs a GPU)
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30 % more time (on by itself when they would not fit)
-    time_budget_s: float | None = None  # stop training after this many wall-clock seconds (equal-time comparisons)
-    checkpoint_steps: int | None = None  # also checkpoint every this many optimiser steps (always: every 30 min)
-    fused_kernels: bool | None = None  # Liger's fused kernels (RMSNorm, RoPE, SwiGLU): a CUDA GPU and liger-kernel
+    epochs: float = field(default=3.0, metadata={"help": "passes over the training split (ignored when max_steps > 0)"})
+    max_steps: int = field(default=-1, metadata={"help": "optimiser steps; > 0 overrides epochs"})
+    lr: float | None = field(default=None, metadata={"help": "peak learning rate; None takes the method's default"})
+    batch_size: int = field(default=8, metadata={"help": "examples per device per step"})
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay, >= 0"})
+    warmup: float = field(default=0.0, metadata={
+        "help": "warm-up: a ratio of total steps in [0, 1), or a whole step count >= 1"})
+    scheduler: Scheduler = field(default="linear", metadata={
+        "help": "transformers' lr_scheduler_type (those that run without extra arguments)"})
+    eval_batch_size: int = field(default=16, metadata={"help": "examples per batch at evaluation and generation"})
+    precision: Precision = field(default="auto", metadata={
+        "help": "auto (bf16 on a GPU that has it, else fp32) | fp32 | bf16 | fp16 (fp16 needs a GPU)"})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute activations in backward: less memory, ~30 % more time (on by itself when they would not fit)"})
+    time_budget_s: float | None = field(default=None, metadata={
+        "help": "stop training after this many wall-clock seconds (equal-time comparisons)"})
+    checkpoint_steps: int | None = field(default=None, metadata={
+        "help": "also checkpoint every this many optimiser steps (always: every 30 min)"})
+    fused_kernels: bool | None = field(default=None, metadata={
+        "help": "Liger's fused kernels (RMSNorm, RoPE, SwiGLU): a CUDA GPU and liger-kernel"})
     # GPU levers (run/levers.py); None: chosen for the device (on where they pay on a CUDA GPU, off on CPU)
-    pad_to_multiple_of: int | None = None  # pad each batch to a multiple of this many tokens (None: 64 on CUDA, 1 = off)
-    packing: bool | None = None  # padding-free batches of decoder-only models (one row, position ids restart per example)
-    bf16_base: bool | None = None  # hold a frozen base in bf16 under bf16 precision; trained weights stay fp32
-    fused_optimizer: bool | None = None  # AdamW as one fused kernel (adamw_torch_fused)
-    dataloader_workers: int | None = None  # batch-building processes with pinned memory (None: 2 on CUDA, 0 on CPU)
-    compile: bool | None = None  # torch.compile the model (opt-in; None and false: off)
+    pad_to_multiple_of: int | None = field(default=None, metadata={
+        "help": "pad each batch to a multiple of this many tokens (None: 64 on CUDA, 1 = off)"})
+    packing: bool | None = field(default=None, metadata={
+        "help": "padding-free batches of decoder-only models (one row, position ids restart per example)"})
+    bf16_base: bool | None = field(default=None, metadata={
+        "help": "hold a frozen base in bf16 under bf16 precision; trained weights stay fp32"})
+    fused_optimizer: bool | None = field(default=None, metadata={
+        "help": "AdamW as one fused kernel (adamw_torch_fused)"})
+    dataloader_workers: int | None = field(default=None, metadata={
+        "help": "batch-building processes with pinned memory (None: 2 on CUDA, 0 on CPU)"})
+    compile: bool | None = field(default=None, metadata={
+        "help": "torch.compile the model (opt-in; None and false: off)"})
 
     def __post_init__(self):
         check_types(self, "train")
@@ -86,10 +110,6 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
-        if self.scheduler not in SCHEDULERS:
-            raise ConfigError(f"train.scheduler must be one of {', '.join(SCHEDULERS)}; got {self.scheduler!r}")
         if self.weight_decay < 0:
             raise ConfigError(f"train.weight_decay must be >= 0 (0 = off; AdamW's usual values are 0.0 to 0.1), got {self.weight_decay}")
         if self.warmup < 0 or (self.warmup >= 1 and not self.warmup.is_integer()):
@@ -109,12 +129,17 @@ class TrainConfig:
 class GenerationConfig:
     """How summaries are decoded (transformers generate(), greedy or beam search, never sampled)."""
 
-    num_beams: int = 1  # beams (the summarization study used 4)
-    length_penalty: float = 1.0  # > 1 favours longer beams (the study: 2.0); used with num_beams > 1
-    no_repeat_ngram_size: int = 3  # never repeat an n-gram of this size (the study: 3); 0 = off. Stops loops
-    repetition_penalty: float = 1.0  # > 1 discourages repeating any earlier token; 1 = off
-    max_new_tokens: int | None = None  # generation budget in tokens; None = data.max_target_tokens
-    batch_size: int | None = None  # texts per generate() call; None: train.eval_batch_size, more on CPU where the cache fits
+    num_beams: int = field(default=1, metadata={"help": "beams (the summarization study used 4)"})
+    length_penalty: float = field(default=1.0, metadata={
+        "help": "> 1 favours longer beams (the study: 2.0); used with num_beams > 1"})
+    no_repeat_ngram_size: int = field(default=3, metadata={
+        "help": "never repeat an n-gram of this size (the study: 3); 0 = off. Stops loops"})
+    repetition_penalty: float = field(default=1.0, metadata={
+        "help": "> 1 discourages repeating any earlier token; 1 = off"})
+    max_new_tokens: int | None = field(default=None, metadata={
+        "help": "generation budget in tokens; None = data.max_target_tokens"})
+    batch_size: int | None = field(default=None, metadata={
+        "help": "texts per generate() call; None: train.eval_batch_size, more on CPU where the cache fits"})
 
     def __post_init__(self):
         check_types(self, "generation")
@@ -134,9 +159,11 @@ class GenerationConfig:
 class BertScoreConfig:
     """BERTScore of the generated summaries (bert-score package), next to ROUGE; off unless set."""
 
-    model: str = "microsoft/deberta-xlarge-mnli"  # the summarization study's (hub: --online); or a local folder / registered model
-    num_layers: int | None = None  # which layer's embeddings; None: bert-score's tuned layer, or a local model's last
-    batch_size: int = 16  # summaries per batch
+    model: str = field(default="microsoft/deberta-xlarge-mnli", metadata={
+        "help": "the summarization study's (hub: --online); or a local folder / registered model"})
+    num_layers: int | None = field(default=None, metadata={
+        "help": "which layer's embeddings; None: bert-score's tuned layer, or a local model's last"})
+    batch_size: int = field(default=16, metadata={"help": "summaries per batch"})
 
     def __post_init__(self):
         check_types(self, "bertscore")
@@ -151,8 +178,9 @@ class ForgettingConfig:
     """What adapting costs in general ability (as peft's method benchmark measures it): the change in
     language-model loss, adapted minus base, on MEDLINE abstracts in no split of the task. Off unless set."""
 
-    documents: int = 32  # held-out abstracts scored
-    max_tokens: int = 128  # tokens per abstract: the loss is on its second half, given the first
+    documents: int = field(default=32, metadata={"help": "held-out abstracts scored"})
+    max_tokens: int = field(default=128, metadata={
+        "help": "tokens per abstract: the loss is on its second half, given the first"})
 
     def __post_init__(self):
         check_types(self, "forgetting")
@@ -167,29 +195,35 @@ class ExperimentConfig:
     Pure data: types and values are checked here; names (task, model, method) are resolved and
     checked against the registries once, in `plan.py`."""
 
-    task: str  # a registered task (`medpeft tasks`), or your own data as a mapping {type, path, text_field, target_field}
-    model: str  # a registered model, a local model directory, or a hub id (needs --online)
-    method: str  # a registered method (`medpeft list`); `full` is full fine-tuning
-    seed: int = 0  # seeds data order, new-head init, dropout and the method's init
-    method_args: dict = field(default_factory=dict)  # keyword arguments of the method's peft config
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
-    bertscore: BertScoreConfig | None = None  # `bertscore: true` (the study's model, --online) or {model, num_layers}
-    forgetting: ForgettingConfig | None = None  # `forgetting: true` or {documents, max_tokens}: generative models only
-    user_data: dict | None = None  # set from a task: mapping (your own data); task then holds its name, user-<file stem>
-    # Set by medpeft (plan.py), not by you: content fingerprints of your data file and of a local model
-    # folder, so a file edited in place or a model re-trained into the same folder gets a new run id.
-    fingerprint: dict | None = None
-    # Set by medpeft (tune.py) for a tuned grid: {"role": "trial", ...} on a tuning trial (scored on the
-    # validation split, never in the main table), {"role": "final", "over": candidates, ...} on a run
-    # whose settings were chosen by tuning.
-    tuning: dict | None = None
-    # The grid axes that set this run ({"method_args.r": 4}), recorded at expansion so the report keeps
-    # a sweep's variants apart without guessing. Not a setting and not part of the run's identity.
-    variant: dict = field(default_factory=dict, init=False, compare=False, repr=False)
-    # The grid's (or this run's block's) tune: block; set at expansion, like variant not part of the identity.
-    tune: TuneConfig | None = field(default=None, init=False, compare=False, repr=False)
+    task: str = field(metadata={
+        "help": "a registered task (`medpeft tasks`), or your own data as a mapping {type, path, text_field, target_field}"})
+    model: str = field(metadata={"help": "a registered model, a local model directory, or a hub id (needs --online)"})
+    method: str = field(metadata={"help": "a registered method (`medpeft list`); `full` is full fine-tuning"})
+    seed: int = field(default=0, metadata={"help": "seeds data order, new-head init, dropout and the method's init"})
+    method_args: dict = field(default_factory=dict, metadata={"help": "keyword arguments of the method's peft config"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "how the task's data is split and truncated"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "optimisation settings (the Trainer's)"})
+    generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={
+        "help": "how summaries are decoded (generate())"})
+    bertscore: BertScoreConfig | None = field(default=None, metadata={
+        "help": "`bertscore: true` (the study's model, --online) or {model, num_layers}"})
+    forgetting: ForgettingConfig | None = field(default=None, metadata={
+        "help": "`forgetting: true` or {documents, max_tokens}: generative models only"})
+    user_data: dict | None = field(default=None, metadata={
+        "help": "set from a task: mapping (your own data); task then holds its name, user-<file stem>"})
+    # Set by medpeft, not by you (the fields below). A fingerprint makes a file edited in place, or a model
+    # re-trained into the same folder, a new run id.
+    fingerprint: dict | None = field(default=None, metadata={
+        "help": "set by medpeft (plan.py): content fingerprints of your data file and of a local model folder"})
+    tuning: dict | None = field(default=None, metadata={
+        "help": "set by medpeft (tune.py) in a tuned grid: {role: trial, ...} on a tuning trial (scored on validation, "
+                "never in the main table), {role: final, over: candidates, ...} on a run whose settings tuning chose"})
+    # variant and tune are no settings and not part of the run's identity.
+    variant: dict = field(default_factory=dict, init=False, compare=False, repr=False, metadata={
+        "help": "the grid axes that set this run ({method_args.r: 4}), recorded at expansion so the report keeps a "
+                "sweep's variants apart without guessing"})
+    tune: TuneConfig | None = field(default=None, init=False, compare=False, repr=False, metadata={
+        "help": "the grid's (or this run's block's) tune: block, set at expansion"})
 
     def __post_init__(self):
         if isinstance(self.train, dict):
@@ -266,49 +300,6 @@ def user_task_name(mapping: dict) -> str:
     if name is None or name == "":
         return check_name(f"user-{Path(mapping.get('path') or 'data').stem}", "task.path's file name (which names the task unless task.name is set)")
     return check_name(name, "task.name")
-
-
-TUNABLE = ("train.", "method_args.", "generation.")  # what a tune: block may choose; data and names stay the grid's
-
-
-@dataclass
-class TuneConfig:
-    """A grid's `tune:` block: per group (task, model, method, variant), candidates trained at the first
-    seed and scored on the validation split; every seed then runs with the best one."""
-
-    space: dict  # axis -> a list of candidates; "auto" (train.lr only): the method's range; {low, high, log}: optuna
-    search: str = "grid"  # grid: every candidate (every combination) | optuna: TPE-sampled trials with pruning
-    trials: int = 12  # optuna: trials per group
-    metric: str = "primary"  # primary: the task's primary metric on validation | loss: validation loss (cheaper)
-
-    def __post_init__(self):
-        check_types(self, "tune")
-        if self.search not in ("grid", "optuna"):
-            raise ConfigError(f"tune.search must be grid or optuna, got {self.search!r}")
-        if self.metric not in ("primary", "loss"):
-            raise ConfigError(f"tune.metric must be primary (the task's primary metric) or loss, got {self.metric!r}")
-        if self.trials < 1:
-            raise ConfigError(f"tune.trials must be >= 1, got {self.trials}")
-        for key, values in self.space.items():
-            check_tune_axis(key, values, self.search)
-
-
-def check_tune_axis(key: str, values, search: str) -> None:
-    if not key.startswith(TUNABLE):
-        raise ConfigError(f"tune: cannot tune {key!r}; tune settings under {', '.join(TUNABLE)} "
-                          "(task, model, method, seed and data are the grid's axes)")
-    if values == "auto":
-        if key != "train.lr":
-            raise ConfigError(f"tune.{key}: auto is a learning-rate range (train.lr: auto); list candidates for {key}")
-    elif isinstance(values, dict):
-        if search != "optuna":
-            raise ConfigError(f"tune.{key}: a range {{low, high}} needs search: optuna; for grid search list the candidates")
-        if set(values) - {"low", "high", "log"} or not {"low", "high"} <= set(values):
-            raise ConfigError(f"tune.{key}: a range has keys low, high and optionally log (true for a log scale), got {values!r}")
-        if not values["low"] < values["high"]:
-            raise ConfigError(f"tune.{key}: low must be below high, got {values!r}")
-    elif not isinstance(values, list) or not values:
-        raise ConfigError(f"tune.{key} must be a non-empty list of candidates, got {values!r}")
 
 
 def config_from_dict(raw: dict) -> ExperimentConfig:

@@ -13,7 +13,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from medpeft.config.experiment import ExperimentConfig, TuneConfig, config_from_dict
+from medpeft.config.experiment import ExperimentConfig, config_from_dict
+from medpeft.config.tuning import parse_tune
 from medpeft.config.values import check_name, load_yaml
 from medpeft.errors import ConfigError
 
@@ -57,19 +58,6 @@ def parse_override(text: str) -> tuple[str, object]:
         raise ConfigError(f"--set takes key=value (e.g. train.epochs=1), got {text!r}")
     key, raw = text.split("=", 1)
     return key.strip(), load_yaml(raw, f"--set {key.strip()}")
-
-
-def parse_tune(value, source: str) -> TuneConfig | None:
-    """`tune: auto`, or a mapping of axes plus search, trials and metric; none or false: no tuning."""
-    if value is None or value is False:
-        return None
-    if value is True or value == "auto":
-        return TuneConfig(space={"train.lr": "auto"})
-    if not isinstance(value, dict):
-        raise ConfigError(f"{source}: tune must be auto or a mapping of axis: [candidates], got {value!r}")
-    settings = {k: value[k] for k in ("search", "trials", "metric") if k in value}
-    space = {k: v for k, v in value.items() if k not in settings}
-    return TuneConfig(space=space or {"train.lr": "auto"}, **settings)
 
 
 @dataclass

@@ -6,26 +6,45 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 import unicodedata
+from typing import Callable, Literal
 
 import yaml
 
 from medpeft.errors import ConfigError
 
 
-def check_types(obj, prefix: str) -> None:
-    """Check (and gently coerce: YAML reads `3e-4` as a string) the dataclass's field types."""
+def check_types(obj, prefix: str, key_of: Callable[[str], str] | None = None) -> None:
+    """Check (and gently coerce: YAML reads `3e-4` as a string) the dataclass's field types; a Literal
+    field takes one of its values. Errors name the key: prefix.field, or key_of(field) (e.g. a CLI flag)."""
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         value, hint = getattr(obj, f.name), hints[f.name]
-        key = f"{prefix}.{f.name}" if prefix else f.name
-        allowed = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
-        if value is None and type(None) in typing.get_args(hint):
+        key = key_of(f.name) if key_of else f"{prefix}.{f.name}" if prefix else f.name
+        kind, optional = field_kind(hint)
+        if (value is None and optional) or dataclasses.is_dataclass(kind):
             continue
-        if dataclasses.is_dataclass(allowed[0]):
-            continue
-        setattr(obj, f.name, coerce_value(value, allowed[0], key))
+        if typing.get_origin(kind) is Literal:
+            check_choice(value, typing.get_args(kind), key, f.metadata.get("help"))
+        else:  # a generic (tuple[str, ...]) is checked as its container
+            setattr(obj, f.name, coerce_value(value, typing.get_origin(kind) or kind, key))
+
+
+def field_kind(hint) -> tuple[object, bool]:
+    """The type a field takes, and whether it may be None (medpeft's fields are X or X | None)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        return next(a for a in args if a is not type(None)), type(None) in args
+    return hint, False
+
+
+def check_choice(value, choices: tuple, key: str, help_text: str | None = None) -> None:
+    """`value` must be one of a Literal field's `choices`; the error lists them (and the field's help)."""
+    if not any(type(value) is type(choice) and value == choice for choice in choices):  # True is no 1
+        raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}; got {value!r}"
+                          + (f" ({help_text})" if help_text else ""))
 
 
 def coerce_value(value, kind: type, key: str):
