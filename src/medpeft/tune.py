@@ -234,6 +234,20 @@ def optuna_distributions(space: dict) -> dict:
     return dists
 
 
+def pruning_reporter(trial, pruned: list[int]) -> Callable[[int, float], None]:
+    """A trial's on_validation callback: it reports each mid-training validation loss to Optuna and stops
+    the trial (TrialPruned, its step added to `pruned`) when the study's pruner says so."""
+    import optuna
+
+    def report(step: int, loss: float) -> None:
+        trial.report(-loss, step)  # higher is better, as for the study's objective
+        if trial.should_prune():
+            pruned.append(step)
+            raise optuna.TrialPruned(f"pruned at step {step}: validation loss {loss:.4f} below the median of earlier trials")
+
+    return report
+
+
 def optuna_search(group: Group, base: RunPlan, tune: TuneConfig, metric: str, grid_dir: Path, run_plans: RunPlans, log):
     """`tune.trials` TPE-sampled trials (counting those a previous, interrupted search finished), pruned
     on their mid-training validation loss by a median rule; the best complete trial's values."""
@@ -258,14 +272,7 @@ def optuna_search(group: Group, base: RunPlan, tune: TuneConfig, metric: str, gr
         plan = trial_plan(base, trial_config(group, dict(trial.params), metric))
         trial.set_user_attr("run_id", plan.run_id)
         pruned = []
-
-        def report(step: int, loss: float) -> None:
-            trial.report(-loss, step)  # higher is better, as for the study's objective
-            if trial.should_prune():
-                pruned.append(step)
-                raise optuna.TrialPruned(f"pruned at step {step}: validation loss {loss:.4f} below the median of earlier trials")
-
-        result = run_plans([plan], on_validation=report)[0]
+        result = run_plans([plan], on_validation=pruning_reporter(trial, pruned))[0]
         trial.set_user_attr("finished", True)
         score = trial_score(result, metric)
         if pruned:

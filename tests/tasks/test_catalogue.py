@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from medpeft import cli, tasks
-from medpeft.config import ConfigError, config_from_dict
+from medpeft.config import ConfigError
 from medpeft.registry import TASKS
 
 from helpers import checked_config

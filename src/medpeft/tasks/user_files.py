@@ -63,7 +63,7 @@ def check_text_bytes(path: Path, raw: bytes) -> None:
     for magic, what in SPREADSHEETS.items():
         if raw.startswith(magic):
             raise data_error(str(path), f"this is {what}, not a {path.suffix} text file",
-                             f"in Excel, File > Save As > 'CSV UTF-8', and point task.path at that file")
+                             "in Excel, File > Save As > 'CSV UTF-8', and point task.path at that file")
     encoding = wide_encoding(raw)
     if encoding is not None:
         raise data_error(str(path), f"the file is {encoding} text; medpeft reads UTF-8",

@@ -128,9 +128,9 @@ def label_set(path: Path, splits: dict[str, list[dict]], mapping: dict) -> list[
     if kind == "summarization":
         return None
     given = given_labels(mapping)
-    labels = given or sorted({l for ex in splits["train"] for l in labels_of(ex)})
+    labels = given or sorted({label for ex in splits["train"] for label in labels_of(ex)})
     if kind == "ner" and "O" in labels:
-        labels = ["O"] + [l for l in labels if l != "O"]
+        labels = ["O"] + [label for label in labels if label != "O"]
     where = "task.labels" if given else "the labels of the train split"
     problems = [
         f"{path}:{ex['_line']}: label {label!r} ({split}) is not in the label set ({where}: {', '.join(labels)}). "
