@@ -14,6 +14,7 @@ from medpeft.config import ExperimentConfig, Grid
 from medpeft.dist import is_distributed, is_main_process, wait_for_everyone
 from medpeft.errors import ConfigError
 from medpeft.files import check_writable_folder
+from medpeft.methods import BASELINE, Role, method_role
 from medpeft.plan import RunPlan, plan_runs, resolve_config
 from medpeft.run.checkpoint import find_resumable, remove_checkpoints
 from medpeft.run.faults import diagnose, release_memory
@@ -63,11 +64,11 @@ def with_baselines(runs: list[ExperimentConfig]) -> list[ExperimentConfig]:
     baselines, seen = [], set()
     for cfg in runs:
         key = (cfg.model, cfg.task)
-        if key in seen or any(r.method == "untrained" and (r.model, r.task) == key for r in runs):
+        if key in seen or any(method_role(r.method) is Role.BASELINE and (r.model, r.task) == key for r in runs):
             seen.add(key)
             continue
         seen.add(key)
-        baseline = dataclasses.replace(cfg, method="untrained", method_args={}, train=dataclasses.replace(cfg.train, lr=None))
+        baseline = dataclasses.replace(cfg, method=BASELINE, method_args={}, train=dataclasses.replace(cfg.train, lr=None))
         baselines.append(baseline)
     return baselines + runs
 
@@ -220,10 +221,10 @@ def run_one(plan: RunPlan, run_dir: Path, log, on_validation=None, tracker=None,
         return result
     shown = ", ".join(f"{k}={100 * v:.1f}" for k, v in result.metrics.items() if v is not None)
     if result.tuning_trial:
-        val_loss = result.training.get("val_loss")
+        val_loss = result.fit.val_loss
         shown = f"validation: {shown or ''}{', ' if shown else ''}loss={val_loss:.4f}" if val_loss is not None else f"validation: {shown}"
     lead = f"{label}:" if level() == "quiet" else "   "
-    log(f"{lead} {shown}  ({time.perf_counter() - start:.0f}s, {result.efficiency['trainable_pct']:.3g}% trainable)")
+    log(f"{lead} {shown}  ({time.perf_counter() - start:.0f}s, {result.cost.trainable_pct:.3g}% trainable)")
     return result
 
 

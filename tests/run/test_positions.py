@@ -53,9 +53,9 @@ def test_a_model_without_a_position_limit_or_a_method_without_virtual_tokens_is_
     t5 = types.SimpleNamespace(config=types.SimpleNamespace(model_type="t5"))
     prompt = types.SimpleNamespace(is_prompt_learning=True, num_virtual_tokens=20,
                                    peft_type=types.SimpleNamespace(value="PROMPT_TUNING"))
-    assert source_that_fits(data, t5, prompt, "seq2seq") == (data, None)
+    assert source_that_fits(data, t5, prompt, decoder_only=False) == (data, None)
     bert = types.SimpleNamespace(config=types.SimpleNamespace(max_position_embeddings=512))
-    assert source_that_fits(data, bert, None, "seq_cls") == (data, None)  # lora, full: no virtual tokens
+    assert source_that_fits(data, bert, None, decoder_only=False) == (data, None)  # lora, full: no virtual tokens
     llama = types.SimpleNamespace(config=types.SimpleNamespace(max_position_embeddings=500))
-    fitted, note = source_that_fits(data, llama, prompt, "causal")
+    fitted, note = source_that_fits(data, llama, prompt, decoder_only=True)
     assert fitted.max_source_tokens == 500 - 20 - 64 and "cut at 416 tokens" in note  # a decoder keeps room for the target

@@ -155,3 +155,13 @@ def test_cost_and_training_keys_are_the_records_fields():
     assert COST_KEYS == ("trainable_params", "trainable_pct", "train_seconds", "eval_seconds", "train_tokens_per_second",
                          "peak_memory_bytes", "adapter_bytes", "adapter_folder_bytes", "forgetting")
     assert {"steps", "planned_steps", "train_loss", "val_loss", "resumed_from_step"} <= set(TRAINING_KEYS)
+
+
+def test_dotted_is_one_key_per_setting():
+    from medpeft.run.record import dotted
+
+    config = {"seed": 0, "train": {"lr": 1e-3, "target_modules": ["q", "v"]}, "tuning": {}, "user_data": None,
+              "method_args": {"loftq": {"bits": 4}}}
+    assert dotted(config) == {"seed": 0, "train.lr": 1e-3, "train.target_modules": ["q", "v"], "tuning": {},
+                              "user_data": None, "method_args.loftq.bits": 4}
+    assert dotted(None) == {}

@@ -150,7 +150,7 @@ def test_a_failure_while_predicting_keeps_the_old_output(trained, tmp_path, monk
     inputs = write_inputs(tmp_path / "in.csv", read_jsonl(run_dir / "predictions.jsonl"))
     out = tmp_path / "out.jsonl"
     out.write_text("kept\n")
-    monkeypatch.setattr(predict_module, "decided", lambda *a: (_ for _ in ()).throw(RuntimeError("power cut")))
+    monkeypatch.setattr(predict_module, "length_batches", lambda *a: (_ for _ in ()).throw(RuntimeError("power cut")))
     with pytest.raises(RuntimeError):
         predict_runs([run_dir], inputs, out, progress=False)
     assert out.read_text() == "kept\n"

@@ -194,7 +194,7 @@ def encode_examples(examples, tokenizer, kind, instruction: str, data_cfg, label
     return rows, stats
 
 
-def source_that_fits(data_cfg, model, peft_config, kind_name: str) -> tuple[object, str | None]:
+def source_that_fits(data_cfg, model, peft_config, decoder_only: bool) -> tuple[object, str | None]:
     """`data_cfg`, with max_source_tokens lowered where a soft prompt or prefix (prompt tuning, P-tuning,
     prefix tuning) would push the input past the model's positions, and a note saying so (else None).
     Their virtual tokens take positions too: on a 512-position encoder, 512 input tokens plus 20 virtual
@@ -207,7 +207,7 @@ def source_that_fits(data_cfg, model, peft_config, kind_name: str) -> tuple[obje
     if limit is None or peft_config is None or not getattr(peft_config, "is_prompt_learning", False):
         return data_cfg, None
     virtual = peft_config.num_virtual_tokens
-    room = max(1, limit - virtual - (data_cfg.max_target_tokens if kind_name == "causal" else 0))
+    room = max(1, limit - virtual - (data_cfg.max_target_tokens if decoder_only else 0))
     if data_cfg.max_source_tokens <= room:
         return data_cfg, None
     note = (f"inputs cut at {room} tokens, below data.max_source_tokens={data_cfg.max_source_tokens}: {virtual} of "

@@ -23,7 +23,7 @@ from medpeft.run.forgetting import continuation_rows, heldout_abstracts, measure
 from medpeft.run.kinds import KINDS
 from medpeft.run.metrics import score_bertscore
 from medpeft.run.measure import count_parameters, describe_env, folder_bytes, peak_memory_bytes, reset_peak_memory
-from medpeft.run.record import RunResult, is_trial, write_jsonl
+from medpeft.run.record import TRAINING_KEYS, RunResult, is_trial, write_jsonl
 from medpeft.tasks import sample_per_class
 
 
@@ -45,7 +45,7 @@ def run_experiment(plan: RunPlan, run_dir: Path, on_validation=None, callbacks=(
     model, tokenizer, peft_config, new_modules = prepare_model(plan, kind)
     params = count_parameters(model)
     train_split, per_class = training_examples(plan)
-    data_cfg, fit_note = source_that_fits(cfg.data, model, peft_config, kind.name)
+    data_cfg, fit_note = source_that_fits(cfg.data, model, peft_config, kind.decoder_only)
     train_rows, train_stats = encode_examples(train_split, tokenizer, kind, task.instruction, data_cfg, task.labels)
     val_rows, _ = encode_examples(task.splits["validation"], tokenizer, kind, task.instruction, data_cfg, task.labels)
     training = (train_model(model, tokenizer, kind, cfg, train_rows, val_rows, run_dir, on_validation, callbacks)
@@ -66,13 +66,11 @@ def run_experiment(plan: RunPlan, run_dir: Path, on_validation=None, callbacks=(
 
     warnings = ([fit_note] if fit_note else []) + truncation_warnings("train", train_stats, data_cfg) + (
         truncation_warnings(split, test_stats, data_cfg) if test_stats else [])
-    kept = ("steps", "planned_steps", "gradient_checkpointing", "train_loss", "val_loss", "train_tokens", "time_budget_s", "stopped_by_time_budget",
-            "resumed_from_step")
     result = RunResult.succeeded(
         cfg, cfg.variant, task_type=task.type, labels=task.labels, model_path=plan.model_path, model_kind=kind.name,
         adapted_from=adapted_from(plan.model_path),
         metrics=metrics, evaluation=evaluation, efficiency=efficiency(params, training, eval_seconds, adapter_dir, evaluation.get("forgetting")),
-        training={k: training[k] for k in kept if k in training}, evaluated_on=split,
+        training={k: training[k] for k in TRAINING_KEYS if k in training}, evaluated_on=split,
         data={"train": train_stats, split: test_stats, "validation_examples": len(val_rows), "warnings": warnings,
               "prompt_format": prompt_format(tokenizer, kind.encode), "instruction": task.instruction, **({"per_class": per_class} if per_class else {})},
         env=describe_env())
@@ -189,7 +187,7 @@ def efficiency(params: dict, training: dict, eval_seconds: float, adapter_dir: P
 def measure_run_forgetting(model, tokenizer, plan: RunPlan, kind, peft_config) -> dict:
     """Base and adapted LM loss on held-out MEDLINE abstracts (the same documents for every seed of a task).
     Full fine-tuning reloads its base for the comparison (briefly twice the model's memory)."""
-    settings, decoder_only = plan.config.forgetting, kind.auto_class == "AutoModelForCausalLM"
+    settings, decoder_only = plan.config.forgetting, kind.decoder_only
     documents = heldout_abstracts(plan.data.splits, settings.documents, seed=0)
     rows = continuation_rows(documents, tokenizer, decoder_only, settings.max_tokens)
     base = None

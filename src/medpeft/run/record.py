@@ -309,6 +309,20 @@ class Tuning:
 OBJECT_FIELDS = ("config", "variant", "metrics", "evaluation", "efficiency", "training", "data", "env")
 
 
+def dotted(config: dict | None, prefix: str = "") -> dict:
+    """{"train": {"lr": 1e-4, "x": []}} -> {"train.lr": 1e-4, "train.x": []}: one key per setting of a run's config,
+    values as recorded (a list, or an empty mapping, is one value). The one flattening of a config: trackers'
+    parameters and the report's row keys are made from it."""
+    flat = {}
+    for key, value in (config or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(dotted(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
 def json_kind(value) -> str:
     """What a JSON value is, in JSON's words (null, an array, a string), for a message."""
     kinds = {type(None): "null", list: "an array", str: "a string", bool: "true or false", dict: "an object"}

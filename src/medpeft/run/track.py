@@ -12,6 +12,7 @@ A tracker that fails mid-grid (a locked database, a full disk) costs a warning, 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import importlib.util
@@ -20,10 +21,10 @@ import os
 from pathlib import Path
 
 from medpeft.errors import ConfigError
-from medpeft.run.record import RunResult
+from medpeft.run.record import RunResult, dotted
 
 TRACKERS = ("mlflow", "tensorboard", "wandb")
-TRAINING_KEYS = ("steps", "train_loss", "val_loss", "resumed_from_step")
+TRACKED_TRAINING = ("steps", "train_loss", "val_loss", "resumed_from_step")  # of the run's Training record
 
 
 def open_tracker(name: str, grid_dir: Path, grid_name: str, online: bool = False, log=print):
@@ -50,23 +51,18 @@ def guarded(method):
     return call
 
 
-def flat_config(config: dict, prefix: str = "") -> dict[str, str]:
-    """{"train": {"lr": 1e-4}} -> {"train.lr": "0.0001"}: one parameter per setting; lists as JSON."""
-    flat = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flat_config(value, f"{name}."))
-        else:
-            flat[name] = json.dumps(value, default=str) if isinstance(value, (list, dict)) else str(value)
-    return flat
+def flat_config(config: dict) -> dict[str, str]:
+    """{"train": {"lr": 1e-4}} -> {"train.lr": "0.0001"}: one parameter per setting (record.dotted), as text;
+    lists as JSON."""
+    return {name: json.dumps(value, default=str) if isinstance(value, (list, dict)) else str(value)
+            for name, value in dotted(config).items()}
 
 
 def final_metrics(result: RunResult) -> dict[str, float]:
     """What a finished run adds to its curves: `test/<metric>` (`validation/...` for a tuning trial),
     `efficiency/<figure>` and `training/<summary>`, numbers only."""
-    groups = {result.evaluated_on: result.metrics, "efficiency": result.efficiency,
-              "training": {k: result.training.get(k) for k in TRAINING_KEYS}}
+    groups = {result.evaluated_on: result.metrics, "efficiency": dataclasses.asdict(result.cost),
+              "training": {k: getattr(result.fit, k) for k in TRACKED_TRAINING}}
     return {f"{group}/{key}": float(value) for group, values in groups.items() for key, value in values.items()
             if isinstance(value, (int, float)) and not isinstance(value, bool)}
 
@@ -125,7 +121,7 @@ class MlflowTracker:
         if mlflow.active_run() is None:
             return
         if result is not None:
-            mlflow.log_metrics(final_metrics(result), step=int(result.training.get("steps") or 0))
+            mlflow.log_metrics(final_metrics(result), step=int(result.fit.steps or 0))
             mlflow.set_tags({"medpeft.status": result.status.value, **({"medpeft.cause": result.cause} if result.cause else {})})
         mlflow.flush_async_logging()  # the Trainer's callback logs asynchronously
         mlflow.end_run(status="KILLED" if result is None else "FINISHED" if result.ok else "FAILED")
@@ -158,7 +154,7 @@ class TensorBoardTracker:
         from torch.utils.tensorboard import SummaryWriter
 
         with SummaryWriter(log_dir=str(self.folder)) as writer:  # the callback closed its writer at train end
-            step = int(result.training.get("steps") or 0)
+            step = int(result.fit.steps or 0)
             for key, value in final_metrics(result).items():
                 writer.add_scalar(key, value, step)
             writer.add_text("medpeft/config", "\n".join(f"    {k}: {v}" for k, v in flat_config(self.config).items()))

@@ -16,7 +16,6 @@ from medpeft.dist import local_device
 from medpeft.errors import ConfigError, OutputError
 from medpeft.methods import output_prefix_tokens
 from medpeft.run.encode import encode_examples, source_that_fits
-from medpeft.run.kinds import predicted_class, predicted_labels, rounded
 from medpeft.run.predict import length_batches
 from medpeft.run.record import write_jsonl
 from medpeft.tasks.base import data_error
@@ -26,9 +25,6 @@ from medpeft.use.runs import (FinishedRun, base_model_path, check_output_place, 
 
 CHUNK_BATCHES = 4  # batches per progress-bar step; a multiple of the batch size keeps the run's own batches
 INPUT_SUFFIXES = (".csv", ".jsonl")
-# What stands in for the (unknown) target, so the training-time encoders run unchanged on new texts.
-PLACEHOLDER_TARGETS = {"summarization": lambda ex, labels: "", "classification": lambda ex, labels: labels[0],
-                       "multilabel": lambda ex, labels: [], "ner": lambda ex, labels: [labels[0]] * len(ex["text"])}
 
 
 @dataclass
@@ -201,14 +197,15 @@ def check_output(input_path: Path, output_path: Path) -> None:
 
 
 def run_examples(run: FinishedRun, inputs: list[dict]) -> list[dict]:
-    """The inputs as the run's task examples: NER takes words (a string is split on whitespace), the others text."""
-    ner = run.result.task_type == "ner"
+    """The inputs as the run's task examples: NER takes words (a string is split on whitespace), the others text;
+    the kind's placeholder stands in for the (unknown) target, so the training-time encoders run unchanged."""
+    words = run.kind.reads_words
     examples = []
     for inp in inputs:
         text = inp["text"]
-        text = (text.split() if isinstance(text, str) else text) if ner else (" ".join(text) if isinstance(text, list) else text)
+        text = (text.split() if isinstance(text, str) else text) if words else (" ".join(text) if isinstance(text, list) else text)
         ex = {"id": inp["id"], "text": text, **({"pair": inp["pair"]} if reads_pairs(run) else {})}
-        examples.append(dict(ex, target=PLACEHOLDER_TARGETS[run.result.task_type](ex, run.labels)))
+        examples.append(dict(ex, target=run.kind.placeholder(ex, run.labels)))
     return examples
 
 
@@ -223,7 +220,7 @@ def predict_inputs(model, tokenizer, run: FinishedRun, inputs: list[dict], instr
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, eval_batch_size=batch_size))
     examples = run_examples(run, inputs)
     peft_config = model.peft_config[model.active_adapter] if share_base(run) else None
-    data_cfg, _ = source_that_fits(cfg.data, model, peft_config, run.kind.name)  # cut as the run's own inputs were
+    data_cfg, _ = source_that_fits(cfg.data, model, peft_config, run.kind.decoder_only)  # cut as the run's own inputs were
     rows, stats = encode_examples(examples, tokenizer, run.kind, instruction, data_cfg, run.labels, for_generation=True)
     prefix = output_prefix_tokens(peft_config)
     outputs = [None] * len(rows)
@@ -234,18 +231,8 @@ def predict_inputs(model, tokenizer, run: FinishedRun, inputs: list[dict], instr
             for i, output in zip(chunk, part):
                 outputs[i] = output
             bar.update(len(chunk))
-    return ([decided(run.result.task_type, output, run.labels) for output in outputs], stats["truncated_sources"],
+    return ([run.kind.decide(output, run.labels) for output in outputs], stats["truncated_sources"],
             data_cfg.max_source_tokens)
-
-
-def decided(task_type: str, output, labels: list[str] | None) -> dict:
-    """A run's output for one input: the text, the tags, or the label(s) with every label's probability."""
-    if task_type == "classification":
-        return {"prediction": predicted_class(output, labels), "probs": dict(zip(labels, rounded(output)))}
-    if task_type == "multilabel":
-        return {"prediction": predicted_labels(output, labels),
-                "probs": dict(zip(labels, rounded(output)))}
-    return {"prediction": output}
 
 
 def output_rows(inputs: list[dict], runs: list[FinishedRun], outputs: dict, fields: dict) -> list[dict]:

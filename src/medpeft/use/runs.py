@@ -13,7 +13,7 @@ from medpeft.config import ExperimentConfig, config_from_dict
 from medpeft.dist import local_device
 from medpeft.errors import MedpeftError, ModelError, OutputError
 from medpeft.files import check_writable_folder, folder_fingerprint
-from medpeft.methods import MethodSpec
+from medpeft.methods import MethodSpec, Role
 from medpeft.models import MODELS, load_model, model_architecture, resolve_model
 from medpeft.plan import load_data, model_kind, task_spec
 from medpeft.registry import METHODS
@@ -51,7 +51,7 @@ class FinishedRun:
     @property
     def is_full(self) -> bool:
         """Full fine-tuning: adapter/ holds a whole model, not a peft adapter."""
-        return self.method.trains and self.method.peft_class is None
+        return self.method.role is Role.FULL
 
     @property
     def peft_type(self) -> str | None:
@@ -146,7 +146,7 @@ def check_safetensors(path: Path, run_dir: Path) -> None:
 
 def reads_pairs(run: FinishedRun) -> bool:
     """Whether the run was trained on text pairs (pubmed-rct-context, pubmedqa, a user task.pair_field)."""
-    return bool(run.result.data.get("train", {}).get("text_pairs"))
+    return bool(run.result.inputs.train.text_pairs)
 
 
 def pair_field_of(run: FinishedRun) -> str:
@@ -183,9 +183,10 @@ def check_base(run: FinishedRun, folder: Path) -> None:
 
 def run_instruction(run: FinishedRun, online: bool = False) -> str:
     """The task instruction the run's prompts start with ("" for an encoder that sees the text alone)."""
-    if run.result.data.get("instruction") is not None:
-        return run.result.data["instruction"]
-    if run.result.data.get("prompt_format") == TEXT_ONLY:
+    recorded = run.result.inputs
+    if recorded.instruction is not None:
+        return recorded.instruction
+    if recorded.prompt_format == TEXT_ONLY:
         return ""
     if run.config.user_data is not None:  # as tasks/user.py sets it, without reading the data file again
         from medpeft.tasks.user import INSTRUCTIONS
