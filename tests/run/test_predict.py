@@ -93,7 +93,31 @@ def test_cpu_generation_takes_more_rows_while_their_cache_fits(monkeypatch):
     assert predict.generation_rows(model, rows, 80, greedy, "cpu") == 80  # never fewer than asked for
     monkeypatch.setattr(predict, "GENERATION_BYTES", 1)
     assert predict.generation_rows(model, rows, 8, greedy, "cpu") == 8
-    assert predict.generation_rows(model, rows, 8, greedy, "cuda") == 8  # a GPU keeps train.eval_batch_size
+    assert predict.generation_rows(model, rows, 8, greedy, "mps") == 8  # another accelerator keeps train.eval_batch_size
+
+
+def test_gpu_generation_fills_the_card(monkeypatch):
+    """On CUDA (its free memory pretended): as many rows as GPU_CACHE_SHARE of the free memory holds,
+    up to GPU_GENERATION_ROWS; the cache counted in the model's dtype (a bf16 base: half of fp32)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from medpeft.run import predict
+
+    config = LlamaConfig(hidden_size=576, intermediate_size=64, num_hidden_layers=2, num_attention_heads=9, num_key_value_heads=3,
+                         vocab_size=32)
+    model = LlamaForCausalLM(config)
+    rows = [{"input_ids": [1] * 399} for _ in range(300)]
+    greedy = {"max_new_tokens": 65, "num_beams": 1}
+    per_row = 2 * 2 * 3 * 64 * 4 * 464  # fp32 cache (2 layers x k,v x 3 heads x 64) of the longest prompt plus its budget
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (100 * per_row, 10**12))
+    assert predict.generation_rows(model, rows, 8, greedy, "cuda") == int(predict.GPU_CACHE_SHARE * 100)  # 40 rows
+    assert predict.generation_rows(model.to(torch.bfloat16), rows, 8, greedy, "cuda") == int(predict.GPU_CACHE_SHARE * 200)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10**15, 10**15))
+    assert predict.generation_rows(model, rows, 8, greedy, "cuda") == predict.GPU_GENERATION_ROWS
+    assert predict.generation_rows(model, rows[:20], 8, greedy, "cuda") == 20
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (0, 10**15))
+    assert predict.generation_rows(model, rows, 8, greedy, "cuda") == 8
 
 
 def test_rows_per_call_leave_the_generated_texts_unchanged(assets_ready):

@@ -17,6 +17,8 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what an enco
 # GENERATION_BYTES (the same 1.5 GiB a training forward may hold on CPU).
 GENERATION_ROWS = 64
 GENERATION_BYTES = 3 * 2**29
+GPU_GENERATION_ROWS = 256  # CUDA: rows per generate() call at most (issue 28: fill the card)
+GPU_CACHE_SHARE = 0.4  # CUDA: of the free memory, what one call's key/value cache may take (activations need room too)
 
 
 def length_batches(rows: list[dict], batch_size: int):
@@ -65,13 +67,21 @@ def cache_bytes_per_token(config, bytes_per_float: int = 4) -> int:
 
 
 def generation_rows(model, rows: list[dict], batch_size: int, decoding: dict, device) -> int:
-    """Rows per generate() call: `batch_size` on a GPU; on CPU up to GENERATION_ROWS (never fewer than
-    `batch_size`) while the longest row's cache, times the rows and beams, stays under GENERATION_BYTES."""
-    if torch.device(device).type != "cpu" or not rows:
+    """Rows per generate() call, never fewer than `batch_size` nor more than there are. On CPU up to
+    GENERATION_ROWS while the longest row's cache, times the rows and beams, stays under GENERATION_BYTES;
+    on a CUDA GPU up to GPU_GENERATION_ROWS while it stays under GPU_CACHE_SHARE of the free memory (a
+    decode step there costs about the same for 8 rows as for 128: the card is filled, not the count)."""
+    kind = torch.device(device).type
+    if kind not in ("cpu", "cuda") or not rows:
         return batch_size
     longest = max(len(r["input_ids"]) for r in rows) + decoding.get("max_new_tokens", 0)
-    per_row = cache_bytes_per_token(model.config) * longest * decoding.get("num_beams", 1)
-    return max(batch_size, min(GENERATION_ROWS, len(rows), GENERATION_BYTES // max(1, per_row)))
+    if kind == "cuda":
+        width = next(model.parameters()).element_size() if hasattr(model, "parameters") else 4
+        cap, budget = GPU_GENERATION_ROWS, int(GPU_CACHE_SHARE * torch.cuda.mem_get_info(torch.device(device))[0])
+    else:
+        width, cap, budget = 4, GENERATION_ROWS, GENERATION_BYTES
+    per_row = cache_bytes_per_token(model.config, width) * longest * decoding.get("num_beams", 1)
+    return max(batch_size, min(cap, len(rows), budget // max(1, per_row)))
 
 
 def generated_only(decoding: dict, prompt_length: int) -> dict:
