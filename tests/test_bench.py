@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from medpeft import bench
 
 NUMBER = r"([\d,]+(?:\.\d+)?)"
@@ -58,3 +60,32 @@ def test_the_plain_pipeline_pads_to_max_length(assets_ready):
     for row in rows:  # labels on every real token, -100 on padding only
         assert [l == -100 for l in row["labels"]] == [m == 0 for m in row["attention_mask"]]
         assert 0 < sum(row["attention_mask"]) < w.max_length  # padded, never cut: source and summary are cut first
+
+
+@pytest.mark.slow
+def test_the_gpu_benchmark_runs_whole_on_tiny_shapes(capsys, assets_ready, tmp_path):
+    """`--gpu --quick --ablate` on CPU: every workload's table and every ablation row, the same useful tokens
+    on both sides, the JSON report. The sides run in this process under --quick; the figures mean nothing."""
+    import json
+
+    from medpeft import bench_gpu
+
+    assert bench.main(["--gpu", "--quick", "--ablate", "--json", str(tmp_path / "gpu.json")]) == 0
+    out = capsys.readouterr().out
+    assert "the figures mean nothing" in out and "targets (issue 28)" in out and "FAILED" not in out
+    for name, w in bench_gpu.QUICK_WORKLOADS.items():
+        block = out.split(f"\n{name}: ", 1)[1].split("\n\n", 1)[0]
+        rows = {}
+        for line in block.splitlines()[2:-1]:
+            found = re.match(rf"\s+(.+?)\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x$", line)
+            assert found, line
+            rows[found.group(1)] = [float(found.group(k).replace(",", "")) for k in (2, 3, 4)]
+        assert rows["useful training tokens"][0] == rows["useful training tokens"][1] > 0, name  # the same examples, cut alike
+        assert all(v > 0 for v in rows["useful tokens/s (non-pad, training)"])
+        assert any(key.startswith("generation new tokens/s") for key in rows) == bool(w.max_new_tokens)
+        assert ("% of matmul peak" in block) == (not w.seq2seq)
+    for lever in ["all levers as chosen", *bench_gpu.LEVERS]:
+        assert re.search(rf"^  {re.escape(lever)}\s+(\d[\d,]*\s+[\d.]+\s+[\d.]+x|skipped: needs a CUDA GPU)$", out, re.M), lever
+    report = json.loads((tmp_path / "gpu.json").read_text())
+    assert set(report["workloads"]) == set(bench_gpu.QUICK_WORKLOADS) and set(report["ablation"]) >= set(bench_gpu.LEVERS)
+    assert report["ablation"]["packing"]["levers"]["packing"] is False and report["ablation"]["all levers as chosen"]["levers"]["packing"]

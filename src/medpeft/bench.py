@@ -11,7 +11,7 @@ Each side runs in its own process, so its peak resident memory is its own. Print
 tokens/s, peak RSS, new tokens/s of batched evaluation generation, the ratios medpeft/plain, and the
 share of the fp32 matmul peak measured here at the start (LoRA: about 4 FLOP per parameter per token,
 2 forward and 2 for the input gradients; the frozen weights get none). `--quick`: tiny random models,
-seconds, for tests; its figures mean nothing.
+seconds, for tests; its figures mean nothing. `--gpu`: the GPU benchmark of issue 28 (bench_gpu.py).
 
 Generation runs before training, with the LoRA adapter as initialised (B = 0: the base model's
 outputs), so both sides decode the same summaries and tokens/s compares pipelines, not the lengths
@@ -85,9 +85,10 @@ def count_tokens(tokenizer, texts: list[str]) -> int:
     return sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
 
 
-def measure_medpeft(w: Workload, workdir: Path) -> dict:
+def measure_medpeft(w: Workload, workdir: Path, config=None) -> dict:
     """medpeft's path, through the helpers its run uses: plan, prepare_model, encode_examples,
-    train_model (dynamic padding, loss on the summary only), the kind's batched generation."""
+    train_model (dynamic padding, loss on the summary only), the kind's batched generation (when the
+    workload generates). `config`: another ExperimentConfig of the workload (the GPU benchmark's)."""
     from transformers import set_seed
 
     from medpeft.dist import local_device
@@ -99,13 +100,13 @@ def measure_medpeft(w: Workload, workdir: Path) -> dict:
     from medpeft.run.measure import count_parameters, reset_peak_memory
     from medpeft.run.predict import generate_texts
 
-    plan = plan_run(experiment_config(w))
+    plan = plan_run(config or experiment_config(w))
     cfg, kind, data = plan.config, KINDS[plan.kind], plan.data
     reset_peak_memory()  # as run_experiment does at its start
     set_seed(cfg.seed)
     model, tokenizer, _, _ = prepare_model(plan, kind)
     figures = {"params": count_parameters(model)["total_params"]}
-    if w.name == "summarization":  # before training: see the module's doc
+    if w.max_new_tokens:  # before training: see the module's doc
         test = data.splits["test"]
         prompts, _ = encode_examples(test, tokenizer, kind, data.instruction, cfg.data, data.labels, for_generation=True)
         start = time.perf_counter()
@@ -113,7 +114,8 @@ def measure_medpeft(w: Workload, workdir: Path) -> dict:
         figures.update(new_tokens=count_tokens(tokenizer, texts), generation_seconds=time.perf_counter() - start,
                        summaries=len(texts), generation_rows=generation_batch(model, prompts, cfg, local_device()))
         start = time.perf_counter()  # the same summaries, 8 per call as the plain pipeline decodes them
-        texts_8 = generate_texts(model, tokenizer, prompts, True, decoding(cfg), PLAIN_GENERATION_ROWS, local_device())
+        texts_8 = generate_texts(model, tokenizer, prompts, not kind.seq2seq_trainer, decoding(cfg), PLAIN_GENERATION_ROWS,
+                                 local_device())
         figures.update(new_tokens_8=count_tokens(tokenizer, texts_8), generation_seconds_8=time.perf_counter() - start,
                        same_summaries=texts_8 == texts)
     rows, _ = encode_examples(data.splits["train"], tokenizer, kind, data.instruction, cfg.data, data.labels)
@@ -138,7 +140,7 @@ def plain_rows(w: Workload, data, tokenizer) -> list[dict]:
     max_target tokens with its end token, as medpeft cuts it, so both sides see the same text."""
     rows = []
     for ex in data.splits["train"]:
-        if w.name == "summarization":
+        if w.max_target:  # a summary after the prompt
             target = cut(tokenizer, ex["target"], w.max_target - 1) + tokenizer.eos_token
             text = plain_prompt(tokenizer, data.instruction, ex["text"], w.max_source) + target
             enc = tokenizer(text, padding="max_length", truncation=True, max_length=w.max_length, add_special_tokens=False)
@@ -234,12 +236,12 @@ def run_side(side: str, w: Workload, result_path: Path) -> None:
 # --- the parent: matmul peak, both sides of each workload, the table --------------------------
 
 
-def matmul_peak(seconds: float, n: int) -> float:
-    """fp32 matmul FLOP/s on this machine's training device: the best of repeated n x n products."""
+def matmul_peak(seconds: float, n: int, dtype=None) -> float:
+    """Matmul FLOP/s (fp32 unless `dtype`) on this machine's training device: the best of repeated n x n products."""
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     out = torch.mm(a, b)  # warm-up
     best, deadline = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
@@ -334,10 +336,24 @@ def benchmark(quick: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medpeft.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny random models, seconds: a smoke test of the benchmark")
+    parser.add_argument("--gpu", action="store_true", help="the GPU benchmark (medpeft/bench_gpu.py): real shapes, random weights")
+    parser.add_argument("--ablate", action="store_true", help="with --gpu: medpeft's LoRA again with each lever turned, one process each")
+    parser.add_argument("--only", nargs="+", metavar="WORKLOAD", help="with --gpu: these workloads only (lora-1.7b, full-1.7b, lora-t5-large)")
+    parser.add_argument("--models-dir", help="with --gpu: where the random-weight models are built (kept; default a temporary folder)")
+    parser.add_argument("--json", help="with --gpu: also write every figure to this JSON file")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # a side's own process
-    parser.add_argument("--workload", choices=sorted(FULL), help=argparse.SUPPRESS)
+    parser.add_argument("--workload", help=argparse.SUPPRESS)
+    parser.add_argument("--lever", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.gpu:
+        from medpeft import bench_gpu
+
+        if args.side:
+            bench_gpu.run_gpu_side(args.side, args.workload, args.quick, Path(args.models_dir), Path(args.result), args.lever)
+            return 0
+        return bench_gpu.benchmark_gpu(args.quick, args.ablate, Path(args.models_dir) if args.models_dir else None,
+                                       Path(args.json) if args.json else None, args.only)
     if args.side:
         run_side(args.side, (QUICK if args.quick else FULL)[args.workload], Path(args.result))
     else:
