@@ -17,6 +17,7 @@ from medpeft.report import plots
 from medpeft.report.compare import SEEDS_FOR_A_CLAIM, compare_task
 from medpeft.report.frame import aggregate, collect_runs, split_trials
 from medpeft.report.plots import image_html
+from medpeft.report.stats import ALPHA
 from medpeft.report.sections import (answer_first, comparison_table, example_section, failure_section, one_label_rows,
                                       warnings_for)
 from medpeft.report.summary import write_summary
@@ -26,6 +27,10 @@ from medpeft.run.metrics import MACRO_NOTE
 from medpeft.run.metrics import metric_label as label_of
 from medpeft.run.record import write_atomic
 
+ADJUSTED = "(Holm-adjusted over each task's comparisons)"
+UNADJUSTED = "(not adjusted for multiple comparisons: medpeft report --unadjusted)"
+ONE_LINE_EACH = ("One line per method, model and value of the other settings the grid varied (named in the legend, "
+                 "held along the line).")
 CI_NOTE = ("95% CI, seeds: Student-t interval over the seed scores (mean ± t·s/√n); 95% CI, test set: "
            "percentile bootstrap over the test examples.")
 FORGETTING_NOTE = ("Forgetting: the change in language-model loss (nats/token, adapted minus base) on held-out "
@@ -102,12 +107,13 @@ def make_task_plots(frame, task: str, plot_dir: Path) -> list[tuple[str, Path, s
         companions = [k for k, leader in tied.items() if leader == key]
         along = f" (with {', '.join(f'`{k}`' for k in companions)}, set together with it in every row)" if companions else ""
         if key in plots.LEARNING_CURVE_KEYS:
-            path = plots.plot_learning_curve(frame, key, plot_dir / f"{name}-learning-curve.png", label)
-            out.append((f"Learning curve{along}", path, "Score against the training examples used; error bars: 95% CI over "
-                        "seeds (Student t; the test-set bootstrap CI for a single seed). Dotted: untrained baseline."))
+            path = plots.plot_learning_curve(frame, key, plot_dir / f"{name}-learning-curve.png", label, tuple(companions))
+            out.append((f"Learning curve{along}", path, "Score against the training examples used. " + ONE_LINE_EACH
+                        + " Error bars: 95% CI over seeds (Student t; the test-set bootstrap CI for a single seed). "
+                        "Dotted: untrained baseline."))
             continue
-        path = plots.plot_sensitivity(frame, key, plot_dir / f"{name}-sensitivity-{slug(key)}.png", label)
-        out.append((f"Sensitivity to `{key}`{along}", path, "Other settings held as in the grid; error bars as above."))
+        path = plots.plot_sensitivity(frame, key, plot_dir / f"{name}-sensitivity-{slug(key)}.png", label, tuple(companions))
+        out.append((f"Sensitivity to `{key}`{along}", path, f"{ONE_LINE_EACH} Error bars as above."))
     if plots.sizes_differ(frame):
         path = plots.plot_model_size(frame, plot_dir / f"{name}-model-size.png", label)
         out.append(("Model size", path, "Best variant of each method per model; error bars as above."))
@@ -213,8 +219,9 @@ def report_header(grid_dir: Path, runs: list[dict], frame, opts: dict) -> tuple[
     failed = len(runs) - ok
     tasks = list(dict.fromkeys(frame["task"])) if not frame.empty else []
     meta = (f"{len(runs)} runs: {ok} finished, {failed} failed{opts.get('trials_note', '')}. Uncertainty from {opts['n_resamples']} bootstrap / "
-            f"randomisation resamples (RNG seed {opts['seed']}); a difference is called real only at p < 0.05 "
-            f"with at least {SEEDS_FOR_A_CLAIM} seeds per row.")
+            f"randomisation resamples (RNG seed {opts['seed']}); a difference is called real only at p < {ALPHA:g} "
+            f"{ADJUSTED if opts.get('adjust', True) else UNADJUSTED}, on the test set and over seeds, with at least "
+            f"{SEEDS_FOR_A_CLAIM} seeds per row.")
     nav = "".join(f"<a href='#{slug(t)}'>{html.escape(t)}</a>" for t in tasks) + "<a href='#failures'>failures</a>"
     h = (f"<h1>medpeft report: {html.escape(grid_dir.name)}</h1><p class='meta'>{inline_html(meta)}</p>"
          f"<nav>{nav}</nav>")
@@ -231,12 +238,13 @@ def trials_note(runs: list, trials: list) -> str:
 
 
 def build_report(grid_dir: Path, *, n_resamples: int = 2000, seed: int = 0, within_points: float = 1.0,
-                 examples: bool = True, on_summary=lambda text: None) -> dict:
+                 examples: bool = True, adjust: bool = True, on_summary=lambda text: None) -> dict:
     """Write report.html, report.md, report.tex and report-*.png into grid_dir; return their paths.
-    `examples=False` leaves out every source, reference and prediction text (a report to share)."""
+    `examples=False` leaves out every source, reference and prediction text (a report to share);
+    `adjust=False` leaves the p-values unadjusted for each task's multiple comparisons (Holm by default)."""
     grid_dir = Path(grid_dir)
     started = time.time()
-    opts = {"n_resamples": n_resamples, "seed": seed, "within_points": within_points, "examples": examples}
+    opts = {"n_resamples": n_resamples, "seed": seed, "within_points": within_points, "examples": examples, "adjust": adjust}
     runs, trials = split_trials(collect_runs(grid_dir))
     if trials:
         opts["trials_note"] = trials_note(runs, trials)

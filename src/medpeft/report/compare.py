@@ -4,17 +4,22 @@ grid), against the task's best row and against the untrained baseline (zero-shot
 class): paired over shared test examples, and over seeds; a verdict in plain words."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from medpeft.report.frame import group_example_scores
-from medpeft.report.stats import one_sample_p, paired_bootstrap_ci, paired_randomization_p, welch_p
+from medpeft.report.stats import (ALPHA, holm, one_sample_p, paired_bootstrap_ci, paired_randomization_p, statistic,
+                                  welch_p)
 
 SEEDS_FOR_A_CLAIM = 3  # fewer seeds than this per row and a difference is not called real
 
 
 def compare_rows(row_a: dict, row_b: dict, runs_by_id: dict, n_resamples: int, seed: int) -> dict:
-    """Row a against row b on the primary metric: paired over shared test ids, and over seeds. An
-    untrained baseline b is one deterministic run: a's seeds are tested against its score (one-sample t)."""
+    """Row a against row b on the primary metric: paired over shared test ids, and over seeds. Δ, its CI
+    and p all come from the same shared ids (two rows on different test sets would otherwise give a Δ
+    of one set and a CI of another, even of the other sign). An untrained baseline b is one deterministic
+    run: a's seeds are tested against its score (one-sample t)."""
     metric = row_a["primary"]
     a = group_example_scores([runs_by_id[i] for i in row_a["run_ids"]], metric)
     b = group_example_scores([runs_by_id[i] for i in row_b["run_ids"]], metric)
@@ -24,12 +29,13 @@ def compare_rows(row_a: dict, row_b: dict, runs_by_id: dict, n_resamples: int, s
     seeds_b = seed_scores(row_b, runs_by_id, metric)
     # an untrained baseline is one run (or several that agree): no training noise on that side
     fixed = bool(row_b.get("is_baseline")) and np.ptp(seeds_b) == 0
+    p_seeds = one_sample_p(seeds_a, float(np.mean(seeds_b))) if fixed else welch_p(seeds_a, seeds_b)
+    p_examples = paired_randomization_p(va, vb, n_resamples, seed)
     return {
         "metric": metric, "n_examples": len(ids), "ids_differ": len(ids) < max(len(a), len(b)),
-        "delta": float(np.mean(seeds_a) - np.mean(seeds_b)),
+        "delta": statistic(va) - statistic(vb) if ids else float(np.mean(seeds_a) - np.mean(seeds_b)),
         "delta_ci": paired_bootstrap_ci(va, vb, n_resamples, seed),
-        "p_examples": paired_randomization_p(va, vb, n_resamples, seed),
-        "p_seeds": one_sample_p(seeds_a, float(np.mean(seeds_b))) if fixed else welch_p(seeds_a, seeds_b),
+        "p_examples": p_examples, "p_examples_raw": p_examples, "p_seeds": p_seeds, "p_seeds_raw": p_seeds,
         "seed_test": "one-sample t" if fixed else "Welch",
         "seeds": (len(seeds_a),) if fixed else (len(seeds_a), len(seeds_b)),
     }
@@ -40,24 +46,31 @@ def seed_scores(row: dict, runs_by_id: dict, metric: str) -> list[float]:
     return [score for i in row["run_ids"] if (score := runs_by_id[i].metrics.get(metric)) is not None]
 
 
-def describe_comparison(cmp: dict, alpha: float = 0.05) -> str:
+def direction(delta: float) -> str:
+    return "better" if delta > 0 else "worse" if delta < 0 else "no detectable difference"
+
+
+def describe_comparison(cmp: dict, alpha: float = ALPHA) -> str:
     """The comparison in plain words, with the caveat a reader needs before quoting it."""
     p = cmp["p_examples"]
     if cmp["n_examples"] == 0 or p != p:
-        return "no shared per-example scores: not tested"
-    verdict = ("better" if cmp["delta"] > 0 else "worse") if p < alpha else "no detectable difference"
+        return "no shared per-example scores: not tested" if cmp["n_examples"] == 0 else "no p-value (a score is missing): not tested"
+    verdict = direction(cmp["delta"]) if p < alpha else "no detectable difference"
+    significant = verdict != "no detectable difference"  # a zero Δ has no direction to claim, whatever its p
     few = min(cmp["seeds"])
     seeds = f"{few} seed" + ("s" if few != 1 else "")
-    if p < alpha and cmp["p_seeds"] == cmp["p_seeds"] and cmp["p_seeds"] >= alpha:
+    p_seeds, test = cmp["p_seeds"], cmp.get("seed_test", "Welch")
+    if significant and p_seeds == p_seeds and p_seeds >= alpha:
         # the test set says yes, the seeds say it could be training noise: both must agree for a claim
-        test = cmp.get("seed_test", "Welch")
-        return f"{verdict} on this test set, but within seed noise ({test} p = {cmp['p_seeds']:.2f}): not a claim"
-    if few < SEEDS_FOR_A_CLAIM and p < alpha:
+        return f"{verdict} on this test set, but within seed noise ({test} p = {p_seeds:.2f}): not a claim"
+    if few < SEEDS_FOR_A_CLAIM and significant:
+        if p_seeds == p_seeds:  # measured, on too few seeds to rest a claim on
+            return f"{verdict} on this test set and over seeds ({test} p = {p_seeds:.2g}), but only {seeds}: not yet a claim"
         return f"{verdict} on this test set, but only {seeds}: training noise unmeasured, not yet a claim"
     if few < SEEDS_FOR_A_CLAIM:
         return f"{verdict} (only {seeds})"
-    if cmp["p_seeds"] != cmp["p_seeds"]:  # >= 2 seeds each, yet untestable: every seed of both rows scored the same
-        within = "" if cmp.get("seed_test") == "one-sample t" else " within either row"  # a baseline has no seeds
+    if p_seeds != p_seeds:  # >= 2 seeds each, yet untestable: every seed of both rows scored the same
+        within = "" if test == "one-sample t" else " within either row"  # a baseline has no seeds
         return f"{verdict} (seed scores do not vary{within}: no seed-level test)"
     return verdict
 
@@ -75,10 +88,11 @@ def best_rows(frame) -> tuple[int | None, dict]:
     return best, full
 
 
-def compare_task(frame, runs_by_id: dict, n_resamples: int = 2000, seed: int = 0) -> list[dict]:
+def compare_task(frame, runs_by_id: dict, n_resamples: int = 2000, seed: int = 0, adjust: bool = True) -> list[dict]:
     """Each trained row of one task against `full` (same model), against its method and settings on its
     base model (a pre-trained model's rows only), against the task's best row and against its model's
-    untrained baseline."""
+    untrained baseline. `adjust`: Holm's adjustment over the task's comparisons (the best row was itself
+    picked on this test set, and a task makes many comparisons), applied before the verdicts."""
     best, full = best_rows(frame)
     scored = frame["primary_mean"].notna()  # a row whose every seed lacks the metric has nothing to compare
     trained = frame[~frame["is_baseline"] & scored]
@@ -94,6 +108,23 @@ def compare_task(frame, runs_by_id: dict, n_resamples: int = 2000, seed: int = 0
                 refs.setdefault(ref, []).append(kind)  # full may also be the best: one test, both labels
         for ref, kinds in refs.items():
             cmp = compare_rows(row.to_dict(), frame.loc[ref].to_dict(), runs_by_id, n_resamples, seed)
-            cmp.update(row=int(idx), ref=int(ref), against=" & ".join(kinds), verdict=describe_comparison(cmp))
+            cmp.update(row=int(idx), ref=int(ref), against=" & ".join(kinds), adjusted=adjust)
             out.append(cmp)
+    if adjust:
+        adjust_family(out)
+    for cmp in out:
+        cmp["verdict"] = describe_comparison(cmp)
     return out
+
+
+def adjust_family(comparisons: list[dict]) -> None:
+    """Holm-adjust the task's test-set p-values and, as a second family, its seed p-values, in place.
+    One hypothesis per pair of rows: a against b and b against a (full that is also the best) count once."""
+    pairs = list(dict.fromkeys(frozenset((c["row"], c["ref"])) for c in comparisons))
+    for key in ("p_examples", "p_seeds"):
+        raw = {pair: math.nan for pair in pairs}
+        for c in comparisons:
+            raw[frozenset((c["row"], c["ref"]))] = c[f"{key}_raw"]
+        adjusted = dict(zip(pairs, holm([raw[pair] for pair in pairs])))
+        for c in comparisons:
+            c[key] = adjusted[frozenset((c["row"], c["ref"]))]

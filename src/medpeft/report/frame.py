@@ -21,12 +21,11 @@ import numpy as np
 
 from medpeft.models import adapted_from
 from medpeft.report.stats import bootstrap_ci, std_or_nan, t_interval
-from medpeft.report.tables import format_value
+from medpeft.report.tables import COSTS, format_value
 from medpeft.run.metrics import METRICS, PRIMARY_METRIC, example_value
 from medpeft.run.record import RunResult, load_results
 
-COST_KEYS = ("trainable_params", "trainable_pct", "train_seconds", "eval_seconds", "train_tokens_per_second",
-             "peak_memory_bytes", "adapter_bytes", "adapter_folder_bytes", "forgetting")
+COST_KEYS = tuple(COSTS)  # every cost figure a run records, in the cost table's order
 BASELINE = "untrained"
 NAMING_KEYS = ("task", "model", "method", "seed")  # name a row (or a seed) by themselves
 
@@ -54,16 +53,20 @@ def flatten_config(config: dict, prefix: str = "") -> dict:
 
 
 def setting_key(run: RunResult) -> str:
-    """A run's identity without its seed: runs with the same key are seeds of one row."""
-    return json.dumps({k: v for k, v in flatten_config(run.config).items()}, sort_keys=True, default=str)
+    """A run's identity without its seed: runs with the same key are seeds of one row. How a run was tuned
+    is part of it: a tuned run that chose lr 3e-4 and an untuned run at 3e-4 are two rows, never seeds of
+    one (`tune: auto` added to a grid that already ran would otherwise pool them)."""
+    return json.dumps([flatten_config(run.config), run.config.get("tuning")], sort_keys=True, default=str)
 
 
 def comparable_setting(run: RunResult) -> str:
     """A run's settings without its model (its name and a local folder's fingerprint), seed and tuned
     values: two models' rows with the same comparable setting ran the same method the same way (each
     model at its own tuned values)."""
-    skip = set((run.config.get("tuning") or {}).get("chosen") or {}) | {"fingerprint.model"}
-    return json.dumps({k: v for k, v in flatten_config(run.config).items() if k not in skip}, sort_keys=True, default=str)
+    tuning = run.config.get("tuning") or {}
+    skip = set(tuning.get("chosen") or {}) | {"fingerprint.model"}
+    flat = {k: v for k, v in flatten_config(run.config).items() if k not in skip}
+    return json.dumps([flat, tuning.get("over")], sort_keys=True, default=str)  # tuned rows meet tuned rows
 
 
 def short_names(keys: list[str]) -> dict[str, str]:
@@ -137,7 +140,7 @@ def summarize_group(runs: list[RunResult], varying: dict, n_resamples: int, seed
     row = {"task": first.task, "model": first.model, "method": first.method, "task_type": first.task_type,
            "variant": ", ".join(variant), "varying": varying, "tuning": tuning,
            "train_examples": float(np.mean(train_examples)) if train_examples else math.nan,
-           "seeds": len({r.seed for r in runs}), "run_ids": [r.run_id for r in runs],
+           "seeds": len(runs), "duplicate_seeds": repeated_seeds(runs), "run_ids": [r.run_id for r in runs],
            "setting": comparable_setting(first),
            # recorded by the run; read from the model folder for runs older than that record
            "adapted_from": first.adapted_from or adapted_from(first.model_path),
@@ -147,14 +150,23 @@ def summarize_group(runs: list[RunResult], varying: dict, n_resamples: int, seed
             values = [getattr(r, source)[key] for r in runs if getattr(r, source).get(key) is not None]
             if values:
                 row[f"{key}_mean"], row[f"{key}_std"] = float(np.mean(values)), std_or_nan(values)
+                if source == "metrics":  # the model card shows every metric's interval over seeds
+                    row[f"{key}_ci"], row[f"{key}_n"] = t_interval(values), len(values)
     primary = PRIMARY_METRIC.get(first.task_type, "rouge1")
     row["primary"] = primary
     row["primary_mean"], row["primary_std"] = row.get(f"{primary}_mean", math.nan), row.get(f"{primary}_std", math.nan)
-    row["ci_seeds"] = t_interval([r.metrics[primary] for r in runs if r.metrics.get(primary) is not None])
+    row["ci_seeds"] = row.get(f"{primary}_ci", (math.nan, math.nan))
     per_example = group_example_scores(runs, primary)
     row["n_examples"] = len(per_example) or int(first.data.get("test", {}).get("examples", 0))
     row["ci_examples"] = bootstrap_ci(list(per_example.values()), n_resamples, seed)
     return row
+
+
+def repeated_seeds(runs: list[RunResult]) -> list[int]:
+    """Seeds that more than one run of a row ran (a run folder copied in by hand): each run still counts,
+    and the report says so, since two runs of one seed are not independent."""
+    seeds = [r.seed for r in runs]
+    return sorted({s for s in seeds if seeds.count(s) > 1})
 
 
 def aggregate(runs: list[RunResult], n_resamples: int = 2000, seed: int = 0):

@@ -15,16 +15,16 @@ import numpy as np
 
 from medpeft.files import temporary_path
 from medpeft.report.stats import pareto_front
+from medpeft.report.tables import COSTS, format_value
 
 METHOD_COLORS = {"full": "#222222", "lora": "#1f77b4", "dora": "#17becf", "ia3": "#2ca02c",
                  "prompt_tuning": "#d62728", "prefix_tuning": "#9467bd", "p_tuning": "#ff7f0e",
                  "untrained": "#999999"}
 SPARE_COLORS = ("#8c564b", "#e377c2", "#bcbd22", "#7f7f7f", "#aec7e8", "#98df8a")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-# (column, axis label, divisor to the unit shown, log scale: always / when the range spans 10x / never)
-TRADEOFF_AXES = (("trainable_pct_mean", "trainable parameters (%)", 1.0, "always"),
-                 ("peak_memory_bytes_mean", "peak memory (GiB)", 2**30, "never"),
-                 ("train_seconds_mean", "train time (s)", 1.0, "wide"))
+# (cost, unit shown, divisor to it, log scale: always / when the range spans 10x / never); names: tables.COSTS
+TRADEOFF_AXES = (("trainable_pct", "%", 1.0, "always"), ("peak_memory_bytes", "GiB", 2**30, "never"),
+                 ("train_seconds", "s", 1.0, "wide"))
 
 
 def method_color(method: str, methods: list[str]) -> str:
@@ -90,12 +90,12 @@ def plot_tradeoffs(frame, path: Path, metric_label: str) -> Path:
     fig, axes = new_figure(13, 3.6, ncols=3)
     methods, models = list(dict.fromkeys(frame["method"])), list(dict.fromkeys(frame["model"]))
     trained = frame[~frame["is_baseline"]]
-    for ax, (column, label, scale, log) in zip(axes, TRADEOFF_AXES):
+    for ax, (key, unit, scale, log) in zip(axes, TRADEOFF_AXES):
         xs, ys = [], []
         for _, row in trained.iterrows():
-            x, y = row.get(column, math.nan) / scale, 100 * row["primary_mean"]
+            x, y = row.get(f"{key}_mean", math.nan) / scale, 100 * row["primary_mean"]
             below, above, _ = y_error(row)
-            xerr = row.get(column.replace("_mean", "_std"), math.nan) / scale
+            xerr = row.get(f"{key}_std", math.nan) / scale
             ax.errorbar([x], [y], yerr=[[below], [above]], xerr=None if xerr != xerr else [xerr],
                         fmt=model_marker(row["model"], models), color=method_color(row["method"], methods), capsize=3, ms=7)
             xs.append(x)
@@ -112,7 +112,7 @@ def plot_tradeoffs(frame, path: Path, metric_label: str) -> Path:
         if ax is axes[0]:  # names on the first panel, where the methods are spread out the most
             for x, y, (_, row) in zip(xs, ys, trained.iterrows()):
                 ax.annotate(row["method"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=7, color="#444444")
-        ax.set_xlabel(label)
+        ax.set_xlabel(f"{COSTS[key].label.removesuffix(' %').lower()} ({unit})")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(metric_label)
     add_legends(fig, frame)
@@ -144,20 +144,38 @@ def numeric_or_none(values) -> list[float] | None:
         return None
 
 
-def plot_sensitivity(frame, key: str, path: Path, metric_label: str) -> Path:
-    """Score against one swept setting, a line per (method, model); categorical x when not numeric."""
+def plot_lines(rows, key: str, tied: tuple = ()) -> list[tuple[str, object]]:
+    """(label, rows) of each line of a plot along `key`: one per (method, model) and every other setting
+    that tells a method's rows apart (its other swept values, how it was tuned), so r=4 at 100 and at 1,000
+    training examples are two lines, never one zig-zag. The label names the settings the line holds. `tied`:
+    keys that change together with `key` in every row (lora_alpha = 2r), which move along the line."""
+    lines: dict[str, list] = {}
+    labels: dict[str, str] = {}
+    for idx, row in rows.iterrows():
+        others = {k: v for k, v in row["varying"].items() if k != key and k not in tied}
+        tuned = (row.get("tuning") or {}).get("chosen") or {}
+        ident = repr((row["method"], row["model"], sorted(others.items(), key=str), bool(row.get("tuning"))))
+        held = [f"{k.rsplit('.', 1)[-1]}={format_value(v)}" for k, v in others.items()] + (["tuned"] if tuned else [])
+        labels[ident] = f"{row['method']} · {row['model']}" + (f" ({', '.join(held)})" if held else "")
+        lines.setdefault(ident, []).append(idx)
+    return [(labels[ident], rows.loc[members]) for ident, members in lines.items()]
+
+
+def plot_sensitivity(frame, key: str, path: Path, metric_label: str, tied: tuple = ()) -> Path:
+    """Score against one swept setting, a line per row setting (plot_lines); categorical x when not numeric."""
     fig, (ax,) = new_figure(6.5, 3.6)
     rows = frame[frame["varying"].map(lambda v: key in v)]
     methods, models = list(dict.fromkeys(frame["method"])), list(dict.fromkeys(frame["model"]))
     categories = list(dict.fromkeys(str(v[key]) for v in rows["varying"]))
-    for (method, model), line in rows.groupby(["method", "model"], sort=False):
+    for label, line in plot_lines(rows, key, tied):
         raw = [v[key] for v in line["varying"]]
         xs = numeric_or_none(raw) or [categories.index(str(v)) for v in raw]
         order = np.argsort(xs, kind="stable")
         ys = 100 * line["primary_mean"].to_numpy()
         errs = np.array([y_error(r)[:2] for _, r in line.iterrows()]).T
-        ax.errorbar(np.array(xs)[order], ys[order], yerr=errs[:, order], marker=model_marker(model, models),
-                    color=method_color(method, methods), capsize=3, label=f"{method} · {model}")
+        first = line.iloc[0]
+        ax.errorbar(np.array(xs)[order], ys[order], yerr=errs[:, order], marker=model_marker(first["model"], models),
+                    color=method_color(first["method"], methods), capsize=3, label=label)
     if numeric_or_none(categories) is None:
         ax.set_xticks(range(len(categories)), categories)
     elif min(numeric_or_none(categories)) > 0 and max(numeric_or_none(categories)) / min(numeric_or_none(categories)) >= 10:
@@ -172,19 +190,20 @@ def plot_sensitivity(frame, key: str, path: Path, metric_label: str) -> Path:
 LEARNING_CURVE_KEYS = ("data.train_size", "data.per_class")
 
 
-def plot_learning_curve(frame, key: str, path: Path, metric_label: str) -> Path:
-    """Score against the training examples each row used, a line per (method, model), with the seeds'
-    95% t-interval as error bars (the test-set bootstrap CI for single-seed rows); untrained dotted."""
+def plot_learning_curve(frame, key: str, path: Path, metric_label: str, tied: tuple = ()) -> Path:
+    """Score against the training examples each row used, a line per row setting (plot_lines), with the
+    seeds' 95% t-interval as error bars (the test-set bootstrap CI for single-seed rows); untrained dotted."""
     fig, (ax,) = new_figure(6.5, 3.6)
     rows = frame[frame["varying"].map(lambda v: key in v) & ~frame["is_baseline"]]
     methods, models = list(dict.fromkeys(frame["method"])), list(dict.fromkeys(frame["model"]))
-    for (method, model), line in rows.groupby(["method", "model"], sort=False):
+    for label, line in plot_lines(rows, key, tied):
         line = line.sort_values("train_examples")
         ys = 100 * line["primary_mean"].to_numpy()
         bounds = [r["ci_seeds"] if r["seeds"] > 1 else r["ci_examples"] for _, r in line.iterrows()]
         errs = np.array([bar_lengths(y, 100 * lo, 100 * hi) if lo == lo else [0.0, 0.0] for y, (lo, hi) in zip(ys, bounds)]).T
-        ax.errorbar(line["train_examples"].to_numpy(), ys, yerr=errs, marker=model_marker(model, models),
-                    color=method_color(method, methods), capsize=3, label=f"{method} · {model}")
+        first = line.iloc[0]
+        ax.errorbar(line["train_examples"].to_numpy(), ys, yerr=errs, marker=model_marker(first["model"], models),
+                    color=method_color(first["method"], methods), capsize=3, label=label)
     for _, row in frame[frame["is_baseline"]].iterrows():
         ax.axhline(100 * row["primary_mean"], color=METHOD_COLORS["untrained"], ls=":", lw=1, label=f"untrained · {row['model']}")
     xs = [x for x in rows["train_examples"] if x == x and x > 0]

@@ -13,24 +13,20 @@ import numpy as np
 from medpeft.report.compare import SEEDS_FOR_A_CLAIM
 from medpeft.report.frame import example_scores
 from medpeft.report.plots import image_html, plot_confusion
-from medpeft.report.stats import statistic
-from medpeft.report.tables import (describe_row, format_bytes, format_points, format_seconds, has_several_models, md_code,
+from medpeft.report.stats import ALPHA, statistic
+from medpeft.report.tables import (describe_row, format_cost, format_points, format_score, has_several_models, md_code,
                                    md_text, row_label)
 from medpeft.run.metrics import metric_label
 from medpeft.run.record import RunResult
 
-# (column, budget, how the cost is printed)
-BUDGETS = (("trainable_pct_mean", "Fewest trainable parameters", lambda v: f"{v:.3g}% trainable"),
-           ("peak_memory_bytes_mean", "Least peak memory", lambda v: f"{format_bytes(v)} peak"),
-           ("train_seconds_mean", "Fastest training", lambda v: f"{format_seconds(v)} training"))
+# (cost, budget): the budgets the answer names the cheapest row near the best for
+BUDGETS = (("trainable_pct", "Fewest trainable parameters"), ("peak_memory_bytes", "Least peak memory"),
+           ("train_seconds", "Fastest training"))
 SOURCE_CHARS, OUTPUT_CHARS = 700, 600
 
 
 def format_mean(row) -> str:
-    text = f"{100 * row['primary_mean']:.2f}"
-    if row["primary_std"] == row["primary_std"]:
-        text += f" ± {100 * row['primary_std']:.2f}"
-    return text + f" ({row['seeds']} seed{'s' if row['seeds'] != 1 else ''})"
+    return format_score(row["primary_mean"], row["primary_std"]) + f" ({row['seeds']} seed{'s' if row['seeds'] != 1 else ''})"
 
 
 def format_p(p: float) -> str:
@@ -62,23 +58,23 @@ def answer_first(frame, comparisons: list[dict], within_points: float) -> list[s
     elif best["method"] != "full":
         full = [c for c in comparisons if c["row"] == best_idx and "full" in c["against"]]
         if full:
-            lines.append(f"Against full fine-tuning ({100 * frame.loc[full[0]['ref'], 'primary_mean']:.2f}): "
+            lines.append(f"Against full fine-tuning ({format_score(frame.loc[full[0]['ref'], 'primary_mean'])}): "
                          f"{format_points(full[0]['delta'])} points, {p_text(full[0]['p_examples'])}: {full[0]['verdict']}.")
     lines.append(cheapest_near_best(trained, best_idx, within_points, name, many))
     def trainable(idx) -> float:
         value = frame.loc[idx].get("trainable_pct_mean", float("inf"))
         return float("inf") if value != value else value
 
-    tied = [c for c in comparisons if c["ref"] == best_idx and c["p_examples"] >= 0.05 and c["row"] != best_idx
+    tied = [c for c in comparisons if c["ref"] == best_idx and c["p_examples"] >= ALPHA and c["row"] != best_idx
             and trainable(c["row"]) < trainable(best_idx)]  # only a row cheaper than the best is worth naming
     cheap = min(tied, key=lambda c: trainable(c["row"])) if tied else None
     if cheap and cheap["row"] not in named:
         row = frame.loc[cheap["row"]]
         lines.append(f"Cheapest not significantly worse than the best ({p_text(cheap['p_examples'])}): "
-                     f"**{describe_row(row, many)}**, {name} {100 * row['primary_mean']:.2f}, {cost_text(row)}"
+                     f"**{describe_row(row, many)}**, {name} {format_score(row['primary_mean'])}, {cost_text(row)}"
                      f"{untrained_caveat(comparisons, cheap['row'])}.")
     lines += against_base_models(frame, comparisons)
-    refs = [(f"{r['model']} " if many else "") + f"{100 * r['primary_mean']:.2f}" for _, r in frame.iterrows()
+    refs = [(f"{r['model']} " if many else "") + format_score(r["primary_mean"]) for _, r in frame.iterrows()
             if r["method"] == "untrained"]
     if refs:
         lines.append("Untrained baseline: " + "; ".join(refs) + "." + against_untrained(frame, comparisons, best_idx, many))
@@ -132,20 +128,16 @@ def baseline_beats_training(frame, trained, name: str) -> list[str]:
     for _, base in frame[frame["method"] == "untrained"].iterrows():
         rows = trained[trained["model"] == base["model"]]
         if len(rows) and base["primary_mean"] >= rows["primary_mean"].max():
-            out.append(f"**The untrained {base['model']} ({100 * base['primary_mean']:.2f}) scores at least as high as "
+            out.append(f"**The untrained {base['model']} ({format_score(base['primary_mean'])}) scores at least as high as "
                        f"every trained row on {name}**: at these budgets training did not improve the headline metric; "
                        "read the other metrics and the examples before choosing a method.")
     return out
 
 
 def cost_text(row) -> str:
-    parts = []
-    pct, size = row.get("trainable_pct_mean"), row.get("adapter_bytes_mean")
-    if pct is not None and pct == pct:
-        parts.append(f"{pct:.3g}% trainable")
-    if size is not None and size == size:
-        parts.append(f"{format_bytes(size)} on disk")
-    return ", ".join(parts)
+    """The row's share of trainable parameters and the weights it stores, in prose."""
+    values = {key: row.get(f"{key}_mean") for key in ("trainable_pct", "adapter_bytes")}
+    return ", ".join(format_cost(key, v) for key, v in values.items() if v is not None and v == v)
 
 
 def versus(comparisons: list[dict], row_idx: int, ref_idx: int) -> str:
@@ -160,14 +152,15 @@ def cheapest_near_best(trained, best_idx: int, within_points: float, name: str, 
     """The cheapest row per budget (parameters, memory, time) among rows within `within_points` of the best."""
     near = trained[trained["primary_mean"] >= trained.loc[best_idx, "primary_mean"] - within_points / 100 - 1e-12]
     picks: dict[int, list[str]] = {}
-    for column, budget, _ in BUDGETS:
-        costs = near[column].dropna() if column in near else near.iloc[0:0]
-        if not costs.empty and costs.idxmin() != best_idx:
-            picks.setdefault(costs.idxmin(), []).append(budget.lower())
+    for key, budget in BUDGETS:
+        column = f"{key}_mean"
+        values = near[column].dropna() if column in near else near.iloc[0:0]
+        if not values.empty and values.idxmin() != best_idx:
+            picks.setdefault(values.idxmin(), []).append(budget.lower())
     if not picks:
         return f"Nothing cheaper than the best comes within {within_points:g} point of it."
     return " ".join(f"Within {within_points:g} point of the best, {' / '.join(budgets)}: **{describe_row(trained.loc[i], many)}**, "
-                    f"{name} {100 * trained.loc[i, 'primary_mean']:.2f}, {cost_text(trained.loc[i])}." for i, budgets in picks.items())
+                    f"{name} {format_score(trained.loc[i, 'primary_mean'])}, {cost_text(trained.loc[i])}." for i, budgets in picks.items())
 
 
 def warnings_for(frame) -> list[str]:
@@ -182,6 +175,11 @@ def warnings_for(frame) -> list[str]:
         many = has_several_models(frame)
         few = ", ".join(describe_row(r, many) for _, r in frame[~frame["is_baseline"]].iterrows() if r["seeds"] < SEEDS_FOR_A_CLAIM)
         out.append(f"Fewer than {SEEDS_FOR_A_CLAIM} seeds for: {few}. Differences involving them are not yet claims.")
+    for _, row in frame.iterrows():
+        for seed in row.get("duplicate_seeds") or []:
+            out.append(f"In {describe_row(row, has_several_models(frame))}, seed {seed} ran more than once (run folders "
+                       f"{', '.join(md_code(r) for r in row['run_ids'])}): each run counts as a seed, but two runs of one "
+                       "seed are not independent, so the spread over seeds is understated. Remove the copies.")
     n = int(frame["n_examples"].max()) if len(frame) else 0
     if 0 < n < 100:
         out.append(f"Only **{n} test examples**: differences of a few points can be noise; read the test-set CIs.")
@@ -204,7 +202,7 @@ def one_label_rows(frame, runs_by_id: dict) -> list[str]:
         seeds = f"all {len(per_seed)} seeds" if len(per_seed) > 1 else "its one seed"
         said = " or ".join(repr(label) for label in labels)
         out.append(f"**{describe_row(row, has_several_models(frame))} predicts {said} for every test example** "
-                   f"({seeds}, one label each): its accuracy {100 * row['primary_mean']:.2f} is the test set's share of "
+                   f"({seeds}, one label each): its accuracy {format_score(row['primary_mean'])} is the test set's share of "
                    "that label, not something learned. Raise the training budget (examples, epochs) or read macro-F1 and AUROC.")
     return out
 
@@ -218,26 +216,49 @@ def comparison_table(frame, comparisons: list[dict]) -> tuple[str, str]:
         return f"<p class='note'>{text}</p>", text + "\n"
     many = has_several_models(frame)
     header = ["Method", "vs", "Δ points", "95% CI of Δ (test set)", "p (test set)", "p (seeds)", "Verdict"]
-    rows = []
-    for c in comparisons:
-        lo, hi = c["delta_ci"]
-        if c["p_seeds"] == c["p_seeds"]:
-            p_seeds = format_p(c["p_seeds"])
-        else:
-            p_seeds = f"n/a ({min(c['seeds'])} seed)" if min(c["seeds"]) < 2 else "n/a (no seed variance)"
-        ref = describe_row(frame.loc[c["ref"]], many) + (" (best)" if "best" in c["against"] else "")
-        rows.append([describe_row(frame.loc[c["row"]], many), ref,
-                     f"{format_points(c['delta'])}", "n/a" if lo != lo else f"[{100 * lo:+.1f}, {100 * hi:+.1f}]",
-                     f"{format_p(c['p_examples'])} (n={c['n_examples']})", p_seeds, c["verdict"]])
-    note = ("p (test set): two-sided paired approximate randomisation on per-example "
-            f"{metric_label(comparisons[0]['metric'])} (seed-averaged, shared test ids). p (seeds): Welch's t-test "
-            "over seed scores, needs >= 2 seeds each; against the untrained baseline (one run, no training noise), a "
-            "one-sample t-test of the row's seed scores against its score. p-values are not adjusted for multiple comparisons.")
+    rows = [comparison_cells(frame, c, many) for c in comparisons]
+    note = ("Δ, its CI and p (test set) are over the test ids both rows scored. p (test set): two-sided paired approximate "
+            f"randomisation on per-example {metric_label(comparisons[0]['metric'])} (seed-averaged). p (seeds): Welch's "
+            "t-test over seed scores, needs >= 2 seeds each; against the untrained baseline (one run, no training noise), a "
+            f"one-sample t-test of the row's seed scores against its score. {adjustment_note(comparisons)}")
+    differ = [c for c in comparisons if c["ids_differ"]]
+    if differ:
+        note += (f" {len(differ)} comparison(s) are of rows scored on different test examples (marked; only the "
+                 "shared ones are compared): their Δ is not the difference of the two rows' means in the main table.")
     h = ("<table class='cmp'><thead><tr>" + "".join(f"<th>{html.escape(x)}</th>" for x in header) + "</tr></thead><tbody>"
          + "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in r) + "</tr>" for r in rows)
          + f"</tbody></table><p class='note'>{html.escape(note)}</p>")
     m = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(map(md_text, r)) + " |" for r in rows]
     return h, "\n".join(m) + "\n\n" + note + "\n"
+
+
+def adjustment_note(comparisons: list[dict]) -> str:
+    """How the p-values were adjusted for the task's many comparisons, in one sentence."""
+    if not comparisons[0].get("adjusted"):
+        return (f"p-values are not adjusted for multiple comparisons (medpeft report --unadjusted): with "
+                f"{len(comparisons)} comparisons, some p < {ALPHA:g} are expected by chance.")
+    pairs = len({frozenset((c["row"], c["ref"])) for c in comparisons})
+    return (f"Both p-values are Holm-adjusted over this task's {pairs} comparisons, each family on its own (the raw p "
+            f"in brackets where it differs); a difference is called real at adjusted p < {ALPHA:g}.")
+
+
+def comparison_cells(frame, c: dict, many: bool) -> list[str]:
+    """One comparison's cells: labels, Δ, its CI, both p-values (adjusted, raw beside) and the verdict."""
+    lo, hi = c["delta_ci"]
+    if c["p_seeds"] == c["p_seeds"]:
+        p_seeds = adjusted_p(c, "p_seeds")
+    else:
+        p_seeds = f"n/a ({min(c['seeds'])} seed)" if min(c["seeds"]) < 2 else "n/a (no seed variance)"
+    ref = describe_row(frame.loc[c["ref"]], many) + (" (best)" if "best" in c["against"] else "")
+    shared = f"n={c['n_examples']} shared; different test examples" if c["ids_differ"] else f"n={c['n_examples']}"
+    return [describe_row(frame.loc[c["row"]], many), ref, format_points(c["delta"]),
+            "n/a" if lo != lo else f"[{100 * lo:+.1f}, {100 * hi:+.1f}]", f"{adjusted_p(c, 'p_examples')} ({shared})",
+            p_seeds, c["verdict"]]
+
+
+def adjusted_p(c: dict, key: str) -> str:
+    text, raw = format_p(c[key]), format_p(c.get(f"{key}_raw", c[key]))
+    return text if raw == text else f"{text} [raw {raw}]"
 
 
 def example_section(frame, runs_by_id: dict, confusion_path: Path) -> tuple[str, str]:
@@ -299,7 +320,7 @@ def summary_examples(frame, runs_by_id: dict) -> tuple[str, str]:
               f"- *Reference*: {md_text(one_line(show(ex.get('reference', ''), ex.get('input', ''))))}"]
         for row, p, s in zip(rows, preds, scores):
             score = example_score(s[i]) if i in s else math.nan
-            label = f"{describe_row(row, many)} · " + (f"{100 * score:.1f}" if score == score else "—")
+            label = f"{describe_row(row, many)} · " + format_score(score, missing="—")
             output = clip(show(p[i].get("prediction", ""), p[i].get("input", "")), OUTPUT_CHARS)
             h.append(f"<div><span class='label'>{html.escape(label)}</span><br>{html.escape(output)}</div>")
             m.append(f"- *{md_text(label)}*: {md_text(one_line(output))}")

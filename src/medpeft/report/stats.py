@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+ALPHA = 0.05  # the one significance level of every verdict, answer line and note medpeft prints
+
 
 def statistic(values) -> float:
     """The mean of per-example numbers, or the micro F1 of per-example [tp, fp, fn] counts."""
@@ -81,7 +83,7 @@ def paired_randomization_p(a, b, n_resamples: int = 2000, seed: int = 0) -> floa
         return paired_randomization_p_counts(a, b, n_resamples, seed)
     diff = a - b
     n = len(diff)
-    if n == 0:
+    if n == 0 or not np.isfinite(diff).all():  # a NaN would miss every comparison: p = 0, "significant"
         return math.nan
     observed = abs(diff.mean())
     tol = 1e-12 * max(1.0, observed)  # float noise must not turn a tie into a miss
@@ -100,7 +102,7 @@ def paired_randomization_p_counts(a: np.ndarray, b: np.ndarray, n_resamples: int
     """The same test for an F1 of per-example [tp, fp, fn]: each example's pair of counts is swapped
     at random and the F1 difference recomputed (exact when every swap pattern fits in n_resamples)."""
     n = len(a)
-    if n == 0:
+    if n == 0 or not (np.isfinite(a).all() and np.isfinite(b).all()):
         return math.nan
     observed = abs(statistic(a) - statistic(b))
     tol = 1e-12 * max(1.0, observed)
@@ -151,6 +153,19 @@ def _t_test_p(test: str, *args, **kwargs) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return float(getattr(stats, test)(*args, **kwargs).pvalue)
+
+
+def holm(pvalues) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (same order back): the k-th smallest of m is
+    multiplied by m - k + 1, never below the one before it, capped at 1. It keeps the chance of any false
+    "real difference" in the family at or below the level, whatever the tests' dependence. A nan p is an
+    untested comparison: it stays nan and does not count towards m."""
+    tested = sorted((p, i) for i, p in enumerate(pvalues) if p == p)
+    out, running = [math.nan] * len(pvalues), 0.0
+    for k, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - k) * p))
+        out[i] = running
+    return out
 
 
 def pareto_front(xs, ys) -> list[int]:

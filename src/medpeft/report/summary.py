@@ -1,7 +1,7 @@
 """summary.md and summary.csv: the report's frame (frame.py) as a plain table per task.
 
 The same rows as the report, so the two never disagree: one row per (task, model, method, variant),
-seeds counted as distinct seed values, the task type's primary metric first.
+seeds counted as runs, the task type's primary metric first.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from medpeft.report.frame import COST_KEYS
-from medpeft.report.tables import format_bytes, md_code, md_text, row_label
+from medpeft.report.tables import COSTS, format_score, md_code, md_text, row_label
 from medpeft.run.metrics import METRICS, metric_label
 from medpeft.run.record import RunResult, write_atomic
 
@@ -50,15 +50,7 @@ def spreadsheet_safe(value):
 def format_cell(mean, std, key: str) -> str:
     if mean != mean:  # NaN: the metric does not apply to this row
         return ""
-    if key in METRICS:
-        return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std == std else "")
-    if key == "trainable_pct":
-        return f"{mean:.3g}%"
-    if key.endswith("_bytes"):
-        return format_bytes(mean)
-    if key == "trainable_params":
-        return f"{mean:,.0f}"
-    return f"{mean:.1f}"
+    return format_score(mean, std) if key in METRICS else COSTS[key].format(mean)
 
 
 def summary_markdown(frame) -> str:
@@ -71,7 +63,7 @@ def summary_markdown(frame) -> str:
         keys = metric_keys(rows)
         costs = [k for k in COST_KEYS if f"{k}_mean" in rows and rows[f"{k}_mean"].notna().any()]
         header = ["model", "method", "seeds"] + [metric_label(k) + (" (primary)" if k == rows["primary"].iloc[0] else "")
-                                                 for k in keys] + costs
+                                                 for k in keys] + [COSTS[k].label for k in costs]
         lines = [f"\n### {md_text(task)} ({rows['task_type'].iloc[0]})\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for _, row in rows.iterrows():
             cells = [row["model"], row_label(row), str(row["seeds"])]

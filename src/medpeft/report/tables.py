@@ -8,19 +8,23 @@ from __future__ import annotations
 import html
 import math
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from medpeft.run.metrics import METRICS, metric_label
 
-# (column, header, formatter) of the cost columns; lower is better for every one of them
-COSTS = (("trainable_params", "Trainable params", lambda v: format_count(v)),
-         ("trainable_pct", "Trainable %", lambda v: f"{v:.3g}%"),
-         ("train_seconds", "Train time", lambda v: format_seconds(v)),
-         ("peak_memory_bytes", "Peak memory", lambda v: format_bytes(v)),
-         ("adapter_bytes", "Adapter size", lambda v: format_bytes(v)),
-         ("forgetting", "Forgetting (Δ LM loss)", lambda v: f"{v:+.3f}"))
-ROUGE_L_NOTE = ("ROUGE-L is `rougeL` (longest common subsequence over the whole summary); ROUGE-Lsum is "
-                "`rougeLsum` (sentence-split, what most summarization papers print). They can differ by more "
-                "than 10 points on long summaries, so both are shown.")
+
+@dataclass(frozen=True)
+class Cost:
+    """One cost figure of a run (result.json `efficiency`): how every output names, orders and prints it."""
+
+    key: str  # key in result.json "efficiency"; the frame's columns are f"{key}_mean" and f"{key}_std"
+    label: str  # column header
+    unit: str  # of the raw value, for an axis
+    format: Callable[[float], str]  # the value as the report prints it
+    noun: str = ""  # what the formatted value is, in prose: "0.5% trainable", "1.2 GiB peak"
+    table: bool = True  # a column of the main table (the others are in summary.csv only)
+    lower_is_better: bool = True
 
 
 def format_bytes(n: float) -> str:
@@ -43,11 +47,38 @@ def format_seconds(s: float) -> str:
     return f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
-def format_score(mean: float, std: float) -> str:
-    """×100 with two decimals, as the papers print them; ± std only when there are >= 2 seeds."""
-    if mean != mean:
-        return ""
-    return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std == std else "")
+# The one cost table: every output (main table, summary, answer lines, plots, model card) reads it.
+COSTS: dict[str, Cost] = {c.key: c for c in (
+    Cost("trainable_params", "Trainable params", "parameters", format_count, "trainable parameters"),
+    Cost("trainable_pct", "Trainable %", "%", lambda v: f"{v:.3g}%", "trainable"),
+    Cost("train_seconds", "Train time", "s", format_seconds, "training"),
+    Cost("eval_seconds", "Eval time", "s", format_seconds, "evaluation", table=False),
+    Cost("train_tokens_per_second", "Train tokens/s", "tokens/s", lambda v: f"{v:,.0f}", "tokens/s", table=False,
+         lower_is_better=False),
+    Cost("peak_memory_bytes", "Peak memory", "bytes", format_bytes, "peak"),
+    Cost("adapter_bytes", "Adapter size", "bytes", format_bytes, "on disk"),
+    Cost("adapter_folder_bytes", "Adapter folder", "bytes", format_bytes, "folder on disk", table=False),
+    Cost("forgetting", "Forgetting (Δ LM loss)", "nats/token", lambda v: f"{v:+.3f}", "forgetting"),
+)}
+
+
+def format_cost(key: str, value: float) -> str:
+    """'0.5% trainable', '1.2 GiB peak': a cost in prose."""
+    cost = COSTS[key]
+    return f"{cost.format(value)} {cost.noun}".strip()
+
+
+ROUGE_L_NOTE = ("ROUGE-L is `rougeL` (longest common subsequence over the whole summary); ROUGE-Lsum is "
+                "`rougeLsum` (sentence-split, what most summarization papers print). They can differ by more "
+                "than 10 points on long summaries, so both are shown.")
+
+
+def format_score(mean: float | None, std: float = math.nan, missing: str = "") -> str:
+    """The one score format: ×100 with two decimals, as the papers print them; ± std only when there are
+    >= 2 seeds; `missing` for a score that is not there (None or nan)."""
+    if mean is None or mean != mean:
+        return missing
+    return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std is not None and std == std else "")
 
 
 def format_ci(ci, seeds: int | None = None) -> str:
@@ -107,12 +138,12 @@ def table_columns(frame) -> list[dict]:
         cols.append({"header": f"{primary} 95% CI, seeds", "cells": [format_ci(r["ci_seeds"], r["seeds"]) for r in rows], "best": set()})
     cols.append({"header": f"{primary} 95% CI, test set", "cells": [format_ci(r["ci_examples"]) for r in rows], "best": set()})
     cols.append({"header": "Seeds", "cells": [str(r["seeds"]) for r in rows], "best": set()})
-    for key, header, fmt in COSTS:
-        means = [r.get(f"{key}_mean", math.nan) for r in rows]
-        if key == "forgetting" and all(m != m for m in means):  # an optional measurement: no column unless measured
+    for cost in (c for c in COSTS.values() if c.table):
+        means = [r.get(f"{cost.key}_mean", math.nan) for r in rows]
+        if cost.key == "forgetting" and all(m != m for m in means):  # an optional measurement: no column unless measured
             continue
-        cells = ["—" if not t else (fmt(m) if m == m else "") for m, t in zip(means, trained)]
-        cols.append({"header": header, "cells": cells, "best": best_indices(means, trained, higher=False)})
+        cells = ["—" if not t else (cost.format(m) if m == m else "") for m, t in zip(means, trained)]
+        cols.append({"header": cost.label, "cells": cells, "best": best_indices(means, trained, higher=not cost.lower_is_better)})
     return cols
 
 

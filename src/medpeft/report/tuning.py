@@ -9,7 +9,7 @@ import html
 import math
 from pathlib import Path
 
-from medpeft.report.tables import describe_row, format_value, has_several_models, md_text
+from medpeft.report.tables import describe_row, format_score, format_value, has_several_models, md_text
 from medpeft.run.metrics import metric_label
 from medpeft.run.record import RunResult, validation_score
 
@@ -76,10 +76,11 @@ def candidate_rows(frame, trials: list[RunResult]) -> list[dict]:
     return rows
 
 
-def format_score(score: float | None, metric: str) -> str:
-    if score is None:
-        return "—"
-    return f"{score:.4f}" if metric == "val_loss" else f"{100 * score:.2f}"
+def format_validation(score: float | None, metric: str) -> str:
+    """A candidate's validation score: a loss as it is (nats/token), a metric as every score is printed."""
+    if metric == "val_loss" and score is not None:
+        return f"{score:.4f}"
+    return format_score(score, missing="—")
 
 
 def tuning_section(frame, trials: list[RunResult], plot_path: Path) -> tuple[str, str, list[Path]]:
@@ -92,8 +93,8 @@ def tuning_section(frame, trials: list[RunResult], plot_path: Path) -> tuple[str
     header = ["Method", *axes, f"Validation {score_name(metric)}" + ("" if metric == "val_loss" else " (×100)"),
               *(["Validation loss"] if metric != "val_loss" else []), "Chosen"]
     cells = [[r["label"], *[format_value(r["values"].get(a)) for a in axes],
-              format_score(r["score"], metric) if r["error"] is None else f"failed: {r['error']}",
-              *([format_score(r["loss"], "val_loss")] if metric != "val_loss" else []), "✓" if r["chosen"] else ""]
+              format_validation(r["score"], metric) if r["error"] is None else f"failed: {r['error']}",
+              *([format_validation(r["loss"], "val_loss")] if metric != "val_loss" else []), "✓" if r["chosen"] else ""]
              for r in rows]
     note = (f"Each candidate trained once at the grid's first seed and was scored on the validation split; every seed "
             f"then ran with the chosen value ({'lowest validation loss' if metric == 'val_loss' else 'highest validation score; a tie goes to the lower validation loss'}). "

@@ -9,17 +9,15 @@ description only, so it never holds training or test text.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from medpeft.errors import MedpeftError
 from medpeft.files import write_atomic
-from medpeft.registry import METHODS, MODELS, TASKS
-from medpeft.report.stats import std_or_nan, t_interval
-from medpeft.report.tables import md_code, md_fence, md_text
+from medpeft.registry import MODELS, TASKS
+from medpeft.report.frame import aggregate
+from medpeft.report.tables import COSTS, format_score, md_code, md_fence, md_text
 from medpeft.run.encode import ANSWER_CUE, ANSWER_CUE_FORMAT, CHAT_TEMPLATE, source_text
 from medpeft.run.kinds import decoding
 from medpeft.run.metrics import PRIMARY_METRIC, metric_label
@@ -37,29 +35,47 @@ SMALL_TEST = 200  # test examples below which the card warns that one score is a
 NOT_CLINICAL = "Not validated for clinical decisions."
 
 
-def write_card(run_dir, grid_results: list[RunResult] | None = None, *, folder=None, export: dict | None = None) -> Path:
-    """Write the run's card to `folder`/README.md (default adapter/); grid results add seeds and comparison rows."""
+def write_card(run_dir, grid_results: list[RunResult] | None = None, *, folder=None, export: dict | None = None,
+               frame=None) -> Path:
+    """Write the run's card to `folder`/README.md (default adapter/); grid results add seeds and comparison rows
+    (`frame`: their report frame, when the caller has it already)."""
     run = open_run(run_dir)
     path = Path(folder or run.adapter_dir) / "README.md"
-    write_atomic(path, card_text(run, grid_results or [], export))
+    results = grid_results or []
+    write_atomic(path, card_text(run, grid_frame(run.result, results, frame), {g.run_id: g for g in results}, export))
     return path
 
 
 def write_cards(grid_dir) -> dict[str, Path]:
     """A card in the adapter/ of every succeeded run of a grid (tuning trials and untrained runs have none)."""
     results = load_results(Path(grid_dir))
+    frame = aggregate(results)  # once for the grid: every card reads its rows
     written = {}
     for result in results:
         if not result.ok or result.tuning_trial or not (result.run_dir / "adapter").is_dir():
             continue
         try:  # a card is derived from the run: failing to write one never fails the grid
-            written[result.run_id] = write_card(result.run_dir, results)
+            written[result.run_id] = write_card(result.run_dir, results, frame=frame)
         except (MedpeftError, OSError, ValueError, KeyError) as err:
             log.warning("model card of %s not written (%s: %s)", result.run_id, type(err).__name__, err)
     return written
 
 
-def card_text(run: FinishedRun, grid: list[RunResult], export: dict | None) -> str:
+def grid_frame(result: RunResult, grid: list[RunResult], frame=None):
+    """The report's frame (report/frame.py: one row per setting, seeds over runs) of the grid the run is in,
+    or of the run alone when the grid's results do not hold it."""
+    if frame is not None and any(result.run_id in ids for ids in frame.get("run_ids", [])):
+        return frame
+    in_grid = any(g.run_id == result.run_id for g in grid)
+    return aggregate(grid if in_grid else [result])
+
+
+def own_row(result: RunResult, frame):
+    """The frame's row of the run's setting: the run and its other seeds."""
+    return frame[frame["run_ids"].map(lambda ids: result.run_id in ids)].iloc[0]
+
+
+def card_text(run: FinishedRun, frame, runs_by_id: dict, export: dict | None) -> str:
     r = run.result
     primary = PRIMARY_METRIC.get(r.task_type)
     score = f" Test {metric_label(primary)}: {points(r.metrics.get(primary))} (×100)." if primary in r.metrics else ""
@@ -67,7 +83,7 @@ def card_text(run: FinishedRun, grid: list[RunResult], export: dict | None) -> s
     title = (f"# {md_text(r.run_id)}\n\n{md_code(r.method)} on {md_code(r.model)} for the task {md_code(r.task)} "
              f"({r.task_type}), trained and evaluated with medpeft.{score}")
     parts = [metadata(run, export), title, export_section(export), base_section(run), method_section(run),
-             data_section(run), metrics_section(run, grid), comparison_section(run, grid), prompt_section(run),
+             data_section(run), metrics_section(run, frame), comparison_section(run, frame, runs_by_id), prompt_section(run),
              loading_section(run, export), versions_section(r), limits_section(run)]
     return "\n\n".join(p for p in parts if p) + "\n"
 
@@ -120,7 +136,8 @@ def base_section(run: FinishedRun) -> str:
 def method_section(run: FinishedRun) -> str:
     eff = run.result.efficiency
     params = (f"Trainable parameters: {eff.get('trainable_params', 0):,} of {eff.get('total_params', 0):,} "
-              f"({eff.get('trainable_pct', 0.0):.3g} %); weights stored: {eff.get('adapter_bytes', 0) / 1e6:.2f} MB.")
+              f"({COSTS['trainable_pct'].format(eff.get('trainable_pct') or 0.0)}); "
+              f"weights stored: {COSTS['adapter_bytes'].format(eff.get('adapter_bytes') or 0)}.")
     config = yaml.safe_dump(run.result.config, sort_keys=False, allow_unicode=True).strip()
     return (f"## Method\n\n`{run.config.method}`: {run.method.description}. {params}\n\n"
             f"The run's full config (result.json `config`):\n\n{md_fence(config, 'yaml')}")
@@ -149,43 +166,20 @@ def data_section(run: FinishedRun) -> str:
 
 
 def points(value) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
+    return format_score(value, missing="n/a")
 
 
-def setting(result: RunResult) -> tuple:
-    """A run's identity without its seed: runs that share it are seeds of one group."""
-    config = {k: v for k, v in result.config.items() if k not in ("seed", "tuning")}
-    return result.task, result.model, result.method, yaml.safe_dump(config, sort_keys=True)
-
-
-def groups_of(grid: list[RunResult], keep) -> list[list[RunResult]]:
-    """The grid's finished, non-trial runs for which `keep(run)` holds, grouped by setting."""
-    found: dict[tuple, list[RunResult]] = {}
-    for r in grid:
-        if r.ok and not r.tuning_trial and keep(r):
-            found.setdefault(setting(r), []).append(r)
-    return list(found.values())
-
-
-def seed_group(r: RunResult, grid: list[RunResult]) -> list[RunResult]:
-    """The run and the other seeds of its setting in the grid (the run alone when the grid lacks it)."""
-    seeds = [g for g in grid if g.ok and not g.tuning_trial and setting(g) == setting(r)]
-    return seeds if r.run_id in {g.run_id for g in seeds} else [r]
-
-
-def metrics_section(run: FinishedRun, grid: list[RunResult]) -> str:
-    r = run.result
-    seeds = seed_group(r, grid)
+def metrics_section(run: FinishedRun, frame) -> str:
+    r, row = run.result, own_row(run.result, frame)
     rows = ["| metric | this run | mean ± std over seeds | 95% CI over seeds | seeds |", "|---|---|---|---|---|"]
     for key, value in r.metrics.items():
-        values = [g.metrics[key] for g in seeds if g.metrics.get(key) is not None]
-        if not values:
+        n = row.get(f"{key}_n")
+        if n is None or n != n:
             continue
-        mean, std = float(np.mean(values)), std_or_nan(values)
-        ci = t_interval(values) if len(values) > 1 else None
-        spread = f"{points(mean)} ± {points(std)}" if ci else f"{points(mean)} (one seed)"
+        mean, std, (lo, hi) = row[f"{key}_mean"], row[f"{key}_std"], row[f"{key}_ci"]
+        spread = format_score(mean, std) if n > 1 else f"{points(mean)} (one seed)"
         rows.append(f"| {metric_label(key)} | {points(value)} | {spread} | "
-                    f"{f'{points(ci[0])} – {points(ci[1])}' if ci else 'n/a (one seed)'} | {len(values)} |")
+                    f"{f'{points(lo)} – {points(hi)}' if n > 1 else 'n/a (one seed)'} | {int(n)} |")
     n_test = r.data.get(r.evaluated_on, {}).get("examples", "?")
     return (f"## Test metrics\n\nOn the {r.evaluated_on} split ({n_test} examples), ×100; the seeds are the runs of "
             "this setting in the grid (CI: Student t over seeds).\n\n" + "\n".join(rows))
@@ -199,26 +193,26 @@ def same_test(a: RunResult, b: RunResult) -> bool:
         a.config.get("user_data") == b.config.get("user_data")
 
 
-def comparison_section(run: FinishedRun, grid: list[RunResult]) -> str:
-    r = run.result
+def comparison_section(run: FinishedRun, frame, runs_by_id: dict) -> str:
+    """The run's setting beside the grid's full fine-tuning and untrained rows on the same test examples."""
+    r, row = run.result, own_row(run.result, frame)
     primary = PRIMARY_METRIC.get(r.task_type)
-    others = groups_of(grid, lambda g: g.method in ("full", "untrained") and same_test(g, r) and g.run_id != r.run_id)
+    others = [o for _, o in frame.iterrows() if o["method"] in ("full", "untrained") and o["run_ids"] != row["run_ids"]
+              and same_test(runs_by_id[o["run_ids"][0]], r)]
     if not others or primary is None:
         return ""
     rows = [f"| run | seeds | {metric_label(primary)} (mean) | trainable % |", "|---|---|---|---|"]
-    for label, members in [(f"this setting ({r.method})", seed_group(r, grid))] + [(group_label(g), g) for g in others]:
-        values = [m.metrics[primary] for m in members if m.metrics.get(primary) is not None]
-        mean = sum(values) / len(values) if values else None
-        rows.append(f"| {md_text(label)} | {len(members)} | {points(mean)} | {members[0].efficiency.get('trainable_pct', 0):.3g} |")
+    for label, member in [(f"this setting ({r.method})", row)] + [(group_label(o), o) for o in others]:
+        pct = member.get("trainable_pct_mean")
+        rows.append(f"| {md_text(label)} | {member['seeds']} | {points(member.get(f'{primary}_mean'))} | "
+                    f"{COSTS['trainable_pct'].format(pct) if pct is not None and pct == pct else 'n/a'} |")
     return ("## Compared with full fine-tuning and the untrained baseline\n\nThe grid's rows scored on the same "
-            f"test examples (×100).\n\n" + "\n".join(rows))
+            "test examples (×100).\n\n" + "\n".join(rows))
 
 
-def group_label(group: list[RunResult]) -> str:
-    first = group[0]
-    name = "full fine-tuning" if first.method == "full" else "untrained baseline"
-    variant = ", ".join(f"{k}={v}" for k, v in first.variant.items())
-    return f"{name} ({variant})" if variant else name
+def group_label(row) -> str:
+    name = "full fine-tuning" if row["method"] == "full" else "untrained baseline"
+    return f"{name} ({row['variant']})" if row["variant"] else name
 
 
 FORMAT_NOTES = {
