@@ -242,3 +242,23 @@ def test_a_seq2seq_model_is_refused_by_the_cli_before_any_work(tmp_path, monkeyp
     err = capsys.readouterr().err
     assert "medpeft: error: model 'tiny-t5' is an encoder-decoder (seq2seq) model" in err and "Traceback" not in err
     assert not (tmp_path / "t5").exists()
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["--max-tokens", "0"], "--max-tokens must be >= 1, got 0"),
+    (["--max-docs", "-5"], "--max-docs must be >= 0 (0: all), got -5"),
+    (["--lr", "0"], "--lr must be > 0, got 0.0"),
+    (["--lr", "nan"], "--lr must be a finite number"),
+    (["--mlm-probability", "1.5"], "--mlm-probability must be in (0, 1), got 1.5"),
+    (["--epochs", "0"], "--epochs or --max-steps must be > 0"),
+    (["--seed", "-1"], "--seed must be in 0 .. 4294967295"),
+])
+def test_pretrain_values_are_checked_before_any_work(flags, needle, tmp_path, monkeypatch, capsys):
+    """A value that cannot train is a ConfigError naming the flag (exit 2), before the corpus or model loads."""
+    import medpeft.pretrain as pretrain_mod
+
+    monkeypatch.setattr(pretrain_mod, "build_corpus", lambda *a: pytest.fail("built the corpus"))
+    assert cli.main(["pretrain", "--model", "tiny-bert", "--out", str(tmp_path / "m")] + flags) == 2
+    err = capsys.readouterr().err
+    assert f"medpeft: error: {needle}" in err and "Traceback" not in err, err

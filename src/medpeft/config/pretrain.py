@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from medpeft.config.experiment import Precision
+from medpeft.config.experiment import Precision, check_seed
 from medpeft.config.values import check_types
 from medpeft.errors import ConfigError
 
@@ -37,6 +37,17 @@ class PretrainConfig:
     def __post_init__(self):
         self.exclude_grids, self.exclude_overrides = tuple(self.exclude_grids), tuple(self.exclude_overrides)
         check_types(self, "", key_of=lambda name: "--" + name.replace("_", "-"))
+        check_seed(self.seed, "--seed")
+        for name, low in (("max_tokens", 1), ("batch_size", 1), ("max_docs", 0)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= {low}{' (0: all)' if low == 0 else ''}, "
+                                  f"got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if not 0 < self.mlm_probability < 1:
+            raise ConfigError(f"--mlm-probability must be in (0, 1), got {self.mlm_probability}")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise ConfigError("--epochs or --max-steps must be > 0")
         if self.exclude_overrides and not self.exclude_grids:
             raise ConfigError("--set (exclude_overrides) overrides settings of the --for-grid grids (exclude_grids), "
                               "and none is given; pass the grid(s) the adapted model will be evaluated in")
