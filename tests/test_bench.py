@@ -88,4 +88,5 @@ def test_the_gpu_benchmark_runs_whole_on_tiny_shapes(capsys, assets_ready, tmp_p
         assert re.search(rf"^  {re.escape(lever)}\s+(\d[\d,]*\s+[\d.]+\s+[\d.]+x|skipped: needs a CUDA GPU)$", out, re.M), lever
     report = json.loads((tmp_path / "gpu.json").read_text())
     assert set(report["workloads"]) == set(bench_gpu.QUICK_WORKLOADS) and set(report["ablation"]) >= set(bench_gpu.LEVERS)
-    assert report["ablation"]["packing"]["levers"]["packing"] is False and report["ablation"]["all levers as chosen"]["levers"]["packing"]
+    assert report["ablation"]["packing (opt-in)"]["levers"]["packing"] and not report["ablation"]["all levers as chosen"]["levers"]["packing"]
+    assert report["ablation"]["pad_to_multiple_of"]["levers"]["pad_to_multiple_of"] == 1

@@ -59,10 +59,11 @@ QUICK_WORKLOADS = {name: dataclasses.replace(w, model=w.model + "-tiny", train_s
                    for name, w in WORKLOADS.items()}
 ABLATED = "lora-1.7b"
 # lever -> medpeft's train settings with it turned the other way (host_counts has no setting: patched in its process)
-LEVERS = {"pad_to_multiple_of": {"pad_to_multiple_of": 1}, "packing": {"packing": False}, "bf16_base": {"bf16_base": False},
+LEVERS = {"pad_to_multiple_of": {"pad_to_multiple_of": 1}, "bf16_base": {"bf16_base": False},
           "fused_optimizer": {"fused_optimizer": False}, "dataloader_workers": {"dataloader_workers": 0}, "host_counts": {},
-          "compile (opt-in)": {"compile": True}, "fused_kernels (opt-in)": {"fused_kernels": True}}
-QUICK_CPU_LEVERS = {"pad_to_multiple_of": 64, "packing": True}  # --quick on CPU: the code paths the GPU takes
+          "packing (opt-in)": {"packing": True}, "compile (opt-in)": {"compile": True},
+          "fused_kernels (opt-in)": {"fused_kernels": True}}
+QUICK_CPU_LEVERS = {"pad_to_multiple_of": 64}  # --quick on CPU: the code path the GPU takes
 NEEDS_CUDA = ("compile (opt-in)", "fused_kernels (opt-in)")  # Liger needs CUDA; inductor on CPU needs minutes and a compiler
 
 
@@ -129,7 +130,7 @@ def medpeft_config(w: GpuWorkload, model_path: str, train: dict):
 
 def measure_medpeft_gpu(w: GpuWorkload, model_path: str, workdir: Path, lever: str | None = None, quick: bool = False) -> dict:
     """medpeft's side through bench.measure_medpeft; with `lever`, that lever turned the other way and no generation.
-    `--quick` on CPU turns packing and pad-to-64 on, so that the ablation runs their code paths there too."""
+    `--quick` on CPU pads to 64 as CUDA does, so that the ablation runs that code path there too."""
     import torch
 
     from medpeft import bench
@@ -295,6 +296,11 @@ def side_in_subprocess(side: str, w: GpuWorkload, quick: bool, models_dir: Path,
         return {**json.loads(result.read_text()), "process_seconds": time.perf_counter() - start}
 
 
+def save_report(report: dict, json_path: Path | None) -> None:
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=1, default=str))
+
+
 def memory(figures: dict) -> float:
     return figures.get("gpu_peak_bytes", figures.get("peak_rss_bytes", 0)) / GIB
 
@@ -358,6 +364,7 @@ def benchmark_gpu(quick: bool, ablate: bool, models_dir: Path | None, json_path:
         for w in workloads:
             sides = {side: side_in_subprocess(side, w, quick, folder) for side in ("medpeft", "plain")}
             report["workloads"][w.name] = sides
+            save_report(report, json_path)  # after each workload: a run cut by a timeout keeps what it measured
             print(f"\n{w.name}: {w.model}, {w.method}, {w.train_size} {w.task} examples, batch {w.batch_size}, {w.steps} steps, "
                   f"source <= {w.max_source} + target <= {w.max_target} tokens; plain: bf16 autocast, pads to {w.max_length}")
             errors = [f"  {side} FAILED:\n{f['error']}" for side, f in sides.items() if "error" in f]
@@ -375,14 +382,14 @@ def benchmark_gpu(quick: bool, ablate: bool, models_dir: Path | None, json_path:
                     runs[lever] = {"skipped": "needs a CUDA GPU"}
                     continue
                 runs[lever] = side_in_subprocess("medpeft", w, quick, folder, lever=lever)
+                report["ablation"] = runs
+                save_report(report, json_path)
                 print(f"  {lever}: done", file=sys.stderr, flush=True)
-            report["ablation"] = runs
             failed += [f"ablation {name}" for name, f in runs.items() if "error" in f]
             print("\n".join(ablation_lines(runs)), flush=True)
     print("\ntargets (issue 28): LoRA >= 2x the plain pad-to-512 bf16 useful tokens/s at <= 0.5x its peak GPU memory, "
           ">= 30 % of the bf16 matmul peak; full fine-tuning >= 1.5x; T5-large-shape LoRA >= 1.5x")
-    if json_path:
-        json_path.write_text(json.dumps(report, indent=1, default=str))
+    save_report(report, json_path)
     if failed:
         print(f"FAILED: {', '.join(failed)}")
     return 1 if failed else 0

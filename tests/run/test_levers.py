@@ -43,15 +43,15 @@ def test_on_cpu_every_lever_stays_as_before(kind, method):
 
 def test_on_cuda_a_decoder_with_lora_gets_every_lever():
     assert choose_levers("cuda", "causal", "LoraConfig", False, bf16()) == Levers(
-        pad_to_multiple_of=64, packing=True, bf16_base=True, fused_optimizer=None, dataloader_workers=2, host_counts=True,
-        compile=False)
+        pad_to_multiple_of=64, packing=False, bf16_base=True, fused_optimizer=None, dataloader_workers=2, host_counts=True,
+        compile=False)  # packing is opt-in (run/levers.py says why)
 
 
 @pytest.mark.parametrize("kind, peft_class, quantized, precision, packing, bf16_base", [
     ("causal", None, False, "bf16", True, False),  # full fine-tuning keeps fp32 weights under autocast
     ("causal", "LoraConfig", True, "bf16", True, False),  # QLoRA: a 4-bit base already
     ("causal", "LoraConfig", False, "fp32", True, False),  # fp32 asked for: the base stays fp32
-    ("causal", "IA3Config", False, "bf16", True, False),
+    ("causal", "IA3Config", False, "bf16", True, False),  # packing asked for: where it can be
     ("causal", "PromptTuningConfig", False, "bf16", False, False),  # one soft prompt per row, not per example
     ("causal", "PrefixTuningConfig", False, "bf16", False, False),
     ("seq2seq", "LoraConfig", False, "bf16", False, True),  # encoder-decoders are not packed
@@ -59,7 +59,7 @@ def test_on_cuda_a_decoder_with_lora_gets_every_lever():
     ("token_cls", "LoraConfig", False, "bf16", False, False),
 ])
 def test_on_cuda_levers_apply_where_they_can(kind, peft_class, quantized, precision, packing, bf16_base):
-    chosen = choose_levers("cuda", kind, peft_class, quantized, TrainConfig(precision=precision))
+    chosen = choose_levers("cuda", kind, peft_class, quantized, TrainConfig(precision=precision, packing=True))
     assert (chosen.packing, chosen.bf16_base, chosen.pad_to_multiple_of, chosen.host_counts) == (packing, bf16_base, 64, True)
 
 
@@ -192,11 +192,11 @@ def run_with(tmp_path, name: str, model: str = "tiny-llama", **train):
 
 
 def test_packing_and_pad_to_64_leave_a_run_unchanged(tmp_path, monkeypatch, assets_ready):
-    """Forced on, on CPU: the same loss, the same useful-token count, the same summaries."""
+    """Forced on, on CPU, with a batch-building worker: the same loss, the same useful-token count, the same summaries."""
     train = torch.nn.Module.train
     monkeypatch.setattr(torch.nn.Module, "train", lambda self, mode=True: train(self, False))  # no dropout anywhere
     plain = run_with(tmp_path, "plain")
-    levered = run_with(tmp_path, "levered", packing=True, pad_to_multiple_of=64)
+    levered = run_with(tmp_path, "levered", packing=True, pad_to_multiple_of=64, dataloader_workers=1)  # a worker process too
     assert levered.ok and plain.ok
     assert abs(levered.training["train_loss"] - plain.training["train_loss"]) < 1e-4
     assert levered.training["train_tokens"] == plain.training["train_tokens"]

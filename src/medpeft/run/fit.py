@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from contextlib import closing
 from pathlib import Path
@@ -167,6 +168,8 @@ def build_trainer(model, tokenizer, kind, cfg: ExperimentConfig, train_rows, val
 
     watch = on_validation is not None and bool(val_rows)
     levers = run_levers(cfg, kind)
+    if levers.dataloader_workers:  # forked workers: the tokenizers library would warn, then turn its threads off itself
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = training_arguments(kind, cfg, len(train_rows), output_dir, watch, auto_checkpointing(model, kind, cfg, train_rows), levers)
     handlers = handlers + ([ValidationWatch(on_validation)] if watch else [])
     # Liger's fused linear cross-entropy takes the labels into the model and never builds the logits: it does

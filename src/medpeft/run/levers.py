@@ -7,10 +7,12 @@ cut-to-longest and length-sorted batches are its own levers, run/loss.py), so `m
 
 - pad_to_multiple_of: batches padded to a multiple of 64 tokens, so the kernels see a few shapes, not one
   per batch (on an H200 a plain pipeline padding to 512 ran faster than with dynamic padding);
-- packing: a decoder-only batch as one row without padding, position ids restarting at each example;
-  transformers 5 finds the examples from the position ids (masking_utils.find_packed_sequence_indices)
+- packing (opt-in): a decoder-only batch as one row without padding, position ids restarting at each
+  example; transformers 5 finds the examples from the position ids (masking_utils.find_packed_sequence_indices)
   and builds a block-diagonal causal mask for sdpa/eager/flex, or passes sequence bounds to flash
-  attention. Not for soft prompts or prefixes (peft puts one prompt per row, not per example);
+  attention. Off unless asked: with sdpa (no flash-attn package offline) the masked attention still runs
+  over the whole row, (8 x ~350)^2 scores for a batch of 8 against 8 x 512^2 padded, and length-grouped
+  batches padded to 64 waste little. Never for soft prompts or prefixes (peft puts one per row, not per example);
 - bf16_base: under bf16 precision the frozen weights of a generative model adapted by LoRA or DoRA are
   held in bf16, half the memory and no cast per matmul; the trained weights stay fp32 (as peft keeps them);
 - fused_optimizer: AdamW as one fused kernel (transformers' default on torch >= 2.8 already);
@@ -69,7 +71,7 @@ def choose_levers(device_type: str, kind: str, peft_class: str | None, quantized
     frozen_base = peft_class in LORA_FAMILY and kind in GENERATIVE_KINDS and not quantized and train.precision == "bf16"
     return Levers(
         pad_to_multiple_of=pick(train.pad_to_multiple_of, CUDA_PAD_MULTIPLE if cuda else 1),
-        packing=packable and bool(pick(train.packing, cuda)),
+        packing=packable and bool(train.packing),
         bf16_base=frozen_base and bool(pick(train.bf16_base, cuda)),
         fused_optimizer=train.fused_optimizer,
         dataloader_workers=pick(train.dataloader_workers, CUDA_WORKERS if cuda else 0),
