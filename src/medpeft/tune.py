@@ -28,7 +28,7 @@ from medpeft.errors import ConfigError
 from medpeft.plan import RunPlan, plan_runs, resolve_config, task_spec
 from medpeft.registry import METHODS
 from medpeft.run.metrics import PRIMARY_METRIC
-from medpeft.run.record import RunResult, read_result, validation_score
+from medpeft.run.record import LOSS_SCORE, RunResult, read_result, validation_score
 
 OPTUNA_HINT = "search: optuna needs the optuna package: .venv/bin/pip install 'medpeft[tune]' (or pip install optuna)"
 
@@ -109,7 +109,7 @@ def with_values(cfg: ExperimentConfig, values: dict, tuning: dict) -> Experiment
 
 
 def metric_name(tune: TuneConfig, task_type: str) -> str:
-    return "val_loss" if tune.metric == "loss" else PRIMARY_METRIC[task_type]
+    return LOSS_SCORE if tune.metric == "loss" else PRIMARY_METRIC[task_type]
 
 
 def trial_config(group: Group, values: dict, metric: str) -> ExperimentConfig:
@@ -119,7 +119,7 @@ def trial_config(group: Group, values: dict, metric: str) -> ExperimentConfig:
 def trial_score(result: RunResult | None, metric: str) -> float | None:
     """A finished trial's validation score, higher is better (the loss is negated); None if it failed."""
     score = validation_score(result, metric)
-    return -score if score is not None and metric == "val_loss" else score
+    return -score if score is not None and metric == LOSS_SCORE else score
 
 
 def choose(candidates: list[dict], scores: list[float | None], losses: list[float | None] | None = None) -> dict | None:
@@ -209,7 +209,7 @@ def grid_search(group: Group, plans: list[RunPlan], metric: str, grid_dir: Path,
     run_plans(plans)
     results = [read_result(grid_dir / p.run_id) for p in plans]
     return choose([p.config.tuning["values"] for p in plans], [trial_score(r, metric) for r in results],
-                  [validation_score(r, "val_loss") for r in results])
+                  [validation_score(r, LOSS_SCORE) for r in results])
 
 
 def require_optuna():
