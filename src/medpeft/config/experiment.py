@@ -1,7 +1,7 @@
 """One run's configuration: `ExperimentConfig` and its blocks (data, train, generation, optional
-measurements) and a grid's `tune:` block, pure dataclasses that check their own types and values in
-`__post_init__`; every error names the key and the valid choices. Names (task, model, method) are
-resolved against the registries later, once, in plan.py.
+measurements), pure dataclasses that check their own types and values in `__post_init__`; each field's
+help is its metadata, a fixed set of values its Literal type; every error names the key and the valid
+choices. Names (task, model, method) are resolved against the registries later, once, in plan.py.
 """
 from __future__ import annotations
 

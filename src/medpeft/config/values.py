@@ -1,6 +1,7 @@
-"""Checks of config values shared by every config dataclass (experiment.py): types, with YAML's gentle
-coercions; finite numbers; names that become folder names; the size of a YAML document once its
-aliases are expanded. Every failure is a ConfigError that names the key, the value and the fix.
+"""Checks of config values shared by every config dataclass (experiment.py, tuning.py, pretrain.py): types,
+with YAML's gentle coercions, and a Literal field's choices; finite numbers; names that become folder names;
+the size of a YAML document once its aliases are expanded. Every failure is a ConfigError that names the
+key, the value and the fix.
 """
 from __future__ import annotations
 
