@@ -195,9 +195,11 @@ def test_a_choice_at_the_edge_of_the_candidates_is_warned():
     """offline-summarization: LoRA and prompt tuning chose their highest learning rate, so the best
     may lie beyond the range; a choice inside it, a two-candidate list or a non-numeric axis is not warned."""
     from medpeft.report.tuning import chosen_at_edge
+    from medpeft.run.record import Tuning
 
-    def row(chosen, space):
-        return {"method": "lora", "variant": "", "tuning": {"chosen": chosen, "over": {"space": space}}}
+    def row(chosen, space):  # a frame row: its tuning record, as report/frame.py keeps it
+        return {"method": "lora", "variant": "", "tuned": Tuning.from_json({"role": "final", "chosen": chosen,
+                                                                            "over": {"space": space}})}
 
     lrs = {"train.lr": [3e-4, 1e-3, 3e-3]}
     assert chosen_at_edge(row({"train.lr": 3e-3}, lrs)) == ["lora train.lr=0.003 (the highest of 0.0003–0.003)"]
@@ -414,15 +416,16 @@ def test_tuning_rows_name_the_model_when_a_task_has_several(tmp_path):
     import pandas as pd
 
     from medpeft.report.tuning import candidate_rows, chosen_at_edge, tuning_lines
-    from medpeft.run.record import RunResult
+    from medpeft.run.record import RunResult, Tuning
 
     over = {"space": {"train.lr": [1e-4, 1e-3, 1e-2]}, "metric": "accuracy", "search": "grid"}
     frame = pd.DataFrame([{"method": "lora", "variant": f"tuned lr={lr:g}", "model": model, "is_baseline": False,
-                           "tuning": {"group": f"g-{model}", "over": over, "chosen": {"train.lr": lr}}}
+                           "tuned": Tuning.from_json({"role": "final", "group": f"g-{model}", "over": over,
+                                                      "chosen": {"train.lr": lr}})}
                           for model, lr in (("small", 1e-2), ("big", 1e-3))])
     trials = [RunResult.from_json({"run_id": f"t.{model}.lora.{lr}", "status": "ok", "task": "t", "model": model,
                                    "method": "lora", "seed": 0, "metrics": {"accuracy": 0.5 + lr},
-                                   "config": {"tuning": {"group": f"g-{model}", "values": {"train.lr": lr}}}})
+                                   "config": {"tuning": {"role": "trial", "group": f"g-{model}", "values": {"train.lr": lr}}}})
               for model in ("small", "big") for lr in (1e-4, 1e-3, 1e-2)]
     rows = candidate_rows(frame, trials)
     assert [(r["label"], r["chosen"]) for r in rows if r["values"]["train.lr"] == 1e-3] == [

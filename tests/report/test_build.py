@@ -166,7 +166,11 @@ def test_learning_curve_plots_score_against_training_examples(tmp_path, monkeypa
                 (grid_dir / f"{method}.{size}.s{seed}" / "result.json").write_text(_json.dumps(result))
     drawn = []
     real = Axes.errorbar
-    monkeypatch.setattr(Axes, "errorbar", lambda self, x, y, *a, **k: (drawn.append((k.get("label"), list(x), list(y), k.get("yerr"))), real(self, x, y, *a, **k))[1])
+    def errorbar(self, x, y, *a, **k):
+        drawn.append((k.get("label"), list(x), list(y), k.get("yerr")))
+        return real(self, x, y, *a, **k)
+
+    monkeypatch.setattr(Axes, "errorbar", errorbar)
     build_report(grid_dir, n_resamples=50)
     assert (grid_dir / "report-pubmed-rct-learning-curve.png").is_file()
     curves = {label: (x, y, err) for label, x, y, err in drawn if label and label.endswith("· m") and len(x) == 3}

@@ -37,8 +37,8 @@ def test_tuned_and_untuned_runs_are_separate_rows_never_seeds_of_one(tmp_path):
     runs, frame = write_tuned_and_untuned(tmp_path)
     lora = frame[frame["method"] == "lora"]
     assert len(lora) == 2  # was one row "tuned lr=0.0003, 3 seeds" over 6 runs
-    untuned = lora[lora["tuning"].map(lambda t: not t)].iloc[0]
-    tuned = lora[lora["tuning"].map(bool)].iloc[0]
+    untuned = lora[lora["tuned"].isna()].iloc[0]
+    tuned = lora[lora["tuned"].notna()].iloc[0]
     assert untuned["seeds"] == 3 and len(untuned["run_ids"]) == 3 and "tuned" not in untuned["variant"]
     assert tuned["seeds"] == 3 and tuned["variant"] == "tuned lr=0.0003"
     assert untuned["primary_std"] == pytest.approx(np.std(UNTUNED, ddof=1))  # was the 6 runs' std

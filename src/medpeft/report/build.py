@@ -43,7 +43,8 @@ h3{font-size:16px;margin:22px 0 8px}.meta{color:#555;margin:0 0 12px}
 .answer ul{margin:4px 0;padding-left:20px}.answer li{margin:3px 0}
 .warn{background:#fff6e0;border-left:5px solid #e0a000;padding:6px 14px;margin:8px 0;font-size:13px}
 .warn ul{margin:2px 0;padding-left:18px}
-.scroll{overflow-x:auto}table{border-collapse:collapse;font-size:12.5px;margin:6px 0}th,td{border-bottom:1px solid #ddd;padding:4px 7px;text-align:right;white-space:nowrap}th{white-space:normal;vertical-align:bottom;min-width:60px}
+.scroll{overflow-x:auto}table{border-collapse:collapse;font-size:12.5px;margin:6px 0}
+th,td{border-bottom:1px solid #ddd;padding:4px 7px;text-align:right;white-space:nowrap}th{white-space:normal;vertical-align:bottom;min-width:60px}
 th{background:#f3f3f3;position:sticky;top:0}td:first-child,td:nth-child(2),th:first-child,th:nth-child(2){text-align:left}
 td.best{font-weight:700;background:#e3f3e3}tr.baseline td{color:#666;font-style:italic}
 table.cmp td:last-child,table.cmp th:last-child{text-align:left;white-space:normal;max-width:520px}
@@ -231,8 +232,8 @@ def report_header(grid_dir: Path, runs: list[dict], frame, opts: dict) -> tuple[
 def trials_note(runs: list, trials: list) -> str:
     """' (and N tuning trials, scored on validation)', not counting trials of a group no run uses now (a
     grid re-run with other settings leaves its old trials in the folder; the tables ignore them too)."""
-    groups = {(r.config.get("tuning") or {}).get("group") for r in runs}
-    used = sum((t.config.get("tuning") or {}).get("group") in groups for t in trials)
+    groups = {r.tuning.group for r in runs if r.tuning}
+    used = sum(t.tuning is not None and t.tuning.group in groups for t in trials)
     unused = f"; {len(trials) - used} more from settings no run uses now, left out" if used < len(trials) else ""
     return f" (and {used} tuning trials, scored on validation{unused})"
 

@@ -8,11 +8,14 @@ import math
 
 import numpy as np
 
+from medpeft.methods import Role
 from medpeft.report.frame import group_example_scores
 from medpeft.report.stats import (ALPHA, holm, one_sample_p, paired_bootstrap_ci, paired_randomization_p, statistic,
                                   welch_p)
 
 SEEDS_FOR_A_CLAIM = 3  # fewer seeds than this per row and a difference is not called real
+# what a row is compared against (a comparison's `against`, several joined by " & " when one row is both)
+VS_FULL, VS_BASE, VS_BEST, VS_UNTRAINED = "full", "base model", "best", "untrained"
 
 
 def compare_rows(row_a: dict, row_b: dict, runs_by_id: dict, n_resamples: int, seed: int) -> dict:
@@ -83,7 +86,7 @@ def best_rows(frame) -> tuple[int | None, dict]:
     full = {}
     for idx in scores.index:
         row = frame.loc[idx]
-        if row["method"] == "full" and (row["model"] not in full or scores[idx] > scores[full[row["model"]]]):
+        if row["role"] == Role.FULL and (row["model"] not in full or scores[idx] > scores[full[row["model"]]]):
             full[row["model"]] = int(idx)
     return best, full
 
@@ -102,8 +105,8 @@ def compare_task(frame, runs_by_id: dict, n_resamples: int = 2000, seed: int = 0
     for idx, row in trained.iterrows():
         refs: dict[int, list[str]] = {}
         on_base = by_setting.get((row.get("adapted_from"), row["method"], row.get("setting")))
-        for kind, ref in (("full", full.get(row["model"])), ("base model", on_base), ("best", best),
-                          ("untrained", untrained.get(row["model"]))):
+        for kind, ref in ((VS_FULL, full.get(row["model"])), (VS_BASE, on_base), (VS_BEST, best),
+                          (VS_UNTRAINED, untrained.get(row["model"]))):
             if ref is not None and ref != idx and scored[ref]:
                 refs.setdefault(ref, []).append(kind)  # full may also be the best: one test, both labels
         for ref, kinds in refs.items():

@@ -13,20 +13,20 @@ Two sources of uncertainty are kept apart, because they answer different questio
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 
+from medpeft.methods import Role, method_role
 from medpeft.models import adapted_from
 from medpeft.report.stats import bootstrap_ci, std_or_nan, t_interval
-from medpeft.report.tables import COSTS, format_value
+from medpeft.report.tables import format_value
 from medpeft.run.metrics import METRICS, PRIMARY_METRIC, example_value
-from medpeft.run.record import RunResult, load_results
+from medpeft.run.record import COST_KEYS, RunResult, dotted, load_results
 
-COST_KEYS = tuple(COSTS)  # every cost figure a run records, in the cost table's order
-BASELINE = "untrained"
 NAMING_KEYS = ("task", "model", "method", "seed")  # name a row (or a seed) by themselves
 
 
@@ -40,33 +40,34 @@ def split_trials(runs: list[RunResult]) -> tuple[list[RunResult], list[RunResult
     return [r for r in runs if not r.tuning_trial], [r for r in runs if r.tuning_trial]
 
 
-def flatten_config(config: dict, prefix: str = "") -> dict:
-    """Dotted keys of a run's config (method_args.r, train.lr, ...), without what names the row."""
-    flat = {}
-    for key, value in (config or {}).items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten_config(value, f"{name}."))
-        elif name not in NAMING_KEYS and not name.startswith("tuning."):  # how a row was tuned is its own column
-            flat[name] = json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
-    return flat
+def flatten_config(config: dict) -> dict:
+    """Dotted keys of a run's config (method_args.r, train.lr, ...; record.dotted), without what names the row
+    and how it was tuned (the row's own `tuned` column); a list or mapping as its JSON, so it can be compared."""
+    return {name: json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
+            for name, value in dotted(config).items() if name not in NAMING_KEYS and not name.startswith("tuning.")}
+
+
+def tuning_identity(run: RunResult) -> dict | None:
+    """How a run was tuned (its Tuning record) as plain data; None for an untuned run."""
+    return dataclasses.asdict(run.tuning) if run.tuning else None
 
 
 def setting_key(run: RunResult) -> str:
     """A run's identity without its seed: runs with the same key are seeds of one row. How a run was tuned
     is part of it: a tuned run that chose lr 3e-4 and an untuned run at 3e-4 are two rows, never seeds of
     one (`tune: auto` added to a grid that already ran would otherwise pool them)."""
-    return json.dumps([flatten_config(run.config), run.config.get("tuning")], sort_keys=True, default=str)
+    return json.dumps([flatten_config(run.config), tuning_identity(run)], sort_keys=True, default=str)
 
 
 def comparable_setting(run: RunResult) -> str:
     """A run's settings without its model (its name and a local folder's fingerprint), seed and tuned
     values: two models' rows with the same comparable setting ran the same method the same way (each
     model at its own tuned values)."""
-    tuning = run.config.get("tuning") or {}
-    skip = set(tuning.get("chosen") or {}) | {"fingerprint.model"}
+    tuning = run.tuning
+    skip = set(tuning.chosen if tuning else {}) | {"fingerprint.model"}
     flat = {k: v for k, v in flatten_config(run.config).items() if k not in skip}
-    return json.dumps([flat, tuning.get("over")], sort_keys=True, default=str)  # tuned rows meet tuned rows
+    over = dataclasses.asdict(tuning.over) if tuning else None
+    return json.dumps([flat, over], sort_keys=True, default=str)  # tuned rows meet tuned rows
 
 
 def short_names(keys: list[str]) -> dict[str, str]:
@@ -132,32 +133,33 @@ def summarize_group(runs: list[RunResult], varying: dict, n_resamples: int, seed
     """One table row: mean, std and 95% CIs of every metric and cost over a group's seeds."""
     first = runs[0]
     short = short_names(list(varying))
-    tuning = first.config.get("tuning")
-    chosen = (tuning or {}).get("chosen") or {}
+    tuned = first.tuning
     variant = [f"{short[k]}={format_value(v)}" for k, v in varying.items()]
-    variant += [f"tuned {k.rsplit('.', 1)[-1]}={format_value(v)}" for k, v in chosen.items()]
-    train_examples = [r.data["train"]["examples"] for r in runs if r.data.get("train", {}).get("examples") is not None]
+    variant += [f"tuned {k.rsplit('.', 1)[-1]}={format_value(v)}" for k, v in (tuned.chosen if tuned else {}).items()]
+    train_examples = [r.inputs.train.examples for r in runs if r.inputs.train.examples is not None]
     row = {"task": first.task, "model": first.model, "method": first.method, "task_type": first.task_type,
-           "variant": ", ".join(variant), "varying": varying, "tuning": tuning,
+           "variant": ", ".join(variant), "varying": varying, "tuned": tuned,
            "train_examples": float(np.mean(train_examples)) if train_examples else math.nan,
            "seeds": len(runs), "duplicate_seeds": repeated_seeds(runs), "run_ids": [r.run_id for r in runs],
            "setting": comparable_setting(first),
            # recorded by the run; read from the model folder for runs older than that record
            "adapted_from": first.adapted_from or adapted_from(first.model_path),
-           "total_params": first.efficiency.get("total_params")}
-    for source, keys in (("metrics", list(METRICS)), ("efficiency", COST_KEYS)):
-        for key in keys:
-            values = [getattr(r, source)[key] for r in runs if getattr(r, source).get(key) is not None]
-            if values:
-                row[f"{key}_mean"], row[f"{key}_std"] = float(np.mean(values)), std_or_nan(values)
-                if source == "metrics":  # the model card shows every metric's interval over seeds
-                    row[f"{key}_ci"], row[f"{key}_n"] = t_interval(values), len(values)
+           "total_params": first.cost.total_params}
+    for key in METRICS:
+        values = [r.metrics[key] for r in runs if r.metrics.get(key) is not None]
+        if values:  # the model card shows every metric's interval over seeds
+            row[f"{key}_mean"], row[f"{key}_std"] = float(np.mean(values)), std_or_nan(values)
+            row[f"{key}_ci"], row[f"{key}_n"] = t_interval(values), len(values)
+    for key in COST_KEYS:
+        values = [value for r in runs if (value := r.cost.get(key)) is not None]
+        if values:
+            row[f"{key}_mean"], row[f"{key}_std"] = float(np.mean(values)), std_or_nan(values)
     primary = PRIMARY_METRIC.get(first.task_type, "rouge1")
     row["primary"] = primary
     row["primary_mean"], row["primary_std"] = row.get(f"{primary}_mean", math.nan), row.get(f"{primary}_std", math.nan)
     row["ci_seeds"] = row.get(f"{primary}_ci", (math.nan, math.nan))
     per_example = group_example_scores(runs, primary)
-    row["n_examples"] = len(per_example) or int(first.data.get("test", {}).get("examples", 0))
+    row["n_examples"] = len(per_example) or int(first.inputs.split("test").examples or 0)
     row["ci_examples"] = bootstrap_ci(list(per_example.values()), n_resamples, seed)
     return row
 
@@ -187,7 +189,8 @@ def aggregate(runs: list[RunResult], n_resamples: int = 2000, seed: int = 0):
     if not rows:
         return pd.DataFrame()
     frame = pd.DataFrame(rows)
-    frame["is_baseline"] = frame["method"] == BASELINE
+    frame["role"] = frame["method"].map(method_role)
+    frame["is_baseline"] = frame["role"] == Role.BASELINE
     order = {task: i for i, task in enumerate(dict.fromkeys(frame["task"]))}
     frame["_order"] = frame["task"].map(order)
     return frame.sort_values(["_order", "is_baseline"], ascending=[True, False], kind="stable").drop(columns="_order").reset_index(drop=True)

@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from medpeft.files import temporary_path
+from medpeft.methods import BASELINE, FULL
 from medpeft.report.stats import pareto_front
 from medpeft.report.tables import COSTS, format_value
 
-METHOD_COLORS = {"full": "#222222", "lora": "#1f77b4", "dora": "#17becf", "ia3": "#2ca02c",
+METHOD_COLORS = {FULL: "#222222", "lora": "#1f77b4", "dora": "#17becf", "ia3": "#2ca02c",
                  "prompt_tuning": "#d62728", "prefix_tuning": "#9467bd", "p_tuning": "#ff7f0e",
-                 "untrained": "#999999"}
+                 BASELINE: "#999999"}
 SPARE_COLORS = ("#8c564b", "#e377c2", "#bcbd22", "#7f7f7f", "#aec7e8", "#98df8a")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 # (cost, unit shown, divisor to it, log scale: always / when the range spans 10x / never); names: tables.COSTS
@@ -103,7 +104,7 @@ def plot_tradeoffs(frame, path: Path, metric_label: str) -> Path:
         front = pareto_front(xs, ys)
         ax.plot([xs[i] for i in front], [ys[i] for i in front], ls="--", color="#bbbbbb", zorder=0, label="Pareto front")
         for _, row in frame[frame["is_baseline"]].iterrows():
-            ax.axhline(100 * row["primary_mean"], color=METHOD_COLORS["untrained"], ls=":", lw=1)
+            ax.axhline(100 * row["primary_mean"], color=METHOD_COLORS[BASELINE], ls=":", lw=1)
         positive = [x for x in xs if x == x and x > 0]
         if positive and (log == "always" or (log == "wide" and max(positive) >= 10 * min(positive))):
             set_log_x(ax)
@@ -153,8 +154,8 @@ def plot_lines(rows, key: str, tied: tuple = ()) -> list[tuple[str, object]]:
     labels: dict[str, str] = {}
     for idx, row in rows.iterrows():
         others = {k: v for k, v in row["varying"].items() if k != key and k not in tied}
-        tuned = (row.get("tuning") or {}).get("chosen") or {}
-        ident = repr((row["method"], row["model"], sorted(others.items(), key=str), bool(row.get("tuning"))))
+        tuned = row.get("tuned")
+        ident = repr((row["method"], row["model"], sorted(others.items(), key=str), tuned is not None))
         held = [f"{k.rsplit('.', 1)[-1]}={format_value(v)}" for k, v in others.items()] + (["tuned"] if tuned else [])
         labels[ident] = f"{row['method']} · {row['model']}" + (f" ({', '.join(held)})" if held else "")
         lines.setdefault(ident, []).append(idx)
@@ -205,7 +206,7 @@ def plot_learning_curve(frame, key: str, path: Path, metric_label: str, tied: tu
         ax.errorbar(line["train_examples"].to_numpy(), ys, yerr=errs, marker=model_marker(first["model"], models),
                     color=method_color(first["method"], methods), capsize=3, label=label)
     for _, row in frame[frame["is_baseline"]].iterrows():
-        ax.axhline(100 * row["primary_mean"], color=METHOD_COLORS["untrained"], ls=":", lw=1, label=f"untrained · {row['model']}")
+        ax.axhline(100 * row["primary_mean"], color=METHOD_COLORS[BASELINE], ls=":", lw=1, label=f"{BASELINE} · {row['model']}")
     xs = [x for x in rows["train_examples"] if x == x and x > 0]
     if xs and max(xs) >= 10 * min(xs):
         set_log_x(ax)
@@ -241,7 +242,7 @@ def plot_model_size(frame, path: Path, metric_label: str) -> Path:
         line = line.sort_values("model_params")
         errs = np.array([y_error(r)[:2] for _, r in line.iterrows()]).T
         ax.errorbar(line["model_params"] / 1e6, 100 * line["primary_mean"], yerr=errs, marker="o", capsize=3,
-                    color=method_color(method, methods), ls=":" if method == "untrained" else "-", label=method)
+                    color=method_color(method, methods), ls=":" if line["is_baseline"].iloc[0] else "-", label=method)
     set_log_x(ax)
     ax.set_xlabel("model parameters (millions)")
     ax.set_ylabel(metric_label)

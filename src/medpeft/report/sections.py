@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medpeft.report.compare import SEEDS_FOR_A_CLAIM
+from medpeft.methods import Role
+from medpeft.report.compare import SEEDS_FOR_A_CLAIM, VS_BASE, VS_BEST, VS_FULL, VS_UNTRAINED
 from medpeft.report.frame import example_scores
 from medpeft.report.plots import image_html, plot_confusion
 from medpeft.report.stats import ALPHA, statistic
@@ -48,15 +49,15 @@ def answer_first(frame, comparisons: list[dict], within_points: float) -> list[s
     best_idx = trained["primary_mean"].idxmax()
     best = trained.loc[best_idx]
     lines = [f"**Best {name}: {describe_row(best, many)}**, {format_mean(best)}, {cost_text(best)}."]
-    peft = trained[trained["method"] != "full"]
+    peft = trained[trained["role"] != Role.FULL]
     named = {best_idx}  # rows already recommended: not repeated below
-    if best["method"] == "full" and not peft.empty:
+    if best["role"] == Role.FULL and not peft.empty:
         pick = peft["primary_mean"].idxmax()
         named.add(pick)
         lines.append(f"**Best parameter-efficient: {describe_row(trained.loc[pick], many)}**, {format_mean(trained.loc[pick])}, "
                      f"{cost_text(trained.loc[pick])}; {versus(comparisons, pick, best_idx)}.")
-    elif best["method"] != "full":
-        full = [c for c in comparisons if c["row"] == best_idx and "full" in c["against"]]
+    elif best["role"] != Role.FULL:
+        full = [c for c in comparisons if c["row"] == best_idx and VS_FULL in c["against"]]
         if full:
             lines.append(f"Against full fine-tuning ({format_score(frame.loc[full[0]['ref'], 'primary_mean'])}): "
                          f"{format_points(full[0]['delta'])} points, {p_text(full[0]['p_examples'])}: {full[0]['verdict']}.")
@@ -75,7 +76,7 @@ def answer_first(frame, comparisons: list[dict], within_points: float) -> list[s
                      f"{untrained_caveat(comparisons, cheap['row'])}.")
     lines += against_base_models(frame, comparisons)
     refs = [(f"{r['model']} " if many else "") + format_score(r["primary_mean"]) for _, r in frame.iterrows()
-            if r["method"] == "untrained"]
+            if r["is_baseline"]]
     if refs:
         lines.append("Untrained baseline: " + "; ".join(refs) + "." + against_untrained(frame, comparisons, best_idx, many))
     lines += baseline_beats_training(frame, trained, name)
@@ -86,7 +87,7 @@ def untrained_caveat(comparisons: list[dict], row_idx: int) -> str:
     """'; but not detectably better than ...' when a row named for its cost is no better than its model's
     untrained baseline on the test set (its verdict, compare.py's rule): tied with the best need not mean it
     learned anything."""
-    found = [c for c in comparisons if c["row"] == row_idx and c["against"] == "untrained"]
+    found = [c for c in comparisons if c["row"] == row_idx and c["against"] == VS_UNTRAINED]
     if not found or found[0]["verdict"].startswith("better"):
         return ""
     return (f"; but not detectably better than the untrained baseline either ({format_points(found[0]['delta'])} points, "
@@ -98,7 +99,7 @@ def against_base_models(frame, comparisons: list[dict]) -> list[str]:
     method on its base, with the verdict's first words (the table below has the p-values)."""
     parts: dict[tuple, list[str]] = {}
     for c in comparisons:
-        if "base model" in c["against"]:
+        if VS_BASE in c["against"]:
             row, base = frame.loc[c["row"]], frame.loc[c["ref"]]
             verdict = c["verdict"].split(" (")[0]
             parts.setdefault((row["model"], base["model"]), []).append(f"{row_label(row)} {format_points(c['delta'])} ({verdict})")
@@ -109,7 +110,7 @@ def against_base_models(frame, comparisons: list[dict]) -> list[str]:
 def against_untrained(frame, comparisons: list[dict], best_idx: int, many: bool) -> str:
     """The best row's difference from its model's untrained baseline, and how many trained rows are
     detectably better than theirs (a claim: both tests and enough seeds): does training pay at all?"""
-    found = [c for c in comparisons if c["against"] == "untrained"]
+    found = [c for c in comparisons if c["against"] == VS_UNTRAINED]
     if not found:
         return ""
     whose = f"{frame.loc[best_idx, 'model']}'s" if many else "it"
@@ -125,7 +126,7 @@ def against_untrained(frame, comparisons: list[dict], best_idx: int, many: bool)
 def baseline_beats_training(frame, trained, name: str) -> list[str]:
     """A warning when a model's untrained baseline scores at least as well as every trained row of it."""
     out = []
-    for _, base in frame[frame["method"] == "untrained"].iterrows():
+    for _, base in frame[frame["is_baseline"]].iterrows():
         rows = trained[trained["model"] == base["model"]]
         if len(rows) and base["primary_mean"] >= rows["primary_mean"].max():
             out.append(f"**The untrained {base['model']} ({format_score(base['primary_mean'])}) scores at least as high as "
@@ -249,7 +250,7 @@ def comparison_cells(frame, c: dict, many: bool) -> list[str]:
         p_seeds = adjusted_p(c, "p_seeds")
     else:
         p_seeds = f"n/a ({min(c['seeds'])} seed)" if min(c["seeds"]) < 2 else "n/a (no seed variance)"
-    ref = describe_row(frame.loc[c["ref"]], many) + (" (best)" if "best" in c["against"] else "")
+    ref = describe_row(frame.loc[c["ref"]], many) + (" (best)" if VS_BEST in c["against"] else "")
     shared = f"n={c['n_examples']} shared; different test examples" if c["ids_differ"] else f"n={c['n_examples']}"
     return [describe_row(frame.loc[c["row"]], many), ref, format_points(c["delta"]),
             "n/a" if lo != lo else f"[{100 * lo:+.1f}, {100 * hi:+.1f}]", f"{adjusted_p(c, 'p_examples')} ({shared})",

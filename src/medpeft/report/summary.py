@@ -9,10 +9,9 @@ import json
 import re
 from pathlib import Path
 
-from medpeft.report.frame import COST_KEYS
 from medpeft.report.tables import COSTS, format_score, md_code, md_text, row_label
 from medpeft.run.metrics import METRICS, metric_label
-from medpeft.run.record import RunResult, write_atomic
+from medpeft.run.record import COST_KEYS, RunResult, write_atomic
 
 NOTE = "Metrics are ×100, mean ± std over seeds. Peak memory is process RSS on CPU, allocator peak on GPU."
 ROUGE_NOTE = " ROUGE-L is `rougeL` (whole summary LCS), `rougeLsum` splits sentences."

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from medpeft.report.tables import describe_row, format_score, format_value, has_several_models, md_text
 from medpeft.run.metrics import metric_label
-from medpeft.run.record import RunResult, validation_score
+from medpeft.run.record import LOSS_SCORE, RunResult, validation_score
 
+CHOSE_BY_LOSS, CHOSE_BY_SCORE = "lowest validation loss", "highest validation score; a tie goes to the lower validation loss"
 UNTUNED_WARNING = ("Each method ran at a fixed learning rate; add a tune: block to compare fairly "
                    "(`tune: auto` tries each method's learning-rate range on the validation split).")
 
@@ -22,16 +23,16 @@ def tuning_lines(frame) -> tuple[list[str], list[str]]:
     trained = frame[~frame["is_baseline"]]
     if trained.empty:
         return [], []
-    tuned = [r for _, r in trained.iterrows() if r.get("tuning")]
+    tuned = [r for _, r in trained.iterrows() if r.get("tuned")]
     if not tuned:
         return [], [UNTUNED_WARNING]
-    over = tuned[0]["tuning"]["over"]
-    how = (f"Optuna, {over.get('trials')} trials each" if over.get("search") == "optuna" else "grid search")
-    axes = ", ".join(f"`{a}`" for a in over.get("space", {}))
-    line = (f"**Tuned on validation data**: {axes} chosen per method by validation {score_name(over.get('metric'))} "
+    over = tuned[0]["tuned"].over
+    how = (f"Optuna, {over.trials} trials each" if over.search == "optuna" else "grid search")
+    axes = ", ".join(f"`{a}`" for a in over.space)
+    line = (f"**Tuned on validation data**: {axes} chosen per method by validation {score_name(over.metric)} "
             f"({how}); the test split played no part in the choice.")
     many = has_several_models(frame)
-    untuned = [describe_row(r, many) for _, r in trained.iterrows() if not r.get("tuning")]
+    untuned = [describe_row(r, many) for _, r in trained.iterrows() if not r.get("tuned")]
     warnings = [f"Not tuned (fixed learning rate): {', '.join(untuned)}; compare them with the tuned rows with care."] if untuned else []
     edges = [edge for r in tuned for edge in chosen_at_edge(r, many)]
     if edges:
@@ -43,9 +44,9 @@ def tuning_lines(frame) -> tuple[list[str], list[str]]:
 def chosen_at_edge(row, several_models: bool = False) -> list[str]:
     """'label axis=value (the highest of low–high)' for each numeric grid axis (three or more
     candidates) whose chosen value is its lowest or highest candidate."""
-    record, out = row["tuning"], []
-    for axis, candidates in record["over"].get("space", {}).items():
-        value = record["chosen"].get(axis)
+    record, out = row["tuned"], []
+    for axis, candidates in record.over.space.items():
+        value = record.chosen.get(axis)
         numeric = isinstance(candidates, list) and all(isinstance(c, (int, float)) for c in candidates)
         if not numeric or len(set(candidates)) < 3 or value not in (min(candidates), max(candidates)):
             continue
@@ -55,22 +56,23 @@ def chosen_at_edge(row, several_models: bool = False) -> list[str]:
 
 
 def score_name(metric: str | None) -> str:
-    return "loss" if metric == "val_loss" else metric_label(metric) if metric else "score"
+    return "loss" if metric == LOSS_SCORE else metric_label(metric) if metric else "score"
 
 
 def candidate_rows(frame, trials: list[RunResult]) -> list[dict]:
     """One row per trial of each tuned group in this task: group label, values, validation score, chosen."""
     by_group: dict[str, list[RunResult]] = {}
     for t in trials:
-        by_group.setdefault(t.config["tuning"]["group"], []).append(t)
+        if t.tuning:
+            by_group.setdefault(t.tuning.group, []).append(t)
     rows, many = [], has_several_models(frame)
-    for _, row in frame[frame["tuning"].map(bool)].iterrows():
-        record = row["tuning"]
-        metric, chosen = record["over"]["metric"], record["chosen"]
-        for t in sorted(by_group.get(record["group"], []), key=lambda t: sorted(t.config["tuning"]["values"].items())):
-            values = t.config["tuning"]["values"]
+    for _, row in frame[frame["tuned"].map(bool)].iterrows():
+        record = row["tuned"]
+        metric, chosen = record.over.metric, record.chosen
+        for t in sorted(by_group.get(record.group, []), key=lambda t: sorted(t.tuning.values.items())):
+            values = t.tuning.values
             rows.append({"label": describe_row(row, many), "method": row["method"], "model": row["model"], "values": values,
-                         "score": validation_score(t, metric), "loss": validation_score(t, "val_loss"), "metric": metric,
+                         "score": validation_score(t, metric), "loss": validation_score(t, LOSS_SCORE), "metric": metric,
                          "chosen": values == chosen,
                          "error": None if t.ok else (t.error or "failed").split("\n")[0][:160]})
     return rows
@@ -78,7 +80,7 @@ def candidate_rows(frame, trials: list[RunResult]) -> list[dict]:
 
 def format_validation(score: float | None, metric: str) -> str:
     """A candidate's validation score: a loss as it is (nats/token), a metric as every score is printed."""
-    if metric == "val_loss" and score is not None:
+    if metric == LOSS_SCORE and score is not None:
         return f"{score:.4f}"
     return format_score(score, missing="—")
 
@@ -90,17 +92,17 @@ def tuning_section(frame, trials: list[RunResult], plot_path: Path) -> tuple[str
         return "", "", []
     axes = list(rows[0]["values"])
     metric = rows[0]["metric"]
-    header = ["Method", *axes, f"Validation {score_name(metric)}" + ("" if metric == "val_loss" else " (×100)"),
-              *(["Validation loss"] if metric != "val_loss" else []), "Chosen"]
+    header = ["Method", *axes, f"Validation {score_name(metric)}" + ("" if metric == LOSS_SCORE else " (×100)"),
+              *(["Validation loss"] if metric != LOSS_SCORE else []), "Chosen"]
     cells = [[r["label"], *[format_value(r["values"].get(a)) for a in axes],
               format_validation(r["score"], metric) if r["error"] is None else f"failed: {r['error']}",
-              *([format_validation(r["loss"], "val_loss")] if metric != "val_loss" else []), "✓" if r["chosen"] else ""]
+              *([format_validation(r["loss"], LOSS_SCORE)] if metric != LOSS_SCORE else []), "✓" if r["chosen"] else ""]
              for r in rows]
     note = (f"Each candidate trained once at the grid's first seed and was scored on the validation split; every seed "
-            f"then ran with the chosen value ({'lowest validation loss' if metric == 'val_loss' else 'highest validation score; a tie goes to the lower validation loss'}). "
+            f"then ran with the chosen value ({CHOSE_BY_LOSS if metric == LOSS_SCORE else CHOSE_BY_SCORE}). "
             "Trials are stored in the grid folder with `tuning_trial: true` and never enter the tables above.")
     tied = tied_labels(rows)
-    if tied and metric != "val_loss":
+    if tied and metric != LOSS_SCORE:
         note += (f" Every candidate of {', '.join(tied)} scored the same on validation, so the choice fell to the "
                  "validation loss; if they all predict one label, a larger training budget is what separates them.")
     written = []
@@ -136,7 +138,7 @@ def plot_candidates(rows: list[dict], axis: str, path: Path, ylabel: str) -> Pat
     fig, (ax,) = new_figure(6.5, 3.4)
     methods = list(dict.fromkeys(r["method"] for r in rows))
     models = list(dict.fromkeys(r["model"] for r in rows))  # colour: the method; line style: the model
-    scale = 1.0 if rows[0]["metric"] == "val_loss" else 100.0
+    scale = 1.0 if rows[0]["metric"] == LOSS_SCORE else 100.0
     for label in dict.fromkeys(r["label"] for r in rows):
         line = sorted((r for r in rows if r["label"] == label and r["score"] is not None), key=lambda r: r["values"][axis])
         if not line:

@@ -15,6 +15,7 @@ import yaml
 
 from medpeft.errors import MedpeftError
 from medpeft.files import write_atomic
+from medpeft.methods import Role
 from medpeft.registry import MODELS, TASKS
 from medpeft.report.frame import aggregate
 from medpeft.report.tables import COSTS, format_score, md_code, md_fence, md_text
@@ -26,9 +27,6 @@ from medpeft.use.runs import TEXT_ONLY, FinishedRun, open_run, pair_field_of, re
 
 log = logging.getLogger("medpeft")
 
-PIPELINE_TAGS = {"AutoModelForSeq2SeqLM": "text2text-generation", "AutoModelForCausalLM": "text-generation",
-                 "AutoModelForSequenceClassification": "text-classification",
-                 "AutoModelForTokenClassification": "token-classification"}
 SOURCES = {"packaged": "packaged offline with medpeft", "hub": "Hugging Face hub", "random": "tiny random test model"}
 PLACEHOLDER = "{text}"
 SMALL_TEST = 200  # test examples below which the card warns that one score is a rough estimate
@@ -107,18 +105,18 @@ def metadata(run: FinishedRun, export: dict | None) -> str:
         meta["license_name"] = "see-base-model-and-data"
     meta["tags"] = ["medpeft", run.config.method, run.result.task, run.result.task_type, "medical"]
     meta["metrics"] = list(run.result.metrics)
-    meta["pipeline_tag"] = PIPELINE_TAGS.get(run.kind.auto_class)
+    meta["pipeline_tag"] = run.kind.pipeline_tag
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---"
 
 
 def export_section(export: dict | None) -> str:
     if not export:
         return ""
-    what = {"merged": "the adapter merged into its base (peft `merge_and_unload`): a standalone transformers folder "
-                      "with the tokenizer; it loads without peft",
-            "adapter": "the peft adapter with the tokenizer and `base_model.json`, a pinned reference to its base "
-                       "model (a prompt-learning adapter adds soft tokens to every input and cannot be merged)",
-            "full": "the whole fine-tuned model (full fine-tuning) with its tokenizer"}[export["kind"]]
+    what = dict(merged="the adapter merged into its base (peft `merge_and_unload`): a standalone transformers folder "
+                       "with the tokenizer; it loads without peft",
+                adapter="the peft adapter with the tokenizer and `base_model.json`, a pinned reference to its base "
+                        "model (a prompt-learning adapter adds soft tokens to every input and cannot be merged)",
+                full="the whole fine-tuned model (full fine-tuning) with its tokenizer")[export["kind"]]
     return f"## This export\n\n{what}; weights in {export.get('dtype') or 'the dtype the run saved'}."
 
 
@@ -134,10 +132,10 @@ def base_section(run: FinishedRun) -> str:
 
 
 def method_section(run: FinishedRun) -> str:
-    eff = run.result.efficiency
-    params = (f"Trainable parameters: {eff.get('trainable_params', 0):,} of {eff.get('total_params', 0):,} "
-              f"({COSTS['trainable_pct'].format(eff.get('trainable_pct') or 0.0)}); "
-              f"weights stored: {COSTS['adapter_bytes'].format(eff.get('adapter_bytes') or 0)}.")
+    cost = run.result.cost
+    params = (f"Trainable parameters: {cost.trainable_params or 0:,} of {cost.total_params or 0:,} "
+              f"({COSTS['trainable_pct'].format(cost.trainable_pct or 0.0)}); "
+              f"weights stored: {COSTS['adapter_bytes'].format(cost.adapter_bytes or 0)}.")
     config = yaml.safe_dump(run.result.config, sort_keys=False, allow_unicode=True).strip()
     return (f"## Method\n\n`{run.config.method}`: {run.method.description}. {params}\n\n"
             f"The run's full config (result.json `config`):\n\n{md_fence(config, 'yaml')}")
@@ -153,16 +151,20 @@ def task_facts(run: FinishedRun) -> tuple[str, str, str]:
 
 
 def data_section(run: FinishedRun) -> str:
-    r, data = run.result, run.result.data
+    r, data = run.result, run.result.inputs
     description, source, license_ = task_facts(run)
-    sizes = (f"train {data.get('train', {}).get('examples', '?')}, validation {data.get('validation_examples', '?')}, "
-             f"{r.evaluated_on} {data.get(r.evaluated_on, {}).get('examples', '?')}")
+    sizes = (f"train {or_unknown(data.train.examples)}, validation {or_unknown(data.validation_examples)}, "
+             f"{r.evaluated_on} {or_unknown(data.split(r.evaluated_on).examples)}")
     lines = [f"- task {md_code(r.task)} ({r.task_type}): {md_text(description)}", f"- data source: {md_text(source)}",
              f"- license: {md_text(license_)}", f"- split sizes: {sizes}"]
     if run.labels:
         lines.append(f"- labels, in the model's output order: {', '.join(map(md_code, run.labels))}")
-    lines += [f"- note: {md_text(w)}" for w in data.get("warnings", [])]
+    lines += [f"- note: {md_text(w)}" for w in data.warnings]
     return "## Task and data\n\n" + "\n".join(lines)
+
+
+def or_unknown(count) -> str:
+    return "?" if count is None else str(count)
 
 
 def points(value) -> str:
@@ -180,7 +182,7 @@ def metrics_section(run: FinishedRun, frame) -> str:
         spread = format_score(mean, std) if n > 1 else f"{points(mean)} (one seed)"
         rows.append(f"| {metric_label(key)} | {points(value)} | {spread} | "
                     f"{f'{points(lo)} – {points(hi)}' if n > 1 else 'n/a (one seed)'} | {int(n)} |")
-    n_test = r.data.get(r.evaluated_on, {}).get("examples", "?")
+    n_test = or_unknown(r.inputs.split(r.evaluated_on).examples)
     return (f"## Test metrics\n\nOn the {r.evaluated_on} split ({n_test} examples), ×100; the seeds are the runs of "
             "this setting in the grid (CI: Student t over seeds).\n\n" + "\n".join(rows))
 
@@ -197,7 +199,7 @@ def comparison_section(run: FinishedRun, frame, runs_by_id: dict) -> str:
     """The run's setting beside the grid's full fine-tuning and untrained rows on the same test examples."""
     r, row = run.result, own_row(run.result, frame)
     primary = PRIMARY_METRIC.get(r.task_type)
-    others = [o for _, o in frame.iterrows() if o["method"] in ("full", "untrained") and o["run_ids"] != row["run_ids"]
+    others = [o for _, o in frame.iterrows() if o["role"] in (Role.FULL, Role.BASELINE) and o["run_ids"] != row["run_ids"]
               and same_test(runs_by_id[o["run_ids"][0]], r)]
     if not others or primary is None:
         return ""
@@ -211,7 +213,7 @@ def comparison_section(run: FinishedRun, frame, runs_by_id: dict) -> str:
 
 
 def group_label(row) -> str:
-    name = "full fine-tuning" if row["method"] == "full" else "untrained baseline"
+    name = "full fine-tuning" if row["role"] == Role.FULL else "untrained baseline"
     return f"{name} ({row['variant']})" if row["variant"] else name
 
 
@@ -249,7 +251,7 @@ def prompt_template(run: FinishedRun, fmt: str, instruction: str) -> str:
 
 
 def prompt_section(run: FinishedRun) -> str:
-    fmt = run.result.data.get("prompt_format", "unknown")
+    fmt = run.result.inputs.prompt_format or "unknown"
     try:
         template = prompt_template(run, fmt, run_instruction(run))
     except (MedpeftError, OSError, ValueError) as err:  # e.g. the base model's folder is gone from this machine
@@ -262,7 +264,7 @@ def prompt_section(run: FinishedRun) -> str:
                  "An encoder with a separator token reads them as two segments with their segment ids, the longer cut "
                  "first; any other model reads the two joined by a blank line. `medpeft predict` takes the second text "
                  f"from `--pair-field` (default {md_code(field)}).")
-    if run.result.task_type == "summarization":
+    if run.kind.generates:
         settings = ", ".join(f"{k}={v}" for k, v in decoding(run.config).items())
         text += f"\n\nDecoding: greedy or beam search, never sampled: {settings}."
     if run.labels:
@@ -305,7 +307,7 @@ def versions_section(result: RunResult) -> str:
 
 def limits_section(run: FinishedRun) -> str:
     r, data_cfg = run.result, run.config.data
-    n_test = r.data.get(r.evaluated_on, {}).get("examples", 0) or 0
+    n_test = r.inputs.split(r.evaluated_on).examples or 0
     small = f": a small test set, on another {n_test} examples the score could move by several points" if n_test < SMALL_TEST else ""
     lines = ["- Intended use: comparing ways to adapt a language model to medical text, and a starting point for a "
              "model that is then validated on the setting's own data.",
