@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from report_fixtures import base_config, class_rows, summary_rows, write_failed, write_run
 
-from medpeft.report import compare, sections, stats
+from medpeft.report import compare, stats
 from medpeft.report import frame as frames
 
 
@@ -170,7 +170,7 @@ def test_each_method_on_a_pretrained_model_is_compared_with_its_base(tmp_path):
     names = {idx: (row["model"], row["method"]) for idx, row in frame.iterrows()}
     on_base = {names[c["row"]]: (names[c["ref"]], round(c["delta"], 3)) for c in comparisons if "base model" in c["against"]}
     assert on_base == {("adapted", "full"): (("base", "full"), 0.25), ("adapted", "lora"): (("base", "lora"), 0.0)}
-    html_table, md = sections.comparison_table(frame, comparisons)
+    html_table, md = compare.comparison_table(frame, comparisons)
     assert "| full (tuned lr=0.0003) · adapted | full (tuned lr=0.0001) · base | +25.00 |" in md
     from medpeft.report.sections import answer_first
 
@@ -320,7 +320,8 @@ def test_one_sample_p_by_hand():
 def test_each_trained_row_is_compared_with_its_untrained_baseline(tmp_path):
     """Does training pay at all? The baseline (zero-shot or the majority class) is one deterministic run: the
     seeds are tested against its score (one-sample t), and one seed against it is not yet a claim."""
-    from medpeft.report.sections import answer_first, comparison_table
+    from medpeft.report.compare import comparison_table
+    from medpeft.report.sections import answer_first
 
     write_run(tmp_path, "t.m.untrained.seed0", base_config("t", "m", "untrained", 0), summary_rows([0.3] * 10), "summarization")
     for seed in range(3):  # seed scores 0.50, 0.51, 0.52: +21 points on every example

@@ -88,7 +88,7 @@ def test_delta_comes_from_the_shared_test_ids_like_its_ci_and_p(tmp_path):
     assert cmp["delta"] == pytest.approx(by_hand)  # was +0.10 from each row's own test set
     lo, hi = cmp["delta_ci"]
     assert lo <= cmp["delta"] <= hi and cmp["verdict"].startswith("worse")
-    html, md = sections.comparison_table(frame, cmps)
+    html, md = compare.comparison_table(frame, cmps)
     for text in (html, md):
         assert "different test examples" in text and "100 shared" in text
 

@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 from medpeft.report import plots
-from medpeft.report.compare import SEEDS_FOR_A_CLAIM, compare_task
+from medpeft.report.compare import SEEDS_FOR_A_CLAIM, compare_task, comparison_table
 from medpeft.report.frame import aggregate, collect_runs, split_trials
 from medpeft.report.plots import image_html
 from medpeft.report.stats import ALPHA
-from medpeft.report.sections import (answer_first, comparison_table, example_section, failure_section, one_label_rows,
+from medpeft.report.sections import (answer_first, example_section, failure_section, one_label_rows,
                                       warnings_for)
 from medpeft.report.summary import write_summary
 from medpeft.report.tuning import tuning_lines, tuning_section

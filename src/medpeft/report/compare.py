@@ -1,9 +1,10 @@
 """Is a difference real? Each trained row against full fine-tuning (same model), against the same
 method and settings on its base model (a model `medpeft pretrain` made from another model of the
 grid), against the task's best row and against the untrained baseline (zero-shot, or the majority
-class): paired over shared test examples, and over seeds; a verdict in plain words."""
+class): paired over shared test examples, and over seeds; a verdict in plain words; the table of them."""
 from __future__ import annotations
 
+import html
 import math
 
 import numpy as np
@@ -12,6 +13,8 @@ from medpeft.methods import Role
 from medpeft.report.frame import group_example_scores
 from medpeft.report.stats import (ALPHA, holm, one_sample_p, paired_bootstrap_ci, paired_randomization_p, statistic,
                                   welch_p)
+from medpeft.report.tables import describe_row, format_points, has_several_models, md_text
+from medpeft.run.metrics import metric_label
 
 SEEDS_FOR_A_CLAIM = 3  # fewer seeds than this per row and a difference is not called real
 # what a row is compared against (a comparison's `against`, several joined by " & " when one row is both)
@@ -131,3 +134,61 @@ def adjust_family(comparisons: list[dict]) -> None:
         adjusted = dict(zip(pairs, holm([raw[pair] for pair in pairs])))
         for c in comparisons:
             c[key] = adjusted[frozenset((c["row"], c["ref"]))]
+
+
+def format_p(p: float) -> str:
+    return "n/a" if p != p else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def comparison_table(frame, comparisons: list[dict]) -> tuple[str, str]:
+    """Each method against full fine-tuning, against its method on its base model (a model
+    pre-trained from another of the grid), against the best row and against its model's untrained
+    baseline: Δ, its CI and p-values."""
+    if not comparisons:
+        text = "Only one trained row: nothing to compare."
+        return f"<p class='note'>{text}</p>", text + "\n"
+    many = has_several_models(frame)
+    header = ["Method", "vs", "Δ points", "95% CI of Δ (test set)", "p (test set)", "p (seeds)", "Verdict"]
+    rows = [comparison_cells(frame, c, many) for c in comparisons]
+    note = ("Δ, its CI and p (test set) are over the test ids both rows scored. p (test set): two-sided paired approximate "
+            f"randomisation on per-example {metric_label(comparisons[0]['metric'])} (seed-averaged). p (seeds): Welch's "
+            "t-test over seed scores, needs >= 2 seeds each; against the untrained baseline (one run, no training noise), a "
+            f"one-sample t-test of the row's seed scores against its score. {adjustment_note(comparisons)}")
+    differ = [c for c in comparisons if c["ids_differ"]]
+    if differ:
+        note += (f" {len(differ)} comparison(s) are of rows scored on different test examples (marked; only the "
+                 "shared ones are compared): their Δ is not the difference of the two rows' means in the main table.")
+    h = ("<table class='cmp'><thead><tr>" + "".join(f"<th>{html.escape(x)}</th>" for x in header) + "</tr></thead><tbody>"
+         + "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in r) + "</tr>" for r in rows)
+         + f"</tbody></table><p class='note'>{html.escape(note)}</p>")
+    m = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(map(md_text, r)) + " |" for r in rows]
+    return h, "\n".join(m) + "\n\n" + note + "\n"
+
+
+def adjustment_note(comparisons: list[dict]) -> str:
+    """How the p-values were adjusted for the task's many comparisons, in one sentence."""
+    if not comparisons[0].get("adjusted"):
+        return (f"p-values are not adjusted for multiple comparisons (medpeft report --unadjusted): with "
+                f"{len(comparisons)} comparisons, some p < {ALPHA:g} are expected by chance.")
+    pairs = len({frozenset((c["row"], c["ref"])) for c in comparisons})
+    return (f"Both p-values are Holm-adjusted over this task's {pairs} comparisons, each family on its own (the raw p "
+            f"in brackets where it differs); a difference is called real at adjusted p < {ALPHA:g}.")
+
+
+def comparison_cells(frame, c: dict, many: bool) -> list[str]:
+    """One comparison's cells: labels, Δ, its CI, both p-values (adjusted, raw beside) and the verdict."""
+    lo, hi = c["delta_ci"]
+    if c["p_seeds"] == c["p_seeds"]:
+        p_seeds = adjusted_p(c, "p_seeds")
+    else:
+        p_seeds = f"n/a ({min(c['seeds'])} seed)" if min(c["seeds"]) < 2 else "n/a (no seed variance)"
+    ref = describe_row(frame.loc[c["ref"]], many) + (" (best)" if VS_BEST in c["against"] else "")
+    shared = f"n={c['n_examples']} shared; different test examples" if c["ids_differ"] else f"n={c['n_examples']}"
+    return [describe_row(frame.loc[c["row"]], many), ref, format_points(c["delta"]),
+            "n/a" if lo != lo else f"[{100 * lo:+.1f}, {100 * hi:+.1f}]", f"{adjusted_p(c, 'p_examples')} ({shared})",
+            p_seeds, c["verdict"]]
+
+
+def adjusted_p(c: dict, key: str) -> str:
+    text, raw = format_p(c[key]), format_p(c.get(f"{key}_raw", c[key]))
+    return text if raw == text else f"{text} [raw {raw}]"

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from medpeft.methods import Role
-from medpeft.report.compare import SEEDS_FOR_A_CLAIM, VS_BASE, VS_BEST, VS_FULL, VS_UNTRAINED
+from medpeft.report.compare import SEEDS_FOR_A_CLAIM, VS_BASE, VS_FULL, VS_UNTRAINED, format_p
 from medpeft.report.frame import example_scores
 from medpeft.report.plots import image_html, plot_confusion
 from medpeft.report.stats import ALPHA, statistic
@@ -28,10 +28,6 @@ SOURCE_CHARS, OUTPUT_CHARS = 700, 600
 
 def format_mean(row) -> str:
     return format_score(row["primary_mean"], row["primary_std"]) + f" ({row['seeds']} seed{'s' if row['seeds'] != 1 else ''})"
-
-
-def format_p(p: float) -> str:
-    return "n/a" if p != p else ("< 0.001" if p < 0.001 else f"{p:.3f}")
 
 
 def p_text(p: float) -> str:
@@ -206,60 +202,6 @@ def one_label_rows(frame, runs_by_id: dict) -> list[str]:
                    f"({seeds}, one label each): its accuracy {format_score(row['primary_mean'])} is the test set's share of "
                    "that label, not something learned. Raise the training budget (examples, epochs) or read macro-F1 and AUROC.")
     return out
-
-
-def comparison_table(frame, comparisons: list[dict]) -> tuple[str, str]:
-    """Each method against full fine-tuning, against its method on its base model (a model
-    pre-trained from another of the grid), against the best row and against its model's untrained
-    baseline: Δ, its CI and p-values."""
-    if not comparisons:
-        text = "Only one trained row: nothing to compare."
-        return f"<p class='note'>{text}</p>", text + "\n"
-    many = has_several_models(frame)
-    header = ["Method", "vs", "Δ points", "95% CI of Δ (test set)", "p (test set)", "p (seeds)", "Verdict"]
-    rows = [comparison_cells(frame, c, many) for c in comparisons]
-    note = ("Δ, its CI and p (test set) are over the test ids both rows scored. p (test set): two-sided paired approximate "
-            f"randomisation on per-example {metric_label(comparisons[0]['metric'])} (seed-averaged). p (seeds): Welch's "
-            "t-test over seed scores, needs >= 2 seeds each; against the untrained baseline (one run, no training noise), a "
-            f"one-sample t-test of the row's seed scores against its score. {adjustment_note(comparisons)}")
-    differ = [c for c in comparisons if c["ids_differ"]]
-    if differ:
-        note += (f" {len(differ)} comparison(s) are of rows scored on different test examples (marked; only the "
-                 "shared ones are compared): their Δ is not the difference of the two rows' means in the main table.")
-    h = ("<table class='cmp'><thead><tr>" + "".join(f"<th>{html.escape(x)}</th>" for x in header) + "</tr></thead><tbody>"
-         + "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in r) + "</tr>" for r in rows)
-         + f"</tbody></table><p class='note'>{html.escape(note)}</p>")
-    m = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(map(md_text, r)) + " |" for r in rows]
-    return h, "\n".join(m) + "\n\n" + note + "\n"
-
-
-def adjustment_note(comparisons: list[dict]) -> str:
-    """How the p-values were adjusted for the task's many comparisons, in one sentence."""
-    if not comparisons[0].get("adjusted"):
-        return (f"p-values are not adjusted for multiple comparisons (medpeft report --unadjusted): with "
-                f"{len(comparisons)} comparisons, some p < {ALPHA:g} are expected by chance.")
-    pairs = len({frozenset((c["row"], c["ref"])) for c in comparisons})
-    return (f"Both p-values are Holm-adjusted over this task's {pairs} comparisons, each family on its own (the raw p "
-            f"in brackets where it differs); a difference is called real at adjusted p < {ALPHA:g}.")
-
-
-def comparison_cells(frame, c: dict, many: bool) -> list[str]:
-    """One comparison's cells: labels, Δ, its CI, both p-values (adjusted, raw beside) and the verdict."""
-    lo, hi = c["delta_ci"]
-    if c["p_seeds"] == c["p_seeds"]:
-        p_seeds = adjusted_p(c, "p_seeds")
-    else:
-        p_seeds = f"n/a ({min(c['seeds'])} seed)" if min(c["seeds"]) < 2 else "n/a (no seed variance)"
-    ref = describe_row(frame.loc[c["ref"]], many) + (" (best)" if VS_BEST in c["against"] else "")
-    shared = f"n={c['n_examples']} shared; different test examples" if c["ids_differ"] else f"n={c['n_examples']}"
-    return [describe_row(frame.loc[c["row"]], many), ref, format_points(c["delta"]),
-            "n/a" if lo != lo else f"[{100 * lo:+.1f}, {100 * hi:+.1f}]", f"{adjusted_p(c, 'p_examples')} ({shared})",
-            p_seeds, c["verdict"]]
-
-
-def adjusted_p(c: dict, key: str) -> str:
-    text, raw = format_p(c[key]), format_p(c.get(f"{key}_raw", c[key]))
-    return text if raw == text else f"{text} [raw {raw}]"
 
 
 def example_section(frame, runs_by_id: dict, confusion_path: Path) -> tuple[str, str]:
