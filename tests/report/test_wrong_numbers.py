@@ -125,3 +125,36 @@ def test_holm_by_hand():
     adjusted = stats.holm([0.01, math.nan, 0.02])  # an untestable comparison is no hypothesis: m = 2
     assert adjusted[0] == pytest.approx(0.02) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.02)
     assert stats.holm([]) == []
+
+
+def test_a_tasks_comparisons_are_holm_adjusted_once_per_pair_of_rows(tmp_path):
+    rng = np.random.default_rng(0)
+    for method, level in (("full", 0.5), ("lora", 0.6), ("ia3", 0.55)):  # lora is the best row
+        for seed in range(3):
+            scores = list(np.clip(level + 0.01 * seed + 0.1 * rng.standard_normal(30), 0, 1))
+            write_run(tmp_path, f"t.m.{method}.seed{seed}", base_config("t", "m", method, seed), summary_rows(scores),
+                      "summarization")
+    runs = frames.collect_runs(tmp_path)
+    frame = frames.aggregate(runs, n_resamples=200)
+    by_id = {r.run_id: r for r in runs}
+    adjusted = compare.compare_task(frame, by_id, n_resamples=200)
+    raw = compare.compare_task(frame, by_id, n_resamples=200, adjust=False)
+    pairs = {frozenset((c["row"], c["ref"])): c for c in raw}  # full vs best and best vs full: one hypothesis
+    assert len(raw) == 4 and len(pairs) == 3  # lora vs full and full vs lora (the best) are one hypothesis
+    for key in ("p_examples", "p_seeds"):
+        expected = dict(zip(pairs, stats.holm([c[key] for c in pairs.values()])))
+        assert [c[key] for c in adjusted] == pytest.approx([expected[frozenset((c["row"], c["ref"]))] for c in adjusted])
+        assert [c[key] for c in raw] == [c[f"{key}_raw"] for c in raw]
+    _, md = compare.comparison_table(frame, adjusted)
+    assert f"Holm-adjusted over this task's {len(pairs)} comparisons" in md
+    _, md = compare.comparison_table(frame, raw)
+    assert "not adjusted for multiple comparisons" in md
+
+
+def test_the_report_states_the_adjustment(tmp_path):
+    from medpeft.report.build import build_report
+
+    write_tuned_and_untuned(tmp_path)
+    for adjust, said in ((True, "Holm-adjusted over each task's comparisons"), (False, "not adjusted for multiple comparisons")):
+        paths = build_report(tmp_path, n_resamples=50, adjust=adjust)
+        assert said in paths["html"].read_text() and said in paths["md"].read_text()
