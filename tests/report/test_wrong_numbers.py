@@ -103,6 +103,9 @@ def test_one_nan_per_example_score_gives_no_p_value():
     assert math.isnan(stats.paired_randomization_p(counts, np.ones((3, 3))))
     cmp = {"n_examples": 40, "p_examples": math.nan, "p_seeds": 0.01, "delta": 0.3, "seeds": (3, 3)}
     assert "better" not in compare.describe_comparison(cmp)
+    from medpeft.report.tables import format_points
+
+    assert format_points(math.nan) == "n/a"  # a Δ over a NaN score (was "+nan")
 
 
 def test_a_zero_difference_is_never_called_worse():

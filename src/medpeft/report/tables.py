@@ -98,8 +98,9 @@ def format_value(value) -> str:
 
 
 def format_points(delta: float) -> str:
-    """A difference of two scores (fractions) in signed points; float noise around zero reads +0.00, not -0.00."""
-    return f"{round(100 * delta, 2) + 0.0:+.2f}"
+    """A difference of two scores (fractions) in signed points; float noise around zero reads +0.00, not -0.00;
+    n/a when a score is missing (a NaN per-example score)."""
+    return "n/a" if delta != delta else f"{round(100 * delta, 2) + 0.0:+.2f}"
 
 
 def has_several_models(frame) -> bool:
