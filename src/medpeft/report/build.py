@@ -152,7 +152,7 @@ NO_EXAMPLES = "Examples left out (medpeft report --no-examples): this report hol
 
 def task_sections(task: str, frame, runs_by_id: dict, plot_dir: Path, opts: dict, trials: list = ()) -> dict:
     """One task's html, md and tex, its answer lines, and the plots it wrote."""
-    comparisons = compare_task(frame, runs_by_id, opts["n_resamples"], opts["seed"])
+    comparisons = compare_task(frame, runs_by_id, opts["n_resamples"], opts["seed"], opts.get("adjust", True))
     tuned_lines, tuning_warnings = tuning_lines(frame)
     answer = answer_first(frame, comparisons, opts["within_points"]) + tuned_lines
     warnings = tuning_warnings + warnings_for(frame) + one_label_rows(frame, runs_by_id)
