@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medpeft.run.encode import encode_examples, token_collator
+from medpeft.run.encode import encode_examples
 from medpeft.run.kinds import KINDS
 from medpeft.errors import ConfigError
 from medpeft.methods import SET_BY_MEDPEFT, build_peft_config, output_prefix_tokens, validate_method_args

@@ -329,3 +329,28 @@ def test_gradient_checkpointing_gives_the_same_training(tmp_path, assets_ready):
     ckpt = run_config(tiny_config("pubmed-conclusion", "tiny-llama", "lora", gradient_checkpointing=True), tmp_path / "b")
     assert ckpt.config["train"]["gradient_checkpointing"] is True
     assert ckpt.training["train_loss"] == pytest.approx(plain.training["train_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("metric", ["loss", "primary"])
+def test_a_loss_scored_tuning_trial_generates_no_summary(tmp_path, monkeypatch, assets_ready, metric):
+    """A trial of `tune: {metric: loss}` is scored by its validation loss alone, under the metric name
+    tune.py records ("val_loss"): it must not generate the validation summaries (issue 29: the run checked
+    for "loss" and generated every one of them for nothing). A primary-scored trial still generates them."""
+    from medpeft import tune
+
+    grid = expand_grid({"base": {"task": "pubmed-conclusion", "model": "tiny-llama", "data": dict(TINY_DATA, val_size=2),
+                                 "train": dict(TINY_TRAIN)},
+                        "grid": [{"method": "lora"}], "tune": {"train.lr": [LR], "metric": metric}}, name="g")
+    (group,) = tune.tuning_groups(grid_module.grid_configs(grid))
+    trial = tune.trial_config(group, {"train.lr": LR}, tune.metric_name(group.tune, "summarization"))
+    generated = []
+    from medpeft.run import kinds
+
+    real = kinds.generate_texts
+    monkeypatch.setattr(kinds, "generate_texts", lambda *a, **k: generated.append(1) or real(*a, **k))
+    result = run_config(trial, tmp_path / trial.run_id)
+    assert result.ok and result.tuning_trial and result.evaluated_on == "validation" and result.fit.val_loss is not None
+    if metric == "loss":
+        assert generated == [] and result.metrics == {}
+    else:
+        assert generated and "rouge1" in result.metrics

@@ -49,7 +49,7 @@ def test_token_labels_sit_on_the_first_sub_word(assets_ready):
     (row,), stats = encode_examples([ex], tokenizer, KINDS["token_cls"], "", data_cfg, ["O", "B-DRUG", "I-DRUG"])
     words = tokenizer(ex["text"], is_split_into_words=True).word_ids()
     assert words.count(0) > 1  # the drug name is split into several sub-words
-    assert [l for l in row["labels"] if l != -100] == [1, 2, 0]
+    assert [tag for tag in row["labels"] if tag != -100] == [1, 2, 0]
     assert row["labels"][0] == row["labels"][-1] == -100 and stats["truncated_sources"] == 0
 
 
@@ -103,7 +103,7 @@ def test_multilabel_run_end_to_end_and_reload(tmp_path, assets_ready):
     from peft import PeftModel
 
     from medpeft.run.predict import predict_probs
-    from medpeft.models import load_model, resolve_model
+    from medpeft.models import resolve_model
     from medpeft.registry import TASKS
     from helpers import run_config
 

@@ -23,7 +23,7 @@ from medpeft.run.forgetting import continuation_rows, heldout_abstracts, measure
 from medpeft.run.kinds import KINDS
 from medpeft.run.metrics import score_bertscore
 from medpeft.run.measure import count_parameters, describe_env, folder_bytes, peak_memory_bytes, reset_peak_memory
-from medpeft.run.record import TRAINING_KEYS, RunResult, is_trial, write_jsonl
+from medpeft.run.record import TRAINING_KEYS, RunResult, Tuning, is_trial, write_jsonl
 from medpeft.tasks import sample_per_class
 
 
@@ -54,7 +54,7 @@ def run_experiment(plan: RunPlan, run_dir: Path, on_validation=None, callbacks=(
     start = time.perf_counter()
     use_model = plan.method.trains or not new_modules  # an untrained random head is replaced by the prior
     split = "validation" if trial else "test"
-    if trial and cfg.tuning.get("metric") == "loss":  # scored by its validation loss: nothing to generate
+    if trial and Tuning.from_json(cfg.tuning).scored_by_loss:  # scored by its validation loss: nothing to predict
         predictions, metrics, test_stats = [], {}, {}
     else:
         predictions, metrics, test_stats = evaluate_model(model, tokenizer, kind, plan, train_rows, use_model, split, data_cfg)
