@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.medpeft-installed
 
-.PHONY: install assets demo test test-fast bench clean-runs
+.PHONY: install assets demo test test-fast bench gpu-check clean-runs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ test-fast: assets
 # medpeft's training path against a plain pad-to-max Trainer pipeline: tokens/s, peak memory, ratios (minutes)
 bench: assets
 	$(BIN)/python -m medpeft.bench
+
+# On a CUDA machine (offline, no weights: gpu/check.sh and gpu/kit.sh): every model kind and method on the GPU,
+# then `python -m medpeft.bench --gpu`; exits non-zero if any step failed (about 8 minutes on one H200)
+gpu-check:
+	PY=$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) bash gpu/check.sh
 
 clean-runs:
 	rm -rf runs

@@ -5,11 +5,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-check-out}; mkdir -p "$OUT"
-KIT=$PWD/.gpu-carry PY=${PY:-python3}
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-"$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$KIT"/wheels/*.whl
-export PYTHONPATH=/tmp/site:$PWD/src
-rm -rf /tmp/medpeft-cache && cp -r "$KIT/cache" /tmp/medpeft-cache && export MEDPEFT_CACHE=/tmp/medpeft-cache
+source gpu/kit.sh
+kit_install && kit_env
 "$PY" "$KIT/make_random_weights.py" "$MEDPEFT_CACHE/models/smollm2-135m-v1"
 "$PY" -c 'from medpeft.models import locate_tiny_llama as l; print(l())'
 mkdir -p "$MEDPEFT_CACHE/wheels"  # tests/conftest.py's assets_ready only checks these two exist; medpeft reads the extracted folders

