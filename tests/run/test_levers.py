@@ -206,6 +206,30 @@ def test_packing_and_pad_to_64_leave_a_run_unchanged(tmp_path, monkeypatch, asse
 
 
 @pytest.mark.parametrize("model", ["tiny-llama", "tiny-t5"])
+def test_counts_taken_on_the_cpu_leave_a_run_unchanged(model, tmp_path, monkeypatch, assets_ready):
+    """CUDA's host counts, forced on CPU (whole batches, as on a GPU): the collator's token count and
+    labelled positions give the Trainer's token count and the same loss as without them."""
+    from medpeft.run import fit
+
+    train = torch.nn.Module.train
+    monkeypatch.setattr(torch.nn.Module, "train", lambda self, mode=True: train(self, False))  # no dropout anywhere
+    monkeypatch.setattr(fit, "cpu_slices", lambda inputs, *a: [(inputs, 1.0)])  # a GPU keeps the batch whole
+    plain = run_with(tmp_path, "plain", model=model)
+    seen = []
+    choose = fit.choose_levers
+
+    def host_counts(*args):
+        seen.append(1)
+        return dataclasses.replace(choose(*args), host_counts=True, pad_to_multiple_of=64)
+
+    monkeypatch.setattr(fit, "choose_levers", host_counts)
+    counted = run_with(tmp_path, "counted", model=model)
+    assert seen and counted.ok and plain.ok
+    assert counted.training["train_tokens"] == plain.training["train_tokens"]
+    assert abs(counted.training["train_loss"] - plain.training["train_loss"]) < 1e-4
+
+
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-t5"])
 def test_a_bf16_base_trains_evaluates_and_keeps_the_adapter_in_fp32(model, tmp_path, monkeypatch, assets_ready):
     """bf16 precision with the frozen base held in bf16 (forced on CPU): the run trains, generates and
     saves; the adapter weights stay fp32 and the base's are bf16."""
