@@ -99,6 +99,18 @@ def test_pad_to_multiple_keeps_row_labels_and_follows_soft_prompt_and_target_wid
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
+def test_on_cpu_the_collator_hands_on_the_kinds_batch_untouched(kind, assets_ready):
+    """The CPU path (every lever off) gets exactly the batch it got before the levers: `make bench` is unchanged."""
+    _, tokenizer, _ = build("lora", kind)
+    rows, _ = encode_examples(HEAD_DATA[kind][1] if kind in HEAD_DATA else EXAMPLES, tokenizer, KINDS[kind], INSTRUCTION,
+                              type("Data", (), TINY_DATA)(), HEAD_DATA.get(kind, (None,))[0])
+    before = KINDS[kind].collator(tokenizer, 0)(rows)
+    after = BatchCollator(KINDS[kind].collator(tokenizer, 0), tokenizer.pad_token_id, OFF, kind == "causal",
+                          KINDS[kind].seq2seq_trainer)(rows)
+    assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
 def test_collated_batches_of_every_kind_come_out_in_multiples_of_64(kind, assets_ready):
     model, tokenizer, config = build("lora", kind)
     plain = make_batch(tokenizer, kind, config)
