@@ -91,9 +91,9 @@ class TrainConfig:
     pad_to_multiple_of: int | None = field(default=None, metadata={
         "help": "pad each batch to a multiple of this many tokens (None: 64 on CUDA, 1 = off)"})
     packing: bool | None = field(default=None, metadata={
-        "help": "padding-free batches of decoder-only models (one row, position ids restart per example)"})
+        "help": "padding-free batches of decoder-only models (one row, position ids restart per example); opt-in"})
     bf16_base: bool | None = field(default=None, metadata={
-        "help": "hold a frozen base in bf16 under bf16 precision; trained weights stay fp32"})
+        "help": "hold the frozen base of a LoRA/DoRA decoder or T5 in bf16 under bf16 precision; trained weights stay fp32"})
     fused_optimizer: bool | None = field(default=None, metadata={
         "help": "AdamW as one fused kernel (adamw_torch_fused)"})
     dataloader_workers: int | None = field(default=None, metadata={
