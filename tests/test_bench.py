@@ -58,7 +58,7 @@ def test_the_plain_pipeline_pads_to_max_length(assets_ready):
     rows = bench.plain_rows(w, plan.data, tokenizer)
     assert len(rows) == w.train_size and all(len(r["input_ids"]) == w.max_length for r in rows)
     for row in rows:  # labels on every real token, -100 on padding only
-        assert [l == -100 for l in row["labels"]] == [m == 0 for m in row["attention_mask"]]
+        assert [label == -100 for label in row["labels"]] == [m == 0 for m in row["attention_mask"]]
         assert 0 < sum(row["attention_mask"]) < w.max_length  # padded, never cut: source and summary are cut first
 
 
