@@ -152,7 +152,9 @@ if [ "$LOCAL" != 1 ] && [ "$PYTEST" = 1 ]; then
   step pytest 0 300 env MEDPEFT_CACHE=/tmp/medpeft-cache-tests "$PY" -m pytest -q -ra -p no:cacheprovider --timeout 200 \
     "tests/run/test_checkpoint.py::test_a_run_resumed_in_a_later_epoch_ends_exactly_as_the_uninterrupted_run" \
     "tests/run/test_checkpoint.py::test_each_epoch_draws_a_new_order_from_the_seed_and_the_epoch" \
-    tests/test_properties.py tests/test_exit_status.py tests/run/test_ner_e2e.py
+    tests/test_properties.py tests/test_exit_status.py tests/run/test_ner_e2e.py \
+    "tests/run/test_levers.py::test_every_lever_on_a_gpu_leaves_the_loss_as_without_them" \
+    "tests/run/test_levers.py::test_a_bf16_base_trains_evaluates_and_keeps_the_adapter_in_fp32"
   tail -n 15 "$WORK/logs/pytest.log"
 fi
 
