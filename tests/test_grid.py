@@ -182,7 +182,7 @@ def test_a_second_grid_file_with_the_same_name_is_refused_before_anything_runs(t
 
 def test_the_same_grid_file_edited_and_older_folders_run_on(tmp_path, nothing_runs, caplog):
     from medpeft.config import load_grid
-    from medpeft.run.record import GRID_MARKER
+    from medpeft.run.owner import GRID_MARKER
 
     path = write_grid_file(tmp_path / "a")
     nothing_runs(load_grid(path), tmp_path / "runs")

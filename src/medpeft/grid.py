@@ -21,7 +21,8 @@ from medpeft.run.faults import diagnose, release_memory
 from medpeft.run.lock import acquire_run_lock, describe_holder
 from medpeft.run.preempt import stop_on_signal
 from medpeft.run.progress import grid_bar, level, run_log, say, showing
-from medpeft.run.record import RunResult, claim_grid_dir, read_result
+from medpeft.run.owner import claim_grid_dir
+from medpeft.run.record import RunResult, read_result
 from medpeft.run.track import open_tracker
 
 LOCK_POLL_S = 10.0  # seconds between looks at runs another worker holds, when their results are needed

@@ -19,7 +19,8 @@ from medpeft.plan import load_data, model_kind, task_spec
 from medpeft.registry import METHODS
 from medpeft.run.checkpoint import read_safetensors_header
 from medpeft.run.kinds import KINDS, ModelKind
-from medpeft.run.record import GRID_MARKER, RunResult, read_result, recorded_grid_file
+from medpeft.run.owner import GRID_MARKER, recorded_grid_file
+from medpeft.run.record import RunResult, read_result
 
 TEXT_ONLY = "text"  # prompt_format of an encoder that sees the text alone (no instruction): run/encode.py
 # Pickled weight files -> the safetensors file a conversion writes; loading a pickle can run any code it holds.
