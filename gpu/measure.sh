@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Issue 28's GPU measurement in ONE device call (about 8 min on one H200; the call's limit is 10): the kit's wheels,
+# Issue 28's GPU measurement in one device call (9-10 min estimated on one H200; the call's limit is 10): the kit's wheels,
 # then `python -m medpeft.bench --gpu --ablate`: LoRA on the 1.7B Llama shape (medpeft against a plain pad-to-512
 # bf16 Trainer), its full fine-tuning, LoRA on the Flan-T5-large shape against a plain Seq2SeqTrainer, and medpeft's
 # LoRA again with each GPU lever turned the other way (one process each) for before/after per lever.
-# Estimate (issue 28's figures): 64 steps x 8 rows x ~350 useful tokens = ~180k tokens; medpeft before the levers
-# 11.5k tokens/s = 16 s a run, the plain side 17k/s = 11 s; each process adds ~15 s (imports, 6.8 GB of fp32
-# weights from the page cache, the task) and the generation runs ~10 s: ~3.5 min for the three workloads (6
-# processes), ~4 min for the ablation (9 processes at <= 30 s), ~1 min for the wheels, the matmul peak and building
-# the random weights (1.7 B + 0.8 B parameters on the GPU, saved once). The benchmark runs under a timeout that
-# leaves the logs time to come back; it prints each table as it finishes, so a cut run still returns what it measured.
+# Estimate (issue 28's figures): LoRA, 64 steps x 8 rows x ~350 useful tokens = ~180k tokens: medpeft before the
+# levers at 11.5k tokens/s 16 s, the plain side (17k/s) 11 s; each process adds ~20 s (imports, the task, 6.8 GB of
+# fp32 weights from the page cache) and the generations before training ~15 s: ~1.8 min for LoRA, ~1.1 for full
+# fine-tuning (256 examples), ~1.3 for T5-large; the ablation's 9 rows train on half the LoRA workload (32 steps,
+# ~25-30 s a process; torch.compile's row may take up to its 150 s cap): ~4-5 min; the wheels, the matmul peak and
+# the random weights (1.7 B + 0.8 B parameters built on the GPU, saved once as fp32) ~1 min. About 9-10 min in all:
+# the benchmark runs under LIMIT_S (510 s) so the call returns its logs; it prints each table and ablation row as it
+# finishes and rewrites bench-gpu.json after each, so a cut run keeps what it measured, and the opt-in rows (packing,
+# compile, Liger) come last. If it is cut, a second call measures the rest:
+#   ARGS="--ablate --only ablation" bash gpu/measure.sh      (the ablation alone, ~5 min)
 # $OUT: measure.log (everything), bench-gpu.txt (the tables), bench-gpu.json (every figure), versions.txt.
 #   device:  bash gpu/measure.sh      (carry .gpu-carry)
 #   dry run: LOCAL=1 PY=.venv/bin/python bash gpu/measure.sh   (CPU, tiny shapes: --quick)

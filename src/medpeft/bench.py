@@ -352,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny random models, seconds: a smoke test of the benchmark")
     parser.add_argument("--gpu", action="store_true", help="the GPU benchmark (medpeft/bench_gpu.py): real shapes, random weights")
     parser.add_argument("--ablate", action="store_true", help="with --gpu: medpeft's LoRA again with each lever turned, one process each")
-    parser.add_argument("--only", nargs="+", metavar="WORKLOAD", help="with --gpu: these workloads only (lora-1.7b, full-1.7b, lora-t5-large)")
+    parser.add_argument("--only", nargs="+", metavar="WORKLOAD", help="with --gpu: these workloads only (lora-1.7b, full-1.7b, lora-t5-large; with --ablate, "
+                        "'--only ablation' runs the ablation alone)")
     parser.add_argument("--models-dir", help="with --gpu: where the random-weight models are built (kept; default a temporary folder)")
     parser.add_argument("--json", help="with --gpu: also write every figure to this JSON file")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # a side's own process

@@ -131,7 +131,7 @@ def medpeft_config(w: GpuWorkload, model_path: str, train: dict):
 
 
 def measure_medpeft_gpu(w: GpuWorkload, model_path: str, workdir: Path, lever: str | None = None, quick: bool = False) -> dict:
-    """medpeft's side through bench.measure_medpeft; with `lever`, that lever turned the other way and no generation.
+    """medpeft's side through bench.measure_medpeft; with `lever` (an ablation row), that lever turned the other way.
     `--quick` on CPU pads to 64 as CUDA does, so that the ablation runs that code path there too."""
     import torch
 
@@ -140,8 +140,6 @@ def measure_medpeft_gpu(w: GpuWorkload, model_path: str, workdir: Path, lever: s
     from medpeft.methods import METHODS
     from medpeft.run import fit
 
-    if lever is not None:
-        w = dataclasses.replace(w, max_new_tokens=0)
     base = QUICK_CPU_LEVERS if quick and not torch.cuda.is_available() else {}
     config = medpeft_config(w, model_path, {**base, **LEVERS.get(lever, {})})
     choose = fit.choose_levers
@@ -260,6 +258,8 @@ def run_gpu_side(side: str, workload: str, quick: bool, models_dir: Path, result
     hf_logging.set_verbosity_error()
     warnings.filterwarnings("ignore")
     w = (QUICK_WORKLOADS if quick else WORKLOADS)[workload]
+    if lever is not None:
+        w = ablation_workload(w, quick)
     path = str(models_dir / w.model)
     with tempfile.TemporaryDirectory() as tmp, showing("quiet"):
         figures = (measure_medpeft_gpu(w, path, Path(tmp), lever, quick) if side == "medpeft" else measure_plain_gpu(w, path, Path(tmp)))
@@ -352,12 +352,21 @@ def ablation_line(name: str, figures: dict, base: dict) -> str:
     return f"  {name:34}{speed:>12,.0f}{memory(figures):>10.2f}{ratio:>14.2f}x"
 
 
+def ablation_workload(w: GpuWorkload, quick: bool) -> GpuWorkload:
+    """An ablation row's workload: half the LoRA workload (256 examples, 32 steps) for every row alike, no
+    generation; a row's process start-up is the most of its time (the --quick one stays as it is)."""
+    w = dataclasses.replace(w, max_new_tokens=0)
+    return w if quick else dataclasses.replace(w, train_size=w.train_size // 2, steps=w.steps // 2)
+
+
 def run_ablation(w: GpuWorkload, quick: bool, folder: Path, report: dict, json_path: Path | None) -> list[str]:
     """medpeft's LoRA with every lever as chosen, then with each turned the other way, one process each; each
     row printed as it finishes; -> the rows that failed."""
     import torch
 
-    print(f"\nablation: {w.name} through medpeft, training only, one lever turned the other way per process", flush=True)
+    half = ablation_workload(w, quick)
+    print(f"\nablation: {w.name} through medpeft, {half.train_size} examples, {half.steps} steps, training only, one lever "
+          "turned the other way per process", flush=True)
     print(ABLATION_HEADER, flush=True)
     runs = report["ablation"] = {}
     for name in ["all levers as chosen", *LEVERS]:
