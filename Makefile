@@ -24,9 +24,11 @@ demo: assets
 	$(BIN)/medpeft run configs/quick.yaml
 
 test: assets
+	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest -q
 
 test-fast: assets
+	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # medpeft's training path against a plain pad-to-max Trainer pipeline: tokens/s, peak memory, ratios (minutes)

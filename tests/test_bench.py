@@ -7,6 +7,7 @@ import re
 import pytest
 
 from medpeft import bench
+from medpeft.bench import cpu
 
 NUMBER = r"([\d,]+(?:\.\d+)?)"
 
@@ -52,10 +53,10 @@ def test_the_plain_pipeline_pads_to_max_length(assets_ready):
 
     from medpeft.plan import plan_run
 
-    w = bench.QUICK["summarization"]
-    plan = plan_run(bench.experiment_config(w))
+    w = cpu.QUICK["summarization"]
+    plan = plan_run(cpu.experiment_config(w))
     tokenizer = AutoTokenizer.from_pretrained(plan.model_path)
-    rows = bench.plain_rows(w, plan.data, tokenizer)
+    rows = cpu.plain_rows(w, plan.data, tokenizer)
     assert len(rows) == w.train_size and all(len(r["input_ids"]) == w.max_length for r in rows)
     for row in rows:  # labels on every real token, -100 on padding only
         assert [label == -100 for label in row["labels"]] == [m == 0 for m in row["attention_mask"]]
@@ -68,7 +69,7 @@ def test_the_gpu_benchmark_runs_whole_on_tiny_shapes(capsys, assets_ready, tmp_p
     on both sides, the JSON report. The sides run in this process under --quick; the figures mean nothing."""
     import json
 
-    from medpeft import bench_gpu
+    from medpeft.bench import gpu as bench_gpu
 
     assert bench.main(["--gpu", "--quick", "--ablate", "--json", str(tmp_path / "gpu.json")]) == 0
     out = capsys.readouterr().out

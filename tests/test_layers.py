@@ -5,7 +5,7 @@ This file is the one statement of the layers: RANKS below. A module imports only
 metric table and the result record), nothing else of run/. The README's Layout section states the
 layers as `layer_line()` writes them, top first (a test checks it):
 
-__main__ -> cli -> grid, pretrain, bench -> tune, use/ -> run/, report/ -> plan -> methods, models, tasks/
+__main__ -> cli -> grid, pretrain, bench/ -> tune, use/ -> run/, report/ -> plan -> methods, models, tasks/
 -> config/, registry, data/, dist, files -> errors
 """
 from __future__ import annotations

@@ -254,6 +254,8 @@ def adapter_base(path: str) -> str | None:
 
 
 ARCHITECTURES = ("seq2seq", "causal", "encoder")
+# the objective `medpeft pretrain` continues for each architecture; an encoder-decoder has none there
+PRETRAINING_OBJECTIVE = {"causal": "causal-lm", "encoder": "masked-lm"}
 
 
 def model_architecture(path: str) -> str:
@@ -314,7 +316,7 @@ def load_model(path: str, auto_class: str, labels: list[str] | None = None, prob
     # weights under bf16 autocast, and run/levers.py casts a frozen base to bf16 itself where it pays
     kwargs = {"output_loading_info": True, "dtype": None if quantize_4bit else torch.float32}
     if labels is not None:
-        kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
+        kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)})
     if problem_type is not None:
         kwargs["problem_type"] = problem_type
     if quantize_4bit:

@@ -88,13 +88,13 @@ def build_corpus(held_out: dict[str, list[str]], max_docs: int, seed: int) -> tu
 def lm_objective(model: str, path: str) -> str:
     """masked-lm for an encoder, causal-lm for a decoder; an encoder-decoder is a ModelError (checked from
     its config, before the corpus is built or any weights load)."""
-    from medpeft.models import model_architecture
+    from medpeft.models import PRETRAINING_OBJECTIVE, model_architecture
 
-    architecture = model_architecture(path)
-    if architecture == "seq2seq":
+    objective = PRETRAINING_OBJECTIVE.get(model_architecture(path))
+    if objective is None:
         raise ModelError(f"model {model!r} is an encoder-decoder (seq2seq) model; `medpeft pretrain` covers encoders "
                          "(masked-LM, e.g. tiny-bert, minilm-l6) and decoders (causal-LM, e.g. smollm2-135m, tiny-llama)")
-    return "causal-lm" if architecture == "causal" else "masked-lm"
+    return objective
 
 
 def load_lm(path: str, objective: str):

@@ -28,7 +28,7 @@ from medpeft.errors import ConfigError
 from medpeft.plan import RunPlan, plan_runs, resolve_config, task_spec
 from medpeft.registry import METHODS
 from medpeft.run.metrics import PRIMARY_METRIC
-from medpeft.run.record import LOSS_SCORE, RunResult, read_result, validation_score
+from medpeft.run.record import LOSS_SCORE, RunResult, Tuning, read_result, validation_score
 
 OPTUNA_HINT = "search: optuna needs the optuna package: .venv/bin/pip install 'medpeft[tune]' (or pip install optuna)"
 
@@ -102,8 +102,8 @@ def with_values(cfg: ExperimentConfig, values: dict, tuning: dict) -> Experiment
     raw = cfg.to_dict()
     for axis, value in values.items():
         set_dotted(raw, axis, value)
-    raw["tuning"] = tuning
     new = config_from_dict(raw)
+    new.tuning = tuning
     new.variant = dict(cfg.variant)
     return resolve_config(new)
 
@@ -208,7 +208,7 @@ def grid_search(group: Group, plans: list[RunPlan], metric: str, grid_dir: Path,
     log(f"tuning {group.key}: {len(plans)} candidate(s) of {', '.join(group.space)}, scored on validation {metric}")
     run_plans(plans)
     results = [read_result(grid_dir / p.run_id) for p in plans]
-    return choose([p.config.tuning["values"] for p in plans], [trial_score(r, metric) for r in results],
+    return choose([Tuning.from_json(p.config.tuning).values for p in plans], [trial_score(r, metric) for r in results],
                   [validation_score(r, LOSS_SCORE) for r in results])
 
 

@@ -12,7 +12,7 @@ from medpeft.run.metrics import ROUGE_KEYS
 from medpeft.run.predict import predict_probs
 from medpeft.run.encode import encode_examples
 from medpeft.run.kinds import KINDS
-from medpeft.models import load_model, resolve_model
+from medpeft.models import resolve_model
 from medpeft.registry import TASKS
 from helpers import load_for_kind, run_config
 

@@ -125,7 +125,7 @@ def test_untrained_lora_forgets_nothing_and_training_moves_only_the_adapted_loss
     rows = continuation_rows(TEXTS, tokenizer, decoder_only, max_tokens=64)
     before = measure_forgetting(model, tokenizer, rows, 2, "cpu", decoder_only)
     assert before["forgetting"] == pytest.approx(0.0, abs=1e-6)  # lora_B starts at zero
-    assert before["documents"] == 3 and before["tokens"] == sum(sum(l != -100 for l in r["labels"]) for r in rows)
+    assert before["documents"] == 3 and before["tokens"] == sum(sum(t != -100 for t in r["labels"]) for r in rows)
     train_on(model, tokenizer, decoder_only)
     after = measure_forgetting(model, tokenizer, rows, 2, "cpu", decoder_only)
     assert after["base_lm_loss"] == pytest.approx(before["base_lm_loss"], abs=1e-6)  # the base is frozen

@@ -38,11 +38,11 @@ def bf16(**train) -> TrainConfig:
 def test_on_cpu_every_lever_stays_as_before(kind, method):
     """The CPU path keeps its own levers (run/loss.py) and its `make bench` figures: nothing changes there."""
     for train in (TrainConfig(precision="fp32"), bf16()):
-        assert choose_levers("cpu", kind, *method, train) == OFF
+        assert choose_levers("cpu", KINDS[kind], *method, train) == OFF
 
 
 def test_on_cuda_a_decoder_with_lora_gets_every_lever():
-    assert choose_levers("cuda", "causal", "LoraConfig", False, bf16()) == Levers(
+    assert choose_levers("cuda", KINDS["causal"], "LoraConfig", False, bf16()) == Levers(
         pad_to_multiple_of=64, packing=False, bf16_base=True, fused_optimizer=None, dataloader_workers=2, host_counts=True,
         compile=False)  # packing is opt-in (run/levers.py says why)
 
@@ -59,17 +59,17 @@ def test_on_cuda_a_decoder_with_lora_gets_every_lever():
     ("token_cls", "LoraConfig", False, "bf16", False, False),
 ])
 def test_on_cuda_levers_apply_where_they_can(kind, peft_class, quantized, precision, packing, bf16_base):
-    chosen = choose_levers("cuda", kind, peft_class, quantized, TrainConfig(precision=precision, packing=True))
+    chosen = choose_levers("cuda", KINDS[kind], peft_class, quantized, TrainConfig(precision=precision, packing=True))
     assert (chosen.packing, chosen.bf16_base, chosen.pad_to_multiple_of, chosen.host_counts) == (packing, bf16_base, 64, True)
 
 
 def test_the_config_turns_each_lever_off_or_on():
     off = bf16(pad_to_multiple_of=1, packing=False, bf16_base=False, fused_optimizer=False, dataloader_workers=0)
-    assert choose_levers("cuda", "causal", "LoraConfig", False, off) == dataclasses.replace(
+    assert choose_levers("cuda", KINDS["causal"], "LoraConfig", False, off) == dataclasses.replace(
         OFF, fused_optimizer=False, host_counts=True)
     on = bf16(pad_to_multiple_of=8, packing=True, bf16_base=True, fused_optimizer=True, dataloader_workers=3, compile=True)
-    assert choose_levers("cpu", "causal", "LoraConfig", False, on) == Levers(8, True, True, True, 3, False, True)
-    assert not choose_levers("cpu", "causal", "PromptTuningConfig", False, on).packing  # never where it would be wrong
+    assert choose_levers("cpu", KINDS["causal"], "LoraConfig", False, on) == Levers(8, True, True, True, 3, False, True)
+    assert not choose_levers("cpu", KINDS["causal"], "PromptTuningConfig", False, on).packing  # never where it would be wrong
 
 
 # --- shapes -----------------------------------------------------------------------------------

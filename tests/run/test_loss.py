@@ -10,11 +10,10 @@ import torch
 
 from medpeft.config import config_from_dict
 from medpeft.run import fit, loss as loss_mod
-from medpeft.run.encode import encode_examples
 from medpeft.run.kinds import KINDS
 
 from conftest import KIND_SETUPS, TINY_DATA
-from test_methods import INSTRUCTION, build, make_batch
+from test_methods import build, make_batch
 from helpers import run_config
 
 
@@ -168,7 +167,8 @@ def run_once(tmp_path, name: str, kind: str, steps: int = 3, data=None, task=Non
     whole batch (a different draw, not a different computation), so with dropout the runs differ by chance."""
     model, kind_task = KIND_SETUPS[kind]
     cfg = config_from_dict({"task": task or kind_task, "model": model, "method": "lora", "seed": 0, "method_args": {"lora_dropout": 0.0},
-                            "data": dict(TINY_DATA, train_size=12, **(data or {})), "train": {"max_steps": steps, "batch_size": 6, "eval_batch_size": 4, "lr": 1e-2, **train}})
+                            "data": dict(TINY_DATA, train_size=12, **(data or {})),
+                            "train": {"max_steps": steps, "batch_size": 6, "eval_batch_size": 4, "lr": 1e-2, **train}})
     result = run_config(cfg, tmp_path / name)
     predictions = [json.loads(line) for line in (tmp_path / name / "predictions.jsonl").read_text().splitlines()]
     return result.training, [p["prediction"] for p in predictions]

@@ -23,7 +23,7 @@ from medpeft.report.sections import (answer_first, example_section, failure_sect
 from medpeft.report.summary import write_summary
 from medpeft.report.tuning import tuning_lines, tuning_section
 from medpeft.report.tables import ROUGE_L_NOTE, md_text, table_columns, table_html, table_latex, table_markdown
-from medpeft.run.metrics import MACRO_NOTE
+from medpeft.run.metrics import MACRO_NOTE, single_label
 from medpeft.run.metrics import metric_label as label_of
 from medpeft.run.record import write_atomic
 
@@ -171,7 +171,7 @@ def task_sections(task: str, frame, runs_by_id: dict, plot_dir: Path, opts: dict
     cmp_html, cmp_md = comparison_table(frame, comparisons)
     figures = make_task_plots(frame, task, plot_dir)
     confusion = plot_dir / f"report-{slug(task)}-confusion.png"
-    if opts.get("examples", True) or frame["task_type"].iloc[0] == "classification":  # a confusion matrix holds no text
+    if opts.get("examples", True) or single_label(frame["task_type"].iloc[0]):  # a confusion matrix holds no text
         ex_html, ex_md = example_section(frame, runs_by_id, confusion)
     else:
         ex_html, ex_md = f"<p class='note'>{NO_EXAMPLES}</p>", f"{NO_EXAMPLES}\n"
@@ -193,7 +193,7 @@ def task_sections(task: str, frame, runs_by_id: dict, plot_dir: Path, opts: dict
     caption = (f"{task}: metrics ×100, mean ± std over seeds; best in bold."
                + (" ROUGE-L is rougeL (summary-level LCS), ROUGE-Lsum is rougeLsum (sentence-split)." if has_rouge else ""))
     tex = table_latex(cols, caption, f"tab:{slug(task)}")
-    written = tune_plots + [path for _, path, _ in figures] + ([confusion] if ex_html and frame["task_type"].iloc[0] == "classification" else [])
+    written = tune_plots + [path for _, path, _ in figures] + ([confusion] if ex_html and single_label(frame["task_type"].iloc[0]) else [])
     return {"html": "\n".join(h), "md": "\n".join(m), "tex": tex, "answer": answer, "plots": written}
 
 

@@ -17,7 +17,7 @@ from medpeft.report.plots import image_html, plot_confusion
 from medpeft.report.stats import ALPHA, statistic
 from medpeft.report.tables import (describe_row, format_cost, format_points, format_score, has_several_models, md_code,
                                    md_text, row_label)
-from medpeft.run.metrics import metric_label
+from medpeft.run.metrics import metric_label, single_label
 from medpeft.run.record import RunResult
 
 # (cost, budget): the budgets the answer names the cheapest row near the best for
@@ -188,7 +188,7 @@ def one_label_rows(frame, runs_by_id: dict) -> list[str]:
     each seed's accuracy is then its label's share of the test set, whatever it learned (an imbalanced
     task at too small a budget). Rows with a seed whose predictions are missing are not judged; the
     untrained baseline is not named (it often does this)."""
-    if frame["task_type"].iloc[0] != "classification":
+    if not single_label(frame["task_type"].iloc[0]):
         return []
     out = []
     for _, row in frame[~frame["is_baseline"]].iterrows():
@@ -205,7 +205,7 @@ def one_label_rows(frame, runs_by_id: dict) -> list[str]:
 
 
 def example_section(frame, runs_by_id: dict, confusion_path: Path) -> tuple[str, str]:
-    if frame["task_type"].iloc[0] == "classification":
+    if single_label(frame["task_type"].iloc[0]):
         return confusion_section(frame, runs_by_id, confusion_path)
     return summary_examples(frame, runs_by_id)
 

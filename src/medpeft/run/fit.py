@@ -85,7 +85,7 @@ def run_levers(cfg: ExperimentConfig, kind) -> Levers:
     from medpeft.dist import local_device
 
     spec = METHODS[cfg.method]
-    return choose_levers(local_device().type, kind.name, spec.peft_class, spec.quantize_4bit, cfg.train)
+    return choose_levers(local_device().type, kind, spec.peft_class, spec.quantize_4bit, cfg.train)
 
 
 def lever_arguments(levers: Levers) -> dict:

@@ -15,8 +15,8 @@ import numpy as np
 
 from medpeft.run.encode import encode_causal, encode_class, encode_label_set, encode_seq2seq, encode_tokens, token_collator
 from medpeft.run.loss import labelled_positions_loss
-from medpeft.run.metrics import (LABEL_THRESHOLD, entity_counts, label_counts, score_classification, score_multilabel,
-                                 score_ner, score_rouge)
+from medpeft.run.metrics import (LABEL_THRESHOLD, entity_counts, generated, label_counts, score_classification,
+                                 score_multilabel, score_ner, score_rouge, single_label)
 from medpeft.run.predict import generate_texts, generation_rows, predict_probs, predict_tags
 
 
@@ -55,12 +55,12 @@ class ModelKind:
     @property
     def generates(self) -> bool:
         """Its outputs are texts written by decoding (summaries), scored by ROUGE; not labels or tags."""
-        return self.task_type == "summarization"
+        return generated(self.task_type)
 
     @property
     def single_label(self) -> bool:
         """One label per example (classification): a confusion matrix applies, accuracy is its diagonal."""
-        return self.task_type == "classification"
+        return single_label(self.task_type)
 
 
 def kind_of_task(task_type: str) -> ModelKind:

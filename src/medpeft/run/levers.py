@@ -32,7 +32,6 @@ CUDA_WORKERS = 2  # batch-building processes: collation of 8 rows takes about a 
 # peft classes whose frozen base may be held in bf16: LoRA and DoRA cast their input to the adapter's dtype and
 # back; IA3's vectors and new heads (classification) would meet bf16 activations outside autocast (prediction)
 LORA_FAMILY = ("LoraConfig",)
-GENERATIVE_KINDS = ("causal", "seq2seq")  # kinds without a new head
 SOFT_PROMPTS = ("PromptTuningConfig", "PrefixTuningConfig", "PromptEncoderConfig")  # one prompt per row: no packing
 # keys the collator adds to a batch for the Trainer (never for the model): counted on the CPU
 TOKENS = "medpeft_tokens"  # non-pad input tokens of the batch (an int)
@@ -57,9 +56,9 @@ class Levers:
         return dict(self.__dict__)
 
 
-def choose_levers(device_type: str, kind: str, peft_class: str | None, quantized: bool, train) -> Levers:
-    """The levers of a run on `device_type` ("cuda", "cpu", ...) for a model of `kind` (run/kinds.py's
-    name) trained with a method whose peft config class is `peft_class` (None: full fine-tuning), from
+def choose_levers(device_type: str, kind, peft_class: str | None, quantized: bool, train) -> Levers:
+    """The levers of a run on `device_type` ("cuda", "cpu", ...) for a model of `kind` (a run/kinds.py
+    ModelKind) trained with a method whose peft config class is `peft_class` (None: full fine-tuning), from
     its `train` config (a TrainConfig, precision already resolved): its own settings where given, else
     on for a CUDA GPU where they apply, off elsewhere."""
     cuda = device_type == "cuda"
@@ -67,8 +66,8 @@ def choose_levers(device_type: str, kind: str, peft_class: str | None, quantized
     def pick(value, default):
         return default if value is None else value
 
-    packable = kind == "causal" and peft_class not in SOFT_PROMPTS
-    frozen_base = peft_class in LORA_FAMILY and kind in GENERATIVE_KINDS and not quantized and train.precision == "bf16"
+    packable = kind.decoder_only and peft_class not in SOFT_PROMPTS
+    frozen_base = peft_class in LORA_FAMILY and not kind.new_head and not quantized and train.precision == "bf16"
     return Levers(
         pad_to_multiple_of=pick(train.pad_to_multiple_of, CUDA_PAD_MULTIPLE if cuda else 1),
         packing=packable and bool(train.packing),

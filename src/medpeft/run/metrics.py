@@ -49,6 +49,19 @@ METRICS: dict[str, Metric] = {m.key: m for m in (
 # The headline metric per task type: ROUGE-1 is what the summarization study leads with; the others
 # are what each task family's papers report first (seqeval entity F1 for NER, micro-F1 for multi-label).
 PRIMARY_METRIC = {"summarization": "rouge1", "classification": "accuracy", "multilabel": "micro_f1", "ner": "entity_f1"}
+# What a task type's outputs are: texts written by decoding, one label, a label set, tags (the kinds and the
+# report ask single_label / generated, never the type's name)
+OUTPUTS = {"summarization": "text", "classification": "label", "multilabel": "labels", "ner": "tags"}
+
+
+def single_label(task_type: str) -> bool:
+    """One label per example: a confusion matrix applies, accuracy is its diagonal."""
+    return OUTPUTS.get(task_type) == "label"
+
+
+def generated(task_type: str) -> bool:
+    """Outputs are texts written by decoding (summaries), scored by ROUGE."""
+    return OUTPUTS.get(task_type) == "text"
 
 
 def metric_label(key: str) -> str:

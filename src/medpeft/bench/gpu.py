@@ -9,10 +9,10 @@ one epoch (64 steps), LoRA r16 alpha 32 on q,v, dropout 0.1, lr 3e-4; full fine-
 at lr 2e-5; the T5-large shape with LoRA against a plain `Seq2SeqTrainer`. The plain side is a bare
 Trainer + peft with bf16=True over fp32 weights, every example padded to 512 (the studies'
 padding="max_length"; T5's targets to 128), labels on every non-pad token. medpeft runs as a run does,
-with its GPU levers (run/levers.py). Each side runs in its own process (bench.py's structure).
+with its GPU levers (run/levers.py). Each side runs in its own process (cpu.py's structure).
 
 Printed per workload: useful (non-pad) tokens/s, peak GPU memory allocated, generation new tokens/s
-(before training, as bench.py does), % of the bf16 matmul peak measured at the start (decoders: 4 FLOP
+(before training, as cpu.py does), % of the bf16 matmul peak measured at the start (decoders: 4 FLOP
 per parameter per useful token for LoRA, 6 for full fine-tuning), and medpeft/plain. `--ablate` runs
 the LoRA workload through medpeft again with each lever off in turn (the opt-in ones on), one process
 each, for before/after per lever. `--quick`: tiny shapes on CPU in well under a minute, so a test can
@@ -30,11 +30,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from medpeft.bench import (GIB, PLAIN_GENERATION_ROWS, Workload, count_tokens, matmul_peak, plain_prompt, plain_rows, rate,
+from medpeft.methods import Role, method_role
+from medpeft.bench.cpu import (GIB, PLAIN_GENERATION_ROWS, Workload, count_tokens, matmul_peak, plain_prompt, plain_rows, rate,
                            training_peak_from_here)
 
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.1}  # the issue's; q,v are medpeft's and peft's default targets
-FLOP_PER_PARAM_TOKEN = {"lora": 4, "full": 6}  # forward 2 + input gradients 2 (+ weight gradients 2 when all train)
+FLOP_PER_PARAM_TOKEN = {Role.PEFT: 4, Role.FULL: 6}  # by method role: forward 2 + input gradients 2 (+ weight gradients 2 when all train)
 PLAIN_TARGET_LENGTH = 128  # the plain seq2seq pipeline pads targets to this many tokens
 SIDE_TIMEOUT_S = 420  # one side's process; a hung side fails its row, not the whole benchmark
 ABLATION_TIMEOUT_S = 150  # one ablation row (a LoRA run is ~30 s): compile or a hang may not eat the next rows' time
@@ -135,10 +136,11 @@ def measure_medpeft_gpu(w: GpuWorkload, model_path: str, workdir: Path, lever: s
     `--quick` on CPU pads to 64 as CUDA does, so that the ablation runs that code path there too."""
     import torch
 
-    from medpeft import bench
+    from medpeft.bench import cpu as bench
     from medpeft.dist import default_precision, local_device
     from medpeft.methods import METHODS
     from medpeft.run import fit
+    from medpeft.run.kinds import KINDS
 
     base = QUICK_CPU_LEVERS if quick and not torch.cuda.is_available() else {}
     config = medpeft_config(w, model_path, {**base, **LEVERS.get(lever, {})})
@@ -148,7 +150,7 @@ def measure_medpeft_gpu(w: GpuWorkload, model_path: str, workdir: Path, lever: s
     try:
         figures = bench.measure_medpeft(w, workdir, config)
         train = dataclasses.replace(config.train, precision=default_precision())  # what train.precision: auto ran
-        chosen = fit.choose_levers(local_device().type, "seq2seq" if w.seq2seq else "causal", METHODS[w.method].peft_class,
+        chosen = fit.choose_levers(local_device().type, KINDS["seq2seq" if w.seq2seq else "causal"], METHODS[w.method].peft_class,
                                    False, train)
     finally:
         fit.choose_levers = choose
@@ -162,7 +164,7 @@ def plain_model(w: GpuWorkload, path: str):
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     model = (AutoModelForSeq2SeqLM if w.seq2seq else AutoModelForCausalLM).from_pretrained(path, dtype=torch.float32)
-    if w.method == "full":
+    if method_role(w.method) is Role.FULL:
         return model
     return get_peft_model(model, LoraConfig(task_type="SEQ_2_SEQ_LM" if w.seq2seq else "CAUSAL_LM", **LORA))
 
@@ -313,7 +315,7 @@ def gpu_table(w: GpuWorkload, med: dict, plain: dict, peak: float) -> list[str]:
     """One workload's figures: a row per measure, a column per side, and medpeft/plain."""
     rows = [("useful tokens/s (non-pad, training)", rate(med, "tokens", "train_seconds"), rate(plain, "tokens", "train_seconds"), "{:,.0f}")]
     if not w.seq2seq:  # every weight of a decoder is a matmul's (the embedding is the tied LM head)
-        flop = FLOP_PER_PARAM_TOKEN[w.method]
+        flop = FLOP_PER_PARAM_TOKEN[method_role(w.method)]
         rows.append((f"% of matmul peak ({flop} FLOP/param/token)",
                      *(100 * flop * s["params"] * rate(s, "tokens", "train_seconds") / peak for s in (med, plain)), "{:.1f}"))
     if "gpu_peak_bytes" in med:

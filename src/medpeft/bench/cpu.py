@@ -1,4 +1,4 @@
-"""`python -m medpeft.bench` (`make bench`): the same work through medpeft and through a plain
+"""`python -m medpeft.bench` (`make bench`) on CPU: the same work through medpeft and through a plain
 pipeline written the way the studies' code does it, in one invocation, with the figures of issue 12.
 
 Summarization: SmolLM2-135M, LoRA r16 on q,v, 64 MEDLINE conclusion examples, batch 8, 8 steps,
@@ -11,7 +11,7 @@ Each side runs in its own process, so its peak resident memory is its own. Print
 tokens/s, peak RSS, new tokens/s of batched evaluation generation, the ratios medpeft/plain, and the
 share of the fp32 matmul peak measured here at the start (LoRA: about 4 FLOP per parameter per token,
 2 forward and 2 for the input gradients; the frozen weights get none). `--quick`: tiny random models,
-seconds, for tests; its figures mean nothing. `--gpu`: the GPU benchmark of issue 28 (bench_gpu.py).
+seconds, for tests; its figures mean nothing. `--gpu`: the GPU benchmark of issue 28 (bench/gpu.py).
 
 Generation runs before training, with the LoRA adapter as initialised (B = 0: the base model's
 outputs), so both sides decode the same summaries and tokens/s compares pipelines, not the lengths
@@ -22,7 +22,6 @@ show what the rows per call are worth.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -56,13 +55,22 @@ class Workload:
     max_new_tokens: int = 0  # generation budget per summary
     lr: float = 1e-3
 
+    @property
+    def generates(self) -> bool:
+        """The summarization workload: a decoder writes a target (classification has none)."""
+        return self.max_target > 0
 
-FULL = {"summarization": Workload("summarization", "pubmed-conclusion", "smollm2-135m", 64, 8, 8, 320, 512,
+
+def by_name(*workloads: Workload) -> dict[str, Workload]:
+    return {w.name: w for w in workloads}
+
+
+FULL = by_name(Workload("summarization", "pubmed-conclusion", "smollm2-135m", 64, 8, 8, 320, 512,
                                   max_target=128, test_size=32, max_new_tokens=64),
-        "classification": Workload("classification", "pubmed-rct", "minilm-l6", 768, 32, 24, 128, 128, test_size=64)}
-QUICK = {"summarization": Workload("summarization", "pubmed-conclusion", "tiny-llama", 8, 4, 2, 32, 96,
+        Workload("classification", "pubmed-rct", "minilm-l6", 768, 32, 24, 128, 128, test_size=64))
+QUICK = by_name(Workload("summarization", "pubmed-conclusion", "tiny-llama", 8, 4, 2, 32, 96,
                                    max_target=16, test_size=4, max_new_tokens=8),
-         "classification": Workload("classification", "pubmed-rct", "tiny-bert", 8, 4, 2, 32, 32, test_size=4)}
+         Workload("classification", "pubmed-rct", "tiny-bert", 8, 4, 2, 32, 32, test_size=4))
 
 
 def experiment_config(w: Workload):
@@ -172,7 +180,7 @@ def plain_model(w: Workload, path: str, labels):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    if w.name == "summarization":
+    if w.generates:
         model, task_type = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), "CAUSAL_LM"
     else:
         model, task_type = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels), dtype=torch.float32), "SEQ_CLS"
@@ -214,7 +222,7 @@ def measure_plain(w: Workload, workdir: Path) -> dict:
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     model = plain_model(w, plan.model_path, plan.data.labels)
     figures = {"params": count_parameters(model)["total_params"]}
-    if w.name == "summarization":  # before training, as on medpeft's side
+    if w.generates:  # before training, as on medpeft's side
         figures["new_tokens"], figures["generation_seconds"] = plain_generate(model, tokenizer, plan.data, w)
         figures["summaries"] = len(plan.data.splits["test"])
     args = TrainingArguments(output_dir=str(workdir), per_device_train_batch_size=w.batch_size, max_steps=w.steps,
@@ -288,7 +296,7 @@ def table_lines(w: Workload, sides: dict, peak: float) -> list[str]:
     """The workload's figures: a row per measure, a column per side, and medpeft/plain."""
     med, plain = sides["medpeft"], sides["plain"]
     rows = [("useful tokens/s (non-pad, training)", rate(med, "tokens", "train_seconds"), rate(plain, "tokens", "train_seconds"), "{:.1f}")]
-    if w.name == "summarization":  # every weight is a matmul's (the embedding is the tied LM head); not so in an encoder
+    if w.generates:  # every weight is a matmul's (the embedding is the tied LM head); not so in an encoder
         rows.append(("% of fp32 matmul peak (4 FLOP/param/token)",
                      *(100 * LORA_FLOP_PER_PARAM_TOKEN * s["params"] * rate(s, "tokens", "train_seconds") / peak for s in (med, plain)), "{:.1f}"))
     rows.append(("peak RSS, whole process (GiB)", med["peak_rss_bytes"] / GIB, plain["peak_rss_bytes"] / GIB, "{:.2f}"))
@@ -317,7 +325,7 @@ def describe(w: Workload) -> str:
 
     medpeft = default_precision()  # train.precision: auto (bf16 on a GPU that has it); the plain side stays fp32
     precision = "fp32" if medpeft == "fp32" else f"medpeft {medpeft} (its default here), plain fp32"
-    size = (f"max source {w.max_source} + target {w.max_target} tokens, plain pads to {w.max_length}" if w.name == "summarization"
+    size = (f"max source {w.max_source} + target {w.max_target} tokens, plain pads to {w.max_length}" if w.generates
             else f"max {w.max_source} tokens, plain pads to {w.max_length}")
     return (f"{w.name}: {w.model}, LoRA r16 on q,v, {w.train_size} {w.task} examples, batch {w.batch_size}, {w.steps} steps, "
             f"{precision}, {size}")
@@ -345,36 +353,3 @@ def benchmark(quick: bool) -> None:
         print(f"\n{describe(w)}")
         print("\n".join(table_lines(w, sides, peak)), flush=True)
     print(f"\n{TARGETS}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m medpeft.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny random models, seconds: a smoke test of the benchmark")
-    parser.add_argument("--gpu", action="store_true", help="the GPU benchmark (medpeft/bench_gpu.py): real shapes, random weights")
-    parser.add_argument("--ablate", action="store_true", help="with --gpu: medpeft's LoRA again with each lever turned, one process each")
-    parser.add_argument("--only", nargs="+", metavar="WORKLOAD", help="with --gpu: these workloads only (lora-1.7b, full-1.7b, lora-t5-large; with --ablate, "
-                        "'--only ablation' runs the ablation alone)")
-    parser.add_argument("--models-dir", help="with --gpu: where the random-weight models are built (kept; default a temporary folder)")
-    parser.add_argument("--json", help="with --gpu: also write every figure to this JSON file")
-    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # a side's own process
-    parser.add_argument("--workload", help=argparse.SUPPRESS)
-    parser.add_argument("--lever", help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.gpu:
-        from medpeft import bench_gpu
-
-        if args.side:
-            bench_gpu.run_gpu_side(args.side, args.workload, args.quick, Path(args.models_dir), Path(args.result), args.lever)
-            return 0
-        return bench_gpu.benchmark_gpu(args.quick, args.ablate, Path(args.models_dir) if args.models_dir else None,
-                                       Path(args.json) if args.json else None, args.only)
-    if args.side:
-        run_side(args.side, (QUICK if args.quick else FULL)[args.workload], Path(args.result))
-    else:
-        benchmark(args.quick)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

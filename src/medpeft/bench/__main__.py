@@ -1,0 +1,5 @@
+import sys
+
+from medpeft.bench import main
+
+sys.exit(main())
