@@ -290,8 +290,9 @@ def test_optuna_search_chooses_on_validation_and_records_the_study(tmp_path, mon
     calls = []
     fake_runs(monkeypatch, calls)
     grid_dir = grid_module.run_grid(tuned_grid(tune_block=OPTUNA_BLOCK), tmp_path, log=lambda *a: None).grid_dir
-    study = optuna.load_study(study_name=optuna.get_all_study_names(f"sqlite:///{grid_dir / 'tuning.db'}")[0],
-                              storage=f"sqlite:///{grid_dir / 'tuning.db'}")
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(grid_dir / "tuning.journal")))
+    study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
+    assert not (grid_dir / "tuning.db").exists()  # the journal is the default, safe on NFS
     finished = [t for t in study.trials if t.state.is_finished()]
     assert len(finished) == 6
     final = next(r for r in load_results(grid_dir) if not r.tuning_trial and r.method == "lora")

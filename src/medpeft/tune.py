@@ -8,26 +8,37 @@ evaluated on test. The test split never enters the choice.
 
 `search: grid` trains every candidate (every combination of the axes' lists); `search: optuna`
 samples `trials` candidates per group with Optuna's TPE sampler, prunes hopeless ones on their
-mid-training validation loss, and keeps each study in runs/<grid>/tuning.db so an interrupted
-search resumes where it stopped. An edited space or metric is a new study (its group key holds them);
-more `trials` continue the old one.
+mid-training validation loss, and keeps each study in `tune.storage` (default: Optuna's journal file
+runs/<grid>/tuning.journal, safe on NFS; a grid folder from before keeps its SQLite tuning.db) so an
+interrupted search resumes where it stopped. An edited space or metric is a new study (its group key holds
+them); more `trials` continue the old one. Several workers (shards, machines) share a study: each claims a
+trial number, the first `trials` claims train and later ones stop, and a worker chooses only once no live
+worker has a trial running (tune_storage.py).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
 import json
 import math
+import os
+import socket
+import time
+import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
 from medpeft.config import ExperimentConfig, TuneConfig, config_from_dict, set_dotted
+from medpeft.config.tuning import mask_storage
 from medpeft.errors import ConfigError
 from medpeft.plan import RunPlan, plan_runs, resolve_config, task_spec
 from medpeft.registry import METHODS
 from medpeft.run.metrics import PRIMARY_METRIC
+from medpeft.run.lock import LOCK_NAME, STALE_AFTER_S, is_stale, process_alive
 from medpeft.run.record import LOSS_SCORE, RunResult, Tuning, read_result, validation_score
 
 OPTUNA_HINT = "search: optuna needs the optuna package: .venv/bin/pip install 'medpeft[tune]' (or pip install optuna)"
@@ -152,12 +163,14 @@ def tune_grid(configs: list[ExperimentConfig], grid_dir: Path, online: bool,
     baselines untouched, in grid order) and the failed results of groups whose every trial failed
     (one per seed, for the caller to record)."""
     groups, metrics, trials, base_plans = check_tuning(configs, online)
+    storages = {storage: open_storage(storage, grid_dir, log)  # each opened once, before any trial trains
+                for storage in dict.fromkeys(g.tune.storage for g in groups if g.tune.search == "optuna")}
     tuned = {cfg.run_id for g in groups for cfg in g.runs}
     finals, failed = [c for c in configs if c.run_id not in tuned], []
     for group, metric, configs_of_group, base in zip(groups, metrics, trials, base_plans):
         tune = group.tune
         if tune.search == "optuna":
-            chosen = optuna_search(group, base, tune, metric, grid_dir, run_plans, log)
+            chosen = optuna_search(group, base, tune, metric, (grid_dir, storages[tune.storage]), run_plans, log)
         else:
             chosen = grid_search(group, [trial_plan(base, c) for c in configs_of_group], metric, grid_dir, run_plans, log)
         if chosen is None:
@@ -248,38 +261,154 @@ def pruning_reporter(trial, pruned: list[int]) -> Callable[[int, float], None]:
     return report
 
 
-def optuna_search(group: Group, base: RunPlan, tune: TuneConfig, metric: str, grid_dir: Path, run_plans: RunPlans, log):
-    """`tune.trials` TPE-sampled trials (counting those a previous, interrupted search finished), pruned
-    on their mid-training validation loss by a median rule; the best complete trial's values."""
+def optuna_search(group: Group, base: RunPlan, tune: TuneConfig, metric: str, where: tuple, run_plans: RunPlans, log):
+    """`tune.trials` TPE-sampled trials (counting those a previous, interrupted search or another worker
+    finished), pruned on their mid-training validation loss by a median rule; the best complete trial's
+    values. `where`: the grid folder and the opened study storage."""
     import optuna
     from optuna.trial import TrialState
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    grid_dir.mkdir(parents=True, exist_ok=True)
-    storage = f"sqlite:///{grid_dir / 'tuning.db'}"
+    grid_dir, storage = where
     study = optuna.create_study(study_name=group.key, storage=storage, load_if_exists=True, direction="maximize")
-    # Seeded by the group's seed and the trials already in the study: a resumed search continues the
-    # sequence instead of drawing its first candidates again.
-    study.sampler = optuna.samplers.TPESampler(seed=group.first.seed + len(study.trials))
     study.pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
-    for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # killed mid-trial
-        study.tell(stale.number, state=TrialState.FAIL)
     dists = optuna_distributions(group.space)
     done = sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("finished"))
     log(f"tuning {group.key}: Optuna, {tune.trials} trials ({done} already done), scored on validation {metric}")
-    for _ in range(max(0, tune.trials - done)):
-        trial = study.ask(dists)
-        plan = trial_plan(base, trial_config(group, dict(trial.params), metric))
-        trial.set_user_attr("run_id", plan.run_id)
-        pruned = []
-        result = run_plans([plan], on_validation=pruning_reporter(trial, pruned))[0]
-        trial.set_user_attr("finished", True)
-        score = trial_score(result, metric)
-        if pruned:
-            study.tell(trial, state=TrialState.PRUNED)
-        elif score is None:
-            study.tell(trial, state=TrialState.FAIL)
-        else:
-            study.tell(trial, score)
+    while True:
+        with claimed_trial(study, tune.trials, dists, group.first.seed, grid_dir) as trial:
+            if trial is None:
+                break
+            plan = trial_plan(base, trial_config(group, dict(trial.params), metric))
+            trial.set_user_attr("run_id", plan.run_id)
+            pruned = []
+            result = run_plans([plan], on_validation=pruning_reporter(trial, pruned))[0]
+            trial.set_user_attr("finished", True)
+            score = trial_score(result, metric)
+            if pruned:
+                study.tell(trial, state=TrialState.PRUNED)
+            elif score is None:
+                study.tell(trial, state=TrialState.FAIL)
+            else:
+                study.tell(trial, score)
+    wait_for_workers(study, grid_dir, log)  # the choice sees every trial of the study
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.params.keys() == dists.keys()]
     return dict(study.best_trial.params) if complete else None
+
+
+# --- the study's storage, shared by workers --------------------------------------------------------
+
+JOURNAL = "tuning.journal"  # the default storage: Optuna's journal file, appended under a lock (NFS-safe)
+LEGACY_DB = "tuning.db"  # the SQLite storage of grid folders tuned before the journal became the default
+ASK_GRACE_S = 60.0  # a trial just asked has no worker record yet: not stale for this long
+WAIT_POLL_S = 2.0
+LIVE_TRIALS: set[str] = set()  # tokens of the trials this process is running now (one per tuning thread)
+
+
+def open_storage(storage: str | None, grid_dir: Path, log):
+    """The Optuna storage `tune.storage` names (None: the grid folder's journal, or its older tuning.db)."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    grid_dir.mkdir(parents=True, exist_ok=True)
+    if storage is None and (grid_dir / LEGACY_DB).exists():  # its studies (the user's trials) resume there
+        log(f"tuning: resuming the studies in {grid_dir / LEGACY_DB} (SQLite: not safe with several workers on NFS; "
+            f"tune.storage: {JOURNAL} starts a shared journal)")
+        storage = f"sqlite:///{grid_dir / LEGACY_DB}"
+    try:
+        if storage is not None and "://" in storage:
+            return optuna.storages.RDBStorage(storage)
+        path = grid_dir / (storage or JOURNAL)  # an absolute path stays itself
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    except Exception as err:  # a missing driver, a refused connection, an unwritable folder
+        password = storage.partition("://")[2].rpartition("@")[0].partition(":")[2] if storage else ""
+        detail = str(err).replace(password, "***") if password else str(err)
+        raise ConfigError(f"tune.storage: cannot open {mask_storage(storage or str(grid_dir / JOURNAL))}: "
+                          f"{type(err).__name__}: {detail}") from None
+
+
+@contextlib.contextmanager
+def claimed_trial(study, wanted: int, dists: dict, seed: int, grid_dir: Path):
+    """The next trial of the study with its values sampled, or None once `wanted` trials are finished or
+    running (counted in trial-number order, so concurrent workers agree which claims are surplus)."""
+    from optuna.samplers import TPESampler
+    from optuna.trial import TrialState
+
+    def claims(below: float) -> int:
+        return sum(1 for t in study.get_trials(deepcopy=False)
+                   if t.number < below and (t.user_attrs.get("finished") or t.state == TrialState.RUNNING))
+
+    fail_stale_trials(study, grid_dir)
+    if claims(math.inf) >= wanted:  # nothing left to claim (alone, a worker never asks a surplus trial)
+        yield None
+        return
+    token = uuid.uuid4().hex
+    LIVE_TRIALS.add(token)
+    try:
+        trial = study.ask()
+        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid(), "token": token})
+        if claims(trial.number) >= wanted:  # another worker claimed the last trial between the two looks
+            trial.set_user_attr("surplus", True)
+            study.tell(trial, state=TrialState.FAIL)
+            yield None
+            return
+        # Seeded by the trial's number: workers sampling at once draw different values, and a resumed
+        # search continues the sequence instead of drawing its first candidates again.
+        study.sampler = TPESampler(seed=seed + trial.number)
+        for axis, dist in dists.items():
+            suggest(trial, axis, dist)
+        yield trial
+    finally:
+        LIVE_TRIALS.discard(token)
+
+
+def suggest(trial, axis: str, dist) -> None:
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        trial.suggest_categorical(axis, dist.choices)
+    elif isinstance(dist, IntDistribution):
+        trial.suggest_int(axis, dist.low, dist.high, log=dist.log)
+    else:
+        trial.suggest_float(axis, dist.low, dist.high, log=dist.log)
+
+
+def stale_trial(trial, grid_dir: Path) -> bool:
+    """A running trial no live worker runs: its process is gone (this host, or this process outside a live
+    trial), or, on another host, its run lock is stale and it began over STALE_AFTER_S ago."""
+    worker = trial.user_attrs.get("worker")
+    age = (datetime.now() - trial.datetime_start).total_seconds() if trial.datetime_start else math.inf
+    if not isinstance(worker, dict):  # asked a moment ago, or by a search from before workers were recorded
+        return age > ASK_GRACE_S
+    if worker.get("token") in LIVE_TRIALS:
+        return False
+    if worker.get("host") == socket.gethostname():
+        return worker.get("pid") == os.getpid() or not process_alive(worker.get("pid"))
+    run_id = trial.user_attrs.get("run_id")
+    return age > STALE_AFTER_S and (run_id is None or is_stale(grid_dir / run_id / LOCK_NAME))
+
+
+def fail_stale_trials(study, grid_dir: Path) -> int:
+    """Mark the study's abandoned running trials failed (a killed worker's); how many are still live."""
+    from optuna.trial import TrialState
+
+    live = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if stale_trial(trial, grid_dir):
+            with contextlib.suppress(RuntimeError, ValueError):  # another worker failed it first
+                study.tell(trial.number, state=TrialState.FAIL)
+        elif not trial.user_attrs.get("surplus"):
+            live += 1
+    return live
+
+
+def wait_for_workers(study, grid_dir: Path, log) -> None:
+    """Return once no live worker is running a trial of the study, so every worker chooses from all of them."""
+    said = False
+    while live := fail_stale_trials(study, grid_dir):
+        if not said:
+            log(f"tuning {study.study_name}: waiting for {live} trial(s) other workers are running")
+            said = True
+        time.sleep(WAIT_POLL_S)

@@ -10,6 +10,8 @@ from medpeft.config.values import check_types
 from medpeft.errors import ConfigError
 
 TUNABLE = ("train.", "method_args.", "generation.")  # what a tune: block may choose; data and names stay the grid's
+# Optuna's RDB storage takes SQLAlchemy URLs; a driver may follow the dialect (postgresql+psycopg2://).
+STORAGE_DIALECTS = ("sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql")
 
 
 @dataclass
@@ -24,6 +26,10 @@ class TuneConfig:
     trials: int = field(default=12, metadata={"help": "optuna: trials per group"})
     metric: Literal["primary", "loss"] = field(default="primary", metadata={
         "help": "primary: the task's primary metric on validation | loss: validation loss (cheaper)"})
+    storage: str | None = field(default=None, metadata={
+        "help": "optuna: where studies live, shared by every worker: a database URL (postgresql://..., mysql://..., "
+                "sqlite:///...) or a journal file (a path; relative: to the grid folder). Default: the journal "
+                "runs/<grid>/tuning.journal, safe on NFS (an older grid's tuning.db is kept)"})
 
     def __post_init__(self):
         check_types(self, "tune")
@@ -31,6 +37,10 @@ class TuneConfig:
             raise ConfigError(f"tune.trials must be >= 1, got {self.trials}")
         for key, values in self.space.items():
             check_tune_axis(key, values, self.search)
+        if self.storage is not None:
+            if self.search != "optuna":
+                raise ConfigError("tune.storage holds Optuna studies; it needs search: optuna")
+            check_storage(self.storage)
 
 
 def check_tune_axis(key: str, values, search: str) -> None:
@@ -51,14 +61,38 @@ def check_tune_axis(key: str, values, search: str) -> None:
         raise ConfigError(f"tune.{key} must be a non-empty list of candidates, got {values!r}")
 
 
+def check_storage(storage: str) -> None:
+    """A database URL of a dialect Optuna's RDB storage knows, or a journal file path."""
+    if not storage.strip():
+        raise ConfigError("tune.storage is empty; give a database URL (postgresql://...) or a journal file path")
+    if "://" in storage:
+        dialect = storage.split("://", 1)[0].split("+", 1)[0].lower()
+        if dialect not in STORAGE_DIALECTS:
+            raise ConfigError(f"tune.storage: unknown database {dialect!r} in {mask_storage(storage)}; use one of "
+                              f"{', '.join(d + '://' for d in STORAGE_DIALECTS)}, or a journal file path (for NFS)")
+    elif storage.endswith((".db", ".sqlite", ".sqlite3")):  # a journal file is no SQLite database
+        raise ConfigError(f"tune.storage: {storage!r} looks like a SQLite file; write sqlite:///{storage} for SQLite "
+                          "(not safe on NFS with several workers), or a .journal path for Optuna's journal file")
+
+
+def mask_storage(storage: str) -> str:
+    """The storage with any password in its URL replaced by ***: safe to print and record."""
+    scheme, sep, rest = storage.partition("://")
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, host = netloc.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return storage
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}{slash}{path}"
+
+
 def parse_tune(value, source: str) -> TuneConfig | None:
-    """`tune: auto`, or a mapping of axes plus search, trials and metric; none or false: no tuning."""
+    """`tune: auto`, or a mapping of axes plus search, trials, metric and storage; none or false: no tuning."""
     if value is None or value is False:
         return None
     if value is True or value == "auto":
         return TuneConfig(space={"train.lr": "auto"})
     if not isinstance(value, dict):
         raise ConfigError(f"{source}: tune must be auto or a mapping of axis: [candidates], got {value!r}")
-    settings = {k: value[k] for k in ("search", "trials", "metric") if k in value}
+    settings = {k: value[k] for k in ("search", "trials", "metric", "storage") if k in value}
     space = {k: v for k, v in value.items() if k not in settings}
     return TuneConfig(space=space or {"train.lr": "auto"}, **settings)
