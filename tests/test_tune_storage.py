@@ -15,7 +15,7 @@ from medpeft.config.tuning import mask_storage
 from medpeft.errors import ConfigError
 from medpeft.run import execute
 from medpeft.run.record import load_results
-from tests.test_tune import OPTUNA_BLOCK, fake_runs, tuned_grid
+from tests.test_tune import BASE, OPTUNA_BLOCK, fake_runs, tuned_grid
 
 
 @pytest.mark.parametrize("storage, message", [
@@ -187,3 +187,29 @@ def test_only_abandoned_running_trials_are_stale(tmp_path, monkeypatch):
     far = {"host": "elsewhere", "pid": 1}
     assert not tune.stale_trial(trial(far, age_s=60, run_id="r"), tmp_path)  # another machine, recent
     assert tune.stale_trial(trial(far, age_s=3600, run_id="r"), tmp_path)  # old, and its run holds no lock
+
+
+@pytest.mark.slow
+def test_two_medpeft_processes_tune_one_grid_with_a_tiny_model(tmp_path, assets_ready):
+    """The real thing, smallest: two `medpeft run` processes on one tuned grid folder (tiny-bert, 3 steps,
+    4 Optuna trials): 4 trials in all, each run trained once, both processes choose the same value."""
+    pytest.importorskip("optuna")
+    import subprocess
+    import sys
+
+    import yaml
+
+    spec = {"name": "twoproc", "base": BASE, "grid": {"method": ["lora"], "seed": [0]},
+            "tune": dict(OPTUNA_BLOCK, trials=4)}
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(spec))
+    command = [sys.executable, "-m", "medpeft", "run", "g.yaml", "--runs-dir", "runs"]
+    workers = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for _ in range(2)]
+    logs = [w.communicate(timeout=240)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], logs
+    study = journal_study(tmp_path / "runs" / "twoproc")
+    trained = [t for t in study.trials if t.user_attrs.get("finished")]
+    assert sorted(t.number for t in trained) == [0, 1, 2, 3]
+    assert len({t.user_attrs["run_id"] for t in trained}) == 4
+    chose = [line.rsplit("chose ", 1)[1] for log in logs for line in log.splitlines() if " chose train.lr=" in line]
+    assert len(chose) == 2 and chose[0] == chose[1]  # (which process trains which trial is up to timing)
