@@ -212,6 +212,9 @@ def test_packing_and_pad_to_64_leave_a_run_unchanged(tmp_path, monkeypatch, asse
     assert levered.ok and plain.ok
     assert abs(levered.training["train_loss"] - plain.training["train_loss"]) < 1e-4
     assert levered.training["train_tokens"] == plain.training["train_tokens"]
+    # result.json says which levers ran: the ones forced here, and on CPU by default every one off
+    assert levered.fit.levers == dict(OFF.describe(), packing=True, pad_to_multiple_of=64, dataloader_workers=1)
+    assert plain.fit.levers == OFF.describe()
     predictions = [json.loads(line)["prediction"] for name in ("plain", "levered")
                    for line in (tmp_path / name / "predictions.jsonl").read_text().splitlines()]
     assert predictions[: len(predictions) // 2] == predictions[len(predictions) // 2:]

@@ -153,7 +153,8 @@ def train_model(model, tokenizer, kind, cfg: ExperimentConfig, train_rows, val_r
     val_loss = trainer.evaluate()["eval_loss"] if val_rows else None
     done = {"train_seconds": seconds, "train_tokens": int(trainer.state.num_input_tokens_seen),
             "train_loss": float(loss), "val_loss": val_loss, "steps": steps, "planned_steps": int(trainer.state.max_steps),
-            "resumed_from_step": resumed_from, "gradient_checkpointing": trainer.args.gradient_checkpointing}
+            "resumed_from_step": resumed_from, "gradient_checkpointing": trainer.args.gradient_checkpointing,
+            "levers": run_levers(cfg, kind).describe()}  # what ran, so a GPU figure can be traced to its levers
     if budget is not None:
         done["time_budget_s"], done["stopped_by_time_budget"] = budget.seconds, budget.stopped_at is not None
     return done

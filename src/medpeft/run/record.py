@@ -197,12 +197,14 @@ class Training:
     resumed_from_step: int | None = None
     gradient_checkpointing: bool | None = None
     stopped_by_time_budget: bool | None = None
+    levers: dict | None = None  # the device levers it trained with (run/levers.Levers; None: older than them)
 
     @classmethod
     def from_json(cls, data) -> Training:
         data = section(data)
         return cls(**{**numbers(cls, data), "gradient_checkpointing": flag(data.get("gradient_checkpointing")),
-                      "stopped_by_time_budget": flag(data.get("stopped_by_time_budget"))})
+                      "stopped_by_time_budget": flag(data.get("stopped_by_time_budget")),
+                      "levers": section(data.get("levers")) or None})
 
 
 TRAINING_KEYS = tuple(f.name for f in dataclasses.fields(Training))  # what a run records of its training
