@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 
 from medpeft.methods import Role, method_role
-from medpeft.bench.cpu import (GIB, PLAIN_GENERATION_ROWS, Workload, count_tokens, matmul_peak, plain_prompt, plain_rows, rate,
-                           training_peak_from_here)
+from medpeft.bench.cpu import (GIB, PLAIN_GENERATION_ROWS, Workload, count_tokens, matmul_peak, measure_medpeft, plain_prompt,
+                               plain_rows, rate, training_peak_from_here)
 
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.1}  # the issue's; q,v are medpeft's and peft's default targets
 FLOP_PER_PARAM_TOKEN = {Role.PEFT: 4, Role.FULL: 6}  # by method role: forward 2 + input gradients 2 (+ weight gradients 2 when all train)
@@ -132,11 +132,10 @@ def medpeft_config(w: GpuWorkload, model_path: str, train: dict):
 
 
 def measure_medpeft_gpu(w: GpuWorkload, model_path: str, workdir: Path, lever: str | None = None, quick: bool = False) -> dict:
-    """medpeft's side through bench.measure_medpeft; with `lever` (an ablation row), that lever turned the other way.
+    """medpeft's side through cpu.measure_medpeft; with `lever` (an ablation row), that lever turned the other way.
     `--quick` on CPU pads to 64 as CUDA does, so that the ablation runs that code path there too."""
     import torch
 
-    from medpeft.bench import cpu as bench
     from medpeft.dist import default_precision, local_device
     from medpeft.methods import METHODS
     from medpeft.run import fit
@@ -148,7 +147,7 @@ def measure_medpeft_gpu(w: GpuWorkload, model_path: str, workdir: Path, lever: s
     if lever == "host_counts":  # no setting: the sync-free counting is what CUDA always gets
         fit.choose_levers = lambda *a: dataclasses.replace(choose(*a), host_counts=False)
     try:
-        figures = bench.measure_medpeft(w, workdir, config)
+        figures = measure_medpeft(w, workdir, config)
         train = dataclasses.replace(config.train, precision=default_precision())  # what train.precision: auto ran
         chosen = fit.choose_levers(local_device().type, KINDS["seq2seq" if w.seq2seq else "causal"], METHODS[w.method].peft_class,
                                    False, train)
