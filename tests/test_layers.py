@@ -5,8 +5,8 @@ This file is the one statement of the layers: RANKS below. A module imports only
 metric table and the result record), nothing else of run/. The README's Layout section states the
 layers as `layer_line()` writes them, top first (a test checks it):
 
-__main__ -> cli -> grid, pretrain, bench/ -> tune, use/ -> run/, report/ -> plan -> methods, models, tasks/
--> config/, registry, data/, dist, files -> errors
+__main__ -> cli -> grid, pretrain, bench/ -> tune/, use/ -> run/, report/ -> plan -> methods, models, tasks/,
+engines/ -> config/, registry, data/, dist, files -> errors
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ PACKAGE = Path(medpeft.__file__).parent
 RANKS = {  # by module (dotted, without "medpeft.") or by folder; the package's __init__ imports nothing
     "errors": 0,
     "config": 1, "registry": 1, "data": 1, "dist": 1, "files": 1,
-    "methods": 2, "models": 2, "tasks": 2,
+    "methods": 2, "models": 2, "tasks": 2, "engines": 2,
     "plan": 3,
     "run": 4, "report": 4,
     "tune": 5, "use": 5,  # use/ reads run/ (encode, kinds, predict, record), so it sits above it

@@ -10,6 +10,7 @@ import pytest
 
 from medpeft import grid as grid_module
 from medpeft import tune
+from medpeft.tune import storage as tune_storage
 from medpeft.config import parse_tune
 from medpeft.config.tuning import mask_storage
 from medpeft.errors import ConfigError
@@ -178,15 +179,15 @@ def test_only_abandoned_running_trials_are_stale(tmp_path, monkeypatch):
         attrs = {k: v for k, v in (("worker", worker), ("run_id", run_id)) if v is not None}
         return SimpleNamespace(user_attrs=attrs, datetime_start=now - timedelta(seconds=age_s))
 
-    monkeypatch.setattr(tune, "LIVE_TRIALS", {"mine"})
-    assert tune.stale_trial(trial({"host": here, "pid": int(dead.stdout)}), tmp_path)  # its process exited
-    assert tune.stale_trial(trial({"host": here, "pid": os.getpid(), "token": "old"}), tmp_path)  # this process, interrupted
-    assert not tune.stale_trial(trial({"host": here, "pid": os.getpid(), "token": "mine"}), tmp_path)  # running here now
-    assert not tune.stale_trial(trial({"host": here, "pid": 1}), tmp_path)  # a live process
-    assert not tune.stale_trial(trial(), tmp_path) and tune.stale_trial(trial(age_s=3600), tmp_path)  # just asked / legacy
+    monkeypatch.setattr(tune_storage, "LIVE_TRIALS", {"mine"})
+    assert tune_storage.stale_trial(trial({"host": here, "pid": int(dead.stdout)}), tmp_path)  # its process exited
+    assert tune_storage.stale_trial(trial({"host": here, "pid": os.getpid(), "token": "old"}), tmp_path)  # this process, interrupted
+    assert not tune_storage.stale_trial(trial({"host": here, "pid": os.getpid(), "token": "mine"}), tmp_path)  # running here now
+    assert not tune_storage.stale_trial(trial({"host": here, "pid": 1}), tmp_path)  # a live process
+    assert not tune_storage.stale_trial(trial(), tmp_path) and tune_storage.stale_trial(trial(age_s=3600), tmp_path)  # just asked / legacy
     far = {"host": "elsewhere", "pid": 1}
-    assert not tune.stale_trial(trial(far, age_s=60, run_id="r"), tmp_path)  # another machine, recent
-    assert tune.stale_trial(trial(far, age_s=3600, run_id="r"), tmp_path)  # old, and its run holds no lock
+    assert not tune_storage.stale_trial(trial(far, age_s=60, run_id="r"), tmp_path)  # another machine, recent
+    assert tune_storage.stale_trial(trial(far, age_s=3600, run_id="r"), tmp_path)  # old, and its run holds no lock
 
 
 @pytest.mark.slow

@@ -11,6 +11,10 @@ EPILOG = """examples:
   medpeft run my-grid.yaml --online                   allow hub models and data (e.g. google/flan-t5-base)
   medpeft run configs/quick.yaml --track mlflow       training curves and results in MLflow (runs/quick/mlflow.db)
   medpeft run configs/quick.yaml --quiet              no progress bars: one line per run (logs in each run's train.log)
+  medpeft run configs/quick.yaml --backend ray --resources cpus_per_run=1
+                                                      each run a Ray task (a local cluster, or --ray address=auto)
+  medpeft run my-grid.yaml --backend slurm --slurm partition=gpu --resources gpus_per_run=1
+                                                      the grid as one Slurm job array (submitit), then its report
   medpeft report runs/quick                           rebuild report.html / report.md / report.tex of a grid
   medpeft list                                        registered models, methods and tasks
   medpeft tasks                                       every task: type, source, sizes, labels or lengths, license
@@ -58,6 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shard", metavar="I/N", help="run only shard I of N (0 <= I < N): a deterministic, disjoint slice "
                      "of the grid, for Slurm job arrays or any scheduler; all shards share --runs-dir")
     run.add_argument("--dry-run", action="store_true", help="expand and validate the grid, print the run ids, train nothing")
+    run.add_argument("--backend", choices=["local", "ray", "slurm"], default="local",
+                     help="where runs train: local (this process, one after another), ray (each run a Ray task: "
+                          "pip install 'medpeft[ray]') or slurm (one job array through submitit: pip install 'medpeft[slurm]'); "
+                          "every worker needs the runs folder on a shared file system")
+    for block, text in (("resources", "what each run takes on a worker: gpus_per_run, cpus_per_run, retries"),
+                        ("ray", "the Ray cluster: address (unset: a local cluster; auto: join this node's), num_cpus, num_gpus"),
+                        ("slurm", "the job array: partition, time (minutes), array_parallelism, mem_gb, account, qos, "
+                                  "constraint, setup, additional, cluster (auto|slurm|local|debug)")):
+        run.add_argument(f"--{block}", action="append", default=[], metavar="KEY=VALUE",
+                         help=f"set the grid file's {block}: block for --backend ray|slurm: {text}")
+    run.add_argument("--no-wait", action="store_true",
+                     help="--backend slurm: submit the job array and a job that writes the report after it, print how to "
+                          "follow them, and return (an untuned grid only)")
     run.add_argument("--track", choices=["mlflow", "tensorboard", "wandb"],
                      help="log training curves, final metrics, efficiency and config: one experiment per grid, one "
                           "tracked run per run id. mlflow: $MLFLOW_TRACKING_URI, else runs/<grid>/mlflow.db; "
@@ -167,6 +184,7 @@ def command_export(args) -> int:
 
 def command_run(args) -> int:
     from medpeft.config import load_grid
+    from medpeft.errors import ConfigError
     from medpeft.grid import grid_configs, parse_shard, run_grid
     from medpeft.plan import plan_runs
 
@@ -185,9 +203,50 @@ def command_run(args) -> int:
             print(f"tuning: {len(groups)} group(s), {trial_count(groups, trials)} trial run(s) on validation before "
                   "these runs; the ids above change when the chosen values are set")
         return 0
-    outcome = run_grid(grid, args.runs_dir, online=args.online, shard=shard, track=args.track, verbosity=args.verbosity)
+    options = grid.engine
+    for block in ("resources", "ray", "slurm"):
+        if getattr(args, block):
+            options = options.updated(block, getattr(args, block))
+    if args.backend == "local":
+        if args.no_wait:
+            raise ConfigError("--no-wait submits jobs and returns: it needs --backend slurm")
+        outcome = run_grid(grid, args.runs_dir, online=args.online, shard=shard, track=args.track, verbosity=args.verbosity)
+    else:
+        outcome = run_grid_on(args, grid, options, shard)
+        if outcome is None:  # --no-wait: submitted
+            return 0
     print(f"medpeft: {outcome.account()}", file=sys.stderr if outcome.exit_code else sys.stdout)
     return outcome.exit_code
+
+
+def run_grid_on(args, grid, options, shard):
+    """The grid on a Ray cluster or a Slurm job array; None when --no-wait only submitted it."""
+    from pathlib import Path
+
+    from medpeft.dist import is_distributed
+    from medpeft.engines import open_engine
+    from medpeft.errors import ConfigError
+    from medpeft.grid import Spread, run_grid, submit_grid
+
+    if shard is not None:
+        raise ConfigError(f"--shard splits a grid over workers you start yourself; --backend {args.backend} starts them: use one")
+    if is_distributed():
+        raise ConfigError(f"--backend {args.backend} starts its own workers; run it with python, not accelerate launch")
+    if args.no_wait and (args.backend != "slurm" or grid.tuned):
+        raise ConfigError("--no-wait needs --backend slurm and an untuned grid (tuning chooses between two arrays); "
+                          "run a tuned grid from a job of its own: sbatch --wrap 'medpeft run GRID --backend slurm'"
+                          if args.backend == "slurm" else "--no-wait submits a Slurm job array: it needs --backend slurm")
+    from medpeft.run.progress import say
+
+    engine = open_engine(args.backend, options, Path(args.runs_dir).resolve() / grid.name / args.backend, say)
+    try:
+        spread = Spread(engine, options.resources.retries, args.online)
+        if args.no_wait:
+            submit_grid(grid, args.runs_dir, spread)
+            return None
+        return run_grid(grid, args.runs_dir, online=args.online, track=args.track, verbosity=args.verbosity, spread=spread)
+    finally:
+        engine.close()
 
 
 def command_pretrain(args) -> int:

@@ -1,10 +1,17 @@
 """Run a whole grid: check every run before training, add the untrained baselines, skip finished
 runs and runs another worker holds (run/lock.py), record failures with their cause and go on, then
 write the summary. A stop signal ends the grid cleanly (run/preempt.py); an interrupted run resumes
-from its last checkpoint on the next `medpeft run` (run/checkpoint.py)."""
+from its last checkpoint on the next `medpeft run` (run/checkpoint.py).
+
+The runs train in this process (--backend local), or on an engine's workers (--backend ray|slurm,
+engines/): each run is then a job (`RunJob`) that a worker plans again and runs with this same loop
+(`run_job`), while this process keeps the grid: what is finished, the tuning choices, the progress
+line, failures, the report and the exit status."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -12,6 +19,7 @@ from pathlib import Path
 
 from medpeft.config import ExperimentConfig, Grid
 from medpeft.dist import is_distributed, is_main_process, wait_for_everyone
+from medpeft.engines.base import Engine, Outcome, map_jobs
 from medpeft.errors import ConfigError
 from medpeft.files import check_writable_folder
 from medpeft.methods import BASELINE, Role, method_role
@@ -26,6 +34,18 @@ from medpeft.run.record import RunResult, read_result
 from medpeft.run.track import open_tracker
 
 LOCK_POLL_S = 10.0  # seconds between looks at runs another worker holds, when their results are needed
+# Settings a worker elsewhere needs as this process has them: where the offline assets are, the hub's cache and mode.
+FORWARDED_ENV = ("MEDPEFT_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")
+
+
+@dataclass
+class Spread:
+    """Where a grid's runs train when not in this process: an engine's workers (engines/), how often a run whose
+    worker was lost is submitted again, and whether hub downloads are allowed."""
+
+    engine: Engine
+    retries: int = 1
+    online: bool = False
 
 
 @dataclass
@@ -105,12 +125,12 @@ def select_shard(runs: list[ExperimentConfig], shard: tuple[int, int] | None) ->
 
 
 def run_grid(grid: Grid, runs_dir: Path, *, online: bool = False, shard: tuple[int, int] | None = None,
-             track: str | None = None, log=say, verbosity: str = "normal") -> GridOutcome:
+             track: str | None = None, log=say, verbosity: str = "normal", spread: Spread | None = None) -> GridOutcome:
     """Run every configuration of `grid` (or one shard of it) under runs_dir/<grid name>/, then write
     its summary and report; what happened, as a GridOutcome. A grid with a `tune:` block first tunes
-    each group on validation data (tune.py); with --shard every shard runs (or finds finished) the trials
+    each group on validation data (tune/); with --shard every shard runs (or finds finished) the trials
     it needs. `track`: mlflow, tensorboard or wandb (run/track.py). `verbosity`: quiet, normal or verbose
-    (run/progress.py)."""
+    (run/progress.py). `spread`: train on an engine's workers (Ray, Slurm) instead of in this process."""
     grid_dir = Path(runs_dir) / grid.name
     outcome = GridOutcome(grid_dir)
     log = log if is_main_process() else (lambda *_: None)
@@ -119,6 +139,12 @@ def run_grid(grid: Grid, runs_dir: Path, *, online: bool = False, shard: tuple[i
     check_writable_folder(grid_dir, "the grid's runs folder", "choose another place with --runs-dir, or make it writable")
     claim_grid_dir(grid_dir, grid.name, grid.source_file, record=False)  # two grid files of one name: refused first
     tracker = open_tracker(track, grid_dir, grid.name, online, log) if track and is_main_process() else None
+
+    def train(plans, title, on_validation=None, wait=False):
+        if spread is None:
+            return run_plans(plans, grid_dir, log, title, on_validation, tracker, wait)
+        return run_plans_on(spread, plans, grid_dir, log, title, on_validation, tracker, wait)
+
     with showing(verbosity), stop_on_signal():
         if grid.tuned:
             from medpeft.tune import tune_grid
@@ -126,11 +152,11 @@ def run_grid(grid: Grid, runs_dir: Path, *, online: bool = False, shard: tuple[i
             claim_grid_dir(grid_dir, grid.name, grid.source_file)  # recorded before the first trial is written
 
             def run_trials(plans, on_validation=None):  # a trial another worker holds is waited for: its score counts
-                results = run_plans(plans, grid_dir, log, "tuning trials", on_validation, tracker, wait=True)
+                results = train(plans, "tuning trials", on_validation, wait=True)
                 outcome.trials_failed += sum(r is not None and not r.ok and r.cause != "pruned" for r in results)
                 return results
 
-            configs, failed = tune_grid(configs, grid_dir, online, run_trials, log)
+            configs, failed = tune_grid(configs, grid_dir, online, run_trials, log, spread.engine.slots if spread else 1)
             for result in failed if is_main_process() else ():
                 result.write(grid_dir / result.run_id)
             outcome.failed += failed  # every shard tuned every group, so each reports a group that failed
@@ -139,7 +165,7 @@ def run_grid(grid: Grid, runs_dir: Path, *, online: bool = False, shard: tuple[i
         plans = plan_runs(configs, online)  # every check, before any training
         if not grid.tuned:  # recorded after the checks, so a grid refused at plan time writes nothing
             claim_grid_dir(grid_dir, grid.name, grid.source_file)
-        results = run_plans(plans, grid_dir, log, f"grid {grid.name}{part}", tracker=tracker)
+        results = train(plans, f"grid {grid.name}{part}")
     outcome.runs += len(results)
     outcome.failed += [r for r in results if r is not None and not r.ok]
     outcome.held = sum(r is None for r in results)
@@ -175,6 +201,112 @@ def run_plans(plans: list[RunPlan], grid_dir: Path, log, title: str, on_validati
     return results
 
 
+@dataclass
+class RunJob:
+    """One run for a worker elsewhere (a Ray task, a Slurm array task): picklable, self-contained."""
+
+    config: ExperimentConfig  # resolved, with its variant and tuning record
+    grid_dir: str  # absolute: a worker starts in its own folder
+    online: bool
+    label: str  # [k/n] run_id, for its log lines
+    on_validation: object = None  # a tuning trial's picklable pruner (tune.storage.StudyPruner)
+    wait: bool = False  # a run another worker holds is waited for (tuning trials: their score counts)
+    cwd: str = field(default_factory=os.getcwd)  # relative paths in the config (your data files) resolve from here
+    env: dict = field(default_factory=lambda: {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)})
+
+
+def run_job(job: RunJob) -> RunResult | None:
+    """A worker's entry: plan the run here (its data and model path on this node), then run it as this
+    process would, unless another worker holds it (None). Its lines go to the run's train.log."""
+    import medpeft
+    from medpeft.plan import plan_run
+
+    os.environ.update(job.env)
+    if os.path.isdir(job.cwd):
+        os.chdir(job.cwd)
+    medpeft.load_registries()
+    plan = plan_run(job.config, job.online)
+    with showing("quiet"):
+        while (result := run_unless_held(plan, Path(job.grid_dir), say, job.label, job.on_validation)) is None and job.wait:
+            time.sleep(LOCK_POLL_S)
+    return result
+
+
+def submit_grid(grid: Grid, runs_dir: Path, spread: Spread, log=say) -> None:
+    """--no-wait: check every run, submit the unfinished ones as one job array and, after it, a job that writes
+    the report; say how to follow them. Nothing waits here, so a run whose job dies is not submitted again."""
+    grid_dir = Path(runs_dir).resolve() / grid.name
+    check_writable_folder(grid_dir, "the grid's runs folder", "choose another place with --runs-dir, or make it writable")
+    claim_grid_dir(grid_dir, grid.name, grid.source_file, record=False)
+    plans = plan_runs(grid_configs(grid), spread.online)  # every check, before anything is submitted
+    claim_grid_dir(grid_dir, grid.name, grid.source_file)
+    todo = [p for p in plans if (r := read_result(grid_dir / p.run_id)) is None or not r.ok]
+    jobs = [RunJob(p.config, str(grid_dir), spread.online, f"[{i}/{len(todo)}] {p.run_id}") for i, p in enumerate(todo, 1)]
+    array, report = spread.engine.submit_detached(run_job, jobs, write_outputs_job, str(grid_dir))
+    log(f"grid {grid.name}: {len(plans)} runs, {len(plans) - len(todo)} already finished"
+        + (f"; job array {array} holds the other {len(todo)}" if array else ""))
+    log(f"report: job {report} writes it{' once the array has ended' if array else ''} -> {grid_dir / 'report.html'}")
+    log(f"follow: squeue -j {array or report}   (each run's log: {grid_dir}/RUN_ID/train.log)")
+    log("a run whose job died is resumed by the same command again: finished runs are skipped, held ones left to their job")
+
+
+def write_outputs_job(grid_dir: str) -> list[str]:
+    """A job's entry that writes a grid's summary, report and cards (--no-wait's last job)."""
+    return write_outputs(Path(grid_dir), say)
+
+
+TRACKER_LOCK = threading.Lock()  # tuning groups run in threads; a tracker (MLflow's active run) holds one run at a time
+
+
+def run_plans_on(spread: Spread, plans: list[RunPlan], grid_dir: Path, log, title: str, on_validation=None, tracker=None,
+                 wait: bool = False) -> list[RunResult | None]:
+    """As run_plans, on the engine's workers: every plan not yet finished is a job; each plan's result, in order.
+    A job that raised, or whose worker was lost more than `spread.retries` times, is recorded as a failed run."""
+    done = {p.run_id: r for p in plans if (r := read_result(grid_dir / p.run_id)) is not None and r.ok}
+    todo = [p for p in plans if p.run_id not in done]
+    labels = {p.run_id: f"[{i}/{len(plans)}] {p.run_id}" for i, p in enumerate(plans, 1)}
+    if level() != "quiet" and on_validation is None:
+        log(f"{title}: {len(plans)} runs ({len(done)} already finished) on {spread.engine.name} -> {grid_dir}")
+    jobs = [RunJob(p.config, str(grid_dir.resolve()), spread.online, labels[p.run_id], on_validation, wait) for p in todo]
+    results: dict = dict(done)
+    shown = on_validation is None and threading.current_thread() is threading.main_thread()
+    with grid_bar(title, len(plans), len(done)) if shown else nullcontext() as bar:
+        def on_end(index: int, outcome: Outcome) -> None:
+            plan, run_dir = todo[index], grid_dir / todo[index].run_id
+            result = outcome.value if outcome.ok else worker_failure(plan, outcome, spread.retries)
+            label = labels[plan.run_id]
+            if result is None:
+                log(f"{label}: skipped, another worker is running it ({describe_holder(run_dir)})")
+            elif not outcome.ok:
+                record_failure(result, run_dir, log, f"{label}:")
+            else:
+                log(f"{label}: " + (f"FAILED: {result.error}" if not result.ok else result_line(result)))
+            if tracker is not None and result is not None:
+                with TRACKER_LOCK:  # metrics and config, once the run ended (curves are in its train.log)
+                    tracker.start(plan.run_id, plan.config.to_dict())
+                    tracker.finish(result)
+            results[plan.run_id] = result
+            if bar is not None and result is not None:
+                bar.update()
+
+        def on_retry(index: int, outcome: Outcome, attempt: int) -> None:
+            log(f"{labels[todo[index].run_id]}: its worker was lost ({outcome.error}); submitted again ({attempt} of "
+                f"{spread.retries}), resuming from its last checkpoint")
+
+        map_jobs(spread.engine, run_job, jobs, spread.retries, on_end, on_retry)
+    return [results.get(p.run_id) for p in plans]
+
+
+def worker_failure(plan: RunPlan, outcome: Outcome, retries: int) -> RunResult:
+    """A run whose job raised (e.g. its data missing on that node), or whose worker kept dying, as a failed run."""
+    if outcome.lost:
+        fix = (f"it was submitted {retries + 1} time(s); give each run more memory or time (slurm.mem_gb, slurm.time, "
+               "fewer runs per GPU) or raise resources.retries; it resumes from its last checkpoint")
+        return RunResult.failed(plan.config, plan.config.variant, RuntimeError(f"worker lost: {outcome.error}"), "worker_lost", fix)
+    return RunResult.failed(plan.config, plan.config.variant, RuntimeError(f"on the worker: {outcome.error}"), "worker_error",
+                            "see the job's log named above; the same run passes its checks here, so check what differs on that node")
+
+
 def run_unless_held(plan: RunPlan, grid_dir: Path, log, label: str, on_validation=None, tracker=None,
                     quiet: bool = False) -> RunResult | None:
     """Take the run's lock and run it (or read its result, if another worker finished it meanwhile);
@@ -191,7 +323,7 @@ def run_unless_held(plan: RunPlan, grid_dir: Path, log, label: str, on_validatio
             return finished
         with run_log(run_dir, log) as log:  # each line also into the run's train.log
             resume = find_resumable(run_dir, warn=lambda text: log(f"    warning: {text}"))
-            if level() != "quiet":  # quiet: the run's one line, at its end, carries the label
+            if level() != "quiet" or resume:  # quiet: the run's one line, at its end, carries the label
                 log(label + (f" (resuming from its checkpoint at step {resume[1]['step']})" if resume else ""))
             return run_one(plan, run_dir, log, on_validation, tracker, label)
 
@@ -220,13 +352,20 @@ def run_one(plan: RunPlan, run_dir: Path, log, on_validation=None, tracker=None,
         release_memory()  # here, after the except block: its traceback no longer holds the run's model
         record_failure(result, run_dir, log, label if level() == "quiet" else "   ")
         return result
+    lead = f"{label}:" if level() == "quiet" else "   "
+    log(f"{lead} {result_line(result, time.perf_counter() - start)}")
+    return result
+
+
+def result_line(result: RunResult, seconds: float | None = None) -> str:
+    """A finished run's scores (a trial's on validation, with its loss), time and trainable share, on one line."""
     shown = ", ".join(f"{k}={100 * v:.1f}" for k, v in result.metrics.items() if v is not None)
     if result.tuning_trial:
         val_loss = result.fit.val_loss
         shown = f"validation: {shown or ''}{', ' if shown else ''}loss={val_loss:.4f}" if val_loss is not None else f"validation: {shown}"
-    lead = f"{label}:" if level() == "quiet" else "   "
-    log(f"{lead} {shown}  ({time.perf_counter() - start:.0f}s, {result.cost.trainable_pct:.3g}% trainable)")
-    return result
+    if seconds is None:  # ran elsewhere: its own clock
+        seconds = sum(t or 0 for t in (result.cost.train_seconds, result.cost.eval_seconds))
+    return f"{shown}  ({seconds:.0f}s, {result.cost.trainable_pct:.3g}% trainable)"
 
 
 def record_failure(result: RunResult, run_dir: Path, log, lead: str = "   ") -> None:

@@ -216,7 +216,7 @@ class ExperimentConfig:
     fingerprint: dict | None = field(default=None, metadata={
         "help": "set by medpeft (plan.py): content fingerprints of your data file and of a local model folder"})
     tuning: dict | None = field(default=None, metadata={
-        "help": "set by medpeft (tune.py) in a tuned grid: {role: trial, ...} on a tuning trial (scored on validation, "
+        "help": "set by medpeft (tune/) in a tuned grid: {role: trial, ...} on a tuning trial (scored on validation, "
                 "never in the main table), {role: final, over: candidates, ...} on a run whose settings tuning chose"})
     # variant and tune are no settings and not part of the run's identity.
     variant: dict = field(default_factory=dict, init=False, compare=False, repr=False, metadata={

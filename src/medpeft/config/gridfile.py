@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from medpeft.config.engine import EngineOptions, parse_engine_options
 from medpeft.config.experiment import ExperimentConfig, config_from_dict
 from medpeft.config.tuning import parse_tune
 from medpeft.config.values import check_name, load_yaml
@@ -68,13 +69,14 @@ class Grid:
     name: str
     runs: list[ExperimentConfig]
     source_file: Path | None = None  # the grid file it was read from (None: built in code)
+    engine: EngineOptions = field(default_factory=EngineOptions)  # resources:, ray:, slurm: (--backend ray|slurm)
 
     @property
     def tuned(self) -> bool:
         return any(cfg.tune is not None for cfg in self.runs)
 
 
-GRID_KEYS = ("name", "description", "base", "grid", "tune")
+GRID_KEYS = ("name", "description", "base", "grid", "tune", "resources", "ray", "slurm")
 
 
 def load_grid(path: str | Path, overrides: list[str] = ()) -> Grid:
@@ -118,4 +120,4 @@ def expand_grid(spec: dict, name: str, overrides=(), source: str = "grid") -> Gr
             if cfg.run_id not in seen:
                 seen.add(cfg.run_id)
                 runs.append(cfg)
-    return Grid(name=name, runs=runs)
+    return Grid(name=name, runs=runs, engine=parse_engine_options(spec, source))

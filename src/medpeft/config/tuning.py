@@ -1,5 +1,5 @@
 """A grid's `tune:` block: what is tuned (the space), how (grid search or Optuna) and on what (the
-validation metric). Read from the grid file by `parse_tune`; tune.py runs it.
+validation metric). Read from the grid file by `parse_tune`; tune/ runs it.
 """
 from __future__ import annotations
 

@@ -258,7 +258,7 @@ class Data:
 
 SPLITS = ("train", "validation", "test")
 TRIAL, FINAL = "trial", "final"  # tuning roles: a trial scored on validation; a run at the chosen values
-LOSS_SCORE = "val_loss"  # the tuning metric of trials scored by their validation loss (tune.py writes it)
+LOSS_SCORE = "val_loss"  # the tuning metric of trials scored by their validation loss (tune/ writes it)
 
 
 @dataclass(frozen=True)
@@ -278,7 +278,7 @@ class Search:
 
 @dataclass(frozen=True)
 class Tuning:
-    """A run's config.tuning, as tune.py records it."""
+    """A run's config.tuning, as tune/ records it."""
 
     role: str  # TRIAL or FINAL
     group: str | None = None  # the tuning group (runs tuned together)
@@ -330,7 +330,7 @@ def json_kind(value) -> str:
 
 
 def is_trial(cfg) -> bool:
-    """A tuning trial (tune.py): scored on validation, kept out of every table."""
+    """A tuning trial (tune/): scored on validation, kept out of every table."""
     tuning = Tuning.from_json(cfg.tuning)
     return tuning is not None and tuning.is_trial
 

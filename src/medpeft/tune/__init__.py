@@ -13,33 +13,27 @@ runs/<grid>/tuning.journal, safe on NFS; a grid folder from before keeps its SQL
 interrupted search resumes where it stopped. An edited space or metric is a new study (its group key holds
 them); more `trials` continue the old one. Several workers (shards, machines) share a study: each claims a
 trial number, the first `trials` claims train and later ones stop, and a worker chooses only once no live
-worker has a trial running (tune_storage.py).
+worker has a trial running (tune/storage.py).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import itertools
 import json
 import math
-import os
-import socket
-import time
-import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
 from medpeft.config import ExperimentConfig, TuneConfig, config_from_dict, set_dotted
-from medpeft.config.tuning import mask_storage
 from medpeft.errors import ConfigError
 from medpeft.plan import RunPlan, plan_runs, resolve_config, task_spec
 from medpeft.registry import METHODS
 from medpeft.run.metrics import PRIMARY_METRIC
-from medpeft.run.lock import LOCK_NAME, STALE_AFTER_S, is_stale, process_alive
 from medpeft.run.record import LOSS_SCORE, RunResult, Tuning, read_result, validation_score
+from medpeft.tune.storage import StudyPruner, claimed_trial, median_pruner, open_storage, wait_for_workers
 
 OPTUNA_HINT = "search: optuna needs the optuna package: .venv/bin/pip install 'medpeft[tune]' (or pip install optuna)"
 
@@ -158,21 +152,30 @@ RunPlans = Callable[..., list[RunResult]]  # run_plans(plans, on_validation=None
 
 
 def tune_grid(configs: list[ExperimentConfig], grid_dir: Path, online: bool,
-              run_plans: RunPlans, log=print) -> tuple[list[ExperimentConfig], list[RunResult]]:
+              run_plans: RunPlans, log=print, parallel: int = 1) -> tuple[list[ExperimentConfig], list[RunResult]]:
     """Tune every group (runs with a tune: block); return the grid's final configs (untuned runs and
     baselines untouched, in grid order) and the failed results of groups whose every trial failed
-    (one per seed, for the caller to record)."""
+    (one per seed, for the caller to record). `parallel` > 1 (an engine's slots): the groups are tuned at
+    once, and each Optuna group keeps up to `parallel` trials in flight."""
     groups, metrics, trials, base_plans = check_tuning(configs, online)
     storages = {storage: open_storage(storage, grid_dir, log)  # each opened once, before any trial trains
                 for storage in dict.fromkeys(g.tune.storage for g in groups if g.tune.search == "optuna")}
+
+    def search(index: int) -> dict | None:
+        group, metric, base = groups[index], metrics[index], base_plans[index]
+        if group.tune.search == "optuna":
+            where = (grid_dir, storages[group.tune.storage])
+            return optuna_search(group, base, group.tune, metric, where, run_plans, log, parallel)
+        return grid_search(group, [trial_plan(base, c) for c in trials[index]], metric, grid_dir, run_plans, log)
+
+    if parallel > 1 and len(groups) > 1:
+        with ThreadPoolExecutor(len(groups), thread_name_prefix="medpeft-tune") as pool:
+            choices = list(pool.map(search, range(len(groups))))
+    else:
+        choices = [search(index) for index in range(len(groups))]
     tuned = {cfg.run_id for g in groups for cfg in g.runs}
     finals, failed = [c for c in configs if c.run_id not in tuned], []
-    for group, metric, configs_of_group, base in zip(groups, metrics, trials, base_plans):
-        tune = group.tune
-        if tune.search == "optuna":
-            chosen = optuna_search(group, base, tune, metric, (grid_dir, storages[tune.storage]), run_plans, log)
-        else:
-            chosen = grid_search(group, [trial_plan(base, c) for c in configs_of_group], metric, grid_dir, run_plans, log)
+    for group, metric, chosen in zip(groups, metrics, choices):
         if chosen is None:
             failed += [RunResult.failed(cfg, cfg.variant, RuntimeError(
                 f"every tuning trial of group {group.key} failed; see their result.json files (tuning_trial: true)"))
@@ -180,7 +183,7 @@ def tune_grid(configs: list[ExperimentConfig], grid_dir: Path, online: bool,
             log(f"tuning {group.key}: every trial failed; its {len(group.runs)} run(s) are recorded as failed")
             continue
         log(f"tuning {group.key}: chose {format_values(chosen)} by validation {metric}")
-        finals += final_configs(group, chosen, tune, metric)
+        finals += final_configs(group, chosen, group.tune, metric)
     return finals, failed
 
 
@@ -247,168 +250,53 @@ def optuna_distributions(space: dict) -> dict:
     return dists
 
 
-def pruning_reporter(trial, pruned: list[int]) -> Callable[[int, float], None]:
-    """A trial's on_validation callback: it reports each mid-training validation loss to Optuna and stops
-    the trial (TrialPruned, its step added to `pruned`) when the study's pruner says so."""
-    import optuna
-
-    def report(step: int, loss: float) -> None:
-        trial.report(-loss, step)  # higher is better, as for the study's objective
-        if trial.should_prune():
-            pruned.append(step)
-            raise optuna.TrialPruned(f"pruned at step {step}: validation loss {loss:.4f} below the median of earlier trials")
-
-    return report
-
-
-def optuna_search(group: Group, base: RunPlan, tune: TuneConfig, metric: str, where: tuple, run_plans: RunPlans, log):
+def optuna_search(group: Group, base: RunPlan, tune: TuneConfig, metric: str, where: tuple, run_plans: RunPlans, log,
+                  parallel: int = 1):
     """`tune.trials` TPE-sampled trials (counting those a previous, interrupted search or another worker
-    finished), pruned on their mid-training validation loss by a median rule; the best complete trial's
-    values. `where`: the grid folder and the opened study storage."""
+    finished), pruned on their mid-training validation loss by a median rule, up to `parallel` at once; the
+    best complete trial's values. `where`: the grid folder and the opened study storage."""
     import optuna
     from optuna.trial import TrialState
 
     grid_dir, storage = where
-    study = optuna.create_study(study_name=group.key, storage=storage, load_if_exists=True, direction="maximize")
-    study.pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    study = optuna.create_study(study_name=group.key, storage=storage, load_if_exists=True, direction="maximize",
+                                pruner=median_pruner())
     dists = optuna_distributions(group.space)
     done = sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("finished"))
-    log(f"tuning {group.key}: Optuna, {tune.trials} trials ({done} already done), scored on validation {metric}")
-    while True:
-        with claimed_trial(study, tune.trials, dists, group.first.seed, grid_dir) as trial:
-            if trial is None:
-                break
-            plan = trial_plan(base, trial_config(group, dict(trial.params), metric))
-            trial.set_user_attr("run_id", plan.run_id)
-            pruned = []
-            result = run_plans([plan], on_validation=pruning_reporter(trial, pruned))[0]
-            trial.set_user_attr("finished", True)
-            score = trial_score(result, metric)
-            if pruned:
-                study.tell(trial, state=TrialState.PRUNED)
-            elif score is None:
-                study.tell(trial, state=TrialState.FAIL)
-            else:
-                study.tell(trial, score)
+    workers = max(1, min(parallel, tune.trials - done))
+    log(f"tuning {group.key}: Optuna, {tune.trials} trials ({done} already done{f', {workers} at once' if workers > 1 else ''}), "
+        f"scored on validation {metric}")
+    if workers == 1:
+        claim_trials(group, base, metric, (grid_dir, storage, dists), run_plans)
+    else:
+        with ThreadPoolExecutor(workers, thread_name_prefix=f"medpeft-{group.key}") as pool:
+            list(pool.map(lambda _: claim_trials(group, base, metric, (grid_dir, storage, dists), run_plans), range(workers)))
     wait_for_workers(study, grid_dir, log)  # the choice sees every trial of the study
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.params.keys() == dists.keys()]
     return dict(study.best_trial.params) if complete else None
 
 
-# --- the study's storage, shared by workers --------------------------------------------------------
-
-JOURNAL = "tuning.journal"  # the default storage: Optuna's journal file, appended under a lock (NFS-safe)
-LEGACY_DB = "tuning.db"  # the SQLite storage of grid folders tuned before the journal became the default
-ASK_GRACE_S = 60.0  # a trial just asked has no worker record yet: not stale for this long
-WAIT_POLL_S = 2.0
-LIVE_TRIALS: set[str] = set()  # tokens of the trials this process is running now (one per tuning thread)
-
-
-def open_storage(storage: str | None, grid_dir: Path, log):
-    """The Optuna storage `tune.storage` names (None: the grid folder's journal, or its older tuning.db)."""
+def claim_trials(group: Group, base: RunPlan, metric: str, where: tuple, run_plans: RunPlans) -> None:
+    """One worker's loop: claim a trial, train it (wherever run_plans trains), tell the study its score;
+    until the study has no trial left to claim. Each loop has its own study object: the sampler is set per trial."""
     import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    grid_dir.mkdir(parents=True, exist_ok=True)
-    if storage is None and (grid_dir / LEGACY_DB).exists():  # its studies (the user's trials) resume there
-        log(f"tuning: resuming the studies in {grid_dir / LEGACY_DB} (SQLite: not safe with several workers on NFS; "
-            f"tune.storage: {JOURNAL} starts a shared journal)")
-        storage = f"sqlite:///{grid_dir / LEGACY_DB}"
-    try:
-        if storage is not None and "://" in storage:
-            return optuna.storages.RDBStorage(storage)
-        path = grid_dir / (storage or JOURNAL)  # an absolute path stays itself
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
-    except Exception as err:  # a missing driver, a refused connection, an unwritable folder
-        password = storage.partition("://")[2].rpartition("@")[0].partition(":")[2] if storage else ""
-        detail = str(err).replace(password, "***") if password else str(err)
-        raise ConfigError(f"tune.storage: cannot open {mask_storage(storage or str(grid_dir / JOURNAL))}: "
-                          f"{type(err).__name__}: {detail}") from None
-
-
-@contextlib.contextmanager
-def claimed_trial(study, wanted: int, dists: dict, seed: int, grid_dir: Path):
-    """The next trial of the study with its values sampled, or None once `wanted` trials are finished or
-    running (counted in trial-number order, so concurrent workers agree which claims are surplus)."""
-    from optuna.samplers import TPESampler
     from optuna.trial import TrialState
 
-    def claims(below: float) -> int:
-        return sum(1 for t in study.get_trials(deepcopy=False)
-                   if t.number < below and (t.user_attrs.get("finished") or t.state == TrialState.RUNNING))
-
-    fail_stale_trials(study, grid_dir)
-    if claims(math.inf) >= wanted:  # nothing left to claim (alone, a worker never asks a surplus trial)
-        yield None
-        return
-    token = uuid.uuid4().hex
-    LIVE_TRIALS.add(token)
-    try:
-        trial = study.ask()
-        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid(), "token": token})
-        if claims(trial.number) >= wanted:  # another worker claimed the last trial between the two looks
-            trial.set_user_attr("surplus", True)
-            study.tell(trial, state=TrialState.FAIL)
-            yield None
-            return
-        # Seeded by the trial's number: workers sampling at once draw different values, and a resumed
-        # search continues the sequence instead of drawing its first candidates again.
-        study.sampler = TPESampler(seed=seed + trial.number)
-        for axis, dist in dists.items():
-            suggest(trial, axis, dist)
-        yield trial
-    finally:
-        LIVE_TRIALS.discard(token)
-
-
-def suggest(trial, axis: str, dist) -> None:
-    from optuna.distributions import CategoricalDistribution, IntDistribution
-
-    if isinstance(dist, CategoricalDistribution):
-        trial.suggest_categorical(axis, dist.choices)
-    elif isinstance(dist, IntDistribution):
-        trial.suggest_int(axis, dist.low, dist.high, log=dist.log)
-    else:
-        trial.suggest_float(axis, dist.low, dist.high, log=dist.log)
-
-
-def stale_trial(trial, grid_dir: Path) -> bool:
-    """A running trial no live worker runs: its process is gone (this host, or this process outside a live
-    trial), or, on another host, its run lock is stale and it began over STALE_AFTER_S ago."""
-    worker = trial.user_attrs.get("worker")
-    age = (datetime.now() - trial.datetime_start).total_seconds() if trial.datetime_start else math.inf
-    if not isinstance(worker, dict):  # asked a moment ago, or by a search from before workers were recorded
-        return age > ASK_GRACE_S
-    if worker.get("token") in LIVE_TRIALS:
-        return False
-    if worker.get("host") == socket.gethostname():
-        return worker.get("pid") == os.getpid() or not process_alive(worker.get("pid"))
-    run_id = trial.user_attrs.get("run_id")
-    return age > STALE_AFTER_S and (run_id is None or is_stale(grid_dir / run_id / LOCK_NAME))
-
-
-def fail_stale_trials(study, grid_dir: Path) -> int:
-    """Mark the study's abandoned running trials failed (a killed worker's); how many are still live."""
-    from optuna.trial import TrialState
-
-    live = 0
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if stale_trial(trial, grid_dir):
-            with contextlib.suppress(RuntimeError, ValueError):  # another worker failed it first
-                study.tell(trial.number, state=TrialState.FAIL)
-        elif not trial.user_attrs.get("surplus"):
-            live += 1
-    return live
-
-
-def wait_for_workers(study, grid_dir: Path, log) -> None:
-    """Return once no live worker is running a trial of the study, so every worker chooses from all of them."""
-    said = False
-    while live := fail_stale_trials(study, grid_dir):
-        if not said:
-            log(f"tuning {study.study_name}: waiting for {live} trial(s) other workers are running")
-            said = True
-        time.sleep(WAIT_POLL_S)
+    grid_dir, storage, dists = where
+    study = optuna.load_study(study_name=group.key, storage=storage, pruner=median_pruner())
+    while True:
+        with claimed_trial(study, group.tune.trials, dists, group.first.seed, grid_dir) as trial:
+            if trial is None:
+                return
+            plan = trial_plan(base, trial_config(group, dict(trial.params), metric))
+            trial.set_user_attr("run_id", plan.run_id)
+            pruner = StudyPruner(group.tune.storage, str(grid_dir), group.key, trial._trial_id)  # Optuna's distributed-trial handle
+            result = run_plans([plan], on_validation=pruner)[0]
+            trial.set_user_attr("finished", True)
+            score = trial_score(result, metric)
+            if result is not None and result.cause == "pruned":
+                study.tell(trial, state=TrialState.PRUNED)
+            elif score is None:
+                study.tell(trial, state=TrialState.FAIL)
+            else:
+                study.tell(trial, score)

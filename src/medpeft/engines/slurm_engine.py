@@ -1,0 +1,110 @@
+"""Runs as a Slurm job array through submitit: one array task per run, `slurm:` options as #SBATCH lines,
+at most slurm.array_parallelism at once. Without Slurm (slurm.cluster: local) submitit starts each job as a
+process on this machine, and this engine keeps at most array_parallelism of them running. Job files and
+logs go to runs/<grid>/slurm/<job id>/.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from pathlib import Path
+
+from medpeft.config.engine import Resources, SlurmOptions
+from medpeft.engines.base import Engine, Outcome
+from medpeft.errors import ConfigError
+
+
+class Submission:
+    """One job: what to call, and its submitit job once submitted (a local cluster submits as slots free up)."""
+
+    def __init__(self, fn, job):
+        self.fn, self.job, self.submitted = fn, job, None
+
+    def done(self) -> bool:
+        return self.submitted is not None and self.submitted.done()
+
+
+class SlurmEngine(Engine):
+    name = "slurm"
+
+    def __init__(self, options: SlurmOptions, resources: Resources, folder: Path, log):
+        import submitit
+
+        self.submitit, self.options, self.lock = submitit, options, threading.Lock()
+        self.live: set[Submission] = set()  # submitted and not yet ended, over every caller (tuning runs groups in threads)
+        try:
+            self.executor = submitit.AutoExecutor(folder=str(Path(folder) / "%j"),
+                                                  cluster=None if options.cluster == "auto" else options.cluster)
+        except RuntimeError as err:  # no executor available
+            raise ConfigError(f"slurm.cluster {options.cluster}: {err}") from None
+        self.executor.update_parameters(**executor_parameters(options, resources))
+        self.cluster = self.executor.cluster
+        self.slots = options.array_parallelism
+        log(f"slurm: {'Slurm job arrays' if self.cluster == 'slurm' else f'submitit {self.cluster} executor (no Slurm)'}"
+            f", {self.slots} run(s) at once; job logs in {folder}")
+
+    def start(self, fn, jobs):
+        handles = [Submission(fn, job) for job in jobs]
+        if self.cluster == "slurm":  # one array; Slurm holds all but array_parallelism back
+            with self.lock:
+                self.submit(handles)
+        return handles
+
+    def submit(self, handles: list[Submission]) -> None:
+        """Submit as one array (call under self.lock: several tuning threads share the folder and the slots)."""
+        jobs = self.executor.map_array(handles[0].fn, [h.job for h in handles])
+        for handle, job in zip(handles, jobs):
+            handle.submitted = job
+        self.live.update(handles)
+
+    def finished(self, handles):
+        while True:
+            with self.lock:
+                self.live = {h for h in self.live if not h.done()}
+                waiting = [h for h in handles if h.submitted is None]
+                if waiting and len(self.live) < self.slots:
+                    self.submit(waiting[:self.slots - len(self.live)])
+            ended = [h for h in handles if h.done()]
+            if ended:
+                return [(h, self.outcome(h.submitted)) for h in ended]
+            time.sleep(self.options.poll_s)
+
+    def submit_detached(self, fn, jobs: list, then, then_job) -> tuple[str | None, str]:
+        """Submit `jobs` as one array, and then(then_job) as a small job that starts once the array has ended
+        (afterany: also when some runs failed); their job ids. Nothing here waits for them."""
+        if self.cluster != "slurm":
+            raise ConfigError(f"--no-wait needs Slurm; submitit's {self.cluster} executor ends its jobs with this process")
+        array_id = None
+        with self.lock:
+            if jobs:
+                array_id = str(self.executor.map_array(fn, jobs)[0].job_id).split("_")[0]
+            after = {**dict(self.options.additional), **({"dependency": f"afterany:{array_id}"} if array_id else {})}
+            self.executor.update_parameters(gpus_per_node=0, cpus_per_task=1, timeout_min=60, slurm_additional_parameters=after)
+            report = self.executor.submit(then, then_job)
+        return array_id, str(report.job_id)
+
+    def outcome(self, job) -> Outcome:
+        errors = self.submitit.core.utils
+        try:
+            return Outcome(value=job.result())
+        except errors.FailedJobError as err:  # the job's own exception: its trace's last line names it
+            lines = [line for line in str(err).splitlines() if line.strip() and not line.startswith("-")]
+            cause = next((line for line in reversed(lines) if "Error" in line or "Exception" in line), lines[0] if lines else "")
+            return Outcome(error=f"{cause.strip()} (job {job.job_id}: {job.paths.stderr})")
+        except errors.UncompletedJobError as err:  # killed, out of time or memory, node lost: no result came back
+            return Outcome(error=f"job {job.job_id} ended without a result ({str(err).splitlines()[1].strip()}); "
+                                 f"its log: {job.paths.stderr}", lost=True)
+
+
+def executor_parameters(options: SlurmOptions, resources: Resources) -> dict:
+    """submitit's parameters: the shared ones, then Slurm's own (the local executor ignores those)."""
+    shared = {"name": "medpeft", "timeout_min": options.time, "cpus_per_task": max(1, math.ceil(resources.cpus_per_run)),
+              "gpus_per_node": math.ceil(resources.gpus_per_run)}
+    if options.mem_gb is not None:
+        shared["mem_gb"] = options.mem_gb
+    own = {"partition": options.partition, "account": options.account, "qos": options.qos,
+           "constraint": options.constraint, "array_parallelism": options.array_parallelism,
+           "setup": list(options.setup) or None, "additional_parameters": dict(options.additional) or None}
+    return {**shared, **{f"slurm_{k}": v for k, v in own.items() if v is not None},
+            **({"local_setup": list(options.setup)} if options.setup else {})}

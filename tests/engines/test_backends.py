@@ -1,0 +1,107 @@
+"""Issue 30: a grid through Ray (a local 2-CPU cluster) and through submitit (its local executor: no Slurm here)
+writes the same run folders, run ids and metrics as the local loop, tuned group included; a worker killed mid-run
+ends with every run done exactly once (its run resumed, not trained twice to the end)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medpeft import grid as grid_module
+from medpeft.config import expand_grid, load_grid
+from medpeft.config.engine import parse_engine_options
+from medpeft.run.lock import LOCK_NAME, read_lock
+from medpeft.run.progress import LOG_FILE
+from medpeft.run.record import load_results
+
+BASE = {"task": "pubmed-rct", "model": "tiny-bert",
+        "data": {"train_size": 16, "val_size": 8, "test_size": 8, "max_source_tokens": 32},
+        "train": {"max_steps": 3, "batch_size": 4, "eval_batch_size": 8}}
+SPEC = {"base": BASE, "grid": [{"method": ["lora", "ia3", "full"], "seed": [0, 1]},  # 6 runs (and the baseline)
+                               {"method": ["lora"], "method_args.r": [4], "seed": [0, 1],  # a tuned group: 2 trials, 2 finals
+                                "tune": {"train.lr": [1.0e-4, 1.0e-2]}}]}
+ENGINES = {"ray": {"ray": {"num_cpus": 2}, "resources": {"cpus_per_run": 1}},
+           "slurm": {"slurm": {"cluster": "local", "array_parallelism": 2, "poll_s": 0.5}}}
+
+
+def scores(grid_dir: Path) -> dict:
+    """run id -> (status, metrics, a trial?) of every run folder."""
+    return {r.run_id: (r.status.value, r.metrics, r.tuning_trial) for r in load_results(grid_dir)}
+
+
+@pytest.fixture(scope="module")
+def local_scores(tmp_path_factory, assets_ready):
+    outcome = grid_module.run_grid(expand_grid(SPEC, name="spread"), tmp_path_factory.mktemp("local"), log=lambda *a: None)
+    assert outcome.exit_code == 0
+    return scores(outcome.grid_dir)
+
+
+@pytest.mark.parametrize("backend", ["ray", "slurm"])
+def test_a_grid_and_a_tuned_group_through_an_engine_match_the_local_loop(backend, local_scores, tmp_path):
+    pytest.importorskip({"ray": "ray", "slurm": "submitit"}[backend])
+    from medpeft.engines import open_engine
+
+    options = parse_engine_options(ENGINES[backend], "test")
+    lines = []
+    engine = open_engine(backend, options, tmp_path / "jobs", lines.append)
+    try:
+        outcome = grid_module.run_grid(expand_grid(SPEC, name="spread"), tmp_path, log=lines.append,
+                                       spread=grid_module.Spread(engine, options.resources.retries))
+    finally:
+        engine.close()
+    assert outcome.exit_code == 0 and outcome.runs == 9 and not outcome.failed, outcome.account()
+    assert scores(outcome.grid_dir) == local_scores  # same run ids (trials and finals too), same metrics
+    assert len(local_scores) == 11 and sum(trial for *_, trial in local_scores.values()) == 2
+    assert (outcome.grid_dir / "report.html").exists()
+    assert any("tuning pubmed-rct.tiny-bert.lora" in line and "chose train.lr=" in line for line in lines)
+    assert f"grid spread: 9 runs (0 already finished) on {backend} -> {outcome.grid_dir}" in lines
+
+
+def kill_a_worker_mid_run(backend: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, int, str]:
+    """`medpeft run --backend ...` on 3 runs with checkpoints every 2 steps; once a run has a checkpoint,
+    SIGKILL the worker that holds it. The finished process, the killed pid and the run it was training."""
+    spec = {"name": "killed", **ENGINES[backend],
+            "base": {**BASE, "method": "lora", "train": {**BASE["train"], "max_steps": 40, "checkpoint_steps": 2}},
+            "grid": {"seed": [0, 1, 2]}}
+    grid_file = tmp_path / "killed.yaml"
+    grid_file.write_text(yaml.safe_dump(spec))
+    grid_dir = tmp_path / "runs" / "killed"
+    driver = subprocess.Popen([sys.executable, "-m", "medpeft", "run", str(grid_file), "--runs-dir", str(tmp_path / "runs"),
+                               "--backend", backend, "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed, victim, deadline = None, None, time.time() + 240
+    while killed is None and time.time() < deadline and driver.poll() is None:
+        for lock in grid_dir.glob(f"*.lora.*/{LOCK_NAME}"):
+            info = read_lock(lock) or {}
+            if list(lock.parent.glob("checkpoints/checkpoint-*/medpeft-checkpoint.json")) and info.get("pid"):
+                os.kill(int(info["pid"]), signal.SIGKILL)
+                killed, victim = int(info["pid"]), lock.parent.name
+                break
+        time.sleep(0.05)
+    out, _ = driver.communicate(timeout=300)
+    assert killed is not None, f"no worker was caught mid-run:\n{out}"
+    return subprocess.CompletedProcess(driver.args, driver.returncode, out), killed, victim
+
+
+@pytest.mark.parametrize("backend", ["ray", "slurm"])
+def test_a_worker_killed_mid_run_ends_with_every_run_done_exactly_once(backend, tmp_path, assets_ready):
+    pytest.importorskip({"ray": "ray", "slurm": "submitit"}[backend])
+    done, killed, victim = kill_a_worker_mid_run(backend, tmp_path)
+    assert done.returncode == 0, done.stdout
+    assert "its worker was lost" in done.stdout and "submitted again (1 of 1)" in done.stdout, done.stdout
+    grid_dir = tmp_path / "runs" / "killed"
+    results = {r.run_id: r for r in load_results(grid_dir)}
+    assert len(results) == 4 and all(r.ok for r in results.values())  # 3 runs and the baseline
+    for run_id in results:
+        log = (grid_dir / run_id / LOG_FILE).read_text()
+        assert log.count(f"{run_id}: accuracy=") == 1, (run_id, log)  # finished once
+        assert ("resuming from its checkpoint" in log) == (run_id == victim), (run_id, log)
+    assert results[victim].fit.steps == 40
+    assert not list(grid_dir.glob(f"*/{LOCK_NAME}"))  # every lock given back
+    here = grid_module.run_grid(load_grid(tmp_path / "killed.yaml"), tmp_path / "here", log=lambda *a: None)
+    assert scores(here.grid_dir) == scores(grid_dir)  # the resumed run scores as one never interrupted

@@ -1,0 +1,147 @@
+"""Issue 30: the grid file's resources:, ray: and slurm: blocks, their command-line overrides, what each engine
+is asked for, the retry loop every engine shares, and the refusals that come before anything runs."""
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+from medpeft.config import expand_grid
+from medpeft.config.engine import EngineOptions, parse_engine_options
+from medpeft.engines import open_engine
+from medpeft.engines.base import RAY_HINT, SLURM_HINT, Engine, Outcome, map_jobs
+from medpeft.errors import ConfigError
+
+BASE = {"task": "pubmed-rct", "model": "tiny-bert", "method": "lora"}
+
+
+def test_a_grid_file_sets_resources_ray_and_slurm():
+    grid = expand_grid({"base": BASE, "resources": {"gpus_per_run": 0.5, "cpus_per_run": 4},
+                        "ray": {"address": "auto"},
+                        "slurm": {"partition": "gpu", "time": 90, "setup": ["module load cuda"], "additional": {"exclude": "n1"}}},
+                       name="g")
+    options = grid.engine
+    assert (options.resources.gpus_per_run, options.resources.cpus_per_run, options.resources.retries) == (0.5, 4.0, 1)
+    assert options.ray.address == "auto"
+    assert (options.slurm.partition, options.slurm.time, options.slurm.setup) == ("gpu", 90, ["module load cuda"])
+    assert expand_grid({"base": BASE}, name="g").engine == EngineOptions()  # all optional
+
+
+@pytest.mark.parametrize("spec, named", [
+    ({"slurm": {"partiton": "gpu"}}, "slurm.partiton"),
+    ({"resources": {"gpus_per_run": -1}}, "resources.gpus_per_run"),
+    ({"resources": {"gpus_per_run": 0, "cpus_per_run": 0}}, "cpus_per_run"),
+    ({"slurm": {"time": 0}}, "slurm.time"),
+    ({"slurm": {"cluster": "kubernetes"}}, "slurm.cluster"),
+    ({"slurm": {"setup": [1, 2]}}, "slurm.setup"),
+    ({"ray": "auto"}, "ray must be a mapping"),
+    ({"ray": {"num_cpus": "many"}}, "ray.num_cpus"),
+])
+def test_a_bad_engine_setting_is_refused_naming_its_key(spec, named):
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        parse_engine_options(spec, "g.yaml")
+
+
+def test_command_line_pairs_override_the_grid_files_block():
+    options = parse_engine_options({"slurm": {"partition": "cpu", "time": 30}}, "g.yaml")
+    options = options.updated("slurm", ["partition=gpu", "additional={exclude: node12}"]).updated("resources", ["gpus_per_run=1"])
+    assert (options.slurm.partition, options.slurm.time, options.slurm.additional) == ("gpu", 30, {"exclude": "node12"})
+    assert options.resources.gpus_per_run == 1.0
+    with pytest.raises(ConfigError, match="--ray takes KEY=VALUE"):
+        options.updated("ray", ["auto"])
+    with pytest.raises(ConfigError, match="ray.adress"):
+        options.updated("ray", ["adress=auto"])
+
+
+def test_map_jobs_retries_a_lost_worker_and_never_a_job_that_raised():
+    ran, ended, retried = [], [], []
+
+    class Engine_(Engine):
+        name, lives = "fake", {"b": 2, "c": 5}  # b's worker dies twice, c's every time
+
+        def start(self, fn, jobs):
+            handles = []
+            for job in jobs:
+                ran.append(job)
+                handles.append((job, len(ran)))
+            return handles
+
+        def finished(self, handles):
+            job, _ = handle = handles[0]
+            if self.lives.get(job, 0) > 0:
+                self.lives[job] -= 1
+                return [(handle, Outcome(error="WorkerCrashedError: killed", lost=True))]
+            if job == "d":
+                return [(handle, Outcome(error="ModelError: no such model"))]
+            return [(handle, Outcome(value=job.upper()))]
+
+    outcomes = map_jobs(Engine_(), str, ["a", "b", "c", "d"], 2, lambda i, o: ended.append(i),
+                        lambda i, o, attempt: retried.append((i, attempt)))
+    assert [o.value for o in outcomes] == ["A", "B", None, None]
+    assert outcomes[2].lost and "killed" in outcomes[2].error  # lost three times: given up after 2 retries
+    assert outcomes[3].error == "ModelError: no such model" and not outcomes[3].lost
+    assert ran.count("b") == 3 and ran.count("c") == 3 and ran.count("d") == 1 and ran.count("a") == 1
+    assert sorted(ended) == [0, 1, 2, 3] and retried == [(1, 1), (2, 1), (1, 2), (2, 2)]
+
+
+@pytest.mark.parametrize("backend, module, hint", [("ray", "ray", RAY_HINT), ("slurm", "submitit", SLURM_HINT)])
+def test_a_missing_engine_package_names_the_extra_to_install(monkeypatch, tmp_path, backend, module, hint):
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if it were not installed
+    with pytest.raises(ConfigError) as err:
+        open_engine(backend, EngineOptions(), tmp_path, print)
+    assert str(err.value) == hint and f"medpeft[{backend}]" in hint
+
+
+def test_slurm_options_become_submitits_parameters_and_no_wait_submits_the_report_after_the_array(monkeypatch, tmp_path):
+    from medpeft.engines import slurm_engine
+
+    submitted = []
+
+    class Job:
+        def __init__(self, job_id):
+            self.job_id = job_id
+
+    class Executor:
+        cluster = "slurm"
+
+        def __init__(self, folder, cluster=None):
+            self.folder, self.parameters = folder, {}
+
+        def update_parameters(self, **kwargs):
+            self.parameters.update(kwargs)
+
+        def map_array(self, fn, jobs):
+            submitted.append(("array", list(jobs), dict(self.parameters)))
+            return [Job(f"4242_{i}") for i in range(len(jobs))]
+
+        def submit(self, fn, job):
+            submitted.append(("job", job, dict(self.parameters)))
+            return Job("4243")
+
+    fake = types.SimpleNamespace(AutoExecutor=Executor, core=None)
+    monkeypatch.setitem(sys.modules, "submitit", fake)
+    options = parse_engine_options({"resources": {"gpus_per_run": 1, "cpus_per_run": 6},
+                                    "slurm": {"partition": "gpu", "time": 120, "mem_gb": 40, "array_parallelism": 4,
+                                              "additional": {"exclude": "n1"}, "setup": ["module load cuda"]}}, "g")
+    engine = slurm_engine.SlurmEngine(options.slurm, options.resources, tmp_path, lambda *_: None)
+    params = engine.executor.parameters
+    assert params["slurm_partition"] == "gpu" and params["timeout_min"] == 120 and params["mem_gb"] == 40
+    assert params["gpus_per_node"] == 1 and params["cpus_per_task"] == 6 and params["slurm_array_parallelism"] == 4
+    assert params["slurm_setup"] == ["module load cuda"] and params["slurm_additional_parameters"] == {"exclude": "n1"}
+    assert engine.executor.folder == str(tmp_path / "%j")
+    assert engine.submit_detached(len, ["r1", "r2"], print, "runs/g") == ("4242", "4243")
+    (kind, jobs, _), (kind2, job, after) = submitted
+    assert (kind, jobs, kind2, job) == ("array", ["r1", "r2"], "job", "runs/g")
+    assert after["slurm_additional_parameters"] == {"exclude": "n1", "dependency": "afterany:4242"}
+    assert after["gpus_per_node"] == 0  # the report job holds no GPU
+
+
+def test_ray_refuses_a_run_the_cluster_cannot_hold():
+    from medpeft.config.engine import Resources
+    from medpeft.engines.ray_engine import fitting_runs
+
+    assert fitting_runs({"CPU": 16.0, "GPU": 2.0}, Resources(gpus_per_run=0.5, cpus_per_run=2)) == 4
+    assert fitting_runs({"CPU": 2.0}, Resources(cpus_per_run=1)) == 2
+    with pytest.raises(ConfigError, match="asks for 1 GPU, but the Ray cluster has 0"):
+        fitting_runs({"CPU": 2.0}, Resources(gpus_per_run=1))
