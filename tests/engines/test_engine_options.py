@@ -145,3 +145,35 @@ def test_ray_refuses_a_run_the_cluster_cannot_hold():
     assert fitting_runs({"CPU": 2.0}, Resources(cpus_per_run=1)) == 2
     with pytest.raises(ConfigError, match="asks for 1 GPU, but the Ray cluster has 0"):
         fitting_runs({"CPU": 2.0}, Resources(gpus_per_run=1))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--backend", "ray", "--shard", "0/2"], "--shard splits a grid over workers you start yourself"),
+    (["--no-wait"], "--no-wait submits jobs and returns: it needs --backend slurm"),
+    (["--backend", "ray", "--no-wait"], "--no-wait submits a Slurm job array"),
+    (["--backend", "ray", "--resources", "gpus_per_run"], "--resources takes KEY=VALUE"),
+    (["--backend", "slurm", "--slurm", "partion=gpu"], "slurm.partion"),
+])
+def test_the_cli_refuses_a_backend_misuse_before_anything_starts(tmp_path, capsys, extra, message):
+    from medpeft import cli
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml_text({"base": BASE}))
+    assert cli.main(["run", str(grid), "--runs-dir", str(tmp_path / "runs"), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # nothing written, no engine started
+
+
+def test_no_wait_refuses_a_tuned_grid_and_says_how_to_run_it(tmp_path, capsys):
+    from medpeft import cli
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml_text({"base": BASE, "tune": "auto"}))
+    assert cli.main(["run", str(grid), "--runs-dir", str(tmp_path / "runs"), "--backend", "slurm", "--no-wait"]) == 2
+    assert "sbatch --wrap 'medpeft run GRID --backend slurm'" in capsys.readouterr().err
+
+
+def yaml_text(spec: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(spec)

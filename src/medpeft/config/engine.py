@@ -16,8 +16,9 @@ from medpeft.errors import ConfigError
 class Resources:
     """What one run takes on a worker, and what happens when its worker dies."""
 
-    gpus_per_run: float = field(default=0.0, metadata={
-        "help": "GPUs each run takes (ray: a fraction shares a card, 0.5 = two runs per GPU; slurm: whole GPUs per job)"})
+    gpus_per_run: float | None = field(default=None, metadata={
+        "help": "GPUs each run takes (ray: a fraction shares a card, 0.5 = two runs per GPU; slurm: whole GPUs per job). "
+                "Unset: 1 on a Ray cluster that has GPUs (a task asking for none sees none), 0 on Slurm"})
     cpus_per_run: float = field(default=1.0, metadata={
         "help": "CPU cores each run takes; its torch threads follow (ray: a fraction is allowed; slurm: rounded up)"})
     retries: int = field(default=1, metadata={
@@ -27,9 +28,9 @@ class Resources:
     def __post_init__(self):
         check_types(self, "resources")
         for name in ("gpus_per_run", "cpus_per_run", "retries"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ConfigError(f"resources.{name} must be >= 0, got {getattr(self, name)}")
-        if self.cpus_per_run == 0 and self.gpus_per_run == 0:
+        if self.cpus_per_run == 0 and not self.gpus_per_run:
             raise ConfigError("resources: a run needs cpus_per_run > 0 or gpus_per_run > 0")
 
 

@@ -5,6 +5,7 @@ way for every engine.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 
@@ -31,9 +32,13 @@ class RayEngine(Engine):
             except (ConnectionError, RuntimeError, ValueError) as err:
                 raise ConfigError(f"ray.address {options.address!r}: cannot connect ({err}); start the cluster first "
                                   "(ray start --head), or leave ray.address unset for a local cluster") from None
-        self.slots = fitting_runs(ray.cluster_resources(), resources)
+        total = ray.cluster_resources()
+        if resources.gpus_per_run is None:  # Ray hides every GPU from a task that asks for none
+            resources = dataclasses.replace(resources, gpus_per_run=1.0 if total.get("GPU") else 0.0)
+        self.resources = resources
+        self.slots = fitting_runs(total, resources)
         where = options.address or "a local cluster"
-        log(f"ray: {where}, {describe(ray.cluster_resources())}; {self.slots} run(s) at once "
+        log(f"ray: {where}, {describe(total)}; {self.slots} run(s) at once "
             f"({resources.cpus_per_run:g} CPU, {resources.gpus_per_run:g} GPU each)")
 
     def start(self, fn, jobs):

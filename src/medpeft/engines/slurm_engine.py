@@ -100,7 +100,7 @@ class SlurmEngine(Engine):
 def executor_parameters(options: SlurmOptions, resources: Resources) -> dict:
     """submitit's parameters: the shared ones, then Slurm's own (the local executor ignores those)."""
     shared = {"name": "medpeft", "timeout_min": options.time, "cpus_per_task": max(1, math.ceil(resources.cpus_per_run)),
-              "gpus_per_node": math.ceil(resources.gpus_per_run)}
+              "gpus_per_node": math.ceil(resources.gpus_per_run or 0)}
     if options.mem_gb is not None:
         shared["mem_gb"] = options.mem_gb
     own = {"partition": options.partition, "account": options.account, "qos": options.qos,
