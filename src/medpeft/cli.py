@@ -234,7 +234,7 @@ def run_grid_on(args, grid, options, shard):
         raise ConfigError(f"--backend {args.backend} starts its own workers; run it with python, not accelerate launch")
     if args.no_wait and (args.backend != "slurm" or grid.tuned):
         raise ConfigError("--no-wait needs --backend slurm and an untuned grid (tuning chooses between two arrays); "
-                          "run a tuned grid from a job of its own: sbatch --wrap 'medpeft run GRID --backend slurm'"
+                          "run a tuned grid from a job of its own: sbatch --wrap 'medpeft run GRID --backend slurm' (or examples/slurm-driver.sbatch)"
                           if args.backend == "slurm" else "--no-wait submits a Slurm job array: it needs --backend slurm")
     from medpeft.run.progress import say
 

@@ -28,6 +28,28 @@ SPEC = {"base": BASE, "grid": [{"method": ["lora", "ia3", "full"], "seed": [0, 1
                                 "tune": {"train.lr": [1.0e-4, 1.0e-2]}}]}
 ENGINES = {"ray": {"ray": {"num_cpus": 2}, "resources": {"cpus_per_run": 1}},
            "slurm": {"slurm": {"cluster": "local", "array_parallelism": 2, "poll_s": 0.5}}}
+# submitit's debug executor runs each job in this process (the local executor, a process per job, is
+# what the kill test uses): the same submission, array and outcome code, seconds instead of a minute.
+IN_PROCESS = {"ray": ENGINES["ray"], "slurm": {"slurm": {"cluster": "debug", "poll_s": 0.1}}}
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory):
+    """One engine per backend for this module's in-process grids (a Ray cluster starts once)."""
+    from medpeft.engines import open_engine
+
+    opened = {}
+
+    def engine(backend: str):
+        pytest.importorskip({"ray": "ray", "slurm": "submitit"}[backend])
+        if backend not in opened:
+            options = parse_engine_options(IN_PROCESS[backend], "test")
+            opened[backend] = open_engine(backend, options, tmp_path_factory.mktemp("jobs"), lambda *_: None)
+        return opened[backend]
+
+    yield engine
+    for opened_engine in opened.values():
+        opened_engine.close()
 
 
 def scores(grid_dir: Path) -> dict:
@@ -43,18 +65,10 @@ def local_scores(tmp_path_factory, assets_ready):
 
 
 @pytest.mark.parametrize("backend", ["ray", "slurm"])
-def test_a_grid_and_a_tuned_group_through_an_engine_match_the_local_loop(backend, local_scores, tmp_path):
-    pytest.importorskip({"ray": "ray", "slurm": "submitit"}[backend])
-    from medpeft.engines import open_engine
-
-    options = parse_engine_options(ENGINES[backend], "test")
+def test_a_grid_and_a_tuned_group_through_an_engine_match_the_local_loop(backend, local_scores, engines, tmp_path):
     lines = []
-    engine = open_engine(backend, options, tmp_path / "jobs", lines.append)
-    try:
-        outcome = grid_module.run_grid(expand_grid(SPEC, name="spread"), tmp_path, log=lines.append,
-                                       spread=grid_module.Spread(engine, options.resources.retries))
-    finally:
-        engine.close()
+    outcome = grid_module.run_grid(expand_grid(SPEC, name="spread"), tmp_path, log=lines.append,
+                                   spread=grid_module.Spread(engines(backend)))
     assert outcome.exit_code == 0 and outcome.runs == 9 and not outcome.failed, outcome.account()
     assert scores(outcome.grid_dir) == local_scores  # same run ids (trials and finals too), same metrics
     assert len(local_scores) == 11 and sum(trial for *_, trial in local_scores.values()) == 2
@@ -64,11 +78,11 @@ def test_a_grid_and_a_tuned_group_through_an_engine_match_the_local_loop(backend
 
 
 def kill_a_worker_mid_run(backend: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, int, str]:
-    """`medpeft run --backend ...` on 3 runs with checkpoints every 2 steps; once a run has a checkpoint,
+    """`medpeft run --backend ...` on 2 runs with checkpoints every 2 steps; once a run has a checkpoint,
     SIGKILL the worker that holds it. The finished process, the killed pid and the run it was training."""
     spec = {"name": "killed", **ENGINES[backend],
             "base": {**BASE, "method": "lora", "train": {**BASE["train"], "max_steps": 40, "checkpoint_steps": 2}},
-            "grid": {"seed": [0, 1, 2]}}
+            "grid": {"seed": [0, 1]}}
     grid_file = tmp_path / "killed.yaml"
     grid_file.write_text(yaml.safe_dump(spec))
     grid_dir = tmp_path / "runs" / "killed"
@@ -96,7 +110,7 @@ def test_a_worker_killed_mid_run_ends_with_every_run_done_exactly_once(backend, 
     assert "its worker was lost" in done.stdout and "submitted again (1 of 1)" in done.stdout, done.stdout
     grid_dir = tmp_path / "runs" / "killed"
     results = {r.run_id: r for r in load_results(grid_dir)}
-    assert len(results) == 4 and all(r.ok for r in results.values())  # 3 runs and the baseline
+    assert len(results) == 3 and all(r.ok for r in results.values())  # 2 runs and the baseline
     for run_id in results:
         log = (grid_dir / run_id / LOG_FILE).read_text()
         assert log.count(f"{run_id}: accuracy=") == 1, (run_id, log)  # finished once
@@ -105,3 +119,25 @@ def test_a_worker_killed_mid_run_ends_with_every_run_done_exactly_once(backend, 
     assert not list(grid_dir.glob(f"*/{LOCK_NAME}"))  # every lock given back
     here = grid_module.run_grid(load_grid(tmp_path / "killed.yaml"), tmp_path / "here", log=lambda *a: None)
     assert scores(here.grid_dir) == scores(grid_dir)  # the resumed run scores as one never interrupted
+
+
+def test_optuna_trials_on_ray_report_to_the_study_from_their_workers(tmp_path, engines, assets_ready):
+    """Two trials in flight on a 2-CPU cluster: 4 trials in all, none twice, each reporting its mid-training
+    validation loss to the shared journal from its Ray worker (the pruner's input), the choice inside the range."""
+    optuna = pytest.importorskip("optuna")
+    spec = {"base": {**BASE, "method": "lora"}, "grid": {"seed": [0]},
+            "tune": {"search": "optuna", "trials": 4, "train.lr": {"low": 1.0e-5, "high": 1.0e-1, "log": True}}}
+    lines = []
+    outcome = grid_module.run_grid(expand_grid(spec, name="optuna"), tmp_path, log=lines.append,
+                                   spread=grid_module.Spread(engines("ray")))
+    assert outcome.exit_code == 0, outcome.account()
+    assert any("4 trials (0 already done, 2 at once)" in line for line in lines), lines
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(outcome.grid_dir / "tuning.journal")))
+    study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
+    ran = [t for t in study.trials if t.user_attrs.get("finished")]
+    assert len(ran) == 4 and len({t.user_attrs["run_id"] for t in ran}) == 4
+    assert all(t.intermediate_values for t in ran)  # reported from the worker that trained it
+    trials = [r for r in load_results(outcome.grid_dir) if r.tuning_trial]
+    assert sorted(r.run_id for r in trials) == sorted(t.user_attrs["run_id"] for t in ran)
+    final = [r for r in load_results(outcome.grid_dir) if r.config.get("tuning", {}) and r.config["tuning"]["role"] == "final"]
+    assert len(final) == 1 and 1.0e-5 <= final[0].config["train"]["lr"] <= 1.0e-1

@@ -28,7 +28,8 @@ class RayEngine(Engine):
                 if options.address:
                     ray.init(address=options.address, **settings)
                 else:
-                    ray.init(num_cpus=options.num_cpus, num_gpus=options.num_gpus, **settings)
+                    # "local": a new cluster even when `ray start` left one running (unset would join that one)
+                    ray.init(address="local", num_cpus=options.num_cpus, num_gpus=options.num_gpus, **settings)
             except (ConnectionError, RuntimeError, ValueError) as err:
                 raise ConfigError(f"ray.address {options.address!r}: cannot connect ({err}); start the cluster first "
                                   "(ray start --head), or leave ray.address unset for a local cluster") from None

@@ -93,8 +93,11 @@ class SlurmEngine(Engine):
             cause = next((line for line in reversed(lines) if "Error" in line or "Exception" in line), lines[0] if lines else "")
             return Outcome(error=f"{cause.strip()} (job {job.job_id}: {job.paths.stderr})")
         except errors.UncompletedJobError as err:  # killed, out of time or memory, node lost: no result came back
-            return Outcome(error=f"job {job.job_id} ended without a result ({str(err).splitlines()[1].strip()}); "
+            lines = str(err).splitlines()
+            return Outcome(error=f"job {job.job_id} ended without a result ({lines[1].strip() if len(lines) > 1 else err}); "
                                  f"its log: {job.paths.stderr}", lost=True)
+        except Exception as err:  # noqa: BLE001 - the debug executor raises the job's own exception here
+            return Outcome(error=f"{type(err).__name__}: {err}")
 
 
 def executor_parameters(options: SlurmOptions, resources: Resources) -> dict:
