@@ -18,22 +18,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medpeft.config import ExperimentConfig, Grid
-from medpeft.dist import is_distributed, is_main_process, wait_for_everyone
+from medpeft.dist import is_main_process
 from medpeft.engines.base import Engine, Outcome, map_jobs
 from medpeft.errors import ConfigError
 from medpeft.files import check_writable_folder
 from medpeft.methods import BASELINE, Role, method_role
 from medpeft.plan import RunPlan, plan_runs, resolve_config
-from medpeft.run.checkpoint import find_resumable, remove_checkpoints
-from medpeft.run.faults import diagnose, release_memory
-from medpeft.run.lock import acquire_run_lock, describe_holder
+from medpeft.run.lock import describe_holder
+from medpeft.run.loop import LOCK_POLL_S, record_failure, result_line, run_plans, run_unless_held
 from medpeft.run.preempt import stop_on_signal
-from medpeft.run.progress import grid_bar, level, run_log, say, showing
+from medpeft.run.progress import grid_bar, level, say, showing
 from medpeft.run.owner import claim_grid_dir
 from medpeft.run.record import RunResult, read_result
 from medpeft.run.track import open_tracker
 
-LOCK_POLL_S = 10.0  # seconds between looks at runs another worker holds, when their results are needed
 # Settings a worker elsewhere needs as this process has them: where the offline assets are, the hub's cache and mode.
 FORWARDED_ENV = ("MEDPEFT_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")
 
@@ -46,6 +44,7 @@ class Spread:
     engine: Engine
     retries: int = 1
     online: bool = False
+    threads: int | None = None  # torch threads per run (resources.cpus_per_run): a Slurm job's torch would take the node's cores
 
 
 @dataclass
@@ -175,32 +174,6 @@ def run_grid(grid: Grid, runs_dir: Path, *, online: bool = False, shard: tuple[i
     return outcome
 
 
-def run_plans(plans: list[RunPlan], grid_dir: Path, log, title: str, on_validation=None, tracker=None,
-              wait: bool = False) -> list[RunResult | None]:
-    """Run each plan not yet finished under grid_dir; every plan's result, in order. A run another live
-    worker holds is skipped (its result is None), or with `wait` waited for."""
-    done = {p.run_id: r for p in plans if (r := read_result(grid_dir / p.run_id)) is not None and r.ok}
-    wait_for_everyone()  # every launched process decides on the same runs before any is written
-    if level() != "quiet":
-        log(f"{title}: {len(plans)} runs ({len(done)} already finished) -> {grid_dir}")
-    labels = [f"[{i}/{len(plans)}] {plan.run_id}" for i, plan in enumerate(plans, 1)]
-    results = []
-    with grid_bar(title, len(plans), len(done)) as bar:
-        for plan, label in zip(plans, labels):
-            results.append(done.get(plan.run_id) or run_unless_held(plan, grid_dir, log, label, on_validation, tracker))
-            if plan.run_id not in done and results[-1] is not None:
-                bar.update()
-        while wait and (busy := [k for k, r in enumerate(results) if r is None]):
-            time.sleep(LOCK_POLL_S)
-            for k in busy:
-                results[k] = run_unless_held(plans[k], grid_dir, log, labels[k], on_validation, tracker, quiet=True)
-                if results[k] is not None:
-                    bar.update()
-    if held := sum(r is None for r in results):
-        log(f"{held} run(s) left to the other workers that hold them; the last worker to finish writes the full report")
-    return results
-
-
 @dataclass
 class RunJob:
     """One run for a worker elsewhere (a Ray task, a Slurm array task): picklable, self-contained."""
@@ -211,6 +184,7 @@ class RunJob:
     label: str  # [k/n] run_id, for its log lines
     on_validation: object = None  # a tuning trial's picklable pruner (tune.storage.StudyPruner)
     wait: bool = False  # a run another worker holds is waited for (tuning trials: their score counts)
+    threads: int | None = None  # torch threads for the run; None: as the worker has them
     cwd: str = field(default_factory=os.getcwd)  # relative paths in the config (your data files) resolve from here
     env: dict = field(default_factory=lambda: {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)})
 
@@ -225,6 +199,10 @@ def run_job(job: RunJob) -> RunResult | None:
     if os.path.isdir(job.cwd):
         os.chdir(job.cwd)
     medpeft.load_registries()
+    if job.threads:
+        import torch
+
+        torch.set_num_threads(job.threads)
     plan = plan_run(job.config, job.online)
     with showing("quiet"):
         while (result := run_unless_held(plan, Path(job.grid_dir), say, job.label, job.on_validation)) is None and job.wait:
@@ -241,7 +219,8 @@ def submit_grid(grid: Grid, runs_dir: Path, spread: Spread, log=say) -> None:
     plans = plan_runs(grid_configs(grid), spread.online)  # every check, before anything is submitted
     claim_grid_dir(grid_dir, grid.name, grid.source_file)
     todo = [p for p in plans if (r := read_result(grid_dir / p.run_id)) is None or not r.ok]
-    jobs = [RunJob(p.config, str(grid_dir), spread.online, f"[{i}/{len(todo)}] {p.run_id}") for i, p in enumerate(todo, 1)]
+    jobs = [RunJob(p.config, str(grid_dir), spread.online, f"[{i}/{len(todo)}] {p.run_id}", threads=spread.threads)
+            for i, p in enumerate(todo, 1)]
     array, report = spread.engine.submit_detached(run_job, jobs, write_outputs_job, str(grid_dir))
     log(f"grid {grid.name}: {len(plans)} runs, {len(plans) - len(todo)} already finished"
         + (f"; job array {array} holds the other {len(todo)}" if array else ""))
@@ -267,7 +246,8 @@ def run_plans_on(spread: Spread, plans: list[RunPlan], grid_dir: Path, log, titl
     labels = {p.run_id: f"[{i}/{len(plans)}] {p.run_id}" for i, p in enumerate(plans, 1)}
     if level() != "quiet" and on_validation is None:
         log(f"{title}: {len(plans)} runs ({len(done)} already finished) on {spread.engine.name} -> {grid_dir}")
-    jobs = [RunJob(p.config, str(grid_dir.resolve()), spread.online, labels[p.run_id], on_validation, wait) for p in todo]
+    jobs = [RunJob(p.config, str(grid_dir.resolve()), spread.online, labels[p.run_id], on_validation, wait, spread.threads)
+            for p in todo]
     results: dict = dict(done)
     shown = on_validation is None and threading.current_thread() is threading.main_thread()
     with grid_bar(title, len(plans), len(done)) if shown else nullcontext() as bar:
@@ -305,83 +285,6 @@ def worker_failure(plan: RunPlan, outcome: Outcome, retries: int) -> RunResult:
         return RunResult.failed(plan.config, plan.config.variant, RuntimeError(f"worker lost: {outcome.error}"), "worker_lost", fix)
     return RunResult.failed(plan.config, plan.config.variant, RuntimeError(f"on the worker: {outcome.error}"), "worker_error",
                             "see the job's log named above; the same run passes its checks here, so check what differs on that node")
-
-
-def run_unless_held(plan: RunPlan, grid_dir: Path, log, label: str, on_validation=None, tracker=None,
-                    quiet: bool = False) -> RunResult | None:
-    """Take the run's lock and run it (or read its result, if another worker finished it meanwhile);
-    None when a live worker holds it. Processes of one `accelerate launch` run every run together, unlocked."""
-    run_dir = grid_dir / plan.run_id
-    lock = acquire_run_lock(run_dir) if not is_distributed() else nullcontext()
-    if lock is None:
-        if not quiet:
-            log(f"{label}: skipped, another worker is running it ({describe_holder(run_dir)})")
-        return None
-    with lock:
-        finished = read_result(run_dir)
-        if finished is not None and finished.ok:
-            return finished
-        with run_log(run_dir, log) as log:  # each line also into the run's train.log
-            resume = find_resumable(run_dir, warn=lambda text: log(f"    warning: {text}"))
-            if level() != "quiet" or resume:  # quiet: the run's one line, at its end, carries the label
-                log(label + (f" (resuming from its checkpoint at step {resume[1]['step']})" if resume else ""))
-            return run_one(plan, run_dir, log, on_validation, tracker, label)
-
-
-def run_one(plan: RunPlan, run_dir: Path, log, on_validation=None, tracker=None, label: str = "") -> RunResult:
-    """One run; a failure is recorded in its result.json with its cause and fix, and the grid goes on.
-    At the quiet level its one line starts with `label`."""
-    from medpeft.run.execute import run_experiment
-
-    start = time.perf_counter()
-    extra = {"on_validation": on_validation} if on_validation else {}
-    if tracker is not None:
-        tracker.start(plan.run_id, plan.config.to_dict())
-        extra["callbacks"] = tracker.callbacks()
-    try:
-        result = run_experiment(plan, run_dir, **extra)
-    except KeyboardInterrupt:
-        if tracker is not None:
-            tracker.finish(None)
-        raise
-    except Exception as err:  # noqa: BLE001 - a failed run is recorded and the grid goes on
-        result = RunResult.failed(plan.config, plan.config.variant, err, *diagnose(err, plan.config, run_dir, plan.model_path))
-    if tracker is not None:
-        tracker.finish(result)
-    if not result.ok:
-        release_memory()  # here, after the except block: its traceback no longer holds the run's model
-        record_failure(result, run_dir, log, label if level() == "quiet" else "   ")
-        return result
-    lead = f"{label}:" if level() == "quiet" else "   "
-    log(f"{lead} {result_line(result, time.perf_counter() - start)}")
-    return result
-
-
-def result_line(result: RunResult, seconds: float | None = None) -> str:
-    """A finished run's scores (a trial's on validation, with its loss), time and trainable share, on one line."""
-    shown = ", ".join(f"{k}={100 * v:.1f}" for k, v in result.metrics.items() if v is not None)
-    if result.tuning_trial:
-        val_loss = result.fit.val_loss
-        shown = f"validation: {shown or ''}{', ' if shown else ''}loss={val_loss:.4f}" if val_loss is not None else f"validation: {shown}"
-    if seconds is None:  # ran elsewhere: its own clock
-        seconds = sum(t or 0 for t in (result.cost.train_seconds, result.cost.eval_seconds))
-    return f"{shown}  ({seconds:.0f}s, {result.cost.trainable_pct:.3g}% trainable)"
-
-
-def record_failure(result: RunResult, run_dir: Path, log, lead: str = "   ") -> None:
-    """Write a failed run's result.json (best effort: on a full disk it may fail too) and log it. A run
-    that fails the same way again (a NaN loss, a pruned trial) keeps no checkpoint to resume from."""
-    log(f"{lead} FAILED: {result.error}")
-    if result.fix:
-        log(f"    fix: {result.fix}")
-    if not is_main_process():
-        return
-    if result.cause in ("nan_loss", "pruned"):
-        remove_checkpoints(run_dir)
-    try:
-        result.write(run_dir)
-    except OSError as err:
-        log(f"    warning: could not record the failure in {run_dir / 'result.json'} ({err})")
 
 
 def write_outputs(grid_dir: Path, log) -> list[str]:

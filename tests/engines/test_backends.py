@@ -141,3 +141,26 @@ def test_optuna_trials_on_ray_report_to_the_study_from_their_workers(tmp_path, e
     assert sorted(r.run_id for r in trials) == sorted(t.user_attrs["run_id"] for t in ran)
     final = [r for r in load_results(outcome.grid_dir) if r.config.get("tuning", {}) and r.config["tuning"]["role"] == "final"]
     assert len(final) == 1 and 1.0e-5 <= final[0].config["train"]["lr"] <= 1.0e-1
+
+
+def test_a_worker_trains_with_the_threads_its_run_asked_for(monkeypatch, tmp_path):
+    """A Slurm job's torch would take every core of the node; a run takes resources.cpus_per_run threads."""
+    import torch
+
+    import medpeft.plan
+
+    seen = []
+
+    def plan_run(cfg, online):
+        seen.append(torch.get_num_threads())
+        raise RuntimeError("planned")
+
+    monkeypatch.setattr(medpeft.plan, "plan_run", plan_run)
+    before = torch.get_num_threads()
+    cfg = expand_grid({"base": {**BASE, "method": "lora"}}, name="t").runs[0]
+    try:
+        with pytest.raises(RuntimeError, match="planned"):
+            grid_module.run_job(grid_module.RunJob(cfg, str(tmp_path), False, "[1/1]", threads=1))
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1]

@@ -14,6 +14,7 @@ from collections import Counter
 import pytest
 
 from medpeft import grid as grid_module
+from medpeft.run import loop
 from medpeft.config import config_from_dict
 from medpeft.run import lock as lock_module
 from medpeft.run.lock import LOCK_NAME, acquire_run_lock, read_lock
@@ -96,8 +97,8 @@ def fake_result(plan, run_dir):
 def test_run_plans_skips_a_held_run_or_waits_for_it(tmp_path, monkeypatch):
     plans = [FakePlan(tiny_plan_config(seed)) for seed in (0, 1)]
     ran = []
-    monkeypatch.setattr(grid_module, "run_one", lambda plan, run_dir, *a, **k: (ran.append(plan.run_id), fake_result(plan, run_dir))[1])
-    monkeypatch.setattr(grid_module, "LOCK_POLL_S", 0.05)
+    monkeypatch.setattr(loop, "run_one", lambda plan, run_dir, *a, **k: (ran.append(plan.run_id), fake_result(plan, run_dir))[1])
+    monkeypatch.setattr(loop, "LOCK_POLL_S", 0.05)
     other = write_lock(tmp_path / plans[0].run_id, "another-node", 1)
     lines = []
     results = grid_module.run_plans(plans, tmp_path, lines.append, "test")
