@@ -24,6 +24,7 @@ from medpeft.errors import ConfigError
 from medpeft.files import check_writable_folder
 from medpeft.methods import BASELINE, Role, method_role
 from medpeft.plan import RunPlan, plan_runs, resolve_config
+from medpeft.run.faults import worker_fault
 from medpeft.run.lock import describe_holder
 from medpeft.run.loop import LOCK_POLL_S, record_failure, result_line, run_plans, run_unless_held
 from medpeft.run.preempt import stop_on_signal
@@ -279,12 +280,8 @@ def run_plans_on(spread: Spread, plans: list[RunPlan], grid_dir: Path, log, titl
 
 def worker_failure(plan: RunPlan, outcome: Outcome, retries: int) -> RunResult:
     """A run whose job raised (e.g. its data missing on that node), or whose worker kept dying, as a failed run."""
-    if outcome.lost:
-        fix = (f"it was submitted {retries + 1} time(s); give each run more memory or time (slurm.mem_gb, slurm.time, "
-               "fewer runs per GPU) or raise resources.retries; it resumes from its last checkpoint")
-        return RunResult.failed(plan.config, plan.config.variant, RuntimeError(f"worker lost: {outcome.error}"), "worker_lost", fix)
-    return RunResult.failed(plan.config, plan.config.variant, RuntimeError(f"on the worker: {outcome.error}"), "worker_error",
-                            "see the job's log named above; the same run passes its checks here, so check what differs on that node")
+    error = RuntimeError(f"worker lost: {outcome.error}" if outcome.lost else f"on the worker: {outcome.error}")
+    return RunResult.failed(plan.config, plan.config.variant, error, *worker_fault(outcome.lost, retries))
 
 
 def write_outputs(grid_dir: Path, log) -> list[str]:

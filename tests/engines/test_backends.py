@@ -164,3 +164,27 @@ def test_a_worker_trains_with_the_threads_its_run_asked_for(monkeypatch, tmp_pat
     finally:
         torch.set_num_threads(before)
     assert seen == [1]
+
+
+def test_a_run_whose_job_raises_on_its_worker_is_recorded_failed_and_the_grid_goes_on(engines, monkeypatch, tmp_path, assets_ready):
+    """A run that passed its checks here but whose plan fails on its worker (a model or data file missing on that
+    node): recorded with cause worker_error and a fix, never retried; the other runs finish, the report is
+    written and the grid exits 1."""
+    import dataclasses
+
+    real_job = grid_module.RunJob
+
+    def job(config, *args, **kwargs):  # the worker is handed a model its node does not have
+        return real_job(dataclasses.replace(config, model="no-such-model") if config.method == "ia3" else config, *args, **kwargs)
+
+    monkeypatch.setattr(grid_module, "RunJob", job)
+    lines = []
+    spec = {"base": BASE, "grid": {"method": ["lora", "ia3"]}}
+    outcome = grid_module.run_grid(expand_grid(spec, name="raises"), tmp_path, log=lines.append,
+                                   spread=grid_module.Spread(engines("ray"), retries=2))
+    assert outcome.exit_code == 1 and [r.method for r in outcome.failed] == ["ia3"], outcome.account()
+    failed = outcome.failed[0]
+    assert failed.cause == "worker_error" and "no-such-model" in failed.error and "that node" in failed.fix
+    assert not any("submitted again" in line for line in lines)  # an error is not retried
+    assert {r.run_id: r.status.value for r in load_results(outcome.grid_dir)}[failed.run_id] == "failed"
+    assert (outcome.grid_dir / "report.html").exists()

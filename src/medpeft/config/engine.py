@@ -71,7 +71,8 @@ class SlurmOptions:
         "help": "any other #SBATCH option as name: value, e.g. {exclude: node12, mail_type: END}"})
     cluster: Literal["auto", "slurm", "local", "debug"] = field(default="auto", metadata={
         "help": "submitit's executor: auto (Slurm where sbatch exists, else local processes), slurm, local (processes on "
-                "this machine, at most array_parallelism at once: tries the path without Slurm) or debug (in this process)"})
+                "this machine, at most array_parallelism at once: tries the path without Slurm) or debug (in this process; a job "
+                "that raises opens pdb)"})
     poll_s: float = field(default=15.0, metadata={"help": "seconds between looks at the jobs' states while waiting"})
 
     def __post_init__(self):

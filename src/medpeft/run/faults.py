@@ -18,6 +18,16 @@ UNREADABLE_TYPES = ("SafetensorError", "BadZipFile", "UnpicklingError", "HeaderT
 OOM_TEXT = ("out of memory", "can't allocate memory", "not enough memory")
 
 
+def worker_fault(lost: bool, retries: int) -> tuple[str, str]:
+    """(cause, fix) of a run that failed on an engine's worker (--backend ray|slurm): its worker kept dying,
+    or its job raised before the run could record anything itself (its plan failed on that node)."""
+    if lost:
+        return "worker_lost", (f"it was submitted {retries + 1} time(s); give each run more memory or time (slurm.mem_gb, "
+                               "slurm.time, fewer runs per GPU) or raise resources.retries; it resumes from its last checkpoint")
+    return "worker_error", ("see the job's log named in the error; the run passed its checks where medpeft was started, "
+                            "so check what differs on that node (data paths, $MEDPEFT_CACHE, installed packages)")
+
+
 def diagnose(err: BaseException, cfg: ExperimentConfig, run_dir: Path, model_path: str) -> tuple[str | None, str | None]:
     """(cause, fix) of a failed run, or (None, None) when the error is not one medpeft knows."""
     if is_out_of_memory(err):
