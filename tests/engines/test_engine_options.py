@@ -177,3 +177,15 @@ def yaml_text(spec: dict) -> str:
     import yaml
 
     return yaml.safe_dump(spec)
+
+
+def test_closing_a_local_ray_cluster_gives_back_the_signal_handlers(tmp_path):
+    """ray.init sets its own SIGTERM handler and ray.shutdown leaves it; medpeft's stop handling (run/preempt.py)
+    and whatever ran before need theirs back."""
+    pytest.importorskip("ray")
+    import signal
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    engine = open_engine("ray", parse_engine_options({"ray": {"num_cpus": 1}}, "test"), tmp_path, lambda *_: None)
+    engine.close()
+    assert {sig: signal.getsignal(sig) for sig in before} == before

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import signal
+import threading
 
 from medpeft.config.engine import RayOptions, Resources
 from medpeft.engines.base import Engine, Outcome
@@ -23,6 +25,8 @@ class RayEngine(Engine):
         self.ray, self.resources, self.remotes = ray, resources, {}
         self.started = not ray.is_initialized()
         settings = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+        # ray.init sets its own SIGTERM handler and shutdown leaves it: given back in close()
+        self.handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
         if self.started:
             try:
                 if options.address:
@@ -67,6 +71,9 @@ class RayEngine(Engine):
     def close(self):
         if self.started:
             self.ray.shutdown()
+            if threading.current_thread() is threading.main_thread():
+                for sig, handler in self.handlers.items():
+                    signal.signal(sig, handler)
 
 
 def fitting_runs(total: dict, resources: Resources) -> int:
