@@ -179,13 +179,20 @@ def yaml_text(spec: dict) -> str:
     return yaml.safe_dump(spec)
 
 
-def test_closing_a_local_ray_cluster_gives_back_the_signal_handlers(tmp_path):
-    """ray.init sets its own SIGTERM handler and ray.shutdown leaves it; medpeft's stop handling (run/preempt.py)
-    and whatever ran before need theirs back."""
+def test_a_local_ray_cluster_sends_no_usage_statistics_and_gives_back_the_signal_handlers(tmp_path, monkeypatch):
+    """Ray reports usage statistics over the network unless told not to: nothing leaves the machine unless the
+    user asked. ray.init sets its own SIGTERM handler and ray.shutdown leaves it; medpeft's stop handling
+    (run/preempt.py) and whatever ran before need theirs back."""
     pytest.importorskip("ray")
     import signal
 
+    from ray._common.usage import usage_lib
+
+    monkeypatch.delenv("RAY_USAGE_STATS_ENABLED", raising=False)
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     engine = open_engine("ray", parse_engine_options({"ray": {"num_cpus": 1}}, "test"), tmp_path, lambda *_: None)
-    engine.close()
+    try:
+        assert not usage_lib.usage_stats_enabled()
+    finally:
+        engine.close()
     assert {sig: signal.getsignal(sig) for sig in before} == before

@@ -1,13 +1,14 @@
 """Runs as Ray tasks: each job one task with the grid's `resources:` (a fraction of a GPU is allowed), on a
 local cluster this process starts, or on the cluster `ray.address` names. Ray sets each task's torch
 threads to its cpus_per_run. Ray's own task retries are off: map_jobs retries a lost worker's run, the same
-way for every engine.
+way for every engine. Ray's usage statistics stay off (RAY_USAGE_STATS_ENABLED=0) unless you set it.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import math
+import os
 import signal
 import threading
 
@@ -28,6 +29,8 @@ class RayEngine(Engine):
         # ray.init sets its own SIGTERM handler and shutdown leaves it: given back in close()
         self.handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
         if self.started:
+            # Ray reports usage statistics over the network by default; nothing leaves the machine unless asked
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             try:
                 if options.address:
                     ray.init(address=options.address, **settings)
