@@ -3,6 +3,7 @@ callbacks and the final metrics from medpeft, read back through each tracker's o
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import types
 
@@ -124,3 +125,19 @@ def test_the_cli_passes_track_to_the_grid(monkeypatch, tmp_path):
     assert cli.main(["run", str(grid_file), "--track", "mlflow"]) == 0 and seen["track"] == "mlflow"
     with pytest.raises(SystemExit):
         cli.main(["run", str(grid_file), "--track", "comet"])
+
+
+def test_mlflow_tracking_sends_no_telemetry(tmp_path):
+    """MLflow 3 reports usage telemetry over the network unless told not to (pytest itself switches it off,
+    so this runs in a plain process): the tracker turns it off before mlflow is imported, unless the user set it."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("mlflow")
+    code = ("from medpeft.run.track import open_tracker; import pathlib; "
+            f"open_tracker('mlflow', pathlib.Path({str(tmp_path)!r}), 'g'); "
+            "import mlflow.telemetry.utils as t; print(t.is_telemetry_disabled())")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_CURRENT_TEST", "CI", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "True"

@@ -76,6 +76,8 @@ class MlflowTracker:
     def __init__(self, grid_dir: Path, grid_name: str, online: bool, log):
         self.grid_dir, self.grid_name, self.log = grid_dir, grid_name, log
         self.uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(grid_dir / 'mlflow.db').resolve()}"
+        # MLflow 3 sends usage telemetry over the network from its import on; nothing leaves the machine unless asked
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
     def experiment_id(self) -> str:
         """The grid's experiment, created on first use (by whichever worker gets there first)."""
