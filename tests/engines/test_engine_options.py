@@ -93,34 +93,37 @@ def test_a_missing_engine_package_names_the_extra_to_install(monkeypatch, tmp_pa
     assert str(err.value) == hint and f"medpeft[{backend}]" in hint
 
 
-def test_slurm_options_become_submitits_parameters_and_no_wait_submits_the_report_after_the_array(monkeypatch, tmp_path):
+class FakeExecutor:
+    """submitit's AutoExecutor on a Slurm cluster, recording what it is asked to submit."""
+
+    cluster = "slurm"
+    submitted: list = []
+
+    def __init__(self, folder, cluster=None):
+        self.folder, self.parameters = folder, {}
+
+    def update_parameters(self, **kwargs):
+        self.parameters.update(kwargs)
+
+    def map_array(self, fn, jobs):
+        self.submitted.append(("array", fn, list(jobs), dict(self.parameters)))
+        return [types.SimpleNamespace(job_id=f"4242_{i}") for i in range(len(jobs))]
+
+    def submit(self, fn, job):
+        self.submitted.append(("job", fn, job, dict(self.parameters)))
+        return types.SimpleNamespace(job_id="4243")
+
+
+@pytest.fixture
+def fake_slurm(monkeypatch):
+    FakeExecutor.submitted = []
+    monkeypatch.setitem(sys.modules, "submitit", types.SimpleNamespace(AutoExecutor=FakeExecutor, core=None))
+    return FakeExecutor.submitted
+
+
+def test_slurm_options_become_submitits_parameters_and_no_wait_submits_the_report_after_the_array(fake_slurm, tmp_path):
     from medpeft.engines import slurm_engine
 
-    submitted = []
-
-    class Job:
-        def __init__(self, job_id):
-            self.job_id = job_id
-
-    class Executor:
-        cluster = "slurm"
-
-        def __init__(self, folder, cluster=None):
-            self.folder, self.parameters = folder, {}
-
-        def update_parameters(self, **kwargs):
-            self.parameters.update(kwargs)
-
-        def map_array(self, fn, jobs):
-            submitted.append(("array", list(jobs), dict(self.parameters)))
-            return [Job(f"4242_{i}") for i in range(len(jobs))]
-
-        def submit(self, fn, job):
-            submitted.append(("job", job, dict(self.parameters)))
-            return Job("4243")
-
-    fake = types.SimpleNamespace(AutoExecutor=Executor, core=None)
-    monkeypatch.setitem(sys.modules, "submitit", fake)
     options = parse_engine_options({"resources": {"gpus_per_run": 1, "cpus_per_run": 6},
                                     "slurm": {"partition": "gpu", "time": 120, "mem_gb": 40, "array_parallelism": 4,
                                               "additional": {"exclude": "n1"}, "setup": ["module load cuda"]}}, "g")
@@ -131,10 +134,27 @@ def test_slurm_options_become_submitits_parameters_and_no_wait_submits_the_repor
     assert params["slurm_setup"] == ["module load cuda"] and params["slurm_additional_parameters"] == {"exclude": "n1"}
     assert engine.executor.folder == str(tmp_path / "%j")
     assert engine.submit_detached(len, ["r1", "r2"], print, "runs/g") == ("4242", "4243")
-    (kind, jobs, _), (kind2, job, after) = submitted
+    (kind, _, jobs, _), (kind2, _, job, after) = fake_slurm
     assert (kind, jobs, kind2, job) == ("array", ["r1", "r2"], "job", "runs/g")
     assert after["slurm_additional_parameters"] == {"exclude": "n1", "dependency": "afterany:4242"}
     assert after["gpus_per_node"] == 0  # the report job holds no GPU
+
+
+def test_no_wait_checks_the_grid_then_submits_its_unfinished_runs_and_the_report_job(fake_slurm, tmp_path, capsys, assets_ready):
+    from medpeft import cli, grid as grid_module
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml_text({"name": "g", "base": {**BASE, "train": {"max_steps": 2}}, "grid": {"seed": [0, 1]}}))
+    runs = tmp_path / "runs"
+    assert cli.main(["run", str(grid), "--runs-dir", str(runs), "--backend", "slurm", "--no-wait", "--resources", "cpus_per_run=3"]) == 0
+    (kind, fn, jobs, _), (kind2, report_fn, report_dir, after) = fake_slurm
+    assert (kind, kind2, fn, report_fn) == ("array", "job", grid_module.run_job, grid_module.write_outputs_job)
+    assert sorted(job.config.seed for job in jobs if job.config.method == "lora") == [0, 1] and len(jobs) == 3  # and the baseline
+    assert all(job.grid_dir == str((runs / "g").resolve()) and job.threads == 3 for job in jobs)
+    assert report_dir == str((runs / "g").resolve()) and after["slurm_additional_parameters"] == {"dependency": "afterany:4242"}
+    out = capsys.readouterr().out
+    assert "job array 4242 holds the other 3" in out and "squeue -j 4242" in out and "report: job 4243" in out
+    assert (runs / "g" / "grid.json").exists() and not list((runs / "g").glob("*/result.json"))  # submitted, nothing run here
 
 
 def test_ray_refuses_a_run_the_cluster_cannot_hold():
