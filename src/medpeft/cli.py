@@ -66,12 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where runs train: local (this process, one after another), ray (each run a Ray task: "
                           "pip install 'medpeft[ray]') or slurm (one job array through submitit: pip install 'medpeft[slurm]'); "
                           "every worker needs the runs folder on a shared file system")
-    for block, text in (("resources", "what each run takes on a worker: gpus_per_run, cpus_per_run, retries"),
-                        ("ray", "the Ray cluster: address (unset: a local cluster; auto: join this node's), num_cpus, num_gpus"),
-                        ("slurm", "the job array: partition, time (minutes), array_parallelism, mem_gb, account, qos, "
-                                  "constraint, setup, additional, cluster (auto|slurm|local|debug)")):
+    for block, backend, text in (
+            ("resources", "ray|slurm", "what each run takes on a worker: gpus_per_run, cpus_per_run, retries"),
+            ("ray", "ray", "the Ray cluster: address (unset: a local cluster; auto: join this node's), num_cpus, num_gpus"),
+            ("slurm", "slurm", "the job array: partition, time (minutes), array_parallelism, mem_gb, account, qos, "
+                               "constraint, setup, additional, cluster (auto|slurm|local|debug)")):
         run.add_argument(f"--{block}", action="append", default=[], metavar="KEY=VALUE",
-                         help=f"set the grid file's {block}: block for --backend ray|slurm: {text}")
+                         help=f"--backend {backend}: {text}; repeat for more keys (sets the grid file's {block}: block)")
     run.add_argument("--no-wait", action="store_true",
                      help="--backend slurm: submit the job array and a job that writes the report after it, print how to "
                           "follow them, and return (an untuned grid only)")
