@@ -274,7 +274,9 @@ def run_plans_on(spread: Spread, plans: list[RunPlan], grid_dir: Path, log, titl
             log(f"{labels[todo[index].run_id]}: its worker was lost ({outcome.error}); submitted again ({attempt} of "
                 f"{spread.retries}), resuming from its last checkpoint")
 
-        map_jobs(spread.engine, run_job, jobs, spread.retries, on_end, on_retry)
+        # A lost worker's lock outlives it: on another node it turns stale only after run/lock.STALE_AFTER_S, so the
+        # job submitted again waits for it (and takes it over) instead of leaving its own run to a dead worker.
+        map_jobs(spread.engine, run_job, jobs, spread.retries, on_end, on_retry, again=lambda job: dataclasses.replace(job, wait=True))
     return [results.get(p.run_id) for p in plans]
 
 

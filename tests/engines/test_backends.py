@@ -188,3 +188,22 @@ def test_a_run_whose_job_raises_on_its_worker_is_recorded_failed_and_the_grid_go
     assert not any("submitted again" in line for line in lines)  # an error is not retried
     assert {r.run_id: r.status.value for r in load_results(outcome.grid_dir)}[failed.run_id] == "failed"
     assert (outcome.grid_dir / "report.html").exists()
+
+
+def test_a_slurm_time_limit_ends_the_job_not_the_run(monkeypatch, tmp_path, assets_ready):
+    """submitit raises UncompletedJobError inside a job whose time is up: the run must not be recorded as failed
+    (its job dies, the driver submits it again and it resumes), and the lock is given back."""
+    from medpeft.plan import plan_runs
+    from medpeft.run import execute, loop
+
+    class UncompletedJobError(RuntimeError):  # submitit.core.utils' name
+        pass
+
+    def out_of_time(plan, run_dir, **kwargs):
+        raise UncompletedJobError("Job not requeued because: timed-out and not checkpointable.")
+
+    monkeypatch.setattr(execute, "run_experiment", out_of_time)
+    plan = plan_runs(expand_grid({"base": {**BASE, "method": "lora"}}, name="t").runs)[0]
+    with pytest.raises(UncompletedJobError):
+        loop.run_plans([plan], tmp_path, lambda *a: None, "t")
+    assert not (tmp_path / plan.run_id / "result.json").exists() and not (tmp_path / plan.run_id / LOCK_NAME).exists()

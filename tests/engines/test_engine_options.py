@@ -216,3 +216,84 @@ def test_a_local_ray_cluster_sends_no_usage_statistics_and_gives_back_the_signal
     finally:
         engine.close()
     assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_a_job_submitted_again_is_the_retry_form_of_itself():
+    """A lost worker's run lock outlives it (on another node until it is stale): the job submitted again must
+    wait for that lock instead of leaving its run to a dead worker, so map_jobs submits again(job)."""
+    submitted = []
+
+    class Once(Engine):
+        def start(self, fn, jobs):
+            submitted.extend(jobs)
+            return list(jobs)
+
+        def finished(self, handles):
+            job = handles[0]
+            return [(job, Outcome(error="lost", lost=True) if job == "run" else Outcome(value=job))]
+
+    outcomes = map_jobs(Once(), str, ["run"], 1, lambda *a: None, lambda *a: None, again=lambda job: job + " (waiting)")
+    assert submitted == ["run", "run (waiting)"] and outcomes[0].value == "run (waiting)"
+
+
+def test_a_refused_submission_names_the_slurm_settings_and_a_stopped_engine_stops_waiting(fake_slurm, tmp_path):
+    from medpeft.engines import slurm_engine
+
+    def refuse(*args):
+        raise RuntimeError("sbatch: error: invalid partition specified: gpu-typo")
+
+    with pytest.raises(ConfigError, match=r"invalid partition specified: gpu-typo\); check slurm.partition"):
+        slurm_engine.refused_as_config_error(refuse, "fn", [])
+    options = parse_engine_options({"slurm": {"poll_s": 0.01}}, "g")
+    engine = slurm_engine.SlurmEngine(options.slurm, options.resources, tmp_path, lambda *_: None)
+    never = types.SimpleNamespace(done=lambda: False, job_id="1")
+    handle = slurm_engine.Submission(len, "job")
+    handle.submitted = never
+    engine.close()  # a stop signal in the driver: tuning threads waiting on jobs must not hold it up
+    with pytest.raises(RuntimeError, match="stopped"):
+        engine.finished([handle])
+
+
+def test_the_debug_executors_exception_in_done_is_the_jobs_error_not_the_grids():
+    from medpeft.engines import slurm_engine
+
+    def done():
+        raise ValueError("the job's own error")
+
+    handle = slurm_engine.Submission(len, "job")
+    handle.submitted = types.SimpleNamespace(done=done)
+    assert slurm_engine.poll(handle) == "ValueError: the job's own error"
+
+
+def test_a_ray_cluster_that_cannot_hold_a_run_is_shut_down_again(tmp_path):
+    ray = pytest.importorskip("ray")
+    import signal
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    options = parse_engine_options({"ray": {"num_cpus": 1}, "resources": {"gpus_per_run": 1}}, "test")
+    with pytest.raises(ConfigError, match="asks for 1 GPU"):
+        open_engine("ray", options, tmp_path, lambda *_: None)
+    assert not ray.is_initialized()
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_a_slurm_job_out_of_time_is_a_lost_worker_and_a_jobs_own_error_is_not(tmp_path):
+    submitit = pytest.importorskip("submitit")
+    from medpeft.engines import slurm_engine
+
+    options = parse_engine_options({"slurm": {"cluster": "debug", "time": 90}}, "g")
+    engine = slurm_engine.SlurmEngine(options.slurm, options.resources, tmp_path, lambda *_: None)
+
+    def job(err):
+        def result():
+            raise err
+        return types.SimpleNamespace(result=result, job_id="77_3", paths=types.SimpleNamespace(stderr=tmp_path / "77_3.err"))
+
+    timed_out = engine.outcome(job(submitit.core.utils.FailedJobError(
+        "Job (task=0) failed during processing with trace:\n----\nsubmitit.core.utils.UncompletedJobError: Job not requeued "
+        "because: timed-out and not checkpointable.\n----")))
+    assert timed_out.lost and "ran out of time (slurm.time 90 min)" in timed_out.error
+    raised = engine.outcome(job(submitit.core.utils.FailedJobError("trace:\n----\nFileNotFoundError: notes.csv\n----")))
+    assert not raised.lost and raised.error.startswith("FileNotFoundError: notes.csv")
+    killed = engine.outcome(job(submitit.core.utils.UncompletedJobError("Job 77_3 has not produced any output\n(state: NODE_FAIL)")))
+    assert killed.lost and "NODE_FAIL" in killed.error

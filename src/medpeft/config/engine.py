@@ -60,7 +60,9 @@ class SlurmOptions:
     partition: str | None = field(default=None, metadata={"help": "the partition (#SBATCH --partition); unset: the cluster's default"})
     time: int = field(default=240, metadata={"help": "minutes each run may take (#SBATCH --time); a run cut off resumes "
                                                      "from its checkpoint when it is submitted again"})
-    array_parallelism: int = field(default=16, metadata={"help": "array tasks running at once (#SBATCH --array=...%N)"})
+    array_parallelism: int = field(default=16, metadata={
+        "help": "tasks of one array running at once (#SBATCH --array=...%N); tuning submits each trial, and a run "
+                "submitted again, as an array of its own"})
     mem_gb: int | None = field(default=None, metadata={"help": "memory per run in GB (#SBATCH --mem); unset: the partition's default"})
     account: str | None = field(default=None, metadata={"help": "#SBATCH --account"})
     qos: str | None = field(default=None, metadata={"help": "#SBATCH --qos"})

@@ -1,6 +1,7 @@
 """An engine's interface and the loop that maps jobs over one, retrying jobs whose worker was lost."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -25,6 +26,9 @@ class Engine:
     name = "engine"
     slots = 1  # jobs it runs at once: how many tuning trials to keep in flight
 
+    def __init__(self):
+        self.stopping = threading.Event()  # set by close(): a thread waiting in finished() stops waiting
+
     def start(self, fn: Callable, jobs: list) -> list:
         """Submit fn(job) for each job; one handle per job, in order."""
         raise NotImplementedError
@@ -37,10 +41,10 @@ class Engine:
         """Give back what the engine started (a local Ray cluster); jobs submitted elsewhere are left running."""
 
 def map_jobs(engine: Engine, fn: Callable, jobs: list, retries: int, on_end: Callable[[int, Outcome], None],
-             on_retry: Callable[[int, Outcome, int], None]) -> list[Outcome]:
+             on_retry: Callable[[int, Outcome, int], None], again: Callable[[Any], Any] = lambda job: job) -> list[Outcome]:
     """fn(job) for every job on `engine`; each job's outcome, in order. A job whose worker was lost is
-    submitted again up to `retries` times (on_retry(index, outcome, attempt) first); on_end(index, outcome)
-    as each job ends for good."""
+    submitted again, as again(job), up to `retries` times (on_retry(index, outcome, attempt) first);
+    on_end(index, outcome) as each job ends for good."""
     outcomes: list[Outcome | None] = [None] * len(jobs)
     attempts = [0] * len(jobs)
     pending = dict(zip(engine.start(fn, jobs), range(len(jobs)))) if jobs else {}
@@ -50,6 +54,7 @@ def map_jobs(engine: Engine, fn: Callable, jobs: list, retries: int, on_end: Cal
             if outcome.lost and attempts[index] < retries:
                 attempts[index] += 1
                 on_retry(index, outcome, attempts[index])
+                jobs[index] = again(jobs[index])
                 pending[engine.start(fn, [jobs[index]])[0]] = index
                 continue
             outcomes[index] = outcome

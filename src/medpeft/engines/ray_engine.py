@@ -23,6 +23,7 @@ class RayEngine(Engine):
     def __init__(self, options: RayOptions, resources: Resources, log):
         import ray
 
+        super().__init__()
         self.ray, self.resources, self.remotes = ray, resources, {}
         self.started = not ray.is_initialized()
         settings = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
@@ -38,13 +39,21 @@ class RayEngine(Engine):
                     # "local": a new cluster even when `ray start` left one running (unset would join that one)
                     ray.init(address="local", num_cpus=options.num_cpus, num_gpus=options.num_gpus, **settings)
             except (ConnectionError, RuntimeError, ValueError) as err:
-                raise ConfigError(f"ray.address {options.address!r}: cannot connect ({err}); start the cluster first "
-                                  "(ray start --head), or leave ray.address unset for a local cluster") from None
+                self.close()
+                if options.address:
+                    raise ConfigError(f"ray.address {options.address!r}: cannot connect ({err}); start the cluster first "
+                                      "(ray start --head), or leave ray.address unset for a local cluster") from None
+                raise ConfigError(f"ray: cannot start a local cluster ({err}); check ray.num_cpus and ray.num_gpus, "
+                                  "or join a running cluster with ray.address") from None
         total = ray.cluster_resources()
         if resources.gpus_per_run is None:  # Ray hides every GPU from a task that asks for none
             resources = dataclasses.replace(resources, gpus_per_run=1.0 if total.get("GPU") else 0.0)
         self.resources = resources
-        self.slots = fitting_runs(total, resources)
+        try:
+            self.slots = fitting_runs(total, resources)
+        except ConfigError:
+            self.close()  # the cluster started for nothing, and Ray's signal handler with it
+            raise
         where = options.address or "a local cluster"
         log(f"ray: {where}, {describe(total)}; {self.slots} run(s) at once "
             f"({resources.cpus_per_run:g} CPU, {resources.gpus_per_run:g} GPU each)")
@@ -56,7 +65,11 @@ class RayEngine(Engine):
         return [self.remotes[fn].remote(job) for job in jobs]
 
     def finished(self, handles):
-        ready, rest = self.ray.wait(handles, num_returns=1)
+        ready, rest = [], handles
+        while not ready:  # in short waits, so that close() from the main thread ends a tuning thread's wait
+            if self.stopping.is_set():
+                raise RuntimeError("stopped: the grid is ending")
+            ready, rest = self.ray.wait(handles, num_returns=1, timeout=1.0)
         if rest:  # every other job that has ended too, without waiting
             ready += self.ray.wait(rest, num_returns=len(rest), timeout=0)[0]
         return [(ref, self.outcome(ref)) for ref in ready]
@@ -72,6 +85,7 @@ class RayEngine(Engine):
             return Outcome(error=f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", lost=True)
 
     def close(self):
+        self.stopping.set()
         if self.started:
             self.ray.shutdown()
             if threading.current_thread() is threading.main_thread():

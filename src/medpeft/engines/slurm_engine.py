@@ -31,6 +31,7 @@ class SlurmEngine(Engine):
     def __init__(self, options: SlurmOptions, resources: Resources, folder: Path, log):
         import submitit
 
+        super().__init__()
         self.submitit, self.options, self.lock = submitit, options, threading.Lock()
         self.live: set[Submission] = set()  # submitted and not yet ended, over every caller (tuning runs groups in threads)
         try:
@@ -53,7 +54,7 @@ class SlurmEngine(Engine):
 
     def submit(self, handles: list[Submission]) -> None:
         """Submit as one array (call under self.lock: several tuning threads share the folder and the slots)."""
-        jobs = self.executor.map_array(handles[0].fn, [h.job for h in handles])
+        jobs = refused_as_config_error(self.executor.map_array, handles[0].fn, [h.job for h in handles])
         for handle, job in zip(handles, jobs):
             handle.submitted = job
         self.live.update(handles)
@@ -65,9 +66,11 @@ class SlurmEngine(Engine):
                 waiting = [h for h in handles if h.submitted is None]
                 if waiting and len(self.live) < self.slots:
                     self.submit(waiting[:self.slots - len(self.live)])
-            ended = [h for h in handles if h.done()]
+            if self.stopping.is_set():
+                raise RuntimeError("stopped: the grid is ending")
+            ended = [(h, error) for h in handles if h.submitted is not None and ((error := poll(h)) or h.done())]
             if ended:
-                return [(h, self.outcome(h.submitted)) for h in ended]
+                return [(h, Outcome(error=error) if isinstance(error, str) else self.outcome(h.submitted)) for h, error in ended]
             time.sleep(self.options.poll_s)
 
     def submit_detached(self, fn, jobs: list, then, then_job) -> tuple[str | None, str]:
@@ -78,17 +81,24 @@ class SlurmEngine(Engine):
         array_id = None
         with self.lock:
             if jobs:
-                array_id = str(self.executor.map_array(fn, jobs)[0].job_id).split("_")[0]
+                array_id = str(refused_as_config_error(self.executor.map_array, fn, jobs)[0].job_id).split("_")[0]
             after = {**dict(self.options.additional), **({"dependency": f"afterany:{array_id}"} if array_id else {})}
             self.executor.update_parameters(gpus_per_node=0, cpus_per_task=1, timeout_min=60, slurm_additional_parameters=after)
-            report = self.executor.submit(then, then_job)
+            report = refused_as_config_error(self.executor.submit, then, then_job)
         return array_id, str(report.job_id)
+
+    def close(self):
+        """Stop waiting; jobs already submitted go on (their runs hold their locks; the same command again picks them up)."""
+        self.stopping.set()
 
     def outcome(self, job) -> Outcome:
         errors = self.submitit.core.utils
         try:
             return Outcome(value=job.result())
         except errors.FailedJobError as err:  # the job's own exception: its trace's last line names it
+            if "Job not requeued because" in str(err):  # submitit ended a job whose time was up: its worker is lost
+                return Outcome(error=f"job {job.job_id} ran out of time (slurm.time {self.options.time} min); its log: "
+                                     f"{job.paths.stderr}", lost=True)
             lines = [line for line in str(err).splitlines() if line.strip() and not line.startswith("-")]
             cause = next((line for line in reversed(lines) if "Error" in line or "Exception" in line), lines[0] if lines else "")
             return Outcome(error=f"{cause.strip()} (job {job.job_id}: {job.paths.stderr})")
@@ -98,6 +108,27 @@ class SlurmEngine(Engine):
                                  f"its log: {job.paths.stderr}", lost=True)
         except Exception as err:  # noqa: BLE001 - the debug executor raises the job's own exception here
             return Outcome(error=f"{type(err).__name__}: {err}")
+
+
+def poll(handle: Submission) -> str | None:
+    """None, or the error the debug executor raised while running the job in done()."""
+    try:
+        handle.done()
+    except Exception as err:  # noqa: BLE001 - the debug executor runs the job here and re-raises its exception
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def refused_as_config_error(submit, *args):
+    """A submission sbatch refused (a partition, account or QOS it does not know) as a ConfigError naming the settings."""
+    try:
+        return submit(*args)
+    except Exception as err:  # noqa: BLE001 - submitit's FailedJobError / FailedSubmissionError, or sbatch missing
+        if isinstance(err, ConfigError):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"slurm: the scheduler refused the jobs ({type(err).__name__}: {first}); check slurm.partition, "
+                          "slurm.account, slurm.qos, slurm.constraint and slurm.additional (grid file or --slurm KEY=VALUE)") from None
 
 
 def executor_parameters(options: SlurmOptions, resources: Resources) -> dict:

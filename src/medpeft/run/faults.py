@@ -18,6 +18,12 @@ UNREADABLE_TYPES = ("SafetensorError", "BadZipFile", "UnpicklingError", "HeaderT
 OOM_TEXT = ("out of memory", "can't allocate memory", "not enough memory")
 
 
+def interrupted_by_scheduler(err: BaseException) -> bool:
+    """submitit's signal that a Slurm job's time is up (raised inside the job, a RuntimeError): not the run's failure
+    but its worker's end; the run is submitted again and resumes from its last checkpoint."""
+    return type(err).__name__ == "UncompletedJobError"
+
+
 def worker_fault(lost: bool, retries: int) -> tuple[str, str]:
     """(cause, fix) of a run that failed on an engine's worker (--backend ray|slurm): its worker kept dying,
     or its job raised before the run could record anything itself (its plan failed on that node)."""

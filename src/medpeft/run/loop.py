@@ -11,7 +11,7 @@ from pathlib import Path
 from medpeft.dist import is_distributed, is_main_process, wait_for_everyone
 from medpeft.plan import RunPlan
 from medpeft.run.checkpoint import find_resumable, remove_checkpoints
-from medpeft.run.faults import diagnose, release_memory
+from medpeft.run.faults import diagnose, interrupted_by_scheduler, release_memory
 from medpeft.run.lock import acquire_run_lock, describe_holder
 from medpeft.run.progress import grid_bar, level, run_log
 from medpeft.run.record import RunResult, read_result
@@ -83,6 +83,10 @@ def run_one(plan: RunPlan, run_dir: Path, log, on_validation=None, tracker=None,
             tracker.finish(None)
         raise
     except Exception as err:  # noqa: BLE001 - a failed run is recorded and the grid goes on
+        if interrupted_by_scheduler(err):  # its job dies; the driver submits the run again and it resumes
+            if tracker is not None:
+                tracker.finish(None)
+            raise
         result = RunResult.failed(plan.config, plan.config.variant, err, *diagnose(err, plan.config, run_dir, plan.model_path))
     if tracker is not None:
         tracker.finish(result)

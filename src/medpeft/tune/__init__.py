@@ -169,8 +169,7 @@ def tune_grid(configs: list[ExperimentConfig], grid_dir: Path, online: bool,
         return grid_search(group, [trial_plan(base, c) for c in trials[index]], metric, grid_dir, run_plans, log)
 
     if parallel > 1 and len(groups) > 1:
-        with ThreadPoolExecutor(len(groups), thread_name_prefix="medpeft-tune") as pool:
-            choices = list(pool.map(search, range(len(groups))))
+        choices = in_threads(search, range(len(groups)), "medpeft-tune")
     else:
         choices = [search(index) for index in range(len(groups))]
     tuned = {cfg.run_id for g in groups for cfg in g.runs}
@@ -185,6 +184,16 @@ def tune_grid(configs: list[ExperimentConfig], grid_dir: Path, online: bool,
         log(f"tuning {group.key}: chose {format_values(chosen)} by validation {metric}")
         finals += final_configs(group, chosen, group.tune, metric)
     return finals, failed
+
+
+def in_threads(fn, items, name: str) -> list:
+    """fn over items, one thread each; their results in order. On an exception (a stop signal in this thread)
+    nothing waits for the threads: the engine's close() ends their waits."""
+    pool = ThreadPoolExecutor(len(items), thread_name_prefix=name)
+    try:
+        return list(pool.map(fn, items))
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def check_tuning(configs: list[ExperimentConfig], online: bool):
@@ -269,8 +278,8 @@ def optuna_search(group: Group, base: RunPlan, tune: TuneConfig, metric: str, wh
     if workers == 1:
         claim_trials(group, base, metric, (grid_dir, storage, dists), run_plans)
     else:
-        with ThreadPoolExecutor(workers, thread_name_prefix=f"medpeft-{group.key}") as pool:
-            list(pool.map(lambda _: claim_trials(group, base, metric, (grid_dir, storage, dists), run_plans), range(workers)))
+        in_threads(lambda _: claim_trials(group, base, metric, (grid_dir, storage, dists), run_plans), range(workers),
+                   f"medpeft-{group.key}")
     wait_for_workers(study, grid_dir, log)  # the choice sees every trial of the study
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.params.keys() == dists.keys()]
     return dict(study.best_trial.params) if complete else None
