@@ -222,7 +222,6 @@ def command_run(args) -> int:
 
 def run_grid_on(args, grid, options, shard):
     """The grid on a Ray cluster or a Slurm job array; None when --no-wait only submitted it."""
-    import math
     from pathlib import Path
 
     from medpeft.dist import is_distributed
@@ -242,7 +241,7 @@ def run_grid_on(args, grid, options, shard):
 
     engine = open_engine(args.backend, options, Path(args.runs_dir).resolve() / grid.name / args.backend, say)
     try:
-        spread = Spread(engine, options.resources.retries, args.online, threads=math.ceil(options.resources.cpus_per_run) or None)
+        spread = Spread(engine, options.resources.retries, args.online, threads=options.resources.threads)
         if args.no_wait:
             submit_grid(grid, args.runs_dir, spread)
             return None

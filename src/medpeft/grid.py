@@ -26,11 +26,11 @@ from medpeft.methods import BASELINE, Role, method_role
 from medpeft.plan import RunPlan, plan_runs, resolve_config
 from medpeft.run.faults import worker_fault
 from medpeft.run.lock import describe_holder
-from medpeft.run.loop import LOCK_POLL_S, record_failure, result_line, run_plans, run_unless_held
+from medpeft.run.loop import LOCK_POLL_S, finished_runs, record_failure, result_line, run_labels, run_plans, run_unless_held
 from medpeft.run.preempt import stop_on_signal
 from medpeft.run.progress import grid_bar, level, say, showing
 from medpeft.run.owner import claim_grid_dir
-from medpeft.run.record import RunResult, read_result
+from medpeft.run.record import RunResult
 from medpeft.run.track import open_tracker
 
 # Settings a worker elsewhere needs as this process has them: where the offline assets are, the hub's cache and mode.
@@ -219,9 +219,9 @@ def submit_grid(grid: Grid, runs_dir: Path, spread: Spread, log=say) -> None:
     claim_grid_dir(grid_dir, grid.name, grid.source_file, record=False)
     plans = plan_runs(grid_configs(grid), spread.online)  # every check, before anything is submitted
     claim_grid_dir(grid_dir, grid.name, grid.source_file)
-    todo = [p for p in plans if (r := read_result(grid_dir / p.run_id)) is None or not r.ok]
-    jobs = [RunJob(p.config, str(grid_dir), spread.online, f"[{i}/{len(todo)}] {p.run_id}", threads=spread.threads)
-            for i, p in enumerate(todo, 1)]
+    done = finished_runs(plans, grid_dir)
+    todo = [p for p in plans if p.run_id not in done]
+    jobs = [RunJob(p.config, str(grid_dir), spread.online, label, threads=spread.threads) for p, label in zip(todo, run_labels(todo))]
     array, report = spread.engine.submit_detached(run_job, jobs, write_outputs_job, str(grid_dir))
     log(f"grid {grid.name}: {len(plans)} runs, {len(plans) - len(todo)} already finished"
         + (f"; job array {array} holds the other {len(todo)}" if array else ""))
@@ -242,9 +242,9 @@ def run_plans_on(spread: Spread, plans: list[RunPlan], grid_dir: Path, log, titl
                  wait: bool = False) -> list[RunResult | None]:
     """As run_plans, on the engine's workers: every plan not yet finished is a job; each plan's result, in order.
     A job that raised, or whose worker was lost more than `spread.retries` times, is recorded as a failed run."""
-    done = {p.run_id: r for p in plans if (r := read_result(grid_dir / p.run_id)) is not None and r.ok}
+    done = finished_runs(plans, grid_dir)
     todo = [p for p in plans if p.run_id not in done]
-    labels = {p.run_id: f"[{i}/{len(plans)}] {p.run_id}" for i, p in enumerate(plans, 1)}
+    labels = dict(zip((p.run_id for p in plans), run_labels(plans)))
     if level() != "quiet" and on_validation is None:
         log(f"{title}: {len(plans)} runs ({len(done)} already finished) on {spread.engine.name} -> {grid_dir}")
     jobs = [RunJob(p.config, str(grid_dir.resolve()), spread.online, labels[p.run_id], on_validation, wait, spread.threads)

@@ -5,10 +5,11 @@ only by `medpeft run --backend ray|slurm` (engines/); the local backend ignores 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from medpeft.config.values import build_dataclass, check_types, load_yaml
+from medpeft.config.values import build_dataclass, check_at_least, check_types, load_yaml
 from medpeft.errors import ConfigError
 
 
@@ -27,11 +28,14 @@ class Resources:
 
     def __post_init__(self):
         check_types(self, "resources")
-        for name in ("gpus_per_run", "cpus_per_run", "retries"):
-            if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise ConfigError(f"resources.{name} must be >= 0, got {getattr(self, name)}")
+        check_at_least(self, "resources", 0, "gpus_per_run", "cpus_per_run", "retries")
         if self.cpus_per_run == 0 and not self.gpus_per_run:
             raise ConfigError("resources: a run needs cpus_per_run > 0 or gpus_per_run > 0")
+
+    @property
+    def threads(self) -> int | None:
+        """Torch threads and cores a run takes: cpus_per_run rounded up (None for 0: a GPU run leaves them as they are)."""
+        return math.ceil(self.cpus_per_run) or None
 
 
 @dataclass
@@ -48,9 +52,7 @@ class RayOptions:
 
     def __post_init__(self):
         check_types(self, "ray")
-        for name in ("num_cpus", "num_gpus"):
-            if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise ConfigError(f"ray.{name} must be >= 0, got {getattr(self, name)}")
+        check_at_least(self, "ray", 0, "num_cpus", "num_gpus")
 
 
 @dataclass
@@ -79,11 +81,7 @@ class SlurmOptions:
 
     def __post_init__(self):
         check_types(self, "slurm")
-        for name in ("time", "array_parallelism"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"slurm.{name} must be >= 1, got {getattr(self, name)}")
-        if self.mem_gb is not None and self.mem_gb < 1:
-            raise ConfigError(f"slurm.mem_gb must be >= 1, got {self.mem_gb}")
+        check_at_least(self, "slurm", 1, "time", "array_parallelism", "mem_gb")
         if not all(isinstance(line, str) for line in self.setup):
             raise ConfigError(f"slurm.setup is a list of shell lines (strings), got {self.setup!r}")
         if self.poll_s <= 0:

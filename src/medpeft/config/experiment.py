@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from medpeft.config.tuning import TuneConfig
-from medpeft.config.values import build_dataclass, check_name, check_types, optional_block
+from medpeft.config.values import build_dataclass, check_at_least, check_name, check_types, optional_block
 from medpeft.errors import ConfigError
 
 
@@ -38,11 +38,8 @@ class DataConfig:
         check_seed(self.split_seed, "data.split_seed")
         if self.per_class is not None and self.per_class < 1:
             raise ConfigError(f"data.per_class must be >= 1 (examples per class) or unset, got {self.per_class}")
-        for name in ("train_size", "test_size", "max_source_tokens", "max_target_tokens"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
-        if self.val_size < 0:
-            raise ConfigError(f"data.val_size must be >= 0, got {self.val_size}")
+        check_at_least(self, "data", 1, "train_size", "test_size", "max_source_tokens", "max_target_tokens")
+        check_at_least(self, "data", 0, "val_size")
 
 
 # The choices of a field that takes a fixed set are its Literal type, their one home: check_types validates
@@ -105,9 +102,7 @@ class TrainConfig:
         check_types(self, "train")
         if self.epochs <= 0 and self.max_steps <= 0:
             raise ConfigError("train.epochs or train.max_steps must be > 0")
-        for name in ("batch_size", "grad_accum", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        check_at_least(self, "train", 1, "batch_size", "grad_accum", "eval_batch_size")
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:

@@ -33,6 +33,14 @@ def check_types(obj, prefix: str, key_of: Callable[[str], str] | None = None) ->
             setattr(obj, f.name, coerce_value(value, typing.get_origin(kind) or kind, key))
 
 
+def check_at_least(obj, prefix: str, low: int, *names: str) -> None:
+    """Each named field of the dataclass is >= low (an unset one is skipped); the error names prefix.field and its value."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and value < low:
+            raise ConfigError(f"{prefix}.{name} must be >= {low}, got {value}")
+
+
 def field_kind(hint) -> tuple[object, bool]:
     """The type a field takes, and whether it may be None (medpeft's fields are X or X | None)."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):

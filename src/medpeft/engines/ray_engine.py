@@ -24,7 +24,7 @@ class RayEngine(Engine):
         import ray
 
         super().__init__()
-        self.ray, self.resources, self.remotes = ray, resources, {}
+        self.ray, self.remotes = ray, {}
         self.started = not ray.is_initialized()
         settings = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
         # ray.init sets its own SIGTERM handler and shutdown leaves it: given back in close()

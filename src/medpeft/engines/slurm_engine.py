@@ -20,9 +20,17 @@ class Submission:
 
     def __init__(self, fn, job):
         self.fn, self.job, self.submitted = fn, job, None
+        self.ended, self.error = False, None  # once ended, it stays so: the scheduler is not asked again
 
-    def done(self) -> bool:
-        return self.submitted is not None and self.submitted.done()
+    def check(self) -> bool:
+        """Whether the job has ended (one look at the scheduler); the debug executor runs the job in done() and
+        re-raises its exception, which becomes the job's `error`."""
+        if not self.ended and self.submitted is not None:
+            try:
+                self.ended = self.submitted.done()
+            except Exception as err:  # noqa: BLE001 - the debug executor's re-raised job exception
+                self.ended, self.error = True, f"{type(err).__name__}: {err}"
+        return self.ended
 
 
 class SlurmEngine(Engine):
@@ -61,16 +69,18 @@ class SlurmEngine(Engine):
 
     def finished(self, handles):
         while True:
-            with self.lock:
-                self.live = {h for h in self.live if not h.done()}
+            with self.lock:  # one look per job: live ones of every caller, and this caller's
+                for handle in self.live | {h for h in handles if h.submitted is not None}:
+                    handle.check()
+                self.live = {h for h in self.live if not h.ended}
                 waiting = [h for h in handles if h.submitted is None]
                 if waiting and len(self.live) < self.slots:
                     self.submit(waiting[:self.slots - len(self.live)])
             if self.stopping.is_set():
                 raise RuntimeError("stopped: the grid is ending")
-            ended = [(h, error) for h in handles if h.submitted is not None and ((error := poll(h)) or h.done())]
+            ended = [h for h in handles if h.ended]
             if ended:
-                return [(h, Outcome(error=error) if isinstance(error, str) else self.outcome(h.submitted)) for h, error in ended]
+                return [(h, Outcome(error=h.error) if h.error else self.outcome(h.submitted)) for h in ended]
             time.sleep(self.options.poll_s)
 
     def submit_detached(self, fn, jobs: list, then, then_job) -> tuple[str | None, str]:
@@ -112,11 +122,8 @@ class SlurmEngine(Engine):
 
 def poll(handle: Submission) -> str | None:
     """None, or the error the debug executor raised while running the job in done()."""
-    try:
-        handle.done()
-    except Exception as err:  # noqa: BLE001 - the debug executor runs the job here and re-raises its exception
-        return f"{type(err).__name__}: {err}"
-    return None
+    handle.check()
+    return handle.error
 
 
 def refused_as_config_error(submit, *args):
@@ -133,7 +140,7 @@ def refused_as_config_error(submit, *args):
 
 def executor_parameters(options: SlurmOptions, resources: Resources) -> dict:
     """submitit's parameters: the shared ones, then Slurm's own (the local executor ignores those)."""
-    shared = {"name": "medpeft", "timeout_min": options.time, "cpus_per_task": max(1, math.ceil(resources.cpus_per_run)),
+    shared = {"name": "medpeft", "timeout_min": options.time, "cpus_per_task": resources.threads or 1,
               "gpus_per_node": math.ceil(resources.gpus_per_run or 0)}
     if options.mem_gb is not None:
         shared["mem_gb"] = options.mem_gb

@@ -19,15 +19,25 @@ from medpeft.run.record import RunResult, read_result
 LOCK_POLL_S = 10.0  # seconds between looks at runs another worker holds, when their results are needed
 
 
+def finished_runs(plans: list[RunPlan], grid_dir: Path) -> dict[str, RunResult]:
+    """run id -> result of the plans already finished under grid_dir (a failed run is run again)."""
+    return {p.run_id: r for p in plans if (r := read_result(grid_dir / p.run_id)) is not None and r.ok}
+
+
+def run_labels(plans: list[RunPlan]) -> list[str]:
+    """`[k/n] run_id` for each plan, the label of its log lines."""
+    return [f"[{i}/{len(plans)}] {plan.run_id}" for i, plan in enumerate(plans, 1)]
+
+
 def run_plans(plans: list[RunPlan], grid_dir: Path, log, title: str, on_validation=None, tracker=None,
               wait: bool = False) -> list[RunResult | None]:
     """Run each plan not yet finished under grid_dir; every plan's result, in order. A run another live
     worker holds is skipped (its result is None), or with `wait` waited for."""
-    done = {p.run_id: r for p in plans if (r := read_result(grid_dir / p.run_id)) is not None and r.ok}
+    done = finished_runs(plans, grid_dir)
     wait_for_everyone()  # every launched process decides on the same runs before any is written
     if level() != "quiet":
         log(f"{title}: {len(plans)} runs ({len(done)} already finished) -> {grid_dir}")
-    labels = [f"[{i}/{len(plans)}] {plan.run_id}" for i, plan in enumerate(plans, 1)]
+    labels = run_labels(plans)
     results = []
     with grid_bar(title, len(plans), len(done)) as bar:
         for plan, label in zip(plans, labels):
