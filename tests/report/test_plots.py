@@ -60,3 +60,16 @@ def test_a_learning_curve_draws_one_line_per_other_setting(tmp_path, drawn):
     assert sorted(legend_labels(fig)) == ["lora · m (r=16)", "lora · m (r=4)"]
     ys = {label: list(line.get_ydata()) for label, line in zip(legend_labels(fig), fig.axes[0].get_lines())}
     assert ys["lora · m (r=4)"] == pytest.approx([34.0 + 1.0, 34.0 + 10.0])
+
+
+def test_a_swept_log_axis_is_labelled_at_its_own_values(tmp_path, drawn):
+    """A learning curve over 100 and 1000 examples (and a sweep of r over 4 and 16, too close for log)
+    named its points by log ticks alone; a few swept values now label the axis themselves."""
+    frame = write_size_by_rank(tmp_path)
+    frame["train_examples"] = [v["data.train_size"] for v in frame["varying"]]
+    plots.plot_learning_curve(frame, "data.train_size", tmp_path / "l.png", "ROUGE-1")
+    (fig,) = drawn
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and list(ax.get_xticks()) == [100, 1000]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["100", "1000"]

@@ -327,3 +327,74 @@ def test_ner_from_a_csv_is_a_config_error(tmp_path):
     path.write_text("tokens,tags\nAspirin daily,B-Drug O\n")
     with pytest.raises(ConfigError, match="reads JSON lines"):
         checked_config({"task": {"type": "ner", "path": str(path)}, "model": "tiny-bert", "method": "lora"})
+
+
+# --- data.*_size on your own data: only where the grid names it ---------------------------------
+
+
+def grid_of(tmp_path, base: dict, grid: dict | None = None, overrides=()):
+    from medpeft.config import expand_grid
+    from medpeft.plan import plan_runs
+
+    spec = {"base": {"model": "tiny-bert", "method": "lora", **base}, **({"grid": grid} if grid else {})}
+    return plan_runs(expand_grid(spec, "g", overrides=list(overrides)).runs)
+
+
+def split_ids(plan, split="train") -> list[str]:
+    return [ex["id"] for ex in plan.data.splits[split]]
+
+
+def test_a_train_size_axis_on_your_own_data_trains_on_nested_subsets(tmp_path, assets_ready):
+    """Before, data.train_size was ignored on a user file: a learning curve trained every point on the
+    whole train split (same scores, a flat curve). Now each point trains on its size, the smaller inside
+    the larger, with the same test split and the same label set (the whole file's)."""
+    path = write_jsonl(tmp_path, notes(60))
+    plans = grid_of(tmp_path, {"task": mapping(path)}, {"data.train_size": [8, 24]})
+    small, large = sorted(plans, key=lambda p: p.config.data.train_size)
+    assert (len(split_ids(small)), len(split_ids(large))) == (8, 24)
+    assert set(split_ids(small)) < set(split_ids(large))
+    assert split_ids(small, "test") == split_ids(large, "test") and len(split_ids(small, "test")) == 6
+    assert small.data.labels == large.data.labels == ["routine", "urgent"]
+    assert small.config.user_data["split_sizes"] == ["train_size"] and small.config.run_id != large.config.run_id
+
+
+def test_your_own_data_without_sizes_keeps_whole_splits_and_its_run_id(tmp_path, assets_ready):
+    path = write_jsonl(tmp_path, notes(60))
+    (plan,) = grid_of(tmp_path, {"task": mapping(path), "data": {"max_source_tokens": 64}})
+    assert {s: len(v) for s, v in plan.data.splits.items()} == {"train": 48, "validation": 6, "test": 6}
+    assert "split_sizes" not in plan.config.user_data  # the mapping, and so the run id, as before sizes applied
+    assert plan.config.run_id == checked_config({"task": mapping(path), "model": "tiny-bert", "method": "lora",
+                                              "data": {"max_source_tokens": 64}}).run_id
+
+
+def test_a_size_set_on_the_command_line_cuts_a_split_from_the_files_column(tmp_path, assets_ready):
+    records = notes(30)
+    for i, r in enumerate(records):
+        r["split"] = "test" if i % 3 == 0 else "train"
+    path = write_jsonl(tmp_path, records)
+    (plan,) = grid_of(tmp_path, {"task": mapping(path)}, overrides=["data.test_size=4"])
+    assert len(split_ids(plan, "test")) == 4 and len(split_ids(plan)) == 20
+    assert set(split_ids(plan, "test")) <= {f"line-{i + 1:06d}" for i in range(0, 30, 3)}
+
+
+@pytest.mark.parametrize("size, needle", [(500, "at most 48"), (2, "fewer than the 4")])
+def test_a_size_your_file_cannot_give_names_the_key_and_the_file(tmp_path, assets_ready, size, needle):
+    path = write_jsonl(tmp_path, notes(60))
+    with pytest.raises(ConfigError) as err:
+        grid_of(tmp_path, {"task": mapping(path), "data": {"train_size": size}})
+    assert f"data.train_size is {size}" in str(err.value) and needle in str(err.value) and path in str(err.value)
+
+
+def test_a_cut_train_split_of_one_class_says_to_raise_train_size(tmp_path):
+    records = [dict(r, label="routine") for r in notes(40)]
+    records[0]["label"] = "urgent"
+    path = write_jsonl(tmp_path, records)
+    m = mapping(path, split_sizes=["train_size"])
+    data = SimpleNamespace(train_size=4, val_size=0, test_size=1, split_seed=3)
+    with pytest.raises(DataError, match="raise data.train_size"):
+        load_user_data("user:x", m, data)
+
+
+def test_split_sizes_written_by_hand_must_be_size_keys(tmp_path):
+    with pytest.raises(ConfigError, match="set by medpeft"):
+        user_task_spec(mapping(write_jsonl(tmp_path, notes()), split_sizes="train"))

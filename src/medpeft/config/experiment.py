@@ -22,7 +22,9 @@ from medpeft.errors import ConfigError
 class DataConfig:
     """How a task's data is split and truncated."""
 
-    train_size: int = field(default=256, metadata={"help": "training examples (classification: sentences/documents)"})
+    train_size: int = field(default=256, metadata={
+        "help": "training examples (classification: sentences/documents); your own data: its whole train split "
+                "unless the grid names this key"})
     val_size: int = field(default=32, metadata={"help": "validation examples"})
     test_size: int = field(default=64, metadata={"help": "held-out test examples every metric is computed on"})
     split_seed: int = field(default=1234, metadata={
@@ -40,6 +42,12 @@ class DataConfig:
             raise ConfigError(f"data.per_class must be >= 1 (examples per class) or unset, got {self.per_class}")
         check_at_least(self, "data", 1, "train_size", "test_size", "max_source_tokens", "max_target_tokens")
         check_at_least(self, "data", 0, "val_size")
+
+
+SIZE_KEYS = ("train_size", "val_size", "test_size")
+# Your own data (task: {path, ...}): the data.*_size keys the grid names, set by medpeft (config/gridfile.py);
+# only those cut the file's splits (tasks/user.py), the others leave a split whole.
+USER_SIZES_KEY = "split_sizes"
 
 
 # The choices of a field that takes a fixed set are its Literal type, their one home: check_types validates

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medpeft.config.engine import EngineOptions, parse_engine_options
-from medpeft.config.experiment import ExperimentConfig, config_from_dict
+from medpeft.config.experiment import SIZE_KEYS, USER_SIZES_KEY, ExperimentConfig, config_from_dict
 from medpeft.config.tuning import parse_tune
 from medpeft.config.values import check_name, load_yaml
 from medpeft.errors import ConfigError
@@ -51,6 +51,19 @@ def expand_block(base: dict, block: dict) -> list[tuple[dict, dict]]:
         variant = {key: value for key, value in zip(axes, combo) if key not in NAMING_AXES}
         runs.append((config, variant))
     return runs
+
+
+def mark_user_sizes(raw: dict) -> None:
+    """Your own data's file sets its splits, so a data.*_size applies to it only where the grid (or --set)
+    names it: those keys are listed in the task mapping (USER_SIZES_KEY), which cuts that split to its size.
+    Unnamed, the mapping is as it was, and so is the run id."""
+    task, data = raw.get("task"), raw.get("data")
+    if not isinstance(task, dict):
+        return
+    named = [key for key in SIZE_KEYS if isinstance(data, dict) and key in data]
+    task.pop(USER_SIZES_KEY, None)
+    if named:
+        task[USER_SIZES_KEY] = named
 
 
 def parse_override(text: str) -> tuple[str, object]:
@@ -115,6 +128,7 @@ def expand_grid(spec: dict, name: str, overrides=(), source: str = "grid") -> Gr
                 variant.pop(key, None)
             for key in tune.space if tune else ():  # chosen by tuning: not a variant of its own
                 variant.pop(key, None)
+            mark_user_sizes(raw)
             cfg = config_from_dict(raw)
             cfg.variant, cfg.tune = variant, tune
             if cfg.run_id not in seen:

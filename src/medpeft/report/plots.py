@@ -129,13 +129,21 @@ def widen_narrow_x(ax, share: float = 0.2) -> None:
         ax.set_xlim(centre - half, centre + half)
 
 
-def set_log_x(ax) -> None:
-    """Log x with plain tick labels (0.01, 1, 100), not 10^-2 or 5x10^1."""
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+TICKS_AT_VALUES = 8  # a sweep of at most this many values is labelled at its own values
+
+
+def set_log_x(ax, values=()) -> None:
+    """Log x with plain tick labels (0.01, 1, 100), not 10^-2 or 5x10^1; a sweep's few `values` label the
+    axis themselves (30, 120, 480 rather than a lone 100)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
+    values = sorted(set(values))
+    if 0 < len(values) <= TICKS_AT_VALUES:
+        ax.xaxis.set_major_locator(FixedLocator(values))
+        ax.xaxis.set_minor_locator(NullLocator())
 
 
 def numeric_or_none(values) -> list[float] | None:
@@ -180,7 +188,7 @@ def plot_sensitivity(frame, key: str, path: Path, metric_label: str, tied: tuple
     if numeric_or_none(categories) is None:
         ax.set_xticks(range(len(categories)), categories)
     elif min(numeric_or_none(categories)) > 0 and max(numeric_or_none(categories)) / min(numeric_or_none(categories)) >= 10:
-        set_log_x(ax)
+        set_log_x(ax, numeric_or_none(categories))
     ax.set_xlabel(key)
     ax.set_ylabel(metric_label)
     ax.grid(alpha=0.3)
@@ -209,7 +217,7 @@ def plot_learning_curve(frame, key: str, path: Path, metric_label: str, tied: tu
         ax.axhline(100 * row["primary_mean"], color=METHOD_COLORS[BASELINE], ls=":", lw=1, label=f"{BASELINE} · {row['model']}")
     xs = [x for x in rows["train_examples"] if x == x and x > 0]
     if xs and max(xs) >= 10 * min(xs):
-        set_log_x(ax)
+        set_log_x(ax, xs)
     ax.set_xlabel(f"training examples (set by {key})")
     ax.set_ylabel(metric_label)
     ax.grid(alpha=0.3)

@@ -2,16 +2,18 @@
 
 The file (JSON lines or CSV, UTF-8) is validated before any training; every problem names the
 file, the line and the fix. Splits come from a `split` column (train/validation/test) or from
-fractions of a deterministic shuffle; `data.*_size` does not apply to user data.
+fractions of a deterministic shuffle; a `data.*_size` that the grid names then cuts its split to the
+first N of a deterministic shuffle (so a learning curve's smaller training sets lie inside its larger ones);
+unnamed, a split stays whole.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from medpeft.config import user_task_name
+from medpeft.config import USER_SIZES_KEY, user_task_name
 from medpeft.errors import ConfigError
-from medpeft.tasks.base import SPLITS, TaskData, TaskSpec, check_task_data, data_error, shuffled
+from medpeft.tasks.base import SPLIT_KEYS, SPLITS, TaskData, TaskSpec, check_task_data, data_error, shuffled
 from medpeft.tasks.user_files import raise_problems, read_records  # use/predict reads new records with these
 from medpeft.tasks.user_labels import (cell_list, check_classes, given_labels, label_name, label_set, number_labels,
                                        strip_blank, unify_number_labels)
@@ -30,6 +32,7 @@ USER_KEYS = {
     "label_sep": "separator of several labels in one CSV cell (multilabel; default ;)",
     "name": "task name in run ids and summaries (default user-<file stem>)",
     "instruction": "one-line instruction used to prompt decoder-only models",
+    USER_SIZES_KEY: "set by medpeft: the data.*_size keys your grid names, which cut this file's splits",
 }
 DEFAULT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
 SPLIT_ALIASES = {"train": "train", "validation": "validation", "val": "validation", "valid": "validation",
@@ -76,6 +79,10 @@ def check_user_task(mapping: dict) -> dict:
                                   or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in fractions.values())
                                   or abs(sum(fractions.values()) - 1) > 1e-6):
         raise ConfigError(f"task.fractions must map train/validation/test to fractions summing to 1, got {fractions!r}")
+    sizes = mapping.get(USER_SIZES_KEY)
+    if sizes is not None and not (isinstance(sizes, list) and set(sizes) <= set(SPLIT_KEYS.values())):
+        raise ConfigError(f"task.{USER_SIZES_KEY} is set by medpeft (the data.*_size keys the grid names): a list of "
+                          f"{', '.join(SPLIT_KEYS.values())}; got {sizes!r}: remove it from task:")
     return dict(mapping)
 
 
@@ -224,6 +231,29 @@ def assign_splits(path: Path, examples: list[dict], file_splits: dict[str, str],
     return {"test": order[:n_test], "validation": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
 
 
+def cut_splits(path: Path, splits: dict[str, list[dict]], mapping: dict, data_cfg: Any,
+               from_file: bool) -> dict[str, list[dict]]:
+    """Each split whose data.*_size the grid names (mapping[USER_SIZES_KEY]) cut to the first N of its
+    examples shuffled by data.split_seed: a smaller train_size's examples lie inside a larger one's."""
+    named = mapping.get(USER_SIZES_KEY) or ()
+    cut = dict(splits)
+    for split in SPLITS:
+        key = SPLIT_KEYS[split]
+        if key not in named:
+            continue
+        size = getattr(data_cfg, key)
+        if size < MIN_EXAMPLES[split]:
+            raise ConfigError(f"data.{key} is {size}, fewer than the {MIN_EXAMPLES[split]} examples the {split} split "
+                              f"needs to train and score; raise it, or remove it to use the whole split of {path}")
+        if size > len(splits[split]):
+            how = "the file's split column" if from_file else "task.fractions"
+            raise ConfigError(f"data.{key} is {size}, but the {split} split of {path} has {len(splits[split])} examples "
+                              f"(set by {how}); lower data.{key} to at most {len(splits[split])}, or remove it to "
+                              f"use the whole split")
+        cut[split] = shuffled(splits[split], data_cfg.split_seed)[:size]
+    return cut
+
+
 def check_split_sizes(path: Path, splits: dict[str, list[dict]], from_file: bool) -> None:
     for split, minimum in MIN_EXAMPLES.items():
         if len(splits[split]) < minimum:
@@ -233,7 +263,7 @@ def check_split_sizes(path: Path, splits: dict[str, list[dict]], from_file: bool
 
 
 def load_user_data(name: str, mapping: dict, data_cfg: Any) -> TaskData:
-    """Read, validate and split the user's file; data.*_size is not used (the file sets the splits)."""
+    """Read, validate and split the user's file; the data.*_size keys the grid names cut their splits."""
     path = Path(mapping["path"]).expanduser()
     examples, file_splits = read_user_examples(mapping)
     ids = [ex["id"] for ex in examples]
@@ -242,8 +272,10 @@ def load_user_data(name: str, mapping: dict, data_cfg: Any) -> TaskData:
         raise data_error(f"{path}:{dup['_line']}", f"id {dup['id']!r} is used twice", "give every record its own id")
     splits = assign_splits(path, examples, file_splits, mapping, data_cfg.split_seed)
     check_split_sizes(path, splits, bool(file_splits))
-    labels = label_set(path, splits, mapping)
-    check_classes(path, splits, mapping["type"])
+    labels = label_set(path, splits, mapping)  # of the whole file: the same label set at every data.train_size
+    splits = cut_splits(path, splits, mapping, data_cfg, bool(file_splits))
+    cut = "train_size" in (mapping.get(USER_SIZES_KEY) or ())
+    check_classes(path, splits, mapping["type"], "; or raise data.train_size" if cut else "")
     clean = {split: [{k: ex[k] for k in ("id", "text", "target", "pair") if k in ex} for ex in exs]
              for split, exs in splits.items()}
     return TaskData(name, mapping["type"], clean, labels, mapping.get("instruction") or INSTRUCTIONS[mapping["type"]])

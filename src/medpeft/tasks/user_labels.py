@@ -145,13 +145,14 @@ def label_sets(examples: list[dict]) -> set[tuple[str, ...]]:
     return {tuple(sorted(set(labels_of(ex)))) for ex in examples}
 
 
-def check_classes(path: Path, splits: dict[str, list[dict]], kind: str) -> None:
+def check_classes(path: Path, splits: dict[str, list[dict]], kind: str, also: str = "") -> None:
     """Refuse a train split with nothing to learn: one class (a one-class classifier scores 100 %),
-    the same labels on every example (multilabel: each label on in all or in none), or no entity (NER)."""
+    the same labels on every example (multilabel: each label on in all or in none), or no entity (NER).
+    `also` ends each fix (another way out, such as a larger data.train_size)."""
     train = splits["train"]
     if kind == "ner" and all(tag == "O" for ex in train for tag in ex["target"]):
         raise data_error(str(path), "no sentence of the train split has an entity: every tag is O",
-                         "add training sentences with entities tagged B-<type> and I-<type>")
+                         "add training sentences with entities tagged B-<type> and I-<type>" + also)
     if kind not in ("classification", "multilabel") or len(label_sets(train)) > 1:
         return
     only = ", ".join(map(repr, next(iter(label_sets(train))))) or "no labels"
@@ -159,6 +160,6 @@ def check_classes(path: Path, splits: dict[str, list[dict]], kind: str) -> None:
     scope = "every record of the file" if len(label_sets(everywhere)) == 1 else "every example of the train split"
     if kind == "classification":
         raise data_error(str(path), f"{scope} has the label {only}: a one-class classifier learns nothing "
-                         "and scores 100 %", "add records of at least one other class to the train split")
+                         "and scores 100 %", "add records of at least one other class to the train split" + also)
     raise data_error(str(path), f"{scope} has the same labels ({only}): each label is on in every example or in "
-                     "none, so there is nothing to learn", "add training records with other label sets")
+                     "none, so there is nothing to learn", "add training records with other label sets" + also)
