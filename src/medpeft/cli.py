@@ -142,7 +142,7 @@ def add_use_commands(sub) -> None:
                                          "With several runs, each gets its own field (its run id); peft runs on one base "
                                          "share one loaded model. The input is checked before any model loads.")
     predict.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a finished run's folder, runs/<grid>/<run_id>")
-    predict.add_argument("--input", required=True, help="a .csv or .jsonl file (UTF-8), one text per record")
+    predict.add_argument("--input", required=True, help="a .csv, .tsv or .jsonl file (UTF-8), one text per record")
     predict.add_argument("--output", required=True, help="the JSONL file to write (replaced in one step when done)")
     predict.add_argument("--text-field", help="the input's text column (default: the run's own text field, else text); "
                                               "NER: a list of words, or a string split on whitespace")

@@ -136,13 +136,36 @@ def test_a_repeated_column_name_is_an_error(tmp_path):
     check_error(err, str(path), 1, "'label' twice")
 
 
-@pytest.mark.parametrize("sep, shown", [(";", "';'"), ("\t", "'\\t'")])
-def test_a_file_separated_by_semicolons_or_tabs_is_named(tmp_path, sep, shown):
-    path = tmp_path / "notes.csv"
+@pytest.mark.parametrize("suffix, sep, shown, fix", [(".csv", ";", "semicolons, not commas", "Comma delimited"),
+                                                    (".csv", "\t", "tabs, not commas", "rename it .tsv"),
+                                                    (".tsv", ",", "commas, not tabs", "name it .csv")])
+def test_a_file_separated_by_another_character_is_named(tmp_path, suffix, sep, shown, fix):
+    path = tmp_path / f"notes{suffix}"
     path.write_text(f"note{sep}label\n" + "".join(f"{n}{sep}{'ab'[i % 2]}\n" for i, n in enumerate(NOTES)))
     with pytest.raises(DataError) as err:
         load(mapping(str(path)))
-    check_error(err, str(path), 1, f"separated by {shown}", "Comma delimited")
+    check_error(err, str(path), 1, f"separated by {shown}", fix)
+
+
+def test_a_tsv_file_reads_as_its_csv_twin(tmp_path):
+    """A TSV as Drugs.com's reviews ship (pandas' to_csv(sep='\\t')): an unnamed index column, quoted cells
+    with doubled quotes, commas and a line break inside a cell, Unicode; read as the same file in CSV."""
+    import csv
+
+    rows = [{"": str(40000 + i), "note": note, "label": "ab"[i % 2]} for i, note in enumerate(NOTES)]
+    rows[1]["note"] = '"I recently received an injection, and it worked" (10 to 6 on the pain scale).'
+    rows[2]["note"] = "Kopfschmerzen seit Tagen,\nÜbelkeit; 患者诉胸痛\tstarke"
+    tables = {}
+    for suffix, sep in ((".tsv", "\t"), (".csv", ",")):
+        path = tmp_path / f"notes{suffix}"
+        with path.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, ["", "note", "label"], delimiter=sep)
+            writer.writeheader()
+            writer.writerows(rows)
+        tables[suffix] = read_user_examples(mapping(str(path), id_field=""))[0]
+    assert [(ex["text"], ex["target"]) for ex in tables[".tsv"]] == [(r["note"], r["label"]) for r in rows]
+    assert tables[".tsv"] == tables[".csv"]
+    assert [ex["_line"] for ex in tables[".tsv"]][:4] == [2, 3, 4, 6]  # the record with a line break spans 4-5
 
 
 def test_empty_column_names_may_repeat(tmp_path):

@@ -17,7 +17,7 @@ from medpeft.use.runs import open_run
 from use_fixtures import read_jsonl, refuse_models, trained, write_inputs  # noqa: F401  (trained is a fixture)
 
 # name -> input file suffix: one run of every task type, model kind and method family
-REPRODUCED = {"rct-lora": ".csv", "rct-full": ".csv", "rct-prompt": ".jsonl", "t5-lora": ".jsonl",
+REPRODUCED = {"rct-lora": ".csv", "rct-full": ".tsv", "rct-prompt": ".jsonl", "t5-lora": ".tsv",
               "llama-prompt": ".jsonl", "chat-lora": ".jsonl", "t5-untrained": ".jsonl", "mesh-lora": ".csv",
               "ner-lora": ".jsonl", "ner-prompt": ".jsonl"}
 
@@ -112,7 +112,7 @@ BAD_INPUTS = {  # case -> (file name, content bytes, what the message must name)
     "not json": ("in.jsonl", b'{"text": "fine"}\n{"text": oops}\n', [":2:", "not valid JSON"]),
     "not text": ("in.jsonl", b'{"text": 42}\n', [":1:", "not text"]),
     "no records": ("in.csv", b"id,text\n", ["no records"]),
-    "wrong suffix": ("in.txt", b"some text\n", [".csv or .jsonl"]),
+    "wrong suffix": ("in.txt", b"some text\n", [".csv, .tsv or .jsonl"]),
     "missing file": ("absent.csv", None, ["no such file"]),
 }
 

@@ -108,12 +108,12 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def write_inputs(path: Path, predictions: list[dict], text_field: str = "text") -> Path:
-    """A run's test inputs as an input file (CSV or JSONL by suffix), with their ids."""
+    """A run's test inputs as an input file (CSV, TSV or JSONL by suffix), with their ids."""
     import csv
 
-    if path.suffix == ".csv":
+    if path.suffix in (".csv", ".tsv"):
         with open(path, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["id", text_field])
+            writer = csv.DictWriter(fh, fieldnames=["id", text_field], delimiter="\t" if path.suffix == ".tsv" else ",")
             writer.writeheader()
             writer.writerows({"id": p["id"], text_field: p["input"]} for p in predictions)
     else:

@@ -14,14 +14,14 @@ from typing import Any
 from medpeft.config import USER_SIZES_KEY, user_task_name
 from medpeft.errors import ConfigError
 from medpeft.tasks.base import SPLIT_KEYS, SPLITS, TaskData, TaskSpec, check_task_data, data_error, shuffled
-from medpeft.tasks.user_files import raise_problems, read_records  # use/predict reads new records with these
+from medpeft.tasks.user_files import RECORD_SUFFIXES, raise_problems, read_records  # use/predict reads new records with these
 from medpeft.tasks.user_labels import (cell_list, check_classes, given_labels, label_name, label_set, number_labels,
                                        strip_blank, unify_number_labels)
 
 USER_TYPES = ("summarization", "classification", "multilabel", "ner")
 USER_KEYS = {
     "type": "summarization | classification | multilabel | ner",
-    "path": "a .jsonl or .csv file (UTF-8), read relative to the current directory",
+    "path": "a .jsonl, .csv or .tsv file (UTF-8), read relative to the current directory",
     "text_field": "the input column (ner: a list of tokens; default tokens)",
     "target_field": "the summary, label, label list or tag list column (ner: default tags)",
     "pair_field": "a second text per record, given to the model as a text pair (e.g. the note around a sentence; not ner)",
@@ -59,8 +59,8 @@ def check_user_task(mapping: dict) -> dict:
     path = mapping.get("path")
     if not isinstance(path, str) or not Path(path).expanduser().is_file():
         raise ConfigError(f"task.path {path!r} is not a file (relative paths are read from {Path.cwd()})")
-    if Path(path).suffix.lower() not in (".jsonl", ".csv"):
-        raise ConfigError(f"task.path {path!r} must be a .jsonl or .csv file")
+    if Path(path).suffix.lower() not in RECORD_SUFFIXES:
+        raise ConfigError(f"task.path {path!r} must be a .jsonl, .csv or .tsv file")
     if mapping["type"] == "ner" and Path(path).suffix.lower() != ".jsonl":
         raise ConfigError(f"task.path {path!r}: an ner task reads JSON lines, since its tokens and tags are lists "
                           '(one {"tokens": [...], "tags": [...]} per line)')

@@ -1,4 +1,4 @@
-"""Reading your own data file (JSON lines or CSV, UTF-8) into (line, record) pairs.
+"""Reading your own data file (JSON lines, CSV or TSV, UTF-8) into (line, record) pairs.
 
 Only UTF-8 is read (a UTF-8 BOM is skipped, as Excel writes one). A file in another encoding fails
 here with the way to convert it, named from its bytes where they show it: a UTF-16 or UTF-32 BOM, or
@@ -27,6 +27,9 @@ MIN_NUL_SHARE = 0.05  # of the bytes: UTF-16 text of ASCII is half NULs, of CJK 
 CSV_FIELD_LIMIT = 2**31 - 1  # the csv module's default (131,072 characters) is shorter than a long note
 CSV_END_IN_QUOTES = "unexpected end of data"  # the csv module's words for a quote never closed
 MAX_LISTED = 10  # problems listed in one error
+DELIMITERS = {".csv": ",", ".tsv": "\t"}  # a table's suffix and its cell separator; quoting as CSV's ("a ""b""")
+RECORD_SUFFIXES = (".jsonl", *DELIMITERS)  # the files a task.path or `medpeft predict --input` reads
+SEPARATOR_NAMES = {",": "commas", ";": "semicolons", "\t": "tabs"}
 
 
 def utf8_name(path: Path) -> Path:
@@ -90,9 +93,9 @@ def decode_error(path: Path, err: UnicodeDecodeError, first_line: int = 1) -> Da
                       f"`iconv -f CP1252 -t UTF-8 {path} > {utf8_name(path)}`; in Excel, Save As > 'CSV UTF-8')")
 
 
-def csv_rows(path: Path, text: str, strict: bool) -> list[tuple[int, list[str]]]:
+def csv_rows(path: Path, text: str, strict: bool, delimiter: str = ",") -> list[tuple[int, list[str]]]:
     """(first line, cells) of every row but blank lines; a record with quoted line breaks spans lines."""
-    reader = csv.reader(io.StringIO(text, newline=""), strict=strict)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=strict, delimiter=delimiter)
     rows, first = [], 1
     limit = csv.field_size_limit(CSV_FIELD_LIMIT)
     try:
@@ -112,23 +115,25 @@ def csv_rows(path: Path, text: str, strict: bool) -> list[tuple[int, list[str]]]
     return rows
 
 
-def read_csv_records(path: Path, text: str) -> list[tuple[int, dict]]:
-    """(first line, row) for every non-empty CSV row. Strict quoting finds a quote never closed (else
-    the rest of the file reads as one field); text after a closing quote (`"a" ,b`) is let through,
-    as before. A repeated column name, or a row longer than the header, is an error: DictReader
-    keeps only the last column of a name, and files extra cells under None."""
+def read_csv_records(path: Path, text: str, delimiter: str = ",") -> list[tuple[int, dict]]:
+    """(first line, row) for every non-empty CSV (or TSV: `delimiter` a tab) row. Strict quoting finds a
+    quote never closed (else the rest of the file reads as one field); text after a closing quote
+    (`"a" ,b`) is let through, as before. A repeated column name, or a row longer than the header, is an
+    error: DictReader keeps only the last column of a name, and files extra cells under None."""
     try:
-        rows = csv_rows(path, text, strict=True)
+        rows = csv_rows(path, text, strict=True, delimiter=delimiter)
     except csv.Error:
-        rows = csv_rows(path, text, strict=False)
+        rows = csv_rows(path, text, strict=False, delimiter=delimiter)
     if not rows:
         return []
     (header_line, header), records = rows[0], []
-    other = next((sep for sep in (";", "\t") if len(header) == 1 and sep in header[0]), None)
-    if other:  # Excel in many European locales writes ';', and a .tsv renamed has tabs
+    other = next((sep for sep in SEPARATOR_NAMES if sep != delimiter and len(header) == 1 and sep in header[0]), None)
+    if other:  # Excel in many European locales writes ';'; a file renamed has the other one's separator
+        fix = ("rename it .tsv, or save it as comma-separated CSV (Excel: Save As > 'CSV UTF-8 (Comma delimited)')"
+               if other == "\t" else "save it as comma-separated CSV (Excel: Save As > 'CSV UTF-8 (Comma delimited)') "
+               "and name it .csv") + ", or as JSON lines"
         raise data_error(f"{path}:{header_line}", f"the header is one column, {header[0]!r}: the file is separated by "
-                         f"{other!r}, not commas", "save it as comma-separated CSV (Excel: Save As > 'CSV UTF-8 "
-                         "(Comma delimited)'), or as JSON lines")
+                         f"{SEPARATOR_NAMES[other]}, not {SEPARATOR_NAMES[delimiter]}", fix)
     twice = sorted({name for name in header if name and header.count(name) > 1})  # Excel leaves empty ones
     if twice:
         raise data_error(f"{path}:{header_line}", f"the header names column {twice[0]!r} twice",
@@ -175,17 +180,18 @@ def read_jsonl_records(path: Path, raw: bytes) -> list[tuple[int, dict]]:
 
 
 def read_records(path: Path) -> list[tuple[int, dict]]:
-    """(line number, record) for every non-empty record of a JSONL or CSV file (UTF-8, a BOM skipped)."""
+    """(line number, record) for every non-empty record of a JSONL, CSV or TSV file (UTF-8, a BOM skipped)."""
     raw = path.read_bytes()
     check_text_bytes(path, raw)
     raw = raw.removeprefix(codecs.BOM_UTF8)
-    if path.suffix.lower() != ".csv":
+    delimiter = DELIMITERS.get(path.suffix.lower())
+    if delimiter is None:
         return read_jsonl_records(path, raw)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise decode_error(path, err) from None
-    return read_csv_records(path, text)
+    return read_csv_records(path, text, delimiter)
 
 
 def raise_problems(problems: list[str]) -> None:

@@ -19,12 +19,11 @@ from medpeft.run.encode import encode_examples, source_that_fits
 from medpeft.run.predict import length_batches
 from medpeft.run.record import write_jsonl
 from medpeft.tasks.base import data_error
-from medpeft.tasks.user import fields_of, raise_problems, read_records
+from medpeft.tasks.user import RECORD_SUFFIXES, fields_of, raise_problems, read_records
 from medpeft.use.runs import (FinishedRun, base_model_path, check_output_place, load_adapters, load_run_model, open_run,
                               pair_field_of, reads_pairs, run_instruction, share_base)
 
 CHUNK_BATCHES = 4  # batches per progress-bar step; a multiple of the batch size keeps the run's own batches
-INPUT_SUFFIXES = (".csv", ".jsonl")
 
 
 @dataclass
@@ -134,8 +133,8 @@ def read_inputs(path: Path, text_field: str, id_field: str = "id", pair_field: s
 
     `pair` is the second text of a run trained on text pairs, from `pair_field` (see resolve_pair_field),
     required in every record; None: the runs read one text and no second one is taken."""
-    if path.suffix.lower() not in INPUT_SUFFIXES:
-        raise data_error(str(path), "the input must be a .csv or .jsonl file", "save it as CSV or JSON lines (UTF-8)")
+    if path.suffix.lower() not in RECORD_SUFFIXES:
+        raise data_error(str(path), "the input must be a .csv, .tsv or .jsonl file", "save it as CSV or JSON lines (UTF-8)")
     if not path.is_file():
         raise data_error(str(path), "no such file", "check the path given to --input")
     records = read_records(path)
