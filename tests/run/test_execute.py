@@ -328,7 +328,24 @@ def test_gradient_checkpointing_gives_the_same_training(tmp_path, assets_ready):
     plain = run_config(tiny_config("pubmed-conclusion", "tiny-llama", "lora"), tmp_path / "a")
     ckpt = run_config(tiny_config("pubmed-conclusion", "tiny-llama", "lora", gradient_checkpointing=True), tmp_path / "b")
     assert ckpt.config["train"]["gradient_checkpointing"] is True
+    assert ckpt.training["gradient_checkpointing"] is True and plain.training["gradient_checkpointing"] is False
     assert ckpt.training["train_loss"] == pytest.approx(plain.training["train_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_recomputation_is_asked_by_the_name_this_transformers_takes(tmp_path, on):
+    """transformers 5.23 renamed gradient_checkpointing to activation_checkpointing; the old name warned on
+    every run (FutureWarning, 'removed in v6')."""
+    import warnings
+
+    from transformers import TrainingArguments
+
+    from medpeft.run.fit import recomputation_arguments
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, **recomputation_arguments(TrainingArguments, on))
+    assert args.gradient_checkpointing is on and args.gradient_checkpointing_kwargs == {"use_reentrant": False}
 
 
 @pytest.mark.parametrize("metric", ["loss", "primary"])

@@ -122,9 +122,20 @@ def training_arguments(kind, cfg: ExperimentConfig, n_train: int, output_dir: Pa
         train_sampling_strategy="group_by_length", include_num_input_tokens_seen="non_padding",
         logging_steps=max(1, total_steps // 5), save_strategy="no", report_to="none", logging_nan_inf_filter=False,
         remove_unused_columns=False, disable_tqdm=True,
-        gradient_checkpointing=t.gradient_checkpointing or checkpointing, prediction_loss_only=True,
-        gradient_checkpointing_kwargs={"use_reentrant": False},  # works with a frozen embedding (peft)
+        prediction_loss_only=True,
+        **recomputation_arguments(args_cls, t.gradient_checkpointing or checkpointing),
     )
+
+
+def recomputation_arguments(args_cls, on: bool) -> dict:
+    """Activation recomputation under the name this transformers takes: `activation_checkpointing` where it
+    exists (its `gradient_checkpointing` alias warns, and goes in v6), else `gradient_checkpointing`.
+    Non-reentrant: it works with a frozen embedding (peft)."""
+    import dataclasses
+
+    name = next((n for n in ("activation_checkpointing", "gradient_checkpointing")
+                 if n in {f.name for f in dataclasses.fields(args_cls)}))
+    return {name: on, f"{name}_kwargs": {"use_reentrant": False}}
 
 
 def train_model(model, tokenizer, kind, cfg: ExperimentConfig, train_rows, val_rows, run_dir: Path,
