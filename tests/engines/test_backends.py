@@ -117,6 +117,7 @@ def test_a_worker_killed_mid_run_ends_with_every_run_done_exactly_once(backend, 
         assert ("resuming from its checkpoint" in log) == (run_id == victim), (run_id, log)
     assert results[victim].fit.steps == 40
     assert not list(grid_dir.glob(f"*/{LOCK_NAME}"))  # every lock given back
+    assert not (grid_dir / "slurm" / "%j").exists()  # submitit's unformatted job folder, left empty
     here = grid_module.run_grid(load_grid(tmp_path / "killed.yaml"), tmp_path / "here", log=lambda *a: None)
     assert scores(here.grid_dir) == scores(grid_dir)  # the resumed run scores as one never interrupted
 

@@ -5,6 +5,7 @@ logs go to runs/<grid>/slurm/<job id>/.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -42,8 +43,9 @@ class SlurmEngine(Engine):
         super().__init__()
         self.submitit, self.options, self.lock = submitit, options, threading.Lock()
         self.live: set[Submission] = set()  # submitted and not yet ended, over every caller (tuning runs groups in threads)
+        self.unformatted = Path(folder) / "%j"  # submitit names each job's folder from this; it also leaves it, empty
         try:
-            self.executor = submitit.AutoExecutor(folder=str(Path(folder) / "%j"),
+            self.executor = submitit.AutoExecutor(folder=str(self.unformatted),
                                                   cluster=None if options.cluster == "auto" else options.cluster)
         except RuntimeError as err:  # no executor available
             raise ConfigError(f"slurm.cluster {options.cluster}: {err}") from None
@@ -100,6 +102,8 @@ class SlurmEngine(Engine):
     def close(self):
         """Stop waiting; jobs already submitted go on (their runs hold their locks; the same command again picks them up)."""
         self.stopping.set()
+        with contextlib.suppress(OSError):  # only when empty: a literal '%j' folder beside the jobs' own
+            self.unformatted.rmdir()
 
     def outcome(self, job) -> Outcome:
         errors = self.submitit.core.utils
