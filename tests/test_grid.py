@@ -57,6 +57,37 @@ def test_one_baseline_per_model_and_task():
     assert len(runs) == 5
 
 
+@pytest.mark.parametrize("sizes", [[30, 100], [100, 30]])
+def test_a_learning_curves_baseline_takes_the_largest_training_set_whatever_the_order(sizes):
+    """The baseline copied the first run's data: a curve's smallest point (or a few-shot sample), whose
+    majority class can be a tie."""
+    spec = {"base": {"task": "pubmed-rct", "model": "tiny-bert", "method": "lora"},
+            "grid": [{"data.train_size": sizes}, {"data.per_class": [2, 8], "data.train_size": 50}]}
+    (baseline,) = [c for c in runs_of(spec) if c.method == "untrained"]
+    assert baseline.data.train_size == 100 and baseline.data.per_class is None
+
+
+def test_a_few_shot_baselines_majority_class_is_the_whole_training_splits(tmp_path, assets_ready):
+    """A user file, 3 of 4 training notes 'routine'; with data.per_class: [2] the baseline's prior came
+    from a balanced 2 + 2 sample, a tie broken to the first label, and it predicted 'acute' everywhere (25 % accuracy on a test
+    set that is 75 % routine)."""
+    import json
+
+    from medpeft.grid import run_grid
+    from medpeft.run.record import load_results
+
+    path = tmp_path / "notes.jsonl"
+    path.write_text("".join(json.dumps({"text": f"Visit {i}: the patient was seen today.", "label": "acute" if i % 4 == 0 else "routine",
+                                        "split": "test" if i < 8 else "train"}) + "\n" for i in range(40)))
+    spec = {"base": {"task": {"type": "classification", "path": str(path), "text_field": "text", "target_field": "label"},
+                     "model": "tiny-bert", "method": "lora", "data": {"max_source_tokens": 32}, "train": TINY_TRAIN},
+            "grid": {"data.per_class": [2]}}
+    outcome = run_grid(expand_grid(spec, name="few"), tmp_path / "runs", log=lambda *a: None)
+    (baseline,) = [r for r in load_results(outcome.grid_dir) if r.method == "untrained"]
+    predictions = [json.loads(line)["prediction"] for line in (outcome.grid_dir / baseline.run_id / "predictions.jsonl").open()]
+    assert set(predictions) == {"routine"} and baseline.metrics["accuracy"] == pytest.approx(0.75)
+
+
 def test_qlora_on_a_cpu_machine_fails_before_training(tmp_path, monkeypatch):
     import torch
 

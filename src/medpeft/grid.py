@@ -81,7 +81,12 @@ class GridOutcome:
 
 
 def with_baselines(runs: list[ExperimentConfig]) -> list[ExperimentConfig]:
-    """The grid's runs, preceded by one untrained baseline per (model, task) at the grid's first seed."""
+    """The grid's runs, preceded by one untrained baseline per (model, task) at the grid's first seed.
+
+    A classifier's baseline predicts the majority class of its training split, so it takes the largest
+    training set of its (model, task): no few-shot sample (data.per_class) and the largest data.train_size.
+    Taken from the first run, a learning curve's baseline was the prior of its smallest point (a tie
+    among 2 examples per class: the wrong majority class)."""
     baselines, seen = [], set()
     for cfg in runs:
         key = (cfg.model, cfg.task)
@@ -89,7 +94,9 @@ def with_baselines(runs: list[ExperimentConfig]) -> list[ExperimentConfig]:
             seen.add(key)
             continue
         seen.add(key)
-        baseline = dataclasses.replace(cfg, method=BASELINE, method_args={}, train=dataclasses.replace(cfg.train, lr=None))
+        largest = max(r.data.train_size for r in runs if (r.model, r.task) == key)
+        baseline = dataclasses.replace(cfg, method=BASELINE, method_args={}, train=dataclasses.replace(cfg.train, lr=None),
+                                       data=dataclasses.replace(cfg.data, train_size=largest, per_class=None))
         baselines.append(baseline)
     return baselines + runs
 
