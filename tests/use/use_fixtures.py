@@ -82,8 +82,9 @@ def run_config(name: str, root: Path):
         model = chat_model(root / "chat-llama")
     if model == "local-bert":
         model = local_model(root / "local-bert")
+    train = dict(TRAIN) if method != "untrained" else {k: v for k, v in TRAIN.items() if k != "lr"}  # as a grid adds it
     return config_from_dict({"task": task, "model": model, "method": method, "seed": seed, "data": data,
-                             "train": dict(TRAIN)})
+                             "train": train})
 
 
 @pytest.fixture

@@ -78,7 +78,7 @@ def open_run(run_dir) -> FinishedRun:
         raise ModelError(f"{run_dir / 'result.json'} is not a readable medpeft result; run the grid again to rewrite it")
     if not result.ok:
         raise ModelError(f"run {result.run_id} failed ({result.error}); pick a run that finished")
-    cfg = config_from_dict(result.config)
+    cfg = config_from_dict(run_settings(result.config))
     method = METHODS[cfg.method]
     name = result.model_kind or model_kind(result.task_type, model_architecture(result.model_path), cfg.model)
     run = FinishedRun(run_dir, result, cfg, KINDS[name], method)
@@ -88,6 +88,15 @@ def open_run(run_dir) -> FinishedRun:
     if method.trains:
         check_saved_model(run)
     return run
+
+
+def run_settings(config: dict) -> dict:
+    """A result.json `config` as config_from_dict reads it: a run that never trained has its method's learning
+    rate there, the untrained baseline's 0, which no run could be given (train.lr must be > 0): unset."""
+    method = METHODS.get(config.get("method"))
+    if method is None or method.trains or not config.get("train", {}).get("lr") == 0:
+        return config
+    return {**config, "train": {**config["train"], "lr": None}}
 
 
 def grid_command(run_dir: Path) -> str:
