@@ -106,6 +106,21 @@ def test_tuning_without_a_validation_split_says_which_key_to_raise(tmp_path, ass
     assert not any(tmp_path.rglob("result.json"))  # nothing trained
 
 
+def test_tuning_on_a_file_whose_split_column_has_no_validation_says_to_add_some(tmp_path, assets_ready):
+    """The advice was data.val_size, which cannot add records to a file's own splits ('lower data.val_size to
+    at most 0' when followed)."""
+    import json
+
+    path = tmp_path / "notes.jsonl"
+    path.write_text("".join(json.dumps({"text": f"note {i}", "label": "ab"[i % 2], "split": "test" if i < 4 else "train"})
+                            + "\n" for i in range(20)))
+    task = {"type": "classification", "path": str(path), "text_field": "text", "target_field": "label"}
+    grid = tuned_grid(task=task, model="tiny-bert", data={"max_source_tokens": 16})
+    with pytest.raises(ConfigError, match="split value validation") as err:
+        grid_module.run_grid(grid, tmp_path / "runs", log=lambda *a: None)
+    assert str(path) in str(err.value) and "fractions" in str(err.value) and "val_size" not in str(err.value)
+
+
 # --- real tiny runs -----------------------------------------------------------------------------
 
 def scramble_test_labels(monkeypatch):

@@ -300,6 +300,10 @@ def command_report(args) -> int:
     if not Path(args.grid_dir).is_dir():
         print(f"medpeft: error: {args.grid_dir} is not a directory (expected a grid's runs, e.g. runs/quick)", file=sys.stderr)
         return 2
+    wrong = not_a_grid_folder(Path(args.grid_dir))
+    if wrong:
+        print(f"medpeft: error: {wrong}", file=sys.stderr)
+        return 2
     from medpeft import files
     from medpeft.use.card import write_cards
 
@@ -312,6 +316,20 @@ def command_report(args) -> int:
     if cards:
         print(f"model cards: README.md in the adapter/ of {len(cards)} run(s)")
     return 0
+
+
+def not_a_grid_folder(folder) -> str | None:
+    """Why `medpeft report FOLDER` would write an empty report, or None: a run's own folder, or the folder of
+    several grids (runs/), which it would list as unfinished runs."""
+    from medpeft.run.owner import GRID_MARKER
+
+    if (folder / "result.json").is_file() or (folder / "adapter").is_dir():
+        return f"{folder} is one run's folder; report its grid: medpeft report {folder.parent}"
+    grids = sorted(p.name for p in folder.iterdir() if (p / GRID_MARKER).is_file())
+    if grids and not any(folder.glob("*/result.json")):
+        others = f" (its grids: {', '.join(grids[:5])}{', ...' if len(grids) > 5 else ''})" if len(grids) > 1 else ""
+        return f"{folder} holds grid folders, not a grid's runs; report one: medpeft report {folder / grids[0]}{others}"
+    return None
 
 
 def command_fetch(args) -> int:

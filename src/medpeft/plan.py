@@ -161,8 +161,13 @@ def check_splits(cfg: ExperimentConfig, spec: TaskSpec, data: TaskData) -> None:
         raise ConfigError(f"data.per_class samples K examples per class; task {cfg.task!r} is {spec.type}, which has no "
                           "classes: remove data.per_class and set data.train_size")
     if cfg.tuning is not None and not data.splits["validation"]:
-        raise ConfigError(f"tune: chooses on the validation split, and task {cfg.task!r} has none (data.val_size is "
-                          f"{cfg.data.val_size}); raise data.val_size (e.g. data.val_size: 32) or remove the tune: block")
+        if cfg.user_data is None:
+            how = f"(data.val_size is {cfg.data.val_size}); raise data.val_size (e.g. data.val_size: 32)"
+        else:  # your file sets its splits: data.val_size can only cut one
+            how = (f"in {cfg.user_data.get('path')}: give some records the split value validation (the file's split column), "
+                   "or drop that column to split by task.fractions (e.g. fractions: {train: 0.8, validation: 0.1, test: 0.1})")
+        raise ConfigError(f"tune: chooses on the validation split, and task {cfg.task!r} has none {how}, or remove the "
+                          "tune: block")
 
 
 def check_lengths(cfg: ExperimentConfig, kind: str, limit: int | None) -> None:

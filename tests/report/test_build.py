@@ -119,6 +119,19 @@ def test_cli_report_on_a_missing_folder_exits_2(tmp_path, capsys):
     assert "not a directory" in capsys.readouterr().err
 
 
+def test_cli_report_on_the_runs_folder_or_a_runs_own_folder_exits_2_and_writes_nothing(tmp_path, capsys):
+    """Both wrote an empty report and exited 0: runs/ listed every grid as an unfinished run."""
+    grid = tmp_path / "runs" / "quick"
+    write_run(grid, "t.m.lora.seed0", base_config("t", "m", "lora", 0), summary_rows([0.3, 0.4]), "summarization")
+    (grid / "grid.json").write_text("{}")
+    assert cli.main(["report", str(tmp_path / "runs")]) == 2
+    assert f"report one: medpeft report {grid}" in capsys.readouterr().err
+    assert cli.main(["report", str(grid / "t.m.lora.seed0")]) == 2
+    assert f"one run's folder; report its grid: medpeft report {grid}" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("report.*"))
+    assert cli.main(["report", str(grid), "--resamples", "50"]) == 0
+
+
 def test_run_grid_survives_a_broken_report(tmp_path, monkeypatch, assets_ready):
     """A report failure is a warning: the grid's finished runs and summary stay."""
     from medpeft.config import expand_grid
