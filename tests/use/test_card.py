@@ -63,6 +63,21 @@ def test_card_content_parsed_back(trained):
     assert NOT_CLINICAL in limits and "Test set size: 4 examples" in limits
 
 
+def test_your_own_datas_unused_split_sizes_are_marked_in_the_cards_config(trained):
+    """The config said train_size: 256 ... test_size: 64 next to 'split sizes: train 32, ..., test 4':
+    a file's own splits make data.*_size unused unless the grid names them."""
+    card, result = card_of(trained, "ner-lora")
+    config = code_block(card["Method"], "yaml")
+    assert yaml.safe_load(config) == result.config  # still the whole config
+    for key in ("train_size", "val_size", "test_size"):
+        assert f"  {key}: {result.config['data'][key]}  # not used: your file's own split" in config
+    assert "max_source_tokens: 32\n" in config + "\n" and config.count("# not used") == 3
+    named = {**result.config, "user_data": {**result.config["user_data"], "split_sizes": ["train_size"]}}
+    from medpeft.use.card import marked_unused_sizes
+    marked = marked_unused_sizes(yaml.safe_dump(named, sort_keys=False), named)
+    assert marked.count("# not used") == 2 and "  train_size: 256\n" in marked
+
+
 def test_seeds_ci_and_the_full_and_untrained_rows(trained):
     from scipy import stats
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from medpeft.config import SIZE_KEYS, USER_SIZES_KEY
 from medpeft.errors import MedpeftError
 from medpeft.files import write_atomic
 from medpeft.methods import Role
@@ -136,9 +137,25 @@ def method_section(run: FinishedRun) -> str:
     params = (f"Trainable parameters: {cost.trainable_params or 0:,} of {cost.total_params or 0:,} "
               f"({COSTS['trainable_pct'].format(cost.trainable_pct or 0.0)}); "
               f"weights stored: {COSTS['adapter_bytes'].format(cost.adapter_bytes or 0)}.")
-    config = yaml.safe_dump(run.result.config, sort_keys=False, allow_unicode=True).strip()
+    config = marked_unused_sizes(yaml.safe_dump(run.result.config, sort_keys=False, allow_unicode=True).strip(),
+                                 run.result.config)
     return (f"## Method\n\n`{run.config.method}`: {run.method.description}. {params}\n\n"
             f"The run's full config (result.json `config`):\n\n{md_fence(config, 'yaml')}")
+
+
+def marked_unused_sizes(text: str, config: dict) -> str:
+    """The config's YAML with each data.*_size that your own file's splits made unused marked so (it stays in
+    the config, which names the run, but the model never saw a split of that size)."""
+    user = config.get("user_data")
+    if not isinstance(user, dict):
+        return text
+    named = set(user.get(USER_SIZES_KEY) or ())
+    unused = {f"  {key}: " for key in SIZE_KEYS if key not in named}
+    lines, in_data = [], False
+    for line in text.splitlines():
+        in_data = line == "data:" or (in_data and line.startswith("  "))
+        lines.append(f"{line}  # not used: your file's own split" if in_data and any(line.startswith(u) for u in unused) else line)
+    return "\n".join(lines)
 
 
 def task_facts(run: FinishedRun) -> tuple[str, str, str]:
