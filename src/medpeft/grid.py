@@ -94,7 +94,7 @@ def with_baselines(runs: list[ExperimentConfig]) -> list[ExperimentConfig]:
             seen.add(key)
             continue
         seen.add(key)
-        largest = max(r.data.train_size for r in runs if (r.model, r.task) == key)
+        largest = max(c.data.train_size for c in runs if (c.model, c.task) == key)
         baseline = dataclasses.replace(cfg, method=BASELINE, method_args={}, train=dataclasses.replace(cfg.train, lr=None),
                                        data=dataclasses.replace(cfg.data, train_size=largest, per_class=None))
         baselines.append(baseline)
