@@ -172,3 +172,37 @@ def test_a_label_in_brackets_is_still_a_label(tmp_path):
     path.write_text("note,codes\n" + "".join(f'"{n}",{"[redacted];I10" if i % 2 else "I10"}\n' for i, n in enumerate(NOTES)))
     data = load({"type": "multilabel", "path": str(path), "text_field": "note", "target_field": "codes"})
     assert data.labels == ["I10", "[redacted]"]
+
+
+# --- a label written two ways, a text column read as labels -------------------------------
+
+
+def test_a_label_in_another_case_is_named_with_its_line(tmp_path):
+    """'Positive' once among 'positive' was a class of its own, with no warning."""
+    labels = ["positive", "negative"] * 10
+    labels[13] = "Positive"
+    path = write_jsonl(tmp_path, records(labels, split="train") + records(["positive", "negative"], split="test"))
+    with pytest.raises(DataError) as err:
+        load(mapping(path))
+    check_error(err, path, 14, "label 'Positive' (1 training record(s)) is label 'positive' (10)", "list both in task.labels")
+    given = load(mapping(path, labels=["positive", "Positive", "negative"]))  # two classes, said so
+    assert given.labels == ["positive", "Positive", "negative"]
+
+
+def test_a_column_of_texts_is_named_as_free_text_not_a_long_list_of_labels(tmp_path):
+    """An answer column read as classification labels printed every label (~1,000) in each of 10 problems."""
+    answers = [f"The answer is option {i}: a long free-text explanation" for i in range(300)]
+    path = write_jsonl(tmp_path, records(answers))
+    with pytest.raises(DataError) as err:
+        load(mapping(path))
+    check_error(err, path, None, "has 240 different values in 240 training records", "type: summarization")
+    assert len(str(err.value)) < 400
+
+
+def test_a_label_outside_a_long_label_set_lists_only_some_of_it(tmp_path):
+    labels = [f"code-{i % 120}" for i in range(480)]
+    path = write_jsonl(tmp_path, records(labels, split="train") + records(["code-999"], split="test"))
+    with pytest.raises(DataError) as err:
+        load(mapping(path))
+    assert "not in the label set" in str(err.value) and "... (120 labels)" in str(err.value)
+    assert len(str(err.value)) < 800

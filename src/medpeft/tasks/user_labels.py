@@ -122,6 +122,38 @@ def check_number_forms(path: Path, examples: list[dict], given: list[str]) -> No
                                  "250 and 250.0), list both in task.labels")
 
 
+MAX_SHOWN_LABELS = 30  # labels an error lists before '...'
+FREE_TEXT_LABELS = 100  # more distinct labels than this, on over half the training records: a text column, not labels
+
+
+def check_free_text(path: Path, train: list[dict], labels: list[str], mapping: dict) -> None:
+    """Refuse a target column of texts (an answer, a note) read as class labels: one class per record."""
+    if mapping["type"] == "classification" and len(labels) > FREE_TEXT_LABELS and len(labels) > len(train) / 2:
+        field = mapping.get("target_field")
+        raise data_error(str(path), f"field {field!r} has {len(labels):,} different values in {len(train):,} training "
+                         "records: it reads as free text, not class labels",
+                         "to generate such texts use type: summarization; for labels, point task.target_field at the "
+                         "label column")
+
+
+def check_cases(path: Path, train: list[dict], labels: list[str]) -> None:
+    """Refuse one label written in two cases or spacings ('Positive', 'positive'): read as two classes, the
+    rarer is a class of its own that the model can hardly learn, and its records are never counted right."""
+    spellings: dict[str, list[str]] = {}
+    for label in labels:
+        spellings.setdefault(" ".join(label.casefold().split()), []).append(label)
+    for forms in spellings.values():
+        if len(forms) < 2:
+            continue
+        counts = {form: sum(form in labels_of(ex) for ex in train) for form in forms}
+        rare = min(forms, key=lambda form: (counts[form], form))
+        common = max(forms, key=lambda form: (counts[form], form))
+        line = next(ex["_line"] for ex in train if rare in labels_of(ex))
+        raise data_error(f"{path}:{line}", f"label {rare!r} ({counts[rare]} training record(s)) is label {common!r} "
+                         f"({counts[common]}) written another way: two classes, or one?",
+                         "write it one way in every record; if they are two classes, list both in task.labels")
+
+
 def label_set(path: Path, splits: dict[str, list[dict]], mapping: dict) -> list[str] | None:
     """The given label set, or the train split's (ner: with O first); every label must be in it."""
     kind = mapping["type"]
@@ -129,11 +161,15 @@ def label_set(path: Path, splits: dict[str, list[dict]], mapping: dict) -> list[
         return None
     given = given_labels(mapping)
     labels = given or sorted({label for ex in splits["train"] for label in labels_of(ex)})
+    if not given:
+        check_free_text(path, splits["train"], labels, mapping)
+        check_cases(path, splits["train"], labels)
     if kind == "ner" and "O" in labels:
         labels = ["O"] + [label for label in labels if label != "O"]
     where = "task.labels" if given else "the labels of the train split"
+    shown = ", ".join(labels[:MAX_SHOWN_LABELS]) + (f", ... ({len(labels):,} labels)" if len(labels) > MAX_SHOWN_LABELS else "")
     problems = [
-        f"{path}:{ex['_line']}: label {label!r} ({split}) is not in the label set ({where}: {', '.join(labels)}). "
+        f"{path}:{ex['_line']}: label {label!r} ({split}) is not in the label set ({where}: {shown}). "
         f"Fix: correct the label, {'add it to task.labels' if given else 'add training examples with it, or list every label in task.labels'}"
         for split in SPLITS for ex in splits[split] for label in labels_of(ex) if label not in labels
     ]
