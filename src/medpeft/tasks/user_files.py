@@ -165,7 +165,7 @@ def read_jsonl_records(path: Path, raw: bytes) -> list[tuple[int, dict]]:
         try:
             record = json.loads(text, parse_constant=reject_constant)
         except ValueError as err:
-            msg = err.msg if isinstance(err, json.JSONDecodeError) else str(err)
+            msg = f"{err.msg}: column {err.colno}" if isinstance(err, json.JSONDecodeError) else str(err)
             raise data_error(f"{path}:{number}", f"not valid JSON ({msg})",
                              "write one JSON object per line (a missing value is null)") from None
         if not isinstance(record, dict):
