@@ -213,6 +213,9 @@ def test_text_outputs_show_the_primary_metric_with_the_runs_mean(task_grid, outp
     groups = group_runs(read_results(grid_dir))
     rows = index_rows(read_main_table(grid_dir, output, task), output)
     assert set(rows) == set(groups)
+    if output != "summary.md":  # the report's main table: the headline metric is its first score column
+        first_score = list(next(iter(rows.values())))[2]
+        assert first_score == metric_col, f"{output}: {first_score!r} before {metric_col!r}"
     for label, row in rows.items():
         assert metric_col in row, f"{output}: no {metric_col!r} column in {list(row)}"
         assert_shown(row[metric_col], mean_metric(groups[label], primary), f"{output} {label}")

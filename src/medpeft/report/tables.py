@@ -128,7 +128,9 @@ def table_columns(frame) -> list[dict]:
     rows = list(frame.to_dict("records"))
     cols = [{"header": "Model", "cells": [r["model"] for r in rows], "best": set()},
             {"header": "Method", "cells": [row_label(r) for r in rows], "best": set()}]
-    for key, metric in METRICS.items():
+    first = rows[0]["primary"] if rows else None
+    for key in sorted(METRICS, key=lambda k: k != first):  # the headline metric first (Micro-F1 before Macro-F1)
+        metric = METRICS[key]
         means = [r.get(f"{key}_mean", math.nan) for r in rows]
         if all(m != m for m in means):
             continue
