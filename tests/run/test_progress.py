@@ -103,6 +103,23 @@ def test_the_run_log_keeps_medpeft_warnings_and_lines(tmp_path):
     assert "after the run" not in text
 
 
+def test_a_warning_is_printed_once_when_a_library_configures_logging_mid_run(tmp_path, capsys):
+    """absl (rouge_score's logging) calls logging.basicConfig() at its first message: every later medpeft
+    warning was printed twice, once as WARNING:medpeft:..."""
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers.clear()  # as in `medpeft run`: nobody has configured logging (pytest has)
+    try:
+        with progress.run_log(tmp_path, lambda *_: None):
+            logging.basicConfig()
+            logging.getLogger("medpeft").warning("40% of the train inputs were truncated")
+    finally:
+        root.handlers[:] = saved
+    err = capsys.readouterr().err
+    assert err.count("40% of the train inputs were truncated") == 1 and "WARNING:medpeft" not in err
+    assert logging.getLogger("medpeft").propagate  # given back
+
+
 def test_an_unknown_level_is_an_error():
     with pytest.raises(ValueError, match="quiet, normal, verbose"):
         with progress.showing("loud"):

@@ -87,17 +87,22 @@ def run_log(run_dir: Path, log):
     """Inside the block: a log for one run (`log`, each line also into its train.log), and medpeft's
     logged warnings into that file too."""
     logger = logging.getLogger("medpeft")
-    handler = WarningsToRunLog(Path(run_dir), console=not logger.hasHandlers())
+    console = not logger.hasHandlers()  # nobody prints medpeft's warnings: this handler does
+    handler = WarningsToRunLog(Path(run_dir), console=console)
 
     def both(text: str = "") -> None:
         log(text)
         append_log(run_dir, text)
 
+    propagate = logger.propagate
     logger.addHandler(handler)
+    if console:  # and only it: absl (rouge_score's logging) gives the root logger a handler at its first message,
+        logger.propagate = False  # which printed each later warning a second time, as WARNING:medpeft:...
     try:
         yield both
     finally:
         logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def grid_bar(title: str, total: int, finished: int):
