@@ -196,7 +196,8 @@ def command_run(args) -> int:
         plans = plan_runs(configs, args.online)
         for plan in plans:
             print(plan.run_id)
-        print(f"{len(plans)} runs (untrained baselines included); nothing trained (--dry-run)")
+        print(f"{len(plans)} runs (untrained baselines included), each checked: settings, model, hardware, its task's "
+              "data; nothing trained (--dry-run)")
         if grid.tuned:
             from medpeft.tune import check_tuning, trial_count
 
