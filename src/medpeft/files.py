@@ -45,6 +45,29 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def umask_modes(folder: Path) -> None:
+    """Give the files in `folder` (not below) that were made owner-only the mode an ordinary new file gets
+    (0o666 without the umask's bits). safetensors >= 0.8.1 writes through a 0o600 temporary file, so an
+    adapter's weights were unreadable to the colleagues its README.md and config were readable to."""
+    mask = current_umask()
+    for path in Path(folder).iterdir():
+        if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o777 == 0o600:
+            path.chmod(0o666 & ~mask)
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (/proc), else set and put back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def folder_written_whole(path: Path):
     """Yield a new hidden sibling folder to write into; renamed to `path` when the block succeeds, removed
@@ -54,6 +77,7 @@ def folder_written_whole(path: Path):
     try:
         tmp.mkdir(parents=True)
         yield tmp
+        umask_modes(tmp)
         os.replace(tmp, path)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)

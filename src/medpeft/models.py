@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from medpeft.errors import ModelError
-from medpeft.files import temporary_path
+from medpeft.files import temporary_path, umask_modes
 from medpeft.registry import MODELS
 
 
@@ -100,6 +100,7 @@ def build_cached(name: str, build: Callable[[Path], None]) -> str:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     build(tmp)
+    umask_modes(tmp)
     try:
         tmp.rename(target)
     except OSError:  # another process (e.g. a second rank) finished the same build first

@@ -16,6 +16,7 @@ from pathlib import Path
 from medpeft.config import PretrainConfig  # its home is config/pretrain.py; callers may import it from here
 from medpeft.data.medline import MIN_KEY_CHARS, citation_keys, text_keys
 from medpeft.errors import ConfigError, ModelError
+from medpeft.files import umask_modes
 from medpeft.run.forgetting import example_text
 from medpeft.run.record import write_json
 
@@ -178,6 +179,7 @@ def pretrain(cfg: PretrainConfig, *, online: bool = False, log=print) -> Path:
     seconds = time.perf_counter() - start
     save_adapted(model, path, objective, out)
     tokenizer.save_pretrained(out)
+    umask_modes(out)
     write_json(out / PRETRAIN_RECORD, {
         "base_model": cfg.model, "base_path": path, "objective": objective, "corpus": stats,
         "exclude_grids": list(cfg.exclude_grids), "exclude_overrides": list(cfg.exclude_overrides),

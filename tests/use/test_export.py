@@ -81,6 +81,23 @@ def test_dtype_export_casts_the_weights(trained, tmp_path):
     torch.testing.assert_close(merged, reference_logits(run_dir), rtol=0, atol=5e-2)
 
 
+def test_weights_are_as_readable_as_the_files_beside_them(trained, tmp_path):
+    """safetensors >= 0.8.1 writes 0o600 files: a run's adapter and an export's weights were owner-only
+    while their README.md and config were readable to the group (umask 022 here: 0o644)."""
+    import os
+
+    _, run_dir, _ = trained("rct-lora")
+    mask = os.umask(0o022)
+    try:
+        export_run(run_dir, tmp_path / "merged", merge=True)
+    finally:
+        os.umask(mask)
+    mode = lambda path: path.stat().st_mode & 0o777  # noqa: E731
+    adapter = run_dir / "adapter"
+    assert mode(adapter / "adapter_model.safetensors") == mode(adapter / "adapter_config.json") != 0o600
+    assert mode(tmp_path / "merged" / "model.safetensors") == mode(tmp_path / "merged" / "config.json") == 0o644
+
+
 def test_prompt_learning_cannot_merge_and_says_so(trained, tmp_path, capsys):
     from peft import PeftModel
 
