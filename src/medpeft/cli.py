@@ -362,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     from medpeft.errors import MedpeftError, Preempted, error_text
 
     quiet_libraries()
+    from medpeft.run.progress import console_logging
+
+    console_logging()
     handlers = {"pretrain": command_pretrain, "run": command_run, "report": command_report, "list": command_list, "fetch": command_fetch,
                 "tasks": command_tasks, "predict": command_predict, "export": command_export}
     try:

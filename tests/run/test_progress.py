@@ -120,6 +120,27 @@ def test_a_warning_is_printed_once_when_a_library_configures_logging_mid_run(tmp
     assert logging.getLogger("medpeft").propagate  # given back
 
 
+def test_the_command_lines_warnings_are_printed_once_and_plainly_across_runs(tmp_path, capsys):
+    """The second run's warnings still came out as WARNING:medpeft:... glued to the bar: after absl's
+    basicConfig the next run saw a handler and left the printing to it."""
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers.clear()
+    try:
+        progress.console_logging()  # what `medpeft` does first
+        for run in ("a", "b"):
+            with progress.run_log(tmp_path / run, lambda *_: None):
+                logging.basicConfig()  # absl, at rouge_score's first message: a no-op now
+                logging.getLogger("medpeft").warning(f"run {run}: 40% truncated")
+        logging.getLogger("medpeft").warning("between runs")
+    finally:
+        root.handlers[:] = saved
+    err = capsys.readouterr().err
+    assert [err.count(f"run {r}: 40% truncated") for r in "ab"] == [1, 1] and err.count("between runs") == 1
+    assert "WARNING:" not in err
+    assert "40% truncated" in (tmp_path / "b" / progress.LOG_FILE).read_text()
+
+
 def test_an_unknown_level_is_an_error():
     with pytest.raises(ValueError, match="quiet, normal, verbose"):
         with progress.showing("loud"):

@@ -63,6 +63,30 @@ def append_log(run_dir: Path | None, text: str) -> None:
         pass
 
 
+class ConsoleWarnings(logging.Handler):
+    """Warnings of any logger on stderr, above the progress bars, as the bare message (as Python's
+    last-resort handler prints them)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        import sys
+
+        from tqdm import tqdm
+
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def console_logging() -> None:
+    """The command line's logging, where nothing has configured any: warnings printed once, plainly. Without
+    a root handler, absl (rouge_score's logging) calls logging.basicConfig() at its first message, and every
+    later warning came out as WARNING:medpeft:..., glued to the progress bar."""
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(ConsoleWarnings())
+
+
 class WarningsToRunLog(logging.Handler):
     """medpeft's logged warnings during a run: into its train.log and, where nothing else would show
     them (no handler configured), on stderr above the bars, as Python's last-resort handler would."""
