@@ -465,3 +465,24 @@ def test_the_report_header_counts_only_the_trials_its_rows_used():
     trials = [result(f"t{i}", {"role": "trial", "group": group}) for i, group in enumerate(["now", "now", "old"])]
     assert trials_note(runs, trials) == " (and 2 tuning trials, scored on validation; 1 more from settings no run uses now, left out)"
     assert trials_note(runs, trials[:2]) == " (and 2 tuning trials, scored on validation)"
+
+
+def test_a_step_validated_twice_is_reported_once(tmp_path, assets_ready):
+    """The end's validation fell on the last mid-training one's step (8 steps, every 2): Optuna warned 'The
+    reported value is ignored because this step=8 is already reported' at every trial."""
+    from types import SimpleNamespace
+
+    from helpers import checked_config
+    from medpeft.plan import plan_run
+    from medpeft.run.execute import run_experiment
+    from medpeft.run.fit import ValidationWatch
+
+    seen = []
+    watch = ValidationWatch(lambda step, loss: seen.append(step))
+    for step in (5, 10, 10):
+        watch.on_evaluate(None, SimpleNamespace(global_step=step), None, metrics={"eval_loss": 1.0})
+    assert seen == [5, 10]
+    cfg = checked_config({**BASE, "method": "lora", "train": {**BASE["train"], "max_steps": 8, "batch_size": 2}})
+    steps = []
+    result = run_experiment(plan_run(cfg), tmp_path / "r", on_validation=lambda step, loss: steps.append(step))
+    assert result.status.value == "ok" and steps[-1] == 8 and len(steps) == len(set(steps)), steps

@@ -46,10 +46,13 @@ class ValidationWatch:
     """Hands each mid-training validation loss to `on_validation(step, loss)` (a tuner's pruner)."""
 
     def __init__(self, on_validation):
-        self.on_validation = on_validation
+        self.on_validation, self.steps = on_validation, set()
 
     def on_evaluate(self, args, state, control, metrics=None, **_):
-        if metrics and "eval_loss" in metrics:
+        # once per step: the end's validation falls on the last mid-training one's step when the steps divide
+        # evenly, and Optuna warned at every such trial ('this step=10 is already reported')
+        if metrics and "eval_loss" in metrics and state.global_step not in self.steps:
+            self.steps.add(state.global_step)
             self.on_validation(state.global_step, float(metrics["eval_loss"]))
 
 
