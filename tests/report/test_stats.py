@@ -249,6 +249,12 @@ def test_the_answer_warns_when_the_untrained_baseline_beats_every_trained_row(tm
     frame = frames.aggregate(runs, n_resamples=100)
     lines = answer_first(frame, compare_task(frame, {r.run_id: r for r in runs}, n_resamples=100), 1.0)
     assert any("untrained m (50.00) scores at least as high as every trained row" in line for line in lines)
+    # another model's trained row scores higher: the sentence speaks of m's rows only (it said "every trained row")
+    write_run(tmp_path, "t.m2.lora.seed0", base_config("t", "m2", "lora", 0), summary_rows([0.9] * 10), "summarization")
+    runs = frames.collect_runs(tmp_path)
+    frame = frames.aggregate(runs, n_resamples=100)
+    lines = answer_first(frame, compare_task(frame, {r.run_id: r for r in runs}, n_resamples=100), 1.0)
+    assert any("untrained m (50.00) scores at least as high as every trained m row" in line for line in lines)
 
 
 def test_the_answer_never_calls_a_dearer_tied_row_the_cheapest(tmp_path):

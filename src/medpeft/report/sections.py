@@ -125,8 +125,9 @@ def baseline_beats_training(frame, trained, name: str) -> list[str]:
     for _, base in frame[frame["is_baseline"]].iterrows():
         rows = trained[trained["model"] == base["model"]]
         if len(rows) and base["primary_mean"] >= rows["primary_mean"].max():
+            whose = f"every trained {base['model']} row" if trained["model"].nunique() > 1 else "every trained row"
             out.append(f"**The untrained {base['model']} ({format_score(base['primary_mean'])}) scores at least as high as "
-                       f"every trained row on {name}**: at these budgets training did not improve the headline metric; "
+                       f"{whose} on {name}**: at these budgets training did not improve the headline metric; "
                        "read the other metrics and the examples before choosing a method.")
     return out
 
