@@ -520,3 +520,10 @@ def test_a_literal_field_takes_each_of_its_choices_and_nothing_else(cls, name, c
         assert getattr(cls(**required, **{name: choice}), name) == choice
     with pytest.raises(ConfigError, match=f"must be one of {', '.join(choices)}; got 'bogus'"):
         cls(**required, **{name: "bogus"})
+
+
+@pytest.mark.parametrize("override", ["user_data.path=/nonexistent.jsonl", "fingerprint.data=abc", "tuning.role=final"])
+def test_what_medpeft_records_about_a_run_cannot_be_set(override):
+    """--set user_data.path=... exited 0 with the same run ids: the task: mapping overwrote it."""
+    with pytest.raises(ConfigError, match=f"{override.split('.')[0]} is set by medpeft"):
+        expand_grid({"base": {"task": "pubmed-rct", "model": "tiny-bert", "method": "lora"}}, "g", overrides=[override])

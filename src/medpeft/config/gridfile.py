@@ -53,6 +53,17 @@ def expand_block(base: dict, block: dict) -> list[tuple[dict, dict]]:
     return runs
 
 
+SET_BY_MEDPEFT = {"user_data": "task: {path: ..., ...} (your own data)", "fingerprint": "nothing: medpeft reads the files",
+                  "tuning": "a tune: block"}  # fields a run's config records, never settings of a grid
+
+
+def check_not_set_by_medpeft(raw: dict, source: str) -> None:
+    """A grid (or --set) that sets what medpeft records about a run was ignored: `task` then overwrote user_data."""
+    for key, instead in SET_BY_MEDPEFT.items():
+        if key in raw:
+            raise ConfigError(f"{source}: {key} is set by medpeft, not by a grid or --set; use {instead}")
+
+
 def mark_user_sizes(raw: dict) -> None:
     """Your own data's file sets its splits, so a data.*_size applies to it only where the grid (or --set)
     names it: those keys are listed in the task mapping (USER_SIZES_KEY), which cuts that split to its size.
@@ -128,6 +139,7 @@ def expand_grid(spec: dict, name: str, overrides=(), source: str = "grid") -> Gr
                 variant.pop(key, None)
             for key in tune.space if tune else ():  # chosen by tuning: not a variant of its own
                 variant.pop(key, None)
+            check_not_set_by_medpeft(raw, source)
             mark_user_sizes(raw)
             cfg = config_from_dict(raw)
             cfg.variant, cfg.tune = variant, tune
