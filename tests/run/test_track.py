@@ -45,6 +45,10 @@ def test_mlflow_runs_are_read_back_with_their_test_metric(tmp_path, monkeypatch,
 
     mlflow.set_tracking_uri(f"sqlite:///{grid_dir / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["tracked"])
+    # artifacts beside the store: the check read MLFLOW_TRACKING_URI after mlflow.set_tracking_uri had set it,
+    # and the experiment's artifacts went to ./mlruns of whatever folder the command ran in
+    location = mlflow.get_experiment_by_name("tracked").artifact_location
+    assert location == (grid_dir / "mlartifacts").resolve().as_uri(), location
     ids = {c.run_id for c in grid_module.grid_configs(grid)}
     assert sorted(runs["tags.mlflow.runName"]) == sorted(ids)  # one tracked run per run, the failed one reused
     assert (runs["status"] == "FINISHED").all() and (runs["tags.medpeft.status"] == "ok").all()

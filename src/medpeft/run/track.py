@@ -75,6 +75,8 @@ class MlflowTracker:
 
     def __init__(self, grid_dir: Path, grid_name: str, online: bool, log):
         self.grid_dir, self.grid_name, self.log = grid_dir, grid_name, log
+        # read now: mlflow.set_tracking_uri writes MLFLOW_TRACKING_URI into the environment itself
+        self.local = not os.environ.get("MLFLOW_TRACKING_URI")
         self.uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(grid_dir / 'mlflow.db').resolve()}"
         # MLflow 3 sends usage telemetry over the network from its import on; nothing leaves the machine unless asked
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -88,8 +90,8 @@ class MlflowTracker:
         found = mlflow.get_experiment_by_name(self.grid_name)
         if found is not None:
             return found.experiment_id
-        local = not os.environ.get("MLFLOW_TRACKING_URI")  # keep artifacts beside the store, not in the cwd
-        artifacts = (self.grid_dir / "mlartifacts").resolve().as_uri() if local else None
+        # beside the store, not in the working directory
+        artifacts = (self.grid_dir / "mlartifacts").resolve().as_uri() if self.local else None
         try:
             return mlflow.create_experiment(self.grid_name, artifact_location=artifacts)
         except mlflow.exceptions.MlflowException:  # another worker created it a moment ago
