@@ -106,6 +106,28 @@ def test_chat_template_prompt_is_rendered(trained):
     assert card["Prompt format"].startswith(" `chat-template`") or "`chat-template`" in card["Prompt format"]
 
 
+def test_a_decoder_cards_decoding_says_how_medpeft_blocked_repeats(trained):
+    """The card listed no_repeat_ngram_size=3; pasted into generate(), transformers' block also scans the prompt
+    and gave other summaries than medpeft predict. The card's replacement is medpeft's own block."""
+    from medpeft.run.predict import generated_only
+
+    card, _ = card_of(trained, "chat-lora")
+    snippet = re.findall(r"```python\n(.*?)\n```", card["Prompt format"], flags=re.S)[-1]
+    scope = {"inputs": {"input_ids": torch.tensor([[5, 6, 7, 5, 6]])}}
+    exec(snippet.split("\noutput =")[0], scope)  # noqa: S102  (the card's lines before its generate call)
+    ids = torch.tensor([[5, 6, 7, 5, 6, 9, 8, 9, 8]])  # a prompt of 5, then 4 generated tokens
+    scores = torch.zeros(1, 12)
+    ours = generated_only({"no_repeat_ngram_size": 3}, 5)["logits_processor"]
+    assert torch.equal(scope["processors"](ids, scores.clone()), ours(ids, scores.clone()))
+    assert scope["processors"](ids, scores.clone())[0, 9] == -float("inf")  # 9 8 9 would repeat "9 8 ..."
+    quoting = torch.tensor([[5, 6, 7, 5, 6, 1, 5, 6]])  # the summary writes "5 6", the prompt had "5 6 7"
+    assert scope["processors"](quoting, scores.clone())[0, 7] == 0  # allowed: only the prompt had it
+    from transformers import NoRepeatNGramLogitsProcessor
+    assert NoRepeatNGramLogitsProcessor(3)(quoting, scores.clone())[0, 7] == -float("inf")  # transformers' own: banned
+    t5, _ = card_of(trained, "t5-lora")
+    assert "sees only the generated tokens" not in t5["Prompt format"]  # an encoder-decoder has no prompt in its output
+
+
 @pytest.mark.parametrize("name", ["rct-lora", "mesh-lora", "t5-lora", "rct-full"])
 def test_loading_snippet_runs_and_gives_the_runs_model(trained, name):
     from test_export import logits_of, reference_logits  # noqa: PLC0415  (the same logits helpers)

@@ -284,6 +284,16 @@ def prompt_section(run: FinishedRun) -> str:
     if run.kind.generates:
         settings = ", ".join(f"{k}={v}" for k, v in decoding(run.config).items())
         text += f"\n\nDecoding: greedy or beam search, never sampled: {settings}."
+        n = decoding(run.config)["no_repeat_ngram_size"]
+        if run.kind.decoder_only and n:
+            text += (f" The {n}-gram block sees only the generated tokens; transformers' own `no_repeat_ngram_size` "
+                     "also scans the prompt (it forbids quoting the source) and gives other texts. To decode as "
+                     "medpeft did, replace it by:\n\n" + md_fence(
+                         "from transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor\n"
+                         f"block, start = NoRepeatNGramLogitsProcessor({n}), inputs['input_ids'].shape[1]\n"
+                         "processors = LogitsProcessorList([lambda ids, scores: block(ids[:, start:], scores)])\n"
+                         "output = model.generate(**inputs, logits_processor=processors, no_repeat_ngram_size=0, ...)",
+                         "python"))
     if run.labels:
         text += "\n\nOutputs follow the label order under *Task and data*."
     return text
