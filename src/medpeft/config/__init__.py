@@ -7,7 +7,7 @@ names that become folders, the size of YAML with its aliases expanded). Every fi
 metadata ({"help": ...}). Every error is raised before any training and names the offending key and the
 valid choices.
 """
-from medpeft.config.experiment import (DTYPES, PRECISIONS, RUN_ID_MAX_BYTES, SCHEDULERS, SEED_MAX, SIZE_KEYS, UNSET_KEYS,
+from medpeft.config.experiment import (DTYPES, PRECISIONS, RUN_ID_MAX_BYTES, SCHEDULERS, SEED_MAX, SIZE_KEYS, SPLIT_KEYS, UNSET_KEYS,
                                        USER_SIZES_KEY,
                                        BertScoreConfig, DataConfig, ExperimentConfig, ForgettingConfig, GenerationConfig,
                                        Precision, Scheduler, TrainConfig, check_seed, config_from_dict, moved_beams,
@@ -20,7 +20,8 @@ from medpeft.config.values import (NAME_MAX_BYTES, YAML_MAX_NODES, build_datacla
                                    coerce_value, load_yaml, optional_block)
 from medpeft.errors import ConfigError
 
-__all__ = ["DTYPES", "PRECISIONS", "RUN_ID_MAX_BYTES", "SCHEDULERS", "SEED_MAX", "SIZE_KEYS", "TUNABLE", "UNSET_KEYS", "USER_SIZES_KEY", "BertScoreConfig",
+__all__ = ["DTYPES", "PRECISIONS", "RUN_ID_MAX_BYTES", "SCHEDULERS", "SEED_MAX", "SIZE_KEYS", "SPLIT_KEYS", "TUNABLE", "UNSET_KEYS", "USER_SIZES_KEY",
+           "BertScoreConfig",
            "DataConfig", "ExperimentConfig", "ForgettingConfig", "GenerationConfig", "Precision", "Scheduler", "TrainConfig",
            "TuneConfig", "check_seed", "check_tune_axis", "config_from_dict", "moved_beams", "user_task_name", "GRID_KEYS",
            "NAMING_AXES", "Grid", "expand_block", "expand_grid", "load_grid", "parse_override", "parse_tune", "set_dotted",

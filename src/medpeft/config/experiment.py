@@ -44,7 +44,10 @@ class DataConfig:
         check_at_least(self, "data", 0, "val_size")
 
 
-SIZE_KEYS = ("train_size", "val_size", "test_size")
+# Each split's size key, in the order splits are filled (test first, so that the test set does not move with
+# train_size); their one home: tasks cut splits by them, a grid marks the ones it names on your own data.
+SPLIT_KEYS = {"test": "test_size", "validation": "val_size", "train": "train_size"}
+SIZE_KEYS = tuple(SPLIT_KEYS.values())
 # Your own data (task: {path, ...}): the data.*_size keys the grid names, set by medpeft (config/gridfile.py);
 # only those cut the file's splits (tasks/user.py), the others leave a split whole.
 USER_SIZES_KEY = "split_sizes"

@@ -18,13 +18,12 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from medpeft.config import SPLIT_KEYS  # the order splits are filled in, and the config key that sizes each
 from medpeft.errors import ConfigError, DataError
 from medpeft.registry import TASKS
 
 TASK_TYPES = ("summarization", "classification", "multilabel", "ner")
 SPLITS = ("train", "validation", "test")
-# Order in which splits are filled, and the config key that sets each size.
-SPLIT_KEYS = {"test": "test_size", "validation": "val_size", "train": "train_size"}
 
 
 def data_error(where: str, problem: str, fix: str) -> DataError:
