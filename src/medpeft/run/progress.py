@@ -87,23 +87,18 @@ def console_logging() -> None:
         root.addHandler(ConsoleWarnings())
 
 
-class WarningsToRunLog(logging.Handler):
+class WarningsToRunLog(ConsoleWarnings):
     """medpeft's logged warnings during a run: into its train.log and, where nothing else would show
-    them (no handler configured), on stderr above the bars, as Python's last-resort handler would."""
+    them (no handler configured), on stderr above the bars, as ConsoleWarnings prints them."""
 
     def __init__(self, run_dir: Path, console: bool):
-        super().__init__(logging.WARNING)
+        super().__init__()
         self.run_dir, self.console = run_dir, console
 
     def emit(self, record: logging.LogRecord) -> None:
-        import sys
-
-        from tqdm import tqdm
-
-        message = self.format(record)
-        append_log(self.run_dir, f"{record.levelname.lower()}: {message}")
+        append_log(self.run_dir, f"{record.levelname.lower()}: {self.format(record)}")
         if self.console:
-            tqdm.write(message, file=sys.stderr)
+            super().emit(record)
 
 
 @contextmanager
