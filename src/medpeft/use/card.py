@@ -282,9 +282,10 @@ def prompt_section(run: FinishedRun) -> str:
                  "first; any other model reads the two joined by a blank line. `medpeft predict` takes the second text "
                  f"from `--pair-field` (default {md_code(field)}).")
     if run.kind.generates:
-        settings = ", ".join(f"{k}={v}" for k, v in decoding(run.config).items())
+        chosen = decoding(run.config)
+        settings = ", ".join(f"{k}={v}" for k, v in chosen.items())
         text += f"\n\nDecoding: greedy or beam search, never sampled: {settings}."
-        n = decoding(run.config)["no_repeat_ngram_size"]
+        n = chosen["no_repeat_ngram_size"]
         if run.kind.decoder_only and n:
             text += (f" The {n}-gram block sees only the generated tokens; transformers' own `no_repeat_ngram_size` "
                      "also scans the prompt (it forbids quoting the source) and gives other texts. To decode as "
