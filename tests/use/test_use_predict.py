@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from medpeft import cli
 from medpeft.errors import ConfigError, DataError, ModelError, OutputError
@@ -19,7 +20,7 @@ from use_fixtures import read_jsonl, refuse_models, trained, write_inputs  # noq
 # name -> input file suffix: one run of every task type, model kind and method family
 REPRODUCED = {"rct-lora": ".csv", "rct-full": ".tsv", "rct-prompt": ".jsonl", "t5-lora": ".tsv",
               "llama-prompt": ".jsonl", "chat-lora": ".jsonl", "t5-untrained": ".jsonl", "mesh-lora": ".csv",
-              "ner-lora": ".jsonl", "ner-prompt": ".jsonl"}
+              "ner-lora": ".jsonl", "ner-prompt": ".jsonl", "t5-lora-bf16": ".jsonl", "chat-lora-bf16": ".csv", "mesh-lora-bf16": ".jsonl"}
 
 
 def assert_same(got: list[dict], saved: list[dict], field=None):
@@ -90,6 +91,31 @@ def test_several_runs_share_one_base_and_each_gets_a_field(trained, tmp_path, mo
     assert set(done.fields.values()) == {runs[n][2].run_id for n in names}
     for name in names:
         assert_same(got, read_jsonl(runs[name][1] / "predictions.jsonl"), field=runs[name][2].run_id)
+
+
+def test_a_base_held_in_bf16_is_loaded_apart_from_the_same_base_in_fp32(trained, tmp_path, monkeypatch):
+    """A run that evaluated with its frozen base in bf16 predicts on a bf16 base, one in fp32 on an fp32 base:
+    each reproduces its own summaries, so the two never share one loaded base."""
+    names = ["t5-lora-fp32", "t5-lora-bf16"]
+    runs = {name: trained(name) for name in names}
+    assert [runs[n][2].fit.levers["bf16_base"] for n in names] == [False, True]
+    loaded = []  # per base loaded: (its runs, the dtypes of its own weights, of the adapter's)
+    real = predict_module.load_adapters
+
+    def spy(group, *args, **kwargs):
+        model, tokenizer = real(group, *args, **kwargs)
+        weights = dict(model.named_parameters())
+        loaded.append(([run.name for run in group], {w.dtype for n, w in weights.items() if "lora_" not in n},
+                       {w.dtype for n, w in weights.items() if "lora_" in n}))
+        return model, tokenizer
+
+    monkeypatch.setattr(predict_module, "load_adapters", spy)
+    inputs = write_inputs(tmp_path / "inputs.jsonl", read_jsonl(runs["t5-lora-fp32"][1] / "predictions.jsonl"))
+    predict_runs([runs[n][1] for n in names], inputs, tmp_path / "out.jsonl", progress=False)
+    assert sorted(loaded) == sorted([([runs["t5-lora-fp32"][2].run_id], {torch.float32}, {torch.float32}),
+                                     ([runs["t5-lora-bf16"][2].run_id], {torch.bfloat16}, {torch.float32})])
+    for name in names:
+        assert_same(read_jsonl(tmp_path / "out.jsonl"), read_jsonl(runs[name][1] / "predictions.jsonl"), field=runs[name][2].run_id)
 
 
 def test_predict_through_the_cli(trained, tmp_path, capsys):

@@ -28,11 +28,17 @@ RUNS = {  # name -> (grid folder, task, model, method, seed)
     "t5-untrained": ("summ", "pubmed-conclusion", "tiny-t5", "untrained", 0),
     "llama-prompt": ("summ", "pubmed-conclusion", "tiny-llama", "prompt_tuning", 0),
     "chat-lora": ("chat", "pubmed-conclusion", "chat-llama", "lora", 0),
+    "t5-lora-bf16": ("summ", "pubmed-conclusion", "tiny-t5", "lora", 0),  # the frozen base held in bf16 (PRECISIONS)
+    "t5-lora-fp32": ("summ", "pubmed-conclusion", "tiny-t5", "lora", 0),
+    "chat-lora-bf16": ("chat", "pubmed-conclusion", "chat-llama", "lora", 0),
     "mesh-lora": ("mesh", "mesh", "tiny-bert", "lora", 0),
+    "mesh-lora-bf16": ("mesh", "mesh", "tiny-bert", "lora", 0),  # trained under bf16 autocast, evaluated without it
     "ner-lora": ("ner", "ner", "tiny-bert", "lora", 0),
     "ner-prompt": ("ner", "ner", "tiny-bert", "prompt_tuning", 0),
     "local-lora": ("local", "pubmed-rct", "local-bert", "lora", 0),  # a base in a folder of your own (fingerprinted)
 }
+# a run name's suffix -> its precision, whatever auto would choose here (bf16: as on a CPU with bf16 instructions)
+PRECISIONS = {"-bf16": {"precision": "bf16", "bf16_base": True}, "-fp32": {"precision": "fp32"}}
 _CACHE: dict[str, tuple] = {}  # shared by every test module of the session
 
 
@@ -83,6 +89,7 @@ def run_config(name: str, root: Path):
     if model == "local-bert":
         model = local_model(root / "local-bert")
     train = dict(TRAIN) if method != "untrained" else {k: v for k, v in TRAIN.items() if k != "lr"}  # as a grid adds it
+    train.update(PRECISIONS.get(name[-5:], {}))
     return config_from_dict({"task": task, "model": model, "method": method, "seed": seed, "data": data,
                              "train": train})
 

@@ -165,6 +165,9 @@ def train_model(model, tokenizer, kind, cfg: ExperimentConfig, train_rows, val_r
     if not math.isfinite(loss):
         raise FloatingPointError(nan_message(loss, steps, cfg.train.lr))
     val_loss = trainer.evaluate()["eval_loss"] if val_rows else None
+    # Mixed precision wrapped the model's forward in autocast for good (accelerate's prepare_model): without
+    # it again, the run evaluates as the saved adapter predicts when loaded (`medpeft predict`, plain peft)
+    trainer.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     done = {"train_seconds": seconds, "train_tokens": int(trainer.state.num_input_tokens_seen),
             "train_loss": float(loss), "val_loss": val_loss, "steps": steps, "planned_steps": int(trainer.state.max_steps),
             "resumed_from_step": resumed_from, "gradient_checkpointing": trainer.args.gradient_checkpointing,

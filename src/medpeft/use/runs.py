@@ -19,6 +19,7 @@ from medpeft.plan import load_data, model_kind, task_spec
 from medpeft.registry import METHODS
 from medpeft.run.checkpoint import read_safetensors_header
 from medpeft.run.kinds import KINDS, ModelKind
+from medpeft.run.levers import hold_frozen_in_bf16
 from medpeft.run.owner import GRID_MARKER, recorded_grid_file
 from medpeft.run.record import RunResult, read_result
 
@@ -224,6 +225,8 @@ def load_adapters(runs: list[FinishedRun], names: list[str], online: bool = Fals
     quantize = first.method.quantize_4bit  # QLoRA adapters were trained on, and predict with, the 4-bit base
     base, tokenizer, _ = load_model(base_model_path(first, online), first.kind.auto_class, first.head_labels,
                                     first.kind.problem_type, quantize)
+    if held_in_bf16(first):  # as the run evaluated: the frozen base in bf16 (peft keeps the adapter fp32)
+        hold_frozen_in_bf16(base.requires_grad_(False))
     model = PeftModel.from_pretrained(base, first.adapter_dir, adapter_name=names[0])
     for run, name in zip(runs[1:], names[1:]):
         model.load_adapter(run.adapter_dir, adapter_name=name)
@@ -237,7 +240,12 @@ def share_base(run: FinishedRun) -> tuple | None:
     if run.peft_type is None:
         return None
     return (run.result.model_path, run.config.model, run.kind.name, tuple(run.head_labels or ()), run.peft_type,
-            run.method.quantize_4bit)
+            run.method.quantize_4bit, held_in_bf16(run))
+
+
+def held_in_bf16(run: FinishedRun) -> bool:
+    """Whether the run trained and evaluated with its frozen base held in bf16 (run/levers.py bf16_base)."""
+    return bool((run.result.fit.levers or {}).get("bf16_base"))
 
 
 def check_output_place(path: Path, option: str) -> None:
