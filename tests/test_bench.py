@@ -33,7 +33,7 @@ def test_quick_benchmark_prints_every_figure(capsys, assets_ready):
     summarization = figures(out, "summarization")
     rows = int(re.search(r"generation new tokens/s \((\d+) vs 8 per call\)", out).group(1))  # at least medpeft's eval batch
     assert rows >= 8
-    assert set(summarization) == {"useful tokens/s (non-pad, training)", "% of fp32 matmul peak (4 FLOP/param/token)",
+    assert set(summarization) == {"useful tokens/s (non-pad, training)", "% of its precision's matmul peak (4 FLOP/param/token)",
                                   "peak RSS, whole process (GiB)", f"generation new tokens/s ({rows} vs 8 per call)",
                                   "generation new tokens/s (8 per call on both)",
                                   "generated tokens per summary", "useful training tokens", "training seconds"}
@@ -46,6 +46,31 @@ def test_quick_benchmark_prints_every_figure(capsys, assets_ready):
     # the same examples, cut the same way, on both sides: about the same useful tokens (re-tokenized text may differ a little)
     assert 0.9 < summarization["useful training tokens"][2] < 1.1
     assert "targets (issue 12)" in out
+
+
+def test_each_sides_share_is_of_its_own_precisions_matmul_peak():
+    """By hand: 4 FLOP x 100 params x 50 tokens/s = 20,000 FLOP/s; of a 40,000 peak 50 %, of 80,000 25 %."""
+    w = cpu.QUICK["summarization"]
+    side = {"params": 100, "tokens": 500, "train_seconds": 10.0, "peak_rss_bytes": 2**30}
+    lines = cpu.table_lines(w, {"medpeft": side, "plain": side}, {"medpeft": 80_000.0, "plain": 40_000.0})
+    share = next(line for line in lines if "matmul peak" in line).split()
+    assert share[-3:] == ["25.0", "50.0", "0.50x"]
+
+
+@pytest.mark.parametrize("asked, line", [({"medpeft": "bf16", "plain": "fp32"}, "medpeft bf16, plain fp32"),
+                                          ({"medpeft": "bf16", "plain": "bf16"}, "both bf16"),
+                                          ({"medpeft": "fp32", "plain": "fp32"}, "both fp32")])
+def test_the_workload_line_names_each_sides_precision(asked, line):
+    assert f", {line}, " in cpu.describe(cpu.FULL["summarization"], asked)
+
+
+def test_precision_options_reach_each_side(monkeypatch):
+    seen = []
+    monkeypatch.setattr(cpu, "benchmark", lambda quick, precisions: seen.append(precisions))
+    monkeypatch.setattr(cpu, "run_side", lambda side, w, path, precision: seen.append((side, precision)))
+    assert bench.main(["--quick"]) == bench.main(["--precision", "fp32", "--plain-precision", "bf16"]) == 0
+    assert bench.main(["--side", "plain", "--workload", "summarization", "--result", "x", "--precision", "bf16"]) == 0
+    assert seen == [{"medpeft": "auto", "plain": "fp32"}, {"medpeft": "fp32", "plain": "bf16"}, ("plain", "bf16")]
 
 
 def test_the_plain_pipeline_pads_to_max_length(assets_ready):

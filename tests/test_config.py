@@ -391,11 +391,21 @@ def test_variant_is_not_a_setting():
 # --- run identity ----------------------------------------------------------------------
 
 
-def test_run_ids_of_registered_tasks_and_models_are_stable():
+@pytest.mark.parametrize("precision", ["fp32", "auto"])
+def test_run_ids_of_registered_tasks_and_models_are_stable(precision, monkeypatch):
     """A change of these ids makes every finished run of every user run again: only on purpose. (They changed
-    once, on 2026-11-23, when the decoding settings joined the config as its `generation` block.)"""
-    assert checked_config(BASE).run_id == "pubmed-rct.tiny-bert.lora.seed0.ca8fb6cd"
-    cfg = {"task": "pubmed-conclusion", "model": "smollm2-135m", "method": "full", "seed": 2, "data": {"test_size": 50}}
+    once, on 2026-11-23, when the decoding settings joined the config as its `generation` block.) The precision
+    auto resolves to is part of a run's id: these are fp32's, what auto gives on a CPU without bf16 instructions
+    (on 2026-12-05 auto became bf16 on CPUs with them: there a grid's runs get new ids unless it sets fp32)."""
+    import torch
+
+    from medpeft import dist
+
+    monkeypatch.setattr(dist, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    train = {"train": {"precision": precision}}
+    assert checked_config(dict(BASE, **train)).run_id == "pubmed-rct.tiny-bert.lora.seed0.ca8fb6cd"
+    cfg = {"task": "pubmed-conclusion", "model": "smollm2-135m", "method": "full", "seed": 2, "data": {"test_size": 50}, **train}
     assert checked_config(cfg).run_id == "pubmed-conclusion.smollm2-135m.full.seed2.23322f61"
 
 
@@ -448,16 +458,24 @@ def test_optional_measurements_take_true_false_or_settings(key):
         config_from_dict(dict(BASE, **{key: {"nope": 1}}))
 
 
-def test_precision_auto_is_fp32_on_cpu_and_bf16_on_a_gpu_that_has_it(monkeypatch):
+def test_precision_auto_is_bf16_where_the_gpu_or_cpu_multiplies_it_natively_else_fp32(monkeypatch):
     import torch
 
     from medpeft import dist
 
     raw = {"task": "pubmed-rct", "model": "tiny-bert", "method": "lora"}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):  # a CPU without bf16 instructions
+        monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
     cpu = checked_config(raw)
     assert config_from_dict(raw).train.precision == "auto" and cpu.train.precision == "fp32"
     assert cpu.run_id == checked_config(dict(raw, train={"precision": "fp32"})).run_id  # ids of earlier runs stay
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):  # AMD Zen 4 / Intel Sapphire Rapids
+        monkeypatch.setattr(torch.cpu, name, lambda: True, raising=False)
+        assert dist.cpu_has_bf16() and checked_config(raw).train.precision == "bf16"
+        monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")  # a torch without the private check: fp32, no error
+    assert not dist.cpu_has_bf16()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     assert dist.default_precision() == "bf16" and checked_config(raw).train.precision == "bf16"

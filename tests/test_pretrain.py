@@ -180,12 +180,14 @@ def test_corpus_is_deterministic_and_capped(assets_ready):
 
 @pytest.mark.parametrize("model, objective", [("tiny-bert", "masked-lm"), ("tiny-llama", "causal-lm")])
 def test_pretrained_model_is_usable_in_a_run(tmp_path, grid_file, model, objective, assets_ready):
+    from medpeft.dist import default_precision
+
     out = tmp_path / f"{model}-medline"
     pretrain(PretrainConfig(model=model, out=str(out), exclude_grids=(str(grid_file),), max_docs=16, max_steps=2,
                             batch_size=8, lr=1e-3), log=lambda *_: None)
     info = json.loads((out / "pretrain.json").read_text())
     assert info["objective"] == objective and info["steps"] == 2
-    assert info["precision"] == "fp32" and info["config"]["precision"] == "auto"  # auto, resolved on CPU
+    assert info["precision"] == default_precision() and info["config"]["precision"] == "auto"  # auto, resolved here
     assert [step for step, _ in info["loss_curve"]] == [1, 2]  # logging_steps = steps // 10, at least 1
     assert "step 2/2 loss=" in (out / "train.log").read_text()  # the bar's log, not the Trainer's raw dicts
     assert info["corpus"]["held_out"]["pubmed-rct"]["evaluation_texts"] == 24  # 20 test + 4 validation sentences

@@ -35,10 +35,13 @@ def bf16(**train) -> TrainConfig:
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
 @pytest.mark.parametrize("method", [("LoraConfig", False), (None, False), ("PromptTuningConfig", False), ("LoraConfig", True)])
-def test_on_cpu_every_lever_stays_as_before(kind, method):
-    """The CPU path keeps its own levers (run/loss.py) and its `make bench` figures: nothing changes there."""
-    for train in (TrainConfig(precision="fp32"), bf16()):
-        assert choose_levers("cpu", KINDS[kind], *method, train) == OFF
+def test_on_cpu_every_lever_but_the_bf16_base_stays_off(kind, method):
+    """The CPU path keeps its own levers (run/loss.py); under bf16 (auto on a CPU with bf16 instructions) a
+    LoRA-family generative model holds its frozen base in bf16 there too, unless told not to."""
+    assert choose_levers("cpu", KINDS[kind], *method, TrainConfig(precision="fp32")) == OFF
+    base = method == ("LoraConfig", False) and not KINDS[kind].new_head
+    assert choose_levers("cpu", KINDS[kind], *method, bf16()) == dataclasses.replace(OFF, bf16_base=base)
+    assert choose_levers("cpu", KINDS[kind], *method, bf16(bf16_base=False)) == OFF
 
 
 def test_on_cuda_a_decoder_with_lora_gets_every_lever():
@@ -196,10 +199,14 @@ def test_a_packed_batch_with_the_models_own_loss(assets_ready):
 
 
 def run_with(tmp_path, name: str, model: str = "tiny-llama", **train):
+    """A tiny LoRA run with these train settings; on CPU in fp32 unless given (the same on a CPU with or without
+    bf16 instructions), on a GPU in what auto chooses there."""
+    precision = "auto" if torch.cuda.is_available() else "fp32"
     cfg = config_from_dict({"task": "pubmed-conclusion", "model": model, "method": "lora", "seed": 0,
                             "method_args": {"lora_dropout": 0.0},
                             "data": dict(TINY_DATA, train_size=12, max_source_tokens=160, max_target_tokens=48),
-                            "train": {"max_steps": 3, "batch_size": 6, "eval_batch_size": 4, "lr": 1e-2, **train}})
+                            "train": {"max_steps": 3, "batch_size": 6, "eval_batch_size": 4, "lr": 1e-2, "precision": precision,
+                                      **train}})
     return run_config(cfg, tmp_path / name)
 
 

@@ -164,11 +164,13 @@ def test_activation_estimate_is_close_to_the_measured_smollm2_figure():
 
 def run_once(tmp_path, name: str, kind: str, steps: int = 3, data=None, task=None, **train) -> tuple[dict, list]:
     """A short LoRA run without dropout: slices draw their dropout masks in another order than the
-    whole batch (a different draw, not a different computation), so with dropout the runs differ by chance."""
+    whole batch (a different draw, not a different computation), so with dropout the runs differ by chance.
+    fp32 unless given: bf16 (auto on a CPU with bf16 instructions) rounds sums of another grouping differently."""
     model, kind_task = KIND_SETUPS[kind]
     cfg = config_from_dict({"task": task or kind_task, "model": model, "method": "lora", "seed": 0, "method_args": {"lora_dropout": 0.0},
                             "data": dict(TINY_DATA, train_size=12, **(data or {})),
-                            "train": {"max_steps": steps, "batch_size": 6, "eval_batch_size": 4, "lr": 1e-2, **train}})
+                            "train": {"max_steps": steps, "batch_size": 6, "eval_batch_size": 4, "lr": 1e-2, "precision": "fp32",
+                                      **train}})
     result = run_config(cfg, tmp_path / name)
     predictions = [json.loads(line) for line in (tmp_path / name / "predictions.jsonl").read_text().splitlines()]
     return result.training, [p["prediction"] for p in predictions]

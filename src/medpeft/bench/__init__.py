@@ -1,6 +1,6 @@
 """`python -m medpeft.bench` (`make bench`): medpeft's training path against a plain pipeline, the same work
 in one invocation, each side in its own process. `cpu.py`: the CPU benchmark (SmolLM2-135M and MiniLM-L6,
-fp32, issue 12's figures); `gpu.py` (`--gpu`): random-weight models of named real shapes in bf16 on a GPU,
+issue 12's figures); `gpu.py` (`--gpu`): random-weight models of named real shapes in bf16 on a GPU,
 with `--ablate` for each GPU lever before/after (issue 28). `--quick`: tiny random models, for tests."""
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ def main(argv: list[str] | None = None) -> int:
                         "lora-t5-large; with --ablate, '--only ablation' runs the ablation alone)")
     parser.add_argument("--models-dir", help="with --gpu: where the random-weight models are built (kept; default a temporary folder)")
     parser.add_argument("--json", help="with --gpu: also write every figure to this JSON file")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="CPU benchmark: medpeft's train.precision (default auto: bf16 on a CPU that multiplies bf16 natively, else fp32)")
+    parser.add_argument("--plain-precision", choices=("fp32", "bf16"), default="fp32",
+                        help="CPU benchmark: the plain pipeline's (default fp32, the Trainer's default; bf16: its bf16=True)")
     parser.add_argument("--side", help=argparse.SUPPRESS)  # a side's own process: medpeft | plain
     parser.add_argument("--workload", help=argparse.SUPPRESS)
     parser.add_argument("--lever", help=argparse.SUPPRESS)
@@ -32,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
                                  Path(args.json) if args.json else None, args.only)
     from medpeft.bench import cpu
 
-    if args.side:
-        cpu.run_side(args.side, (cpu.QUICK if args.quick else cpu.FULL)[args.workload], Path(args.result))
+    if args.side:  # --precision is the side's own
+        cpu.run_side(args.side, (cpu.QUICK if args.quick else cpu.FULL)[args.workload], Path(args.result), args.precision)
     else:
-        cpu.benchmark(args.quick)
+        cpu.benchmark(args.quick, {"medpeft": args.precision, "plain": args.plain_precision})
     return 0

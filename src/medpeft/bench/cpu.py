@@ -1,16 +1,21 @@
 """`python -m medpeft.bench` (`make bench`) on CPU: the same work through medpeft and through a plain
 pipeline written the way the studies' code does it, in one invocation, with the figures of issue 12.
 
-Summarization: SmolLM2-135M, LoRA r16 on q,v, 64 MEDLINE conclusion examples, batch 8, 8 steps,
-fp32. medpeft trains through its own run (plan -> run_experiment -> fit.train_model: dynamic padding,
+Summarization: SmolLM2-135M, LoRA r16 on q,v, 64 MEDLINE conclusion examples, batch 8, 8 steps.
+medpeft trains through its own run (plan -> run_experiment -> fit.train_model: dynamic padding,
 loss on the summary only); the plain pipeline pads every example to 512 tokens with
 `tokenizer(..., padding="max_length")`, labels every non-pad token and trains with a bare `Trainer`.
 Classification: MiniLM-L6 on PubMed-RCT sentence roles, dynamic padding against pad-to-max.
 
+Precision: medpeft trains in what `train.precision: auto` gives here (bf16 mixed precision with the
+frozen base held in bf16 on a CPU that multiplies bf16 natively, else fp32), the plain pipeline in fp32,
+the Trainer's default and the studies' setting; `--precision` and `--plain-precision` set either side, so
+one invocation can also compare like with like.
+
 Each side runs in its own process, so its peak resident memory is its own. Printed: useful (non-pad)
-tokens/s, peak RSS, new tokens/s of batched evaluation generation, the ratios medpeft/plain, and the
-share of the fp32 matmul peak measured here at the start (LoRA: about 4 FLOP per parameter per token,
-2 forward and 2 for the input gradients; the frozen weights get none). `--quick`: tiny random models,
+tokens/s, peak RSS, new tokens/s of batched evaluation generation, the ratios medpeft/plain, and each
+side's share of the matmul peak of its own precision, measured here at the start (LoRA: about 4 FLOP per
+parameter per token, 2 forward and 2 for the input gradients; the frozen weights get none). `--quick`: tiny random models,
 seconds, for tests; its figures mean nothing. `--gpu`: the GPU benchmark of issue 28 (bench/gpu.py).
 
 Generation runs before training, with the LoRA adapter as initialised (B = 0: the base model's
@@ -36,6 +41,7 @@ LORA_FLOP_PER_PARAM_TOKEN = 4  # forward 2 + input gradients 2; no weight gradie
 SIDES = ("medpeft", "plain")
 PLAIN_GENERATION_ROWS = 8  # summaries per generate() call in the plain pipeline (and medpeft's eval_batch_size here)
 GIB = 2**30
+TORCH_DTYPES = {"fp32": lambda torch: torch.float32, "bf16": lambda torch: torch.bfloat16}  # torch is imported late
 
 
 @dataclass(frozen=True)
@@ -73,16 +79,24 @@ QUICK = by_name(Workload("summarization", "pubmed-conclusion", "tiny-llama", 8, 
          Workload("classification", "pubmed-rct", "tiny-bert", 8, 4, 2, 32, 32, test_size=4))
 
 
-def experiment_config(w: Workload):
-    """medpeft's config of the workload: LoRA with its defaults (r=16, alpha=32, q,v), fp32, no validation."""
+def experiment_config(w: Workload, precision: str = "auto"):
+    """medpeft's config of the workload: LoRA with its defaults (r=16, alpha=32, q,v), no validation."""
     from medpeft.config import ExperimentConfig
 
     return ExperimentConfig(
         task=w.task, model=w.model, method="lora", seed=0,
         data={"train_size": w.train_size, "val_size": 0, "test_size": w.test_size, "max_source_tokens": w.max_source,
               "max_target_tokens": max(w.max_target, 1)},
-        train={"max_steps": w.steps, "batch_size": w.batch_size, "eval_batch_size": PLAIN_GENERATION_ROWS, "lr": w.lr},
+        train={"max_steps": w.steps, "batch_size": w.batch_size, "eval_batch_size": PLAIN_GENERATION_ROWS, "lr": w.lr,
+               "precision": precision},
         generation={"max_new_tokens": w.max_new_tokens or None})
+
+
+def resolved(precision: str) -> str:
+    """What a side's precision means on this machine (auto: train.precision's default here)."""
+    from medpeft.dist import default_precision
+
+    return default_precision() if precision == "auto" else precision
 
 
 # --- the two sides, each in its own process --------------------------------------------------
@@ -207,8 +221,9 @@ def plain_generate(model, tokenizer, data, w: Workload) -> tuple[int, float]:
     return new_tokens, time.perf_counter() - start
 
 
-def measure_plain(w: Workload, workdir: Path) -> dict:
-    """The plain pipeline on the same examples (loaded by medpeft's task loader; nothing else of medpeft)."""
+def measure_plain(w: Workload, workdir: Path, precision: str = "fp32") -> dict:
+    """The plain pipeline on the same examples (loaded by medpeft's task loader; nothing else of medpeft), in
+    fp32 or with the Trainer's `bf16=True` (mixed precision: the weights stay fp32)."""
     import torch
     from datasets import Dataset
     from transformers import AutoTokenizer, Trainer, TrainingArguments, default_data_collator
@@ -227,7 +242,7 @@ def measure_plain(w: Workload, workdir: Path) -> dict:
         figures["summaries"] = len(plan.data.splits["test"])
     args = TrainingArguments(output_dir=str(workdir), per_device_train_batch_size=w.batch_size, max_steps=w.steps,
                              learning_rate=w.lr, seed=0, use_cpu=not torch.cuda.is_available(), report_to="none",
-                             save_strategy="no", logging_steps=w.steps, disable_tqdm=True,
+                             save_strategy="no", logging_steps=w.steps, disable_tqdm=True, bf16=precision == "bf16",
                              include_num_input_tokens_seen="non_padding")
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(plain_rows(w, plan.data, tokenizer)),
                       data_collator=default_data_collator)
@@ -236,8 +251,9 @@ def measure_plain(w: Workload, workdir: Path) -> dict:
     return {**figures, "tokens": int(trainer.state.num_input_tokens_seen), "train_seconds": time.perf_counter() - start}
 
 
-def run_side(side: str, w: Workload, result_path: Path) -> None:
-    """One side of one workload, in this process; its figures (and whole-process peak RSS) as JSON."""
+def run_side(side: str, w: Workload, result_path: Path, precision: str) -> None:
+    """One side of one workload at `precision` (auto, fp32, bf16), in this process; its figures (and
+    whole-process peak RSS) as JSON."""
     import warnings
 
     import torch
@@ -248,7 +264,10 @@ def run_side(side: str, w: Workload, result_path: Path) -> None:
     hf_logging.set_verbosity_error()
     warnings.filterwarnings("ignore")
     with tempfile.TemporaryDirectory() as tmp, showing("quiet"):
-        figures = (measure_medpeft if side == "medpeft" else measure_plain)(w, Path(tmp))
+        if side == "medpeft":
+            figures = measure_medpeft(w, Path(tmp), experiment_config(w, precision))
+        else:
+            figures = measure_plain(w, Path(tmp), resolved(precision))
     figures["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
     if torch.cuda.is_available():
         figures["gpu_peak_bytes"] = int(torch.cuda.max_memory_allocated())
@@ -276,12 +295,13 @@ def matmul_peak(seconds: float, n: int, dtype=None) -> float:
     return best
 
 
-def measure_in_subprocess(side: str, w: Workload, quick: bool) -> dict:
+def measure_in_subprocess(side: str, w: Workload, quick: bool, precision: str) -> dict:
     """Run one side in a fresh Python process; its figures. A failed side ends the benchmark with its output."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "figures.json"
-        cmd = [sys.executable, "-m", "medpeft.bench", "--side", side, "--workload", w.name, "--result", str(result)]
+        cmd = [sys.executable, "-m", "medpeft.bench", "--side", side, "--workload", w.name, "--result", str(result),
+               "--precision", precision]
         done = subprocess.run(cmd + (["--quick"] if quick else []), env=env, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"medpeft.bench: the {side} side of {w.name} failed:\n{(done.stdout + done.stderr)[-4000:]}")
@@ -292,13 +312,15 @@ def rate(figures: dict, key: str, seconds: str) -> float:
     return figures[key] / figures[seconds] if figures.get(seconds) else 0.0
 
 
-def table_lines(w: Workload, sides: dict, peak: float) -> list[str]:
-    """The workload's figures: a row per measure, a column per side, and medpeft/plain."""
+def table_lines(w: Workload, sides: dict, peaks: dict[str, float]) -> list[str]:
+    """The workload's figures: a row per measure, a column per side, and medpeft/plain. `peaks`: the matmul
+    FLOP/s of each side's precision (by side); a side's share is of its own precision's peak."""
     med, plain = sides["medpeft"], sides["plain"]
     rows = [("useful tokens/s (non-pad, training)", rate(med, "tokens", "train_seconds"), rate(plain, "tokens", "train_seconds"), "{:.1f}")]
     if w.generates:  # every weight is a matmul's (the embedding is the tied LM head); not so in an encoder
-        rows.append(("% of fp32 matmul peak (4 FLOP/param/token)",
-                     *(100 * LORA_FLOP_PER_PARAM_TOKEN * s["params"] * rate(s, "tokens", "train_seconds") / peak for s in (med, plain)), "{:.1f}"))
+        rows.append(("% of its precision's matmul peak (4 FLOP/param/token)",
+                     *(100 * LORA_FLOP_PER_PARAM_TOKEN * sides[side]["params"] * rate(sides[side], "tokens", "train_seconds") / peaks[side]
+                       for side in SIDES), "{:.1f}"))
     rows.append(("peak RSS, whole process (GiB)", med["peak_rss_bytes"] / GIB, plain["peak_rss_bytes"] / GIB, "{:.2f}"))
     if "gpu_peak_bytes" in med:
         rows.append(("peak GPU memory allocated (GiB)", med["gpu_peak_bytes"] / GIB, plain["gpu_peak_bytes"] / GIB, "{:.2f}"))
@@ -320,11 +342,10 @@ def table_lines(w: Workload, sides: dict, peak: float) -> list[str]:
     return lines
 
 
-def describe(w: Workload) -> str:
-    from medpeft.dist import default_precision
-
-    medpeft = default_precision()  # train.precision: auto (bf16 on a GPU that has it); the plain side stays fp32
-    precision = "fp32" if medpeft == "fp32" else f"medpeft {medpeft} (its default here), plain fp32"
+def describe(w: Workload, precisions: dict[str, str]) -> str:
+    """The workload in a line; `precisions`: each side's, as asked (auto: medpeft's default here)."""
+    med, plain = (resolved(precisions[side]) + (" (its default here)" if precisions[side] == "auto" else "") for side in SIDES)
+    precision = f"both {med}" if med == plain else f"medpeft {med}, plain {plain}"
     size = (f"max source {w.max_source} + target {w.max_target} tokens, plain pads to {w.max_length}" if w.generates
             else f"max {w.max_source} tokens, plain pads to {w.max_length}")
     return (f"{w.name}: {w.model}, LoRA r16 on q,v, {w.train_size} {w.task} examples, batch {w.batch_size}, {w.steps} steps, "
@@ -335,21 +356,25 @@ TARGETS = ("targets (issue 12): summarization >= 2x useful tokens/s, <= 0.5x pea
            "generation clearly faster; classification >= 3x useful tokens/s")
 
 
-def benchmark(quick: bool) -> None:
-    """Print the environment, the matmul peak, then each workload's table (stdout); progress on stderr."""
+def benchmark(quick: bool, precisions: dict[str, str] | None = None) -> None:
+    """Print the environment, the matmul peaks, then each workload's table (stdout); progress on stderr.
+    `precisions`: each side's (auto, fp32, bf16); by default medpeft's auto against the plain pipeline's fp32."""
     import torch
 
     workloads = QUICK if quick else FULL
     print(f"medpeft benchmark{' --quick (tiny random models: the figures mean nothing)' if quick else ''}: "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs"
           + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""), flush=True)
-    peak = matmul_peak(0.5 if quick else 5.0, 512 if quick else 2048)
-    print(f"fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s", flush=True)
+    precisions = precisions or {"medpeft": "auto", "plain": "fp32"}
+    peaks = {}
+    for name in sorted({resolved(p) for p in precisions.values()}, reverse=True):  # fp32 first
+        peaks[name] = matmul_peak(0.5 if quick else 5.0, 512 if quick else 2048, TORCH_DTYPES[name](torch))
+        print(f"{name} matmul peak: {peaks[name] / 1e9:.1f} GFLOP/s", flush=True)
     for w in workloads.values():
         sides = {}
         for side in SIDES:
             print(f"medpeft.bench: {w.name} through {side} ...", file=sys.stderr, flush=True)
-            sides[side] = measure_in_subprocess(side, w, quick)
-        print(f"\n{describe(w)}")
-        print("\n".join(table_lines(w, sides, peak)), flush=True)
+            sides[side] = measure_in_subprocess(side, w, quick, precisions[side])
+        print(f"\n{describe(w, precisions)}")
+        print("\n".join(table_lines(w, sides, {side: peaks[resolved(precisions[side])] for side in SIDES})), flush=True)
     print(f"\n{TARGETS}")

@@ -86,7 +86,7 @@ class TrainConfig:
         "help": "transformers' lr_scheduler_type (those that run without extra arguments)"})
     eval_batch_size: int = field(default=16, metadata={"help": "examples per batch at evaluation and generation"})
     precision: Precision = field(default="auto", metadata={
-        "help": "auto (bf16 on a GPU that has it, else fp32) | fp32 | bf16 | fp16 (fp16 needs a GPU)"})
+        "help": "auto (bf16 where the GPU or CPU multiplies bf16 natively, else fp32) | fp32 | bf16 | fp16 (fp16 needs a GPU)"})
     gradient_checkpointing: bool = field(default=False, metadata={
         "help": "recompute activations in backward: less memory, ~30 % more time (on by itself when they would not fit)"})
     time_budget_s: float | None = field(default=None, metadata={
@@ -95,13 +95,13 @@ class TrainConfig:
         "help": "also checkpoint every this many optimiser steps (always: every 30 min)"})
     fused_kernels: bool | None = field(default=None, metadata={
         "help": "Liger's fused kernels (RMSNorm, RoPE, SwiGLU): a CUDA GPU and liger-kernel"})
-    # GPU levers (run/levers.py); None: chosen for the device (on where they pay on a CUDA GPU, off on CPU)
+    # device levers (run/levers.py); None: chosen for the device (on where they pay on a CUDA GPU, mostly off on CPU)
     pad_to_multiple_of: int | None = field(default=None, metadata={
         "help": "pad each batch to a multiple of this many tokens (None: 64 on CUDA, 1 = off)"})
     packing: bool | None = field(default=None, metadata={
         "help": "padding-free batches of decoder-only models (one row, position ids restart per example); opt-in"})
     bf16_base: bool | None = field(default=None, metadata={
-        "help": "hold the frozen base of a LoRA/DoRA decoder or T5 in bf16 under bf16 precision; trained weights stay fp32"})
+        "help": "hold the frozen base of a LoRA/DoRA decoder or T5 in bf16 under bf16 precision (None: on); trained weights stay fp32"})
     fused_optimizer: bool | None = field(default=None, metadata={
         "help": "AdamW as one fused kernel (adamw_torch_fused)"})
     dataloader_workers: int | None = field(default=None, metadata={

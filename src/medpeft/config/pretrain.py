@@ -32,7 +32,7 @@ class PretrainConfig:
     mlm_probability: float = field(default=0.15, metadata={"help": "share of tokens masked (masked-LM only)"})
     seed: int = field(default=0, metadata={"help": "seeds the masking, data order and initialisation"})
     precision: Precision = field(default="auto", metadata={
-        "help": "as train.precision: auto = bf16 mixed precision on a GPU that has it, else fp32"})
+        "help": "as train.precision: auto = bf16 mixed precision on a GPU or CPU that multiplies bf16 natively, else fp32"})
 
     def __post_init__(self):
         self.exclude_grids, self.exclude_overrides = tuple(self.exclude_grids), tuple(self.exclude_overrides)
