@@ -55,6 +55,10 @@ def test_each_sides_share_is_of_its_own_precisions_matmul_peak():
     lines = cpu.table_lines(w, {"medpeft": side, "plain": side}, {"medpeft": 80_000.0, "plain": 40_000.0})
     share = next(line for line in lines if "matmul peak" in line).split()
     assert share[-3:] == ["25.0", "50.0", "0.50x"]
+    decoded = dict(side, new_tokens=64, generation_seconds=1.0, new_tokens_8=64, generation_seconds_8=2.0, summaries=4,
+                   generation_rows=4, differing_summaries=1)
+    lines = cpu.table_lines(w, {"medpeft": decoded, "plain": dict(decoded, generation_seconds=2.0)}, {"medpeft": 1.0, "plain": 1.0})
+    assert lines[-1] == "  medpeft's summaries at 4 and at 8 rows per call: 1 of 4 differ"
 
 
 @pytest.mark.parametrize("asked, line", [({"medpeft": "bf16", "plain": "fp32"}, "medpeft bf16, plain fp32"),
