@@ -128,9 +128,13 @@ def test_a_decoder_cards_decoding_says_how_medpeft_blocked_repeats(trained):
     assert "sees only the generated tokens" not in t5["Prompt format"]  # an encoder-decoder has no prompt in its output
 
 
-@pytest.mark.parametrize("name", ["rct-lora", "mesh-lora", "t5-lora", "rct-full"])
+@pytest.mark.parametrize("name", ["rct-lora", "mesh-lora", "t5-lora-fp32", "t5-lora-bf16", "rct-full"])
 def test_loading_snippet_runs_and_gives_the_runs_model(trained, name):
-    from test_export import logits_of, reference_logits  # noqa: PLC0415  (the same logits helpers)
+    """The card's snippet gives the model `medpeft predict` loads (the run's own, a frozen base held in bf16
+    included), to the last digit."""
+    from test_export import logits_of  # noqa: PLC0415  (the same logits helpers)
+
+    from medpeft.use.runs import load_adapters, open_run
 
     card, result = card_of(trained, name)
     scope: dict = {}
@@ -143,7 +147,8 @@ def test_loading_snippet_runs_and_gives_the_runs_model(trained, name):
 
         expected = plain_logits(trained(name)[1] / "adapter", "AutoModelForSequenceClassification", False)
     else:
-        expected = reference_logits(trained(name)[1])
+        expected = logits_of(*load_adapters([open_run(trained(name)[1])], ["default"]), seq2seq)
+    assert ("bfloat16" in card["Loading"]) == name.endswith("-bf16")
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 
 

@@ -24,7 +24,7 @@ from medpeft.run.encode import ANSWER_CUE, ANSWER_CUE_FORMAT, CHAT_TEMPLATE, sou
 from medpeft.run.kinds import decoding
 from medpeft.run.metrics import PRIMARY_METRIC, metric_label
 from medpeft.run.record import RunResult, load_results
-from medpeft.use.runs import TEXT_ONLY, FinishedRun, open_run, pair_field_of, reads_pairs, run_instruction
+from medpeft.use.runs import TEXT_ONLY, FinishedRun, held_in_bf16, open_run, pair_field_of, reads_pairs, run_instruction
 
 log = logging.getLogger("medpeft")
 
@@ -319,7 +319,11 @@ def loading_section(run: FinishedRun, export: dict | None) -> str:
             code.append(f"labels = {run.labels!r}")
             head = ", num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)}"
             head += f", problem_type={run.kind.problem_type!r}" if run.kind.problem_type else ""
-        code += [f"base = {auto}.from_pretrained(base_model{head})", "model = PeftModel.from_pretrained(base, adapter)"]
+        code.append(f"base = {auto}.from_pretrained(base_model{head})")
+        if held_in_bf16(run):
+            code = ["import torch", *code, "for weight in base.parameters():  # as the run evaluated: its frozen base in bf16",
+                    "    weight.data = weight.data.to(torch.bfloat16)  # (peft loads the adapter itself in fp32)"]
+        code.append("model = PeftModel.from_pretrained(base, adapter)")
     code.append("model.eval()")
     snippet, predict = "\n".join(code), md_code(f"medpeft predict {run.run_dir} --input notes.csv --output predictions.jsonl")
     return (f"## Loading\n\n{lead}\n\n{md_fence(snippet, 'python')}\n\nFeed it prompts in the format above, "
