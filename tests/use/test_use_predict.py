@@ -118,6 +118,38 @@ def test_a_base_held_in_bf16_is_loaded_apart_from_the_same_base_in_fp32(trained,
         assert_same(read_jsonl(tmp_path / "out.jsonl"), read_jsonl(runs[name][1] / "predictions.jsonl"), field=runs[name][2].run_id)
 
 
+def test_predict_decodes_the_texts_together_that_the_runs_evaluation_did(tmp_path, monkeypatch, assets_ready):
+    """Under bf16 a summary can change with the texts decoded beside it, so `medpeft predict` on the run's
+    test inputs forms the run's own generate() batches: here one call of 12 at evaluation (rows per call chosen
+    by memory, not eval_batch_size 2), never chunks of 8 and 4."""
+    from helpers import run_config as run_planned
+
+    from medpeft.config import config_from_dict
+    from medpeft.run import kinds
+    from medpeft.run.predict import length_batches
+
+    calls = {"evaluation": [], "predict": []}
+    stage = ["evaluation"]
+    real = kinds.generate_texts
+
+    def spy(model, tokenizer, rows, decoder_only, decoding, batch_size, device):
+        calls[stage[0]] += [sorted(tuple(rows[i]["input_ids"]) for i in batch) for batch in length_batches(rows, batch_size)]
+        return real(model, tokenizer, rows, decoder_only, decoding, batch_size, device)
+
+    monkeypatch.setattr(kinds, "generate_texts", spy)
+    cfg = config_from_dict({"task": "pubmed-conclusion", "model": "tiny-llama", "method": "lora", "seed": 0,
+                            "data": {"train_size": 4, "val_size": 0, "test_size": 12, "max_source_tokens": 32, "max_target_tokens": 8},
+                            "train": {"max_steps": 1, "batch_size": 4, "eval_batch_size": 2, "lr": 1e-2}})
+    run_dir = tmp_path / "run"
+    assert run_planned(cfg, run_dir).ok
+    stage[0] = "predict"
+    saved = read_jsonl(run_dir / "predictions.jsonl")
+    predict_runs([run_dir], write_inputs(tmp_path / "in.jsonl", saved), tmp_path / "out.jsonl", progress=False)
+    assert [len(batch) for batch in calls["evaluation"]] == [12]
+    assert sorted(calls["predict"]) == sorted(calls["evaluation"])
+    assert_same(read_jsonl(tmp_path / "out.jsonl"), saved)
+
+
 def test_predict_through_the_cli(trained, tmp_path, capsys):
     _, run_dir, result = trained("rct-lora")
     saved = read_jsonl(run_dir / "predictions.jsonl")

@@ -16,6 +16,7 @@ from medpeft.dist import local_device
 from medpeft.errors import ConfigError, OutputError
 from medpeft.methods import output_prefix_tokens
 from medpeft.run.encode import encode_examples, source_that_fits
+from medpeft.run.kinds import generation_batch
 from medpeft.run.predict import length_batches
 from medpeft.run.record import write_jsonl
 from medpeft.tasks.base import data_error
@@ -23,7 +24,7 @@ from medpeft.tasks.user import RECORD_SUFFIXES, fields_of, raise_problems, read_
 from medpeft.use.runs import (FinishedRun, base_model_path, check_output_place, load_adapters, load_run_model, open_run,
                               pair_field_of, reads_pairs, run_instruction, share_base)
 
-CHUNK_BATCHES = 4  # batches per progress-bar step; a multiple of the batch size keeps the run's own batches
+CHUNK_BATCHES = 4  # batches per progress-bar step; a multiple of the rows per call keeps the run's own batches
 
 
 @dataclass
@@ -222,9 +223,13 @@ def predict_inputs(model, tokenizer, run: FinishedRun, inputs: list[dict], instr
     data_cfg, _ = source_that_fits(cfg.data, model, peft_config, run.kind.decoder_only)  # cut as the run's own inputs were
     rows, stats = encode_examples(examples, tokenizer, run.kind, instruction, data_cfg, run.labels, for_generation=True)
     prefix = output_prefix_tokens(peft_config)
+    per_call = cfg.train.eval_batch_size
+    if run.kind.generates:  # texts per generate() call as the run's evaluation chose them for these rows, in every chunk:
+        per_call = generation_batch(model, rows, cfg, local_device())  # under bf16 a text can change with its batch
+        cfg = dataclasses.replace(cfg, generation=dataclasses.replace(cfg.generation, batch_size=per_call))
     outputs = [None] * len(rows)
     with tqdm(total=len(rows), desc=run.name, unit="text", disable=not progress) as bar:
-        for chunk in length_batches(rows, cfg.train.eval_batch_size * CHUNK_BATCHES):
+        for chunk in length_batches(rows, per_call * CHUNK_BATCHES):
             part = run.kind.predict(model, tokenizer, [rows[i] for i in chunk], [examples[i] for i in chunk], run.labels,
                                     cfg, local_device(), prefix)
             for i, output in zip(chunk, part):
