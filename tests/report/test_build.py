@@ -379,3 +379,22 @@ def test_html_in_names_labels_and_texts_is_shown_not_run_in_the_markdown(tmp_pat
     assert "&lt;b onmouseover=alert('label')&gt;pos&lt;/b&gt;" in shown and "neg &amp;amp; other" in shown
     assert "<code>&lt;i&gt;" in shown and "&lt;iframe" in shown  # an example's id and its text
     assert not RAW_HTML.search(paths["html"].read_text())  # the HTML report: escaped, as before
+
+
+def test_the_header_says_where_and_in_what_precision_the_runs_trained(tmp_path):
+    """Each device, precision and version that occurs, counted where the runs differ; an older result.json
+    without env or levers reads as unrecorded, never as an error."""
+    grid_dir = tmp_path / "g"
+    env = {"device": "cpu:x86_64 x2 threads", "git_commit": "0123456789abcdef+dirty",
+           "versions": {"torch": "2.13.0+cpu", "transformers": "5.23.0", "peft": "0.21.2", "numpy": "2.4.6"}}
+    for seed, precision, base in ((0, "bf16", True), (1, "bf16", True), (2, "fp32", False)):
+        cfg = base_config("pubmed-conclusion", "smollm2-135m", "lora", seed, train__precision=precision)
+        result = write_run(grid_dir, f"lora{seed}", cfg, summary_rows([0.3, 0.4]), "summarization")
+        path = grid_dir / f"lora{seed}" / "result.json"
+        path.write_text(json.dumps(dict(result, env=env, training={"levers": {"bf16_base": base}})))
+    write_run(grid_dir, "old", base_config("pubmed-conclusion", "smollm2-135m", "full", 0), summary_rows([0.3]), "summarization")
+    build_report(grid_dir, n_resamples=50)
+    header = (grid_dir / "report.md").read_text().split("\n\n")[1]
+    assert header.endswith(" Trained on cpu:x86_64 x2 threads in bf16 mixed precision with the frozen base in bf16 (2 runs), "
+                           "fp32 (1 run); torch 2.13.0+cpu; transformers 5.23.0; peft 0.21.2; medpeft 0123456+dirty.")
+    assert "frozen base in bf16 (2 runs)" in (grid_dir / "report.html").read_text()

@@ -149,6 +149,9 @@ def test_loading_snippet_runs_and_gives_the_runs_model(trained, name):
     else:
         expected = logits_of(*load_adapters([open_run(trained(name)[1])], ["default"]), seq2seq)
     assert ("bfloat16" in card["Loading"]) == name.endswith("-bf16")
+    assert ("mixed precision with the frozen base in bf16." in card["Package versions"]) == name.endswith("-bf16")
+    if name == "t5-lora-fp32":
+        assert card["Package versions"].rstrip().endswith(", in fp32.")
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+from collections import Counter
 import re
 import time
 from pathlib import Path
@@ -222,11 +223,32 @@ def report_header(grid_dir: Path, runs: list[dict], frame, opts: dict) -> tuple[
     meta = (f"{len(runs)} runs: {ok} finished, {failed} failed{opts.get('trials_note', '')}. Uncertainty from {opts['n_resamples']} bootstrap / "
             f"randomisation resamples (RNG seed {opts['seed']}); a difference is called real only at p < {ALPHA:g} "
             f"{ADJUSTED if opts.get('adjust', True) else UNADJUSTED}, on the test set and over seeds, with at least "
-            f"{SEEDS_FOR_A_CLAIM} seeds per row.")
+            f"{SEEDS_FOR_A_CLAIM} seeds per row.") + how_they_ran(runs)
     nav = "".join(f"<a href='#{slug(t)}'>{html.escape(t)}</a>" for t in tasks) + "<a href='#failures'>failures</a>"
     h = (f"<h1>medpeft report: {html.escape(grid_dir.name)}</h1><p class='meta'>{inline_html(meta)}</p>"
          f"<nav>{nav}</nav>")
     return h, f"# medpeft report: {md_text(grid_dir.name)}\n\n{meta}\n"
+
+
+def how_they_ran(runs: list) -> str:
+    """' Trained on <device> in <precision>; torch, transformers and peft versions; medpeft <commit>.' for the
+    finished runs: each value that occurs, with its count of runs where they differ."""
+    done = [r.provenance for r in runs if r.ok]
+    device, precision = tally(p.device for p in done), tally(p.precision_words() for p in done)
+    packages = {name: tally(dict(p.versions).get(name) for p in done) for name in ("torch", "transformers", "peft")}
+    commit = tally(p.commit[:7] + ("+dirty" if p.commit.endswith("+dirty") else "") for p in done if p.commit)
+    said = [" ".join(x for x in (f"on {device}" if device else "", f"in {precision}" if precision else "") if x)]
+    said += [f"{name} {version}" for name, version in packages.items() if version] + ([f"medpeft {commit}"] if commit else [])
+    said = [x for x in said if x]
+    return f" Trained {'; '.join(said)}." if said else ""
+
+
+def tally(values) -> str:
+    """The values that occur, by how often ('bf16 (11 runs), fp32 (2 runs)'), or the one value alone; '' for none."""
+    counts = Counter(v for v in values if v)
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{value} ({n} run{'s' if n > 1 else ''})" for value, n in counts.most_common())
 
 
 def trials_note(runs: list, trials: list) -> str:

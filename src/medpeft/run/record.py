@@ -116,6 +116,10 @@ class RunResult:
         return Data.from_json(self.data)
 
     @property
+    def provenance(self) -> Provenance:
+        return Provenance.from_json(self.config, self.env, self.fit)
+
+    @property
     def tuning(self) -> Tuning | None:
         """How tuning made this run (a trial, or a run at the chosen values); None for an untuned run."""
         return Tuning.from_json(self.config.get("tuning"))
@@ -208,6 +212,31 @@ class Training:
 
 
 TRAINING_KEYS = tuple(f.name for f in dataclasses.fields(Training))  # what a run records of its training
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where and how a run trained: result.json `env` with the precision its config resolved to."""
+
+    device: str | None = None  # "cpu:x86_64 x2 threads", a GPU's name
+    precision: str | None = None  # train.precision as resolved: fp32, bf16, fp16
+    bf16_base: bool = False  # its frozen base held in bf16 (run/levers.py)
+    versions: tuple[tuple[str, str], ...] = ()  # (package, version), as recorded
+    commit: str | None = None  # medpeft's git commit
+
+    @classmethod
+    def from_json(cls, config: dict, env: dict, fit: Training) -> Provenance:
+        env, train = section(env), section(section(config).get("train"))
+        versions = tuple((str(k), str(v)) for k, v in section(env.get("versions")).items() if v)
+        return cls(device=env.get("device"), precision=train.get("precision"), bf16_base=bool((fit.levers or {}).get("bf16_base")),
+                   versions=versions, commit=env.get("git_commit"))
+
+
+    def precision_words(self) -> str | None:
+        """`bf16 mixed precision, the frozen base held in bf16`, `fp32`, or None when not recorded."""
+        if self.precision in (None, "fp32"):
+            return self.precision
+        return f"{self.precision} mixed precision" + (" with the frozen base in bf16" if self.bf16_base else "")
 
 
 @dataclass(frozen=True)

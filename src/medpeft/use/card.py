@@ -331,10 +331,11 @@ def loading_section(run: FinishedRun, export: dict | None) -> str:
 
 
 def versions_section(result: RunResult) -> str:
-    env = result.env
-    versions = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items() if v)
+    ran = result.provenance
+    versions = ", ".join(f"{k} {v}" for k, v in ran.versions)
+    precision = f", in {ran.precision_words()}" if ran.precision_words() else ""
     return (f"## Package versions\n\nTrained with {versions or 'unrecorded versions'}; medpeft commit "
-            f"`{env.get('git_commit', 'unknown')}`, on {env.get('device', 'an unrecorded device')}.")
+            f"`{ran.commit or 'unknown'}`, on {ran.device or 'an unrecorded device'}{precision}.")
 
 
 def limits_section(run: FinishedRun) -> str:
