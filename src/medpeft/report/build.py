@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import html
-from collections import Counter
 import re
 import time
+from collections import Counter
 from pathlib import Path
 
 from medpeft.report import plots
@@ -237,9 +237,8 @@ def how_they_ran(runs: list) -> str:
     device, precision = tally(p.device for p in done), tally(p.precision_words() for p in done)
     packages = {name: tally(dict(p.versions).get(name) for p in done) for name in ("torch", "transformers", "peft")}
     commit = tally(p.commit[:7] + ("+dirty" if p.commit.endswith("+dirty") else "") for p in done if p.commit)
-    said = [" ".join(x for x in (f"on {device}" if device else "", f"in {precision}" if precision else "") if x)]
-    said += [f"{name} {version}" for name, version in packages.items() if version] + ([f"medpeft {commit}"] if commit else [])
-    said = [x for x in said if x]
+    where = " ".join(x for x in (device and f"on {device}", precision and f"in {precision}") if x)
+    said = [x for x in (where, *(f"{name} {version}" for name, version in packages.items() if version), commit and f"medpeft {commit}") if x]
     return f" Trained {'; '.join(said)}." if said else ""
 
 

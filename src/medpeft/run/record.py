@@ -231,9 +231,9 @@ class Provenance:
         return cls(device=env.get("device"), precision=train.get("precision"), bf16_base=bool((fit.levers or {}).get("bf16_base")),
                    versions=versions, commit=env.get("git_commit"))
 
-
     def precision_words(self) -> str | None:
-        """`bf16 mixed precision, the frozen base held in bf16`, `fp32`, or None when not recorded."""
+        """`bf16 mixed precision with the frozen base in bf16`, `bf16 mixed precision`, `fp32`, or None when
+        not recorded."""
         if self.precision in (None, "fp32"):
             return self.precision
         return f"{self.precision} mixed precision" + (" with the frozen base in bf16" if self.bf16_base else "")

@@ -245,7 +245,7 @@ def share_base(run: FinishedRun) -> tuple | None:
 
 def held_in_bf16(run: FinishedRun) -> bool:
     """Whether the run trained and evaluated with its frozen base held in bf16 (run/levers.py bf16_base)."""
-    return bool((run.result.fit.levers or {}).get("bf16_base"))
+    return run.result.provenance.bf16_base
 
 
 def check_output_place(path: Path, option: str) -> None:
