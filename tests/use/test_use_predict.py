@@ -272,6 +272,19 @@ def test_long_inputs_are_counted_and_reported(trained, tmp_path):
     assert any("1 of 2 inputs are longer than data.max_source_tokens=32" in line for line in done.lines())
 
 
+def test_ner_says_which_words_were_past_the_cut(trained, tmp_path):
+    """Words past data.max_source_tokens come back tagged "O" (one tag per word), and the row says how many of
+    the last words the model never read; a sentence that fits has no such field."""
+    _, run_dir, _ = trained("ner-lora")
+    long_words = ["patient", "with", "asthma", "was", "given", "aspirin"] * 12  # 72 words against 32 tokens
+    (tmp_path / "in.jsonl").write_text(json.dumps({"tokens": long_words}) + "\n" + json.dumps({"tokens": ["patient", "with", "asthma"]}) + "\n")
+    predict_runs([run_dir], tmp_path / "in.jsonl", tmp_path / "o.jsonl", progress=False)
+    long, short = read_jsonl(tmp_path / "o.jsonl")
+    assert len(long["prediction"]) == 72 and "unseen_words" not in short and len(short["prediction"]) == 3
+    seen = 72 - long["unseen_words"]
+    assert 0 < seen < 32 and long["prediction"][seen:] == ["O"] * long["unseen_words"]
+
+
 def test_the_id_column_defaults_to_the_runs_own_id_field():
     from types import SimpleNamespace
 

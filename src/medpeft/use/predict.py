@@ -24,6 +24,7 @@ from medpeft.tasks.user import RECORD_SUFFIXES, fields_of, raise_problems, read_
 from medpeft.use.runs import (FinishedRun, base_model_path, check_output_place, load_adapters, load_run_model, open_run,
                               pair_field_of, reads_pairs, run_instruction, share_base)
 
+UNSEEN_WORDS = "unseen_words"  # NER: how many last words were past data.max_source_tokens (tagged "O", never read)
 CHUNK_BATCHES = 4  # batches per progress-bar step; a multiple of the rows per call keeps the run's own batches
 
 
@@ -235,8 +236,13 @@ def predict_inputs(model, tokenizer, run: FinishedRun, inputs: list[dict], instr
             for i, output in zip(chunk, part):
                 outputs[i] = output
             bar.update(len(chunk))
-    return ([run.kind.decide(output, run.labels) for output in outputs], stats["truncated_sources"],
-            data_cfg.max_source_tokens)
+    decided = [run.kind.decide(output, run.labels) for output in outputs]
+    if run.kind.reads_words:  # a word past the cut has no labelled sub-word: the model never saw it, its "O" is a filler
+        for out, row, ex in zip(decided, rows, examples):
+            seen = sum(label != -100 for label in row["labels"])
+            if seen < len(ex["text"]):
+                out[UNSEEN_WORDS] = len(ex["text"]) - seen
+    return decided, stats["truncated_sources"], data_cfg.max_source_tokens
 
 
 def output_rows(inputs: list[dict], runs: list[FinishedRun], outputs: dict, fields: dict) -> list[dict]:
