@@ -398,3 +398,19 @@ def test_the_header_says_where_and_in_what_precision_the_runs_trained(tmp_path):
     assert header.endswith(" Trained on cpu:x86_64 x2 threads in bf16 mixed precision with the frozen base in bf16 (2 runs), "
                            "fp32 (1 run); torch 2.13.0+cpu; transformers 5.23.0; peft 0.21.2; medpeft 0123456+dirty.")
     assert "frozen base in bf16 (2 runs)" in (grid_dir / "report.html").read_text()
+
+
+def test_an_examples_long_reference_is_cut_as_the_outputs_beside_it(tmp_path):
+    """A reference as long as a whole abstract was printed whole next to outputs cut at 600 characters."""
+    from medpeft.report.sections import OUTPUT_CHARS
+
+    grid_dir = tmp_path / "g"
+    for seed in range(2):
+        rows = summary_rows([0.2, 0.4, 0.6, 0.8])
+        for row in rows:
+            row["reference"] = f"{row['id']} reference sentence. " * 80  # about 2,000 characters
+        write_run(grid_dir, f"lora{seed}", base_config("pubmed-conclusion", "smollm2-135m", "lora", seed), rows, "summarization")
+    build_report(grid_dir, n_resamples=50)
+    text = (grid_dir / "report.md").read_text()
+    references = [line for line in text.splitlines() if line.startswith("- *Reference*: ")]
+    assert references and all(len(line) - len("- *Reference*: ") <= OUTPUT_CHARS + 2 and line.endswith(" …") for line in references)

@@ -256,12 +256,14 @@ def summary_examples(frame, runs_by_id: dict) -> tuple[str, str]:
     h, m = [f"<div class='examples'><h3>Examples</h3><p class='note'>{intro}</p>"], ["### Examples\n", intro + "\n"]
     for n, i in enumerate(chosen, 1):
         ex = preds[0][i]
+        source = clip(show(ex.get("input", "")), SOURCE_CHARS)
+        reference = clip(show(ex.get("reference", ""), ex.get("input", "")), OUTPUT_CHARS)  # cut as the outputs beside it
         h.append(f"<div class='ex'><b>Example {n}</b> <code>{html.escape(i)}</code><div class='src'>"
-                 f"<div><span class='label'>Source</span><br>{html.escape(clip(show(ex.get('input', '')), SOURCE_CHARS))}</div>"
-                 f"<div><span class='label'>Reference</span><br>{html.escape(show(ex.get('reference', ''), ex.get('input', '')))}</div></div>"
+                 f"<div><span class='label'>Source</span><br>{html.escape(source)}</div>"
+                 f"<div><span class='label'>Reference</span><br>{html.escape(reference)}</div></div>"
                  "<div class='outs'>")
-        m += [f"**Example {n}** ({md_code(i)})\n", f"- *Source*: {md_text(one_line(clip(show(ex.get('input', '')), SOURCE_CHARS)))}",
-              f"- *Reference*: {md_text(one_line(show(ex.get('reference', ''), ex.get('input', ''))))}"]
+        m += [f"**Example {n}** ({md_code(i)})\n", f"- *Source*: {md_text(one_line(source))}",
+              f"- *Reference*: {md_text(one_line(reference))}"]
         for row, p, s in zip(rows, preds, scores):
             score = example_score(s[i]) if i in s else math.nan
             label = f"{describe_row(row, many)} · " + format_score(score, missing="—")
