@@ -43,6 +43,11 @@ def default_precision() -> str:
     return "bf16" if cpu_has_bf16() else "fp32"
 
 
+def resolve_precision(precision: str) -> str:
+    """A `train.precision` (or `--precision`) as it runs here: auto becomes default_precision()."""
+    return default_precision() if precision == "auto" else precision
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (x86 AVX512-BF16 or AMX: AMD Zen 4 and newer, Intel Xeon
     Cooper Lake / Sapphire Rapids and newer). There a bf16 matrix product runs at about twice the fp32 rate

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medpeft.config import ExperimentConfig
-from medpeft.dist import default_precision
+from medpeft.dist import resolve_precision
 from medpeft.errors import ConfigError, MedpeftError
 from medpeft.methods import MethodSpec, check_hardware, validate_method_args
 from medpeft.models import check_model_name, model_architecture, position_limit, resolve_model
@@ -79,8 +79,7 @@ def resolve_config(cfg: ExperimentConfig) -> ExperimentConfig:
     train = copy.copy(cfg.train)
     if train.lr is None:
         train.lr = METHODS[cfg.method].default_lr  # set, not validated: the untrained baseline's is 0
-    if train.precision == "auto":  # the run id and result.json record what ran
-        train.precision = default_precision()
+    train.precision = resolve_precision(train.precision)  # the run id and result.json record what ran
     resolved = dataclasses.replace(cfg, train=train, fingerprint=content_fingerprint(cfg))
     resolved.variant, resolved.tune = dict(cfg.variant), cfg.tune  # not constructor fields: carried over by hand
     return resolved

@@ -132,7 +132,7 @@ def pretrain(cfg: PretrainConfig, *, online: bool = False, log=print) -> Path:
     from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling, PrinterCallback, Trainer, TrainingArguments, set_seed
 
-    from medpeft.dist import default_precision
+    from medpeft.dist import resolve_precision
     from medpeft.methods import check_precision
     from medpeft.run.fit import as_callback, trainer_class
     from medpeft.run.loss import masked_positions_loss
@@ -140,7 +140,7 @@ def pretrain(cfg: PretrainConfig, *, online: bool = False, log=print) -> Path:
     from medpeft.run.progress import TrainProgress
     from medpeft.models import PRETRAIN_RECORD, resolve_model
 
-    precision = default_precision() if cfg.precision == "auto" else cfg.precision
+    precision = resolve_precision(cfg.precision)
     check_precision(precision, "--precision")
     set_seed(cfg.seed)
     path = resolve_model(cfg.model, online)

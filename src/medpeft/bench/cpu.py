@@ -37,11 +37,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from medpeft.dist import resolve_precision
+
 LORA_FLOP_PER_PARAM_TOKEN = 4  # forward 2 + input gradients 2; no weight gradients for the frozen base
 SIDES = ("medpeft", "plain")
 PLAIN_GENERATION_ROWS = 8  # summaries per generate() call in the plain pipeline (and medpeft's eval_batch_size here)
 GIB = 2**30
-TORCH_DTYPES = {"fp32": lambda torch: torch.float32, "bf16": lambda torch: torch.bfloat16}  # torch is imported late
 
 
 @dataclass(frozen=True)
@@ -90,13 +91,6 @@ def experiment_config(w: Workload, precision: str = "auto"):
         train={"max_steps": w.steps, "batch_size": w.batch_size, "eval_batch_size": PLAIN_GENERATION_ROWS, "lr": w.lr,
                "precision": precision},
         generation={"max_new_tokens": w.max_new_tokens or None})
-
-
-def resolved(precision: str) -> str:
-    """What a side's precision means on this machine (auto: train.precision's default here)."""
-    from medpeft.dist import default_precision
-
-    return default_precision() if precision == "auto" else precision
 
 
 # --- the two sides, each in its own process --------------------------------------------------
@@ -267,7 +261,7 @@ def run_side(side: str, w: Workload, result_path: Path, precision: str) -> None:
         if side == "medpeft":
             figures = measure_medpeft(w, Path(tmp), experiment_config(w, precision))
         else:
-            figures = measure_plain(w, Path(tmp), resolved(precision))
+            figures = measure_plain(w, Path(tmp), resolve_precision(precision))
     figures["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
     if torch.cuda.is_available():
         figures["gpu_peak_bytes"] = int(torch.cuda.max_memory_allocated())
@@ -345,7 +339,7 @@ def table_lines(w: Workload, sides: dict, peaks: dict[str, float]) -> list[str]:
 
 def describe(w: Workload, precisions: dict[str, str]) -> str:
     """The workload in a line; `precisions`: each side's, as asked (auto: medpeft's default here)."""
-    med, plain = (resolved(precisions[side]) + (" (its default here)" if precisions[side] == "auto" else "") for side in SIDES)
+    med, plain = (resolve_precision(precisions[side]) + (" (its default here)" if precisions[side] == "auto" else "") for side in SIDES)
     precision = f"both {med}" if med == plain else f"medpeft {med}, plain {plain}"
     size = (f"max source {w.max_source} + target {w.max_target} tokens, plain pads to {w.max_length}" if w.generates
             else f"max {w.max_source} tokens, plain pads to {w.max_length}")
@@ -362,14 +356,16 @@ def benchmark(quick: bool, precisions: dict[str, str] | None = None) -> None:
     `precisions`: each side's (auto, fp32, bf16); by default medpeft's auto against the plain pipeline's fp32."""
     import torch
 
+    from medpeft.use.export import torch_dtype
+
     workloads = QUICK if quick else FULL
     print(f"medpeft benchmark{' --quick (tiny random models: the figures mean nothing)' if quick else ''}: "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs"
           + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""), flush=True)
     precisions = precisions or {"medpeft": "auto", "plain": "fp32"}
     peaks = {}
-    for name in sorted({resolved(p) for p in precisions.values()}, reverse=True):  # fp32 first
-        peaks[name] = matmul_peak(0.5 if quick else 5.0, 512 if quick else 2048, TORCH_DTYPES[name](torch))
+    for name in sorted({resolve_precision(p) for p in precisions.values()}, reverse=True):  # fp32 first
+        peaks[name] = matmul_peak(0.5 if quick else 5.0, 512 if quick else 2048, torch_dtype(name))
         print(f"{name} matmul peak: {peaks[name] / 1e9:.1f} GFLOP/s", flush=True)
     for w in workloads.values():
         sides = {}
@@ -377,5 +373,5 @@ def benchmark(quick: bool, precisions: dict[str, str] | None = None) -> None:
             print(f"medpeft.bench: {w.name} through {side} ...", file=sys.stderr, flush=True)
             sides[side] = measure_in_subprocess(side, w, quick, precisions[side])
         print(f"\n{describe(w, precisions)}")
-        print("\n".join(table_lines(w, sides, {side: peaks[resolved(precisions[side])] for side in SIDES})), flush=True)
+        print("\n".join(table_lines(w, sides, {side: peaks[resolve_precision(precisions[side])] for side in SIDES})), flush=True)
     print(f"\n{TARGETS}")

@@ -136,7 +136,7 @@ def measure_medpeft_gpu(w: GpuWorkload, model_path: str, workdir: Path, lever: s
     `--quick` on CPU pads to 64 as CUDA does, so that the ablation runs that code path there too."""
     import torch
 
-    from medpeft.dist import default_precision, local_device
+    from medpeft.dist import local_device, resolve_precision
     from medpeft.methods import METHODS
     from medpeft.run import fit
     from medpeft.run.kinds import KINDS
@@ -148,7 +148,7 @@ def measure_medpeft_gpu(w: GpuWorkload, model_path: str, workdir: Path, lever: s
         fit.choose_levers = lambda *a: dataclasses.replace(choose(*a), host_counts=False)
     try:
         figures = measure_medpeft(w, workdir, config)
-        train = dataclasses.replace(config.train, precision=default_precision())  # what train.precision: auto ran
+        train = dataclasses.replace(config.train, precision=resolve_precision(config.train.precision))  # what ran
         chosen = fit.choose_levers(local_device().type, KINDS["seq2seq" if w.seq2seq else "causal"], METHODS[w.method].peft_class,
                                    False, train)
     finally:

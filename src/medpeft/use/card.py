@@ -24,7 +24,7 @@ from medpeft.run.encode import ANSWER_CUE, ANSWER_CUE_FORMAT, CHAT_TEMPLATE, sou
 from medpeft.run.kinds import decoding
 from medpeft.run.metrics import PRIMARY_METRIC, metric_label
 from medpeft.run.record import RunResult, load_results
-from medpeft.use.runs import TEXT_ONLY, FinishedRun, held_in_bf16, open_run, pair_field_of, reads_pairs, run_instruction
+from medpeft.use.runs import TEXT_ONLY, FinishedRun, open_run, pair_field_of, reads_pairs, run_instruction
 
 log = logging.getLogger("medpeft")
 
@@ -320,7 +320,7 @@ def loading_section(run: FinishedRun, export: dict | None) -> str:
             head = ", num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)}"
             head += f", problem_type={run.kind.problem_type!r}" if run.kind.problem_type else ""
         code.append(f"base = {auto}.from_pretrained(base_model{head})")
-        if held_in_bf16(run):
+        if run.result.provenance.bf16_base:  # as the run evaluated (use/runs.load_adapters)
             code = ["import torch", *code, "for weight in base.parameters():  # as the run evaluated: its frozen base in bf16",
                     "    weight.data = weight.data.to(torch.bfloat16)  # (peft loads the adapter itself in fp32)"]
         code.append("model = PeftModel.from_pretrained(base, adapter)")

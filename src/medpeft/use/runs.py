@@ -225,7 +225,7 @@ def load_adapters(runs: list[FinishedRun], names: list[str], online: bool = Fals
     quantize = first.method.quantize_4bit  # QLoRA adapters were trained on, and predict with, the 4-bit base
     base, tokenizer, _ = load_model(base_model_path(first, online), first.kind.auto_class, first.head_labels,
                                     first.kind.problem_type, quantize)
-    if held_in_bf16(first):  # as the run evaluated: the frozen base in bf16 (peft keeps the adapter fp32)
+    if first.result.provenance.bf16_base:  # as the run evaluated: the frozen base in bf16 (peft keeps the adapter fp32)
         hold_frozen_in_bf16(base.requires_grad_(False))
     model = PeftModel.from_pretrained(base, first.adapter_dir, adapter_name=names[0])
     for run, name in zip(runs[1:], names[1:]):
@@ -240,12 +240,7 @@ def share_base(run: FinishedRun) -> tuple | None:
     if run.peft_type is None:
         return None
     return (run.result.model_path, run.config.model, run.kind.name, tuple(run.head_labels or ()), run.peft_type,
-            run.method.quantize_4bit, held_in_bf16(run))
-
-
-def held_in_bf16(run: FinishedRun) -> bool:
-    """Whether the run trained and evaluated with its frozen base held in bf16 (run/levers.py bf16_base)."""
-    return run.result.provenance.bf16_base
+            run.method.quantize_4bit, run.result.provenance.bf16_base)
 
 
 def check_output_place(path: Path, option: str) -> None:
