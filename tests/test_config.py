@@ -477,10 +477,11 @@ def test_precision_auto_is_bf16_where_the_gpu_or_cpu_multiplies_it_natively_else
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")  # a torch without the private check: fp32, no error
     assert not dist.cpu_has_bf16()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # Ampere and newer
     assert dist.default_precision() == "bf16" and checked_config(raw).train.precision == "bf16"
     assert checked_config(raw).run_id != cpu.run_id  # another precision: another run
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)  # fp16-only GPUs: fp32 unless asked
+    # a T4 or V100: torch says yes when emulation counts (its default), no for native bf16: fp32 unless asked
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
     assert checked_config(raw).train.precision == "fp32"
     assert checked_config(dict(raw, train={"precision": "fp16"})).train.precision == "fp16"  # an explicit choice stays
 

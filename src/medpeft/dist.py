@@ -35,11 +35,12 @@ def default_precision() -> str:
     """What `train.precision: auto` means here: bf16 where the hardware multiplies bf16 natively, a CUDA GPU
     that supports it (Ampere and newer) or, without one, a CPU with bf16 instructions (cpu_has_bf16); else
     fp32 (other CPUs, where bf16 is emulated and slower, and GPUs with fp16 only, where fp16 stays a choice:
-    it can overflow)."""
+    it can overflow). torch's own check counts emulation as support (a T4 or V100 says yes), so it is asked
+    for native support alone."""
     import torch
 
     if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
     return "bf16" if cpu_has_bf16() else "fp32"
 
 
