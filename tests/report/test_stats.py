@@ -192,6 +192,17 @@ def test_test_set_and_seeds_must_agree_before_a_claim():
     assert compare.describe_comparison(dict(cmp, p_examples=0.2)) == "no detectable difference"
 
 
+def test_a_verdicts_seed_p_says_it_is_holm_adjusted_and_reads_as_the_tables():
+    """The verdict quoted the adjusted seed p as plain "Welch p = 0.07" (raw 0.022): a reader took a p below
+    0.05 for noise without knowing why; it now says it is adjusted, with the table's three decimals."""
+    cmp = {"n_examples": 400, "p_examples": 0.012, "p_seeds": 0.0657, "p_seeds_raw": 0.0219, "delta": -0.05,
+           "seeds": (3, 3), "seed_test": "Welch", "adjusted": True}
+    assert compare.describe_comparison(cmp) == ("worse on this test set, but within seed noise "
+                                                "(Holm-adjusted Welch p = 0.066): not a claim")
+    unadjusted = dict(cmp, p_seeds=0.0657, p_seeds_raw=0.0657, adjusted=False)
+    assert "(Welch p = 0.066)" in compare.describe_comparison(unadjusted)
+
+
 def test_constant_seeds_are_described_by_the_seed_test_used():
     cmp = {"n_examples": 50, "p_examples": 0.001, "p_seeds": math.nan, "delta": 0.02}
     welch = compare.describe_comparison(dict(cmp, seeds=(3, 3), seed_test="Welch"))

@@ -50,6 +50,7 @@ PEAK_SCRIPT = textwrap.dedent("""
     class Run:  # an earlier run's model, kept alive only by a reference cycle (as Trainer objects are)
         pass
 
+    reset_peak_memory()  # the process's first run (it loads the libraries every run needs)
     before = current_rss()
     earlier = Run()
     earlier.weights = torch.ones(150_000_000)  # 600 MB, touched
@@ -66,6 +67,32 @@ def test_a_runs_peak_does_not_include_an_earlier_runs_memory():
     out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT], capture_output=True, text=True, timeout=120, check=True)
     grown_mib = float(out.stdout.strip().splitlines()[-1])
     assert grown_mib < 150, f"peak is {grown_mib:.0f} MiB above the start: the earlier run's 572 MiB were counted"
+
+
+LEFT_SCRIPT = textwrap.dedent("""
+    import torch
+    from medpeft.run.measure import peak_memory_bytes, process_status_bytes, reset_peak_memory
+
+    reset_peak_memory()  # the process's first run
+    first_start = process_status_bytes("VmRSS")
+    first = torch.ones(100_000_000)  # 400 MB: the first run's model
+    first_peak = peak_memory_bytes()
+    del first
+    left_behind = torch.ones(75_000_000)  # 300 MB the first run leaves resident (a kernel cache, a held heap)
+    reset_peak_memory()  # the second run, the same work
+    second = torch.ones(100_000_000)
+    print(first_peak - first_start, peak_memory_bytes() - first_start)
+""")
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="the RSS peak reset needs Linux")
+def test_a_runs_peak_does_not_grow_with_what_earlier_runs_left_resident():
+    """Two runs of the same work in one process have the same peak, whatever the first left behind: in a grid
+    (one process) the peaks rose with each run's place, so three seeds of one config spread over 0.45 GiB and
+    the method that ran first looked the lightest."""
+    out = subprocess.run([sys.executable, "-c", LEFT_SCRIPT], capture_output=True, text=True, timeout=300, check=True)
+    first, second = (int(x) / 2**20 for x in out.stdout.split())
+    assert first > 350 and abs(second - first) < 50, f"first run {first:.0f} MiB, the same work after it {second:.0f} MiB"
 
 
 def test_the_commit_is_read_once_per_process(monkeypatch):

@@ -153,7 +153,7 @@ def test_cost_and_training_keys_are_the_records_fields():
     from medpeft.run.record import COST_KEYS, TRAINING_KEYS
 
     assert COST_KEYS == ("trainable_params", "trainable_pct", "train_seconds", "eval_seconds", "train_tokens_per_second",
-                         "peak_memory_bytes", "adapter_bytes", "adapter_folder_bytes", "forgetting")
+                         "peak_memory_bytes", "earlier_runs_resident_bytes", "adapter_bytes", "adapter_folder_bytes", "forgetting")
     assert {"steps", "planned_steps", "train_loss", "val_loss", "resumed_from_step"} <= set(TRAINING_KEYS)
 
 

@@ -23,7 +23,8 @@ from medpeft.report.sections import (answer_first, example_section, failure_sect
                                       warnings_for)
 from medpeft.report.summary import write_summary
 from medpeft.report.tuning import tuning_lines, tuning_section
-from medpeft.report.tables import ROUGE_L_NOTE, md_text, table_columns, table_html, table_latex, table_markdown
+from medpeft.report.tables import (ROUGE_L_NOTE, format_bytes, md_text, memory_ranked, shared_memory_bytes, table_columns,
+                                   table_html, table_latex, table_markdown)
 from medpeft.run.metrics import MACRO_NOTE, single_label
 from medpeft.run.metrics import metric_label as label_of
 from medpeft.run.record import write_atomic
@@ -168,7 +169,7 @@ def task_sections(task: str, frame, runs_by_id: dict, plot_dir: Path, opts: dict
                   + (ROUGE_L_NOTE + " " if has_rouge else "")
                   + (MACRO_NOTE + " " if "macro_f1_mean" in frame and frame["macro_f1_mean"].notna().any() else "")
                   + (FORGETTING_NOTE + " " if "forgetting_mean" in frame and frame["forgetting_mean"].notna().any() else "")
-                  + CI_NOTE + " Peak memory is the process's resident set on CPU, the allocator peak on GPU.")
+                  + CI_NOTE + " " + memory_note(frame))
     cmp_html, cmp_md = comparison_table(frame, comparisons)
     figures = make_task_plots(frame, task, plot_dir)
     confusion = plot_dir / f"report-{slug(task)}-confusion.png"
@@ -248,6 +249,19 @@ def tally(values) -> str:
     if len(counts) == 1:
         return next(iter(counts))
     return ", ".join(f"{value} ({n} run{'s' if n > 1 else ''})" for value, n in counts.most_common())
+
+
+def memory_note(frame) -> str:
+    """What the peak memory column means here, and why it is not ranked when CPU runs shared a process."""
+    text = ("Peak memory is the allocator's peak on a GPU; on CPU the process's resident peak during the run, less "
+            "what earlier runs of the same process left resident.")
+    if memory_ranked(frame):
+        return text
+    return text + (f" These runs shared one process, which held up to {format_bytes(shared_memory_bytes(frame))} of "
+                   "earlier runs' memory (kernel caches, heap); left out of each peak, it still moves a run's peak by up "
+                   "to about as much from the run alone in a fresh process, so the column is not ranked. For exact "
+                   "peaks, one process per run: `medpeft run GRID.yaml --backend slurm --slurm cluster=local --slurm "
+                   "array_parallelism=1`.")
 
 
 def trials_note(runs: list, trials: list) -> str:

@@ -66,12 +66,13 @@ def describe_comparison(cmp: dict, alpha: float = ALPHA) -> str:
     few = min(cmp["seeds"])
     seeds = f"{few} seed" + ("s" if few != 1 else "")
     p_seeds, test = cmp["p_seeds"], cmp.get("seed_test", "Welch")
+    seed_p = f"{'Holm-adjusted ' if cmp.get('adjusted') else ''}{test} p = {format_p(p_seeds)}"  # the table's p (seeds)
     if significant and p_seeds == p_seeds and p_seeds >= alpha:
         # the test set says yes, the seeds say it could be training noise: both must agree for a claim
-        return f"{verdict} on this test set, but within seed noise ({test} p = {p_seeds:.2f}): not a claim"
+        return f"{verdict} on this test set, but within seed noise ({seed_p}): not a claim"
     if few < SEEDS_FOR_A_CLAIM and significant:
         if p_seeds == p_seeds:  # measured, on too few seeds to rest a claim on
-            return f"{verdict} on this test set and over seeds ({test} p = {p_seeds:.2g}), but only {seeds}: not yet a claim"
+            return f"{verdict} on this test set and over seeds ({seed_p}), but only {seeds}: not yet a claim"
         return f"{verdict} on this test set, but only {seeds}: training noise unmeasured, not yet a claim"
     if few < SEEDS_FOR_A_CLAIM:
         return f"{verdict} (only {seeds})"

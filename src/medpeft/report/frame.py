@@ -144,7 +144,7 @@ def summarize_group(runs: list[RunResult], varying: dict, n_resamples: int, seed
            "setting": comparable_setting(first),
            # recorded by the run; read from the model folder for runs older than that record
            "adapted_from": first.adapted_from or adapted_from(first.model_path),
-           "total_params": first.cost.total_params}
+           "total_params": first.cost.total_params, "baseline_words": first.baseline_words}
     for key in METRICS:
         values = [r.metrics[key] for r in runs if r.metrics.get(key) is not None]
         if values:  # the model card shows every metric's interval over seeds

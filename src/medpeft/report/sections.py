@@ -16,7 +16,7 @@ from medpeft.report.frame import example_scores
 from medpeft.report.plots import image_html, plot_confusion
 from medpeft.report.stats import ALPHA, statistic
 from medpeft.report.tables import (describe_row, format_cost, format_points, format_score, has_several_models, md_code,
-                                   md_text, row_label)
+                                   md_text, memory_ranked, row_label)
 from medpeft.run.metrics import metric_label, single_label
 from medpeft.run.record import RunResult
 
@@ -71,8 +71,10 @@ def answer_first(frame, comparisons: list[dict], within_points: float) -> list[s
                      f"**{describe_row(row, many)}**, {name} {format_score(row['primary_mean'])}, {cost_text(row)}"
                      f"{untrained_caveat(comparisons, cheap['row'])}.")
     lines += against_base_models(frame, comparisons)
-    refs = [(f"{r['model']} " if many else "") + format_score(r["primary_mean"]) for _, r in frame.iterrows()
-            if r["is_baseline"]]
+    refs = [(f"{r['model']} " if many else "") + format_score(r["primary_mean"])
+            + (f" (no model ran: {r['baseline_words']}, since a new head is random before training)"
+               if isinstance(r.get("baseline_words"), str) else "")
+            for _, r in frame.iterrows() if r["is_baseline"]]
     if refs:
         lines.append("Untrained baseline: " + "; ".join(refs) + "." + against_untrained(frame, comparisons, best_idx, many))
     lines += baseline_beats_training(frame, trained, name)
@@ -151,6 +153,8 @@ def cheapest_near_best(trained, best_idx: int, within_points: float, name: str, 
     near = trained[trained["primary_mean"] >= trained.loc[best_idx, "primary_mean"] - within_points / 100 - 1e-12]
     picks: dict[int, list[str]] = {}
     for key, budget in BUDGETS:
+        if key == "peak_memory_bytes" and not memory_ranked(trained):
+            continue
         column = f"{key}_mean"
         values = near[column].dropna() if column in near else near.iloc[0:0]
         if not values.empty and values.idxmin() != best_idx:

@@ -56,10 +56,30 @@ COSTS: dict[str, Cost] = {c.key: c for c in (
     Cost("train_tokens_per_second", "Train tokens/s", "tokens/s", lambda v: f"{v:,.0f}", "tokens/s", table=False,
          lower_is_better=False),
     Cost("peak_memory_bytes", "Peak memory", "bytes", format_bytes, "peak"),
+    Cost("earlier_runs_resident_bytes", "Left by earlier runs", "bytes", format_bytes, "left resident by earlier runs",
+         table=False),
     Cost("adapter_bytes", "Adapter size", "bytes", format_bytes, "on disk"),
     Cost("adapter_folder_bytes", "Adapter folder", "bytes", format_bytes, "folder on disk", table=False),
     Cost("forgetting", "Forgetting (Δ LM loss)", "nats/token", lambda v: f"{v:+.3f}", "forgetting"),
 )}
+
+
+SHARED_MEMORY_BYTES = 2**30 // 10  # CPU: earlier runs' memory above this makes peaks too uncertain to rank
+
+
+def shared_memory_bytes(frame) -> float:
+    """The most any trained row's runs found left resident by earlier runs of their process (CPU), 0 if none.
+    A run's peak leaves it out, yet can still be off by about as much from the run's peak alone in a fresh
+    process (the allocator reuses some of it), so peak memory differences below it are not ranked."""
+    column = frame.loc[~frame["is_baseline"], "earlier_runs_resident_bytes_mean"] if (
+        "earlier_runs_resident_bytes_mean" in frame) else []
+    values = [v for v in column if v == v]
+    return max(values, default=0.0)
+
+
+def memory_ranked(frame) -> bool:
+    """Whether the task's peak memory column may be ranked (bold, least-memory answers)."""
+    return shared_memory_bytes(frame) <= SHARED_MEMORY_BYTES
 
 
 def format_cost(key: str, value: float) -> str:
@@ -146,7 +166,9 @@ def table_columns(frame) -> list[dict]:
         if cost.key == "forgetting" and all(m != m for m in means):  # an optional measurement: no column unless measured
             continue
         cells = ["—" if not t else (cost.format(m) if m == m else "") for m, t in zip(means, trained)]
-        cols.append({"header": cost.label, "cells": cells, "best": best_indices(means, trained, higher=not cost.lower_is_better)})
+        ranked = cost.key != "peak_memory_bytes" or memory_ranked(frame)
+        cols.append({"header": cost.label, "cells": cells,
+                     "best": best_indices(means, trained, higher=not cost.lower_is_better) if ranked else set()})
     return cols
 
 

@@ -22,7 +22,8 @@ from medpeft.run.levers import hold_frozen_in_bf16
 from medpeft.run.forgetting import continuation_rows, heldout_abstracts, measure_forgetting
 from medpeft.run.kinds import KINDS
 from medpeft.run.metrics import score_bertscore
-from medpeft.run.measure import count_parameters, describe_env, folder_bytes, peak_memory_bytes, reset_peak_memory
+from medpeft.run.measure import (count_parameters, describe_env, earlier_runs_resident_bytes, folder_bytes, peak_memory_bytes,
+                                 reset_peak_memory)
 from medpeft.run.record import TRAINING_KEYS, RunResult, Tuning, is_trial, write_jsonl
 from medpeft.tasks import sample_per_class
 
@@ -59,6 +60,8 @@ def run_experiment(plan: RunPlan, run_dir: Path, on_validation=None, callbacks=(
     else:
         predictions, metrics, test_stats = evaluate_model(model, tokenizer, kind, plan, train_rows, use_model, split, data_cfg)
     evaluation = add_bertscore(plan, predictions, metrics) if plan.bertscore and not trial else {}
+    if not use_model:  # the report says what such a baseline is: no model ran
+        evaluation["baseline"] = kind.prior_words
     eval_seconds = time.perf_counter() - start
     if plan.config.forgetting is not None and plan.method.trains:
         evaluation["forgetting"] = measure_run_forgetting(model, tokenizer, plan, kind, peft_config)
@@ -172,12 +175,14 @@ def save_adapter(model, tokenizer, plan: RunPlan, peft_config, adapter_dir: Path
 
 def efficiency(params: dict, training: dict, eval_seconds: float, adapter_dir: Path, forgetting: dict | None) -> dict:
     """Cost of the run. adapter_bytes: the weights that must be stored (the adapter, or the whole model
-    for `full`); adapter_folder_bytes adds peft's README, the configs and, for `full`, the tokenizer;
-    forgetting: the change in LM loss on held-out abstracts (nats/token), when measured."""
+    for `full`); adapter_folder_bytes adds the configs and, for `full`, the tokenizer (not the README.md, the
+    model card that each report rewrites); forgetting: the change in LM loss on held-out abstracts (nats/token),
+    when measured."""
     seconds = training["train_seconds"]
     cost = {**params, "train_seconds": seconds, "eval_seconds": eval_seconds,
             "train_tokens_per_second": training["train_tokens"] / seconds if seconds else 0.0,
-            "peak_memory_bytes": peak_memory_bytes(), "adapter_bytes": folder_bytes(adapter_dir, weights_only=True),
+            "peak_memory_bytes": peak_memory_bytes(), "earlier_runs_resident_bytes": earlier_runs_resident_bytes(),
+            "adapter_bytes": folder_bytes(adapter_dir, weights_only=True),
             "adapter_folder_bytes": folder_bytes(adapter_dir)}
     if forgetting is not None:
         cost["forgetting"] = forgetting["forgetting"]

@@ -46,6 +46,7 @@ class ModelKind:
     # (model, inputs, num_items_in_batch) -> (loss, outputs): the kind's own training loss; None: the model's
     loss: Callable | None = None
     reads_words: bool = False  # its input is a list of words (NER): a new text is split on whitespace
+    prior_words: str | None = None  # what `prior` predicts, for the report (result.json evaluation.baseline)
 
     @property
     def decoder_only(self) -> bool:
@@ -226,11 +227,13 @@ KINDS: dict[str, ModelKind] = {k.name: k for k in (
               functools.partial(generate, decoder_only=True), score_texts, None, "summarization", "text-generation",
               no_text, decide_text, loss_kwargs=True, loss=labelled_positions_loss),
     ModelKind("seq_cls", "AutoModelForSequenceClassification", "SEQ_CLS", True, None, encode_class, pad_inputs,
-              class_probs, score_classes, majority_class, "classification", "text-classification", first_label, decide_class),
+              class_probs, score_classes, majority_class, "classification", "text-classification", first_label, decide_class,
+              prior_words="the training split's majority class for every example"),
     ModelKind("multilabel", "AutoModelForSequenceClassification", "SEQ_CLS", True, "multi_label_classification",
               encode_label_set, pad_inputs, functools.partial(class_probs, multilabel=True), score_label_sets, label_shares,
-              "multilabel", "text-classification", no_labels, decide_labels),
+              "multilabel", "text-classification", no_labels, decide_labels,
+              prior_words="each label's share of the training examples as every example's probability"),
     ModelKind("token_cls", "AutoModelForTokenClassification", "TOKEN_CLS", True, None, encode_tokens, token_collator,
               word_tags, score_tags, majority_tag, "ner", "token-classification", first_label_per_word, decide_text,
-              reads_words=True),
+              reads_words=True, prior_words="the training split's most frequent tag for every word"),
 )}

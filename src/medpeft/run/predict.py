@@ -12,8 +12,8 @@ from medpeft.models import model_sizes
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what an encoded row feeds the model
 # CPU generation: a decode step multiplies every weight matrix by a few rows, which MKL runs far below the
 # matmul peak (fp32, 2 cores: a few GFLOP/s at 8 to 64 rows), so a step's time grows much more slowly than
-# its rows and rows per generate() call set new tokens/s (SmolLM2, `make bench`: 32 per call 1.4x the
-# tokens/s of 8). Up to GENERATION_ROWS rows go together while their key/value cache stays under
+# its rows and rows per generate() call set new tokens/s (SmolLM2, `make bench`: 32 per call 1.24-1.4x the
+# tokens/s of 8 in fp32, 1.9-2.1x in bf16). Up to GENERATION_ROWS rows go together while their key/value cache stays under
 # GENERATION_BYTES (the same 1.5 GiB a training forward may hold on CPU).
 GENERATION_ROWS = 64
 GENERATION_BYTES = 3 * 2**29

@@ -50,7 +50,7 @@ class RunResult:
     adapted_from: str | None = None  # the model `medpeft pretrain` made this run's model from (models.adapted_from)
     model_kind: str | None = None  # a ModelKind name (run/kinds.py)
     metrics: dict = field(default_factory=dict)
-    evaluation: dict = field(default_factory=dict)  # how optional metrics were computed (BERTScore model and layer)
+    evaluation: dict = field(default_factory=dict)  # how optional metrics were computed (BERTScore model and layer), a baseline's prior
     efficiency: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
@@ -120,6 +120,12 @@ class RunResult:
         return Provenance.from_json(self.config, self.env, self.fit)
 
     @property
+    def baseline_words(self) -> str | None:
+        """What an untrained run predicted when its head was random and no model ran (its kind's prior, e.g.
+        the majority class); None for a baseline the model itself scored (zero-shot) and for older runs."""
+        return text(self.evaluation.get("baseline"))
+
+    @property
     def tuning(self) -> Tuning | None:
         """How tuning made this run (a trial, or a run at the chosen values); None for an untuned run."""
         return Tuning.from_json(self.config.get("tuning"))
@@ -169,9 +175,11 @@ class Efficiency:
     train_seconds: float | None = None  # wall time of training, resumed sessions summed
     eval_seconds: float | None = None  # wall time of prediction and scoring
     train_tokens_per_second: float | None = None
-    peak_memory_bytes: int | None = None  # CUDA allocator peak, or the process's RSS high-water mark on CPU
+    peak_memory_bytes: int | None = None  # CUDA allocator peak; on CPU the process's RSS peak during the run, less
+    # earlier_runs_resident_bytes: what earlier runs of the same process left resident (kernel caches, heap)
+    earlier_runs_resident_bytes: int | None = None
     adapter_bytes: int | None = None  # the weights that must be stored (the whole model for full fine-tuning)
-    adapter_folder_bytes: int | None = None  # adapter/ whole: configs, README, a full run's tokenizer
+    adapter_folder_bytes: int | None = None  # adapter/ but its README.md (the model card): configs, a full run's tokenizer
     forgetting: float | None = None  # change in LM loss on held-out abstracts, nats/token (when measured)
     total_params: int | None = None
 
