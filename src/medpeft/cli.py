@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
             ("resources", "ray|slurm", "what each run takes on a worker: gpus_per_run, cpus_per_run, retries"),
             ("ray", "ray", "the Ray cluster: address (unset: a local cluster; auto: join this node's), num_cpus, num_gpus"),
             ("slurm", "slurm", "the job array: partition, time (minutes), array_parallelism, mem_gb, account, qos, "
-                               "constraint, setup, additional, cluster (auto|slurm|local|debug)")):
+                               "constraint, setup, additional, cluster (auto|slurm|local|debug), poll_s (seconds between looks "
+                               "at the jobs)")):
         run.add_argument(f"--{block}", action="append", default=[], metavar="KEY=VALUE",
                          help=f"--backend {backend}: {text}; repeat for more keys (sets the grid file's {block}: block)")
     run.add_argument("--no-wait", action="store_true",

@@ -155,6 +155,24 @@ def test_loading_snippet_runs_and_gives_the_runs_model(trained, name):
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 
 
+def test_the_readmes_loading_snippet_gives_the_runs_classifier(trained):
+    """README's "Using the adapters", run as a user runs it on a classification run: the run's own model, to the
+    last digit (it loaded a classifier as a causal LM: vocabulary logits from a new, random head)."""
+    from pathlib import Path
+
+    from test_export import logits_of  # noqa: PLC0415
+
+    from medpeft.use.runs import load_adapters, open_run
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    snippet = code_block(readme[readme.index("### Using the adapters"):], "python")
+    run_dir = trained("rct-lora")[1]
+    scope: dict = {}
+    exec(snippet.replace("runs/quick/<run_id>", str(run_dir)), scope)  # noqa: S102
+    expected = logits_of(*load_adapters([open_run(run_dir)], ["default"]), False)
+    torch.testing.assert_close(logits_of(scope["model"], scope["tokenizer"], False), expected, rtol=0, atol=1e-6)
+
+
 def task_strings(cfg) -> list[str]:
     """Every input text (and summary) of the task's splits, as a run of `cfg` loads them."""
     from medpeft.plan import load_data, task_spec
