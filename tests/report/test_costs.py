@@ -64,3 +64,23 @@ def test_peak_memory_is_not_ranked_when_earlier_runs_of_the_process_held_much_me
     assert "held up to 512.0 MiB of earlier runs' memory" in memory_note(shared) and "not ranked" in memory_note(shared)
     trained = shared[~shared["is_baseline"]]
     assert "least peak memory" not in cheapest_near_best(trained, int(trained["primary_mean"].idxmax()), 1.0, "ROUGE-1", False)
+
+
+def test_the_memory_panel_draws_no_pareto_front_when_peaks_are_not_ranked(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from medpeft.report.plots import plot_tradeoffs
+
+    fronts = []
+    plot = matplotlib.axes.Axes.plot
+
+    def recorded(ax, *args, **kwargs):
+        fronts.append(kwargs.get("label") == "Pareto front")
+        return plot(ax, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", recorded)
+    for name, left, expected in (("alone", 0, 3), ("shared", 2**29, 2)):  # trainable %, memory, time; memory left out
+        (tmp_path / name).mkdir()
+        fronts.clear()
+        plot_tradeoffs(memory_grid(tmp_path / name, left), tmp_path / f"{name}.png", "ROUGE-1")
+        assert sum(fronts) == expected, name

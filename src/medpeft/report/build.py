@@ -101,7 +101,9 @@ def make_task_plots(frame, task: str, plot_dir: Path) -> list[tuple[str, Path, s
         return []
     out = [("Quality against cost", plots.plot_tradeoffs(frame, plot_dir / f"{name}-tradeoff.png", label),
             "Error bars: ± std over seeds; a row with one seed shows its 95% test-set bootstrap CI instead. "
-            "Dashed grey: Pareto front (nothing else is both cheaper and better). Dotted: untrained baseline.")]
+            "Dashed grey: Pareto front (nothing else is both cheaper and better)"
+            + ("" if memory_ranked(frame) else "; none for peak memory, which is not ranked here (see the main table's note)")
+            + ". Dotted: untrained baseline.")]
     keys = list(dict.fromkeys(k for v in frame["varying"] for k in v))  # the grid's order: `r` leads `lora_alpha`
     tied = tied_keys(list(frame["varying"]), keys)
     for key in keys:

@@ -16,7 +16,7 @@ import numpy as np
 from medpeft.files import temporary_path
 from medpeft.methods import BASELINE, FULL
 from medpeft.report.stats import pareto_front
-from medpeft.report.tables import COSTS, format_value
+from medpeft.report.tables import COSTS, format_value, memory_ranked
 
 METHOD_COLORS = {FULL: "#222222", "lora": "#1f77b4", "dora": "#17becf", "ia3": "#2ca02c",
                  "prompt_tuning": "#d62728", "prefix_tuning": "#9467bd", "p_tuning": "#ff7f0e",
@@ -101,8 +101,9 @@ def plot_tradeoffs(frame, path: Path, metric_label: str) -> Path:
                         fmt=model_marker(row["model"], models), color=method_color(row["method"], methods), capsize=3, ms=7)
             xs.append(x)
             ys.append(y)
-        front = pareto_front(xs, ys)
-        ax.plot([xs[i] for i in front], [ys[i] for i in front], ls="--", color="#bbbbbb", zorder=0, label="Pareto front")
+        if key != "peak_memory_bytes" or memory_ranked(frame):  # CPU peaks too uncertain to rank: no front either
+            front = pareto_front(xs, ys)
+            ax.plot([xs[i] for i in front], [ys[i] for i in front], ls="--", color="#bbbbbb", zorder=0, label="Pareto front")
         for _, row in frame[frame["is_baseline"]].iterrows():
             ax.axhline(100 * row["primary_mean"], color=METHOD_COLORS[BASELINE], ls=":", lw=1)
         positive = [x for x in xs if x == x and x > 0]
