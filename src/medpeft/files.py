@@ -57,15 +57,23 @@ def umask_modes(folder: Path) -> None:
 
 def current_umask() -> int:
     """The process's umask, read without changing it where Linux shows it (/proc), else set and put back."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
+    umask = process_status("Umask")
+    if umask is not None:
+        return int(umask, 8)
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def process_status(field: str) -> str | None:
+    """A field of Linux's /proc/self/status (Umask, VmRSS, VmHWM), its first word as written; None elsewhere."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return line.split()[1]
+    except OSError:
+        pass
+    return None
 
 
 @contextmanager

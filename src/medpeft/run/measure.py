@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from medpeft.files import process_status
+
 PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "rouge-score", "scikit-learn", "numpy")
 
 
@@ -47,9 +49,11 @@ def reset_peak_memory() -> None:
     The Trainer, the model and peft's wrappers hold reference cycles, so an earlier run's model is
     only freed by the cycle collector; without collecting first, its memory counts in this run's peak.
     glibc also keeps freed small blocks in its arenas: `malloc_trim` returns them to the system.
-    What stays resident after that (oneDNN's kernel cache, heap pages held by live objects, ~0.2-0.5 GiB
-    after eight MiniLM runs in bf16) is what earlier runs of this process left; it is noted here and left
-    out of this run's peak (peak_memory_bytes), so a run's peak does not grow with its place in the grid."""
+    What stays resident after that (oneDNN's kernel cache, heap pages held by live objects, ~0.2-0.7 GiB
+    after a few MiniLM runs in bf16) is what earlier runs of this process left; it is noted here and left
+    out of this run's peak (peak_memory_bytes), so the peak no longer grows with the run's place in the grid.
+    It is not the peak of the run alone in a fresh process either (the allocator reuses part of what was left:
+    the demo's runs were -0.2 to +0.4 GiB off), which is why the report ranks it only when little was left."""
     global _FIRST_START, _LEFT_BY_EARLIER
     gc.collect()
     if torch.cuda.is_available():
@@ -61,10 +65,12 @@ def reset_peak_memory() -> None:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux >= 4.0)
     except OSError:
         return  # elsewhere the peak is the process's lifetime peak
-    if _FIRST_START is None:
+    first = _FIRST_START is None
+    if first:
         import_run_libraries()
     resident = process_status_bytes("VmRSS") or 0
-    _FIRST_START = resident if _FIRST_START is None else _FIRST_START
+    if first:
+        _FIRST_START = resident
     _LEFT_BY_EARLIER = max(0, resident - _FIRST_START)
 
 
@@ -84,20 +90,13 @@ def import_run_libraries() -> None:
 def earlier_runs_resident_bytes() -> int | None:
     """What earlier runs of this process left resident at this run's start, left out of its peak (CPU on
     Linux; None where the peak is the allocator's or the process's lifetime peak)."""
-    if torch.cuda.is_available() or _FIRST_START is None:
-        return None
-    return _LEFT_BY_EARLIER
+    return None if _FIRST_START is None else _LEFT_BY_EARLIER  # never noted on a GPU or off Linux
 
 
 def process_status_bytes(field: str) -> int | None:
     """A `/proc/self/status` size (VmRSS, VmHWM) in bytes, or None off Linux."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024  # kB
-    except OSError:
-        pass
-    return None
+    kib = process_status(field)
+    return None if kib is None else int(kib) * 1024
 
 
 def trim_malloc() -> None:
@@ -110,8 +109,7 @@ def trim_malloc() -> None:
 
 def peak_memory_bytes() -> int:
     """CUDA peak allocated bytes on GPU; on CPU the process's peak resident set size since the run's start,
-    less what earlier runs of the same process left resident (reset_peak_memory): the peak the run
-    reaches as the first run of a process."""
+    less what earlier runs of the same process left resident (reset_peak_memory)."""
     if torch.cuda.is_available():
         return int(torch.cuda.max_memory_allocated())
     high_water = process_status_bytes("VmHWM")
