@@ -21,7 +21,7 @@ assets: $(STAMP)
 	$(BIN)/medpeft fetch
 
 demo: assets
-	$(BIN)/medpeft run configs/quick.yaml
+	$(BIN)/medpeft run configs/quick.yaml --backend processes
 
 test: assets
 	$(BIN)/ruff check src tests

@@ -89,7 +89,8 @@ fi
 step bio-file 0 90 "$PY" -c "import sys; sys.path.insert(0, 'tests'); from pathlib import Path
 from helpers import write_bio_file; print(write_bio_file(Path('$WORK/bio.jsonl')))"
 
-# d. NER grid: tiny BERT and a MiniLM-shaped encoder (by path) x four methods, precision auto (bf16 on a GPU)
+# d. NER grid: tiny BERT and a MiniLM-shaped encoder (by path) x four methods, precision auto (bf16 on a GPU);
+#    --backend processes: each run in a process of its own, forked from a server that never touched CUDA
 cat >"$WORK/ner.yaml" <<EOF
 name: gpu-ner
 base:
@@ -99,7 +100,7 @@ grid:
   model: [tiny-bert, $MINILM]
   method: $METHODS
 EOF
-step ner-grid 0 240 "$PY" -m medpeft run "$WORK/ner.yaml" --runs-dir "$RUNS" --quiet
+step ner-grid 0 240 "$PY" -m medpeft run "$WORK/ner.yaml" --runs-dir "$RUNS" --quiet --backend processes
 grep -h "^medpeft: " "$WORK/logs/ner-grid.log"
 step ner-report 0 120 "$PY" -m medpeft report "$RUNS/gpu-ner" --resamples 200
 

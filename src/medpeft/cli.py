@@ -62,12 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shard", metavar="I/N", help="run only shard I of N (0 <= I < N): a deterministic, disjoint slice "
                      "of the grid, for Slurm job arrays or any scheduler; all shards share --runs-dir")
     run.add_argument("--dry-run", action="store_true", help="expand and validate the grid, print the run ids, train nothing")
-    run.add_argument("--backend", choices=["local", "ray", "slurm"], default="local",
-                     help="where runs train: local (this process, one after another), ray (each run a Ray task: "
+    run.add_argument("--backend", choices=["local", "processes", "ray", "slurm"], default="local",
+                     help="where runs train: local (this process, one after another), processes (each run in a process "
+                          "of its own, one after another: on CPU each run's peak memory is its own, as if it ran alone), ray (each run a Ray task: "
                           "pip install 'medpeft[ray]') or slurm (one job array through submitit: pip install 'medpeft[slurm]'); "
                           "every worker needs the runs folder on a shared file system")
     for block, backend, text in (
-            ("resources", "ray|slurm", "what each run takes on a worker: gpus_per_run, cpus_per_run, retries"),
+            ("resources", "ray|slurm|processes", "what each run takes on a worker: gpus_per_run, cpus_per_run, retries "
+                                                 "(processes: retries only; a run takes every core)"),
             ("ray", "ray", "the Ray cluster: address (unset: a local cluster; auto: join this node's), num_cpus, num_gpus"),
             ("slurm", "slurm", "the job array: partition, time (minutes), array_parallelism, mem_gb, account, qos, "
                                "constraint, setup, additional, cluster (auto|slurm|local|debug), poll_s (seconds between looks "
@@ -243,7 +245,8 @@ def run_grid_on(args, grid, options, shard):
 
     engine = open_engine(args.backend, options, Path(args.runs_dir).resolve() / grid.name / args.backend, say)
     try:
-        spread = Spread(engine, options.resources.retries, args.online, threads=options.resources.threads)
+        threads = None if args.backend == "processes" else options.resources.threads  # processes: every core, one run at a time
+        spread = Spread(engine, options.resources.retries, args.online, threads=threads)
         if args.no_wait:
             submit_grid(grid, args.runs_dir, spread)
             return None

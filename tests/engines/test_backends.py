@@ -1,8 +1,9 @@
-"""Issue 30: a grid through Ray (a local 2-CPU cluster) and through submitit (its local executor: no Slurm here)
-writes the same run folders, run ids and metrics as the local loop, tuned group included; a worker killed mid-run
-ends with every run done exactly once (its run resumed, not trained twice to the end)."""
+"""Issue 30: a grid through Ray (a local 2-CPU cluster), through submitit (its local executor: no Slurm here) and
+through a process per run writes the same run folders, run ids and metrics as the local loop, tuned group included;
+a worker killed mid-run ends with every run done exactly once (its run resumed, not trained twice to the end)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -27,10 +28,12 @@ SPEC = {"base": BASE, "grid": [{"method": ["lora", "ia3", "full"], "seed": [0, 1
                                {"method": ["lora"], "method_args.r": [4], "seed": [0, 1],  # a tuned group: 2 trials, 2 finals
                                 "tune": {"train.lr": [1.0e-4, 1.0e-2]}}]}
 ENGINES = {"ray": {"ray": {"num_cpus": 2}, "resources": {"cpus_per_run": 1}},
-           "slurm": {"slurm": {"cluster": "local", "array_parallelism": 2, "poll_s": 0.5}}}
+           "slurm": {"slurm": {"cluster": "local", "array_parallelism": 2, "poll_s": 0.5}},
+           "processes": {}}
 # submitit's debug executor runs each job in this process (the local executor, a process per job, is
 # what the kill test uses): the same submission, array and outcome code, seconds instead of a minute.
-IN_PROCESS = {"ray": ENGINES["ray"], "slurm": {"slurm": {"cluster": "debug", "poll_s": 0.1}}}
+IN_PROCESS = {"ray": ENGINES["ray"], "slurm": {"slurm": {"cluster": "debug", "poll_s": 0.1}}, "processes": {}}
+NEEDS = {"ray": "ray", "slurm": "submitit", "processes": None}  # the package each backend needs
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +44,8 @@ def engines(tmp_path_factory):
     opened = {}
 
     def engine(backend: str):
-        pytest.importorskip({"ray": "ray", "slurm": "submitit"}[backend])
+        if NEEDS[backend]:
+            pytest.importorskip(NEEDS[backend])
         if backend not in opened:
             options = parse_engine_options(IN_PROCESS[backend], "test")
             opened[backend] = open_engine(backend, options, tmp_path_factory.mktemp("jobs"), lambda *_: None)
@@ -64,7 +68,7 @@ def local_scores(tmp_path_factory, assets_ready):
     return scores(outcome.grid_dir)
 
 
-@pytest.mark.parametrize("backend", ["ray", "slurm"])
+@pytest.mark.parametrize("backend", ["ray", "slurm"])  # processes: in the kill test, which compares its scores too
 def test_a_grid_and_a_tuned_group_through_an_engine_match_the_local_loop(backend, local_scores, engines, tmp_path):
     lines = []
     outcome = grid_module.run_grid(expand_grid(SPEC, name="spread"), tmp_path, log=lines.append,
@@ -102,9 +106,10 @@ def kill_a_worker_mid_run(backend: str, tmp_path: Path) -> tuple[subprocess.Comp
     return subprocess.CompletedProcess(driver.args, driver.returncode, out), killed, victim
 
 
-@pytest.mark.parametrize("backend", ["ray", "slurm"])
+@pytest.mark.parametrize("backend", ["ray", "slurm", "processes"])
 def test_a_worker_killed_mid_run_ends_with_every_run_done_exactly_once(backend, tmp_path, assets_ready):
-    pytest.importorskip({"ray": "ray", "slurm": "submitit"}[backend])
+    if NEEDS[backend]:
+        pytest.importorskip(NEEDS[backend])
     done, killed, victim = kill_a_worker_mid_run(backend, tmp_path)
     assert done.returncode == 0, done.stdout
     assert "its worker was lost" in done.stdout and "submitted again (1 of 1)" in done.stdout, done.stdout
@@ -118,6 +123,12 @@ def test_a_worker_killed_mid_run_ends_with_every_run_done_exactly_once(backend, 
     assert results[victim].fit.steps == 40
     assert not list(grid_dir.glob(f"*/{LOCK_NAME}"))  # every lock given back
     assert not (grid_dir / "slurm" / "%j").exists()  # submitit's unformatted job folder, left empty
+    if backend == "processes":  # the killed process's log is named where the loss is reported
+        assert f"processes/{killed}.log" in done.stdout and (grid_dir / "processes" / f"{killed}.log").exists(), done.stdout
+        if sys.platform == "linux":  # each run in a fresh process: nothing left resident by earlier runs in its peak
+            left = [json.loads((grid_dir / run_id / "result.json").read_text())["efficiency"]["earlier_runs_resident_bytes"]
+                    for run_id in results]
+            assert left == [0, 0, 0], left
     here = grid_module.run_grid(load_grid(tmp_path / "killed.yaml"), tmp_path / "here", log=lambda *a: None)
     assert scores(here.grid_dir) == scores(grid_dir)  # the resumed run scores as one never interrupted
 
@@ -208,3 +219,54 @@ def test_a_slurm_time_limit_ends_the_job_not_the_run(monkeypatch, tmp_path, asse
     with pytest.raises(UncompletedJobError):
         loop.run_plans([plan], tmp_path, lambda *a: None, "t")
     assert not (tmp_path / plan.run_id / "result.json").exists() and not (tmp_path / plan.run_id / LOCK_NAME).exists()
+
+
+def test_ctrl_c_stops_a_runs_process_at_a_checkpoint_and_the_same_command_resumes_it(tmp_path, assets_ready):
+    """--backend processes: a run's process is out of the terminal's reach (its own process group), so Ctrl-C reaches
+    the grid's process, which passes it on as SIGTERM: the run saves a checkpoint and stops, its process ends with
+    the grid's, and the same command again resumes it and finishes every run."""
+    spec = {"name": "stopped", "base": {**BASE, "method": "lora", "train": {**BASE["train"], "max_steps": 40, "checkpoint_steps": 2}}}
+    grid_file = tmp_path / "stopped.yaml"
+    grid_file.write_text(yaml.safe_dump(spec))
+    grid_dir = tmp_path / "runs" / "stopped"
+    command = [sys.executable, "-m", "medpeft", "run", str(grid_file), "--runs-dir", str(tmp_path / "runs"), "--backend", "processes",
+               "--quiet"]
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    worker, deadline = None, time.time() + 240
+    while worker is None and time.time() < deadline and driver.poll() is None:
+        for lock in grid_dir.glob(f"*.lora.*/{LOCK_NAME}"):
+            if list(lock.parent.glob("checkpoints/checkpoint-*/medpeft-checkpoint.json")):
+                worker = int((read_lock(lock) or {}).get("pid", 0)) or None
+        time.sleep(0.05)
+    assert worker is not None, driver.communicate()[0]
+    driver.send_signal(signal.SIGINT)
+    out, _ = driver.communicate(timeout=120)
+    assert driver.returncode != 0 and "stopped by SIGINT" in out, out
+    with pytest.raises(ProcessLookupError):  # the run's process ended with the grid's
+        os.kill(worker, 0)
+    (run_dir,) = [d for d in grid_dir.glob("*.lora.*") if d.is_dir()]
+    assert not (run_dir / "result.json").exists() and not (run_dir / LOCK_NAME).exists()
+    assert "saving a checkpoint after this training step" in "".join(p.read_text() for p in (grid_dir / "processes").glob("*.log"))
+    again = grid_module.run_grid(load_grid(grid_file), tmp_path / "runs", log=lambda *a: None)  # in this process: cheaper
+    assert again.exit_code == 0, again.account()
+    assert "resuming from its checkpoint" in (run_dir / LOG_FILE).read_text()
+    assert {r.status.value for r in load_results(grid_dir)} == {"ok"}
+
+
+def test_a_process_per_run_gives_back_its_value_what_it_raised_or_that_it_was_lost(tmp_path):
+    """The three ends of a run's process, with stdlib functions as jobs: a value, an exception (the run is recorded
+    failed, not retried) and a process that exits without a result (lost: its run is submitted again)."""
+    import math
+
+    from medpeft.engines.base import map_jobs
+    from medpeft.engines.process_engine import ProcessEngine
+
+    engine = ProcessEngine(tmp_path / "processes", lambda *a: None)
+    try:
+        value, error = map_jobs(engine, math.sqrt, [4.0, -1.0], 0, lambda *a: None, lambda *a: None)
+        (lost,) = map_jobs(engine, os._exit, [3], 0, lambda *a: None, lambda *a: None)
+    finally:
+        engine.close()
+    assert value.ok and value.value == 2.0
+    assert not error.ok and not error.lost and error.error == "ValueError: math domain error"
+    assert lost.lost and "exited with code 3 without a result; its log: " in lost.error and str(tmp_path) in lost.error

@@ -1,6 +1,7 @@
 """Where a grid's runs execute, beyond this process: the grid file's `resources:`, `ray:` and `slurm:` blocks
 (each also settable on the command line: `--resources gpus_per_run=1 --slurm partition=gpu`). They are read
-only by `medpeft run --backend ray|slurm` (engines/); the local backend ignores them.
+only by `medpeft run --backend ray|slurm` (engines/), and `resources.retries` by --backend processes; the local
+backend ignores them.
 """
 from __future__ import annotations
 

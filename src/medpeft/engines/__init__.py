@@ -1,5 +1,6 @@
-"""Engines that run a grid's runs beyond this process: Ray (each run a Ray task) and Slurm (each run a task
-of a job array, through submitit). `medpeft run --backend ray|slurm`; the local backend is grid.py's own loop.
+"""Engines that run a grid's runs beyond this process: Ray (each run a Ray task), Slurm (each run a task
+of a job array, through submitit) and processes (each run in a process of its own on this machine, for exact
+per-run peak memory on CPU). `medpeft run --backend ray|slurm|processes`; the local backend is grid.py's own loop.
 
 An engine knows nothing of runs: it calls a picklable function on picklable jobs on its workers and says,
 for each, what came back, what the function raised, or that its worker was lost (killed, out of memory, a
@@ -15,7 +16,7 @@ from medpeft.config.engine import EngineOptions
 from medpeft.engines.base import RAY_HINT, SLURM_HINT, Engine
 from medpeft.errors import ConfigError
 
-BACKENDS = ("local", "ray", "slurm")
+BACKENDS = ("local", "processes", "ray", "slurm")
 
 
 def open_engine(name: str, options: EngineOptions, folder: Path, log) -> Engine:
@@ -37,4 +38,8 @@ def open_engine(name: str, options: EngineOptions, folder: Path, log) -> Engine:
         from medpeft.engines.slurm_engine import SlurmEngine
 
         return SlurmEngine(options.slurm, options.resources, Path(folder), log)
+    if name == "processes":
+        from medpeft.engines.process_engine import ProcessEngine
+
+        return ProcessEngine(Path(folder), log)
     raise ConfigError(f"unknown backend {name!r}; valid: {', '.join(BACKENDS)}")

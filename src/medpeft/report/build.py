@@ -23,7 +23,7 @@ from medpeft.report.sections import (answer_first, example_section, failure_sect
                                       warnings_for)
 from medpeft.report.summary import write_summary
 from medpeft.report.tuning import tuning_lines, tuning_section
-from medpeft.report.tables import (ROUGE_L_NOTE, format_bytes, md_text, memory_ranked, shared_memory_bytes, table_columns,
+from medpeft.report.tables import (ROUGE_L_NOTE, format_bytes, md_text, left_by_earlier_runs, memory_ranked, shared_memory_bytes, table_columns,
                                    table_html, table_latex, table_markdown)
 from medpeft.run.metrics import MACRO_NOTE, single_label
 from medpeft.run.metrics import metric_label as label_of
@@ -258,12 +258,15 @@ def memory_note(frame) -> str:
     text = ("Peak memory is the allocator's peak on a GPU; on CPU the process's resident peak during the run, less "
             "what earlier runs of the same process left resident.")
     if memory_ranked(frame):
+        left = left_by_earlier_runs(frame)
+        if left and max(left) == 0:  # e.g. --backend processes: each run in a process of its own
+            text += " No run here found memory left by earlier runs (each ran first in its process), so each peak is its own."
         return text
     return text + (f" These runs shared one process, which held up to {format_bytes(shared_memory_bytes(frame))} of "
                    "earlier runs' memory (kernel caches, heap); left out of each peak, it still moves a run's peak by up "
                    "to about as much from the run alone in a fresh process, so the column is not ranked. For exact "
-                   "peaks, one process per run: `medpeft run GRID.yaml --backend slurm --slurm cluster=local --slurm "
-                   "array_parallelism=1`.")
+                   "peaks, each run in a process of its own (about as fast: the libraries are imported once): "
+                   "`medpeft run GRID.yaml --backend processes`.")
 
 
 def trials_note(runs: list, trials: list) -> str:

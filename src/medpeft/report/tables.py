@@ -71,10 +71,14 @@ def shared_memory_bytes(frame) -> float:
     """The most any trained row's runs found left resident by earlier runs of their process (CPU), 0 if none.
     A run's peak leaves it out, yet can still be off by about as much from the run's peak alone in a fresh
     process (the allocator reuses some of it), so peak memory differences below it are not ranked."""
+    return max(left_by_earlier_runs(frame), default=0.0)
+
+
+def left_by_earlier_runs(frame) -> list[float]:
+    """Each trained row's mean memory left resident by earlier runs of its process, where recorded (CPU on Linux)."""
     column = frame.loc[~frame["is_baseline"], "earlier_runs_resident_bytes_mean"] if (
         "earlier_runs_resident_bytes_mean" in frame) else []
-    values = [v for v in column if v == v]
-    return max(values, default=0.0)
+    return [v for v in column if v == v]
 
 
 def memory_ranked(frame) -> bool:

@@ -1,0 +1,163 @@
+"""Runs each run in a process of its own on this machine, one after another (--backend processes).
+
+Why: on CPU a run's peak memory is its process's resident set, and runs that share one process share it (what an
+earlier run left resident counts again in later ones; run/measure.py). In a process of its own, each run's peak is
+its own, as if it ran alone, and the report ranks the column. The processes are forked from a server that imported
+torch, transformers, peft, datasets and accelerate once (multiprocessing's forkserver), so a run does not pay for
+those imports again; where forkserver is missing they are spawned (slower, same figures).
+
+Each run's process leaves the terminal's process group, so Ctrl-C reaches this process alone; close() passes
+the stop on as SIGTERM (the run saves a checkpoint after its current step and stops; the same command resumes it)
+and a second Ctrl-C stops it at once. A run's process that dies (killed, out of memory) is a lost worker:
+map_jobs submits its run again, from its last checkpoint. What a run's process prints goes to
+runs/<grid>/processes/<pid>.log (its run's own lines are also in the run's train.log).
+"""
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+from multiprocessing.connection import wait
+from pathlib import Path
+
+from medpeft.engines.base import Engine, Outcome
+
+# What the forkserver imports once, before it forks any run's process (run/measure.import_run_libraries's list).
+PRELOAD = ("torch", "accelerate", "datasets", "peft", "transformers.trainer", "medpeft.grid")
+STOP_WAIT_S = 600.0  # seconds close() waits for a run to checkpoint and stop before it stops it at once
+EXIT_WAIT_S = 60.0  # seconds a run's process may take to exit once it sent its result
+PR_SET_PDEATHSIG = 1  # prctl(2): a signal for this process when its parent dies
+
+
+class Handle:
+    """One job: fn(job) in a process once started; its process and the read end of its result pipe."""
+
+    def __init__(self, fn, job):
+        self.fn, self.job, self.process, self.reader, self.outcome = fn, job, None, None, None
+
+
+class ProcessEngine(Engine):
+    name = "processes"
+    slots = 1  # one run at a time: two trainings side by side halve each other's speed and share the memory
+
+    def __init__(self, folder: Path, log):
+        super().__init__()
+        self.folder = Path(folder)
+        methods = multiprocessing.get_all_start_methods()
+        self.context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        if self.context.get_start_method() == "forkserver":
+            self.context.set_forkserver_preload(list(PRELOAD))
+        self.waiting: list[Handle] = []
+        self.live: list[Handle] = []
+        log(f"processes: each run in a process of its own ({self.context.get_start_method()}), one at a time")
+
+    def start(self, fn, jobs):
+        handles = [Handle(fn, job) for job in jobs]
+        self.waiting += handles
+        return handles
+
+    def launch(self) -> None:
+        while self.waiting and len(self.live) < self.slots:
+            handle = self.waiting.pop(0)
+            reader, writer = self.context.Pipe(duplex=False)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            handle.process = self.context.Process(target=work, args=(handle.fn, handle.job, writer, str(self.folder)),
+                                                  daemon=False, name="medpeft-run")
+            handle.process.start()
+            writer.close()  # the child holds the write end: its end closes the pipe
+            handle.reader = reader
+            self.live.append(handle)
+
+    def finished(self, handles):
+        while True:
+            self.launch()
+            if self.stopping.is_set():
+                raise RuntimeError("stopped: the grid is ending")
+            ready = wait([h.reader for h in self.live] + [h.process.sentinel for h in self.live], timeout=1.0)
+            for handle in [h for h in self.live if h.reader in ready or h.process.sentinel in ready]:
+                self.collect(handle)
+            ended = [h for h in handles if h.outcome is not None]
+            if ended:
+                return [(h, h.outcome) for h in ended]
+
+    def collect(self, handle: Handle) -> None:
+        """Read what the run's process sent (its result, or what it raised) and wait for it to end; a process that
+        ended without sending anything was lost (killed, out of memory)."""
+        try:
+            kind, value = handle.reader.recv()
+        except (EOFError, OSError):  # nothing sent: the process died
+            kind, value = None, None
+        except Exception as err:  # noqa: BLE001 - sent, but it does not unpickle here
+            kind, value = "error", f"its result could not be read back ({type(err).__name__}: {err})"
+        handle.process.join(EXIT_WAIT_S)
+        if handle.process.is_alive():  # a thread a library left behind keeps it from exiting; its work is done
+            handle.process.kill()
+            handle.process.join()
+        handle.reader.close()
+        self.live.remove(handle)
+        if kind == "value":
+            handle.outcome = Outcome(value=value)
+        elif kind == "error":
+            handle.outcome = Outcome(error=value)
+        else:
+            pid = handle.process.pid
+            handle.outcome = Outcome(error=f"its process (pid {pid}) {ended_how(handle.process.exitcode)}; its log: "
+                                           f"{self.folder / f'{pid}.log'}", lost=True)
+
+    def close(self):
+        """Stop the run in flight as a scheduler would: SIGTERM (a checkpoint after this step, then it stops);
+        wait for it, and at a second Ctrl-C (or after STOP_WAIT_S) stop it at once."""
+        self.stopping.set()
+        self.waiting.clear()
+        live = [h.process for h in self.live if h.process.is_alive()]
+        for process in live:
+            process.terminate()
+        try:
+            for process in live:
+                process.join(STOP_WAIT_S)
+        except BaseException:  # a second Ctrl-C while waiting: the run stops at once, without a checkpoint
+            for process in live:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGTERM)
+                process.join(10)
+            raise
+        finally:
+            for process in live:
+                if process.is_alive():
+                    process.kill()
+            for handle in self.live:
+                handle.reader.close()
+            self.live.clear()
+
+
+def work(fn, job, writer, folder: str) -> None:
+    """A run's process: print to its log, leave the terminal's process group (a stop comes from the grid's process),
+    die with the forkserver (so with the grid's process), send fn(job) or what it raised."""
+    log = os.open(os.path.join(folder, f"{os.getpid()}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    for stream in (1, 2):
+        os.dup2(log, stream)
+    os.close(log)
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        message = ("value", fn(job))
+    except BaseException as err:  # noqa: BLE001 - sent to the grid's process, which records the run as failed
+        message = ("error", f"{type(err).__name__}: {err}")
+    try:
+        writer.send(message)
+    except Exception as err:  # noqa: BLE001 - a result that does not pickle
+        writer.send(("error", f"its result could not be sent back ({type(err).__name__}: {err})"))
+    writer.close()
+
+
+def ended_how(code: int | None) -> str:
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name
+        return f"was killed by {name}" + (" (out of memory? the kernel's OOM killer sends it)" if name == "SIGKILL" else "")
+    return f"exited with code {code} without a result"
