@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 import yaml
 
 from medpeft import grid as grid_module
-from medpeft.config import expand_grid, load_grid
+from medpeft.config import expand_grid
 from medpeft.config.engine import parse_engine_options
 from medpeft.run.lock import LOCK_NAME, read_lock
 from medpeft.run.progress import LOG_FILE
@@ -81,12 +82,21 @@ def test_a_grid_and_a_tuned_group_through_an_engine_match_the_local_loop(backend
     assert f"grid spread: 9 runs (0 already finished) on {backend} -> {outcome.grid_dir}" in lines
 
 
+# 2 runs with checkpoints every 2 steps (and the baseline): the grid whose worker is killed mid-run
+KILLED = {"name": "killed", "base": {**BASE, "method": "lora", "train": {**BASE["train"], "max_steps": 40, "checkpoint_steps": 2}},
+          "grid": {"seed": [0, 1]}}
+
+
+@pytest.fixture(scope="module")
+def never_interrupted(tmp_path_factory, assets_ready):
+    """The scores of KILLED run in this process, never interrupted (once for every backend's kill test)."""
+    return scores(grid_module.run_grid(expand_grid(KILLED, name="killed"), tmp_path_factory.mktemp("here"), log=lambda *a: None).grid_dir)
+
+
 def kill_a_worker_mid_run(backend: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, int, str]:
-    """`medpeft run --backend ...` on 2 runs with checkpoints every 2 steps; once a run has a checkpoint,
-    SIGKILL the worker that holds it. The finished process, the killed pid and the run it was training."""
-    spec = {"name": "killed", **ENGINES[backend],
-            "base": {**BASE, "method": "lora", "train": {**BASE["train"], "max_steps": 40, "checkpoint_steps": 2}},
-            "grid": {"seed": [0, 1]}}
+    """`medpeft run --backend ...` on KILLED; once a run has a checkpoint, SIGKILL the worker that holds it.
+    The finished process, the killed pid and the run it was training."""
+    spec = {**KILLED, **ENGINES[backend]}
     grid_file = tmp_path / "killed.yaml"
     grid_file.write_text(yaml.safe_dump(spec))
     grid_dir = tmp_path / "runs" / "killed"
@@ -107,7 +117,7 @@ def kill_a_worker_mid_run(backend: str, tmp_path: Path) -> tuple[subprocess.Comp
 
 
 @pytest.mark.parametrize("backend", ["ray", "slurm", "processes"])
-def test_a_worker_killed_mid_run_ends_with_every_run_done_exactly_once(backend, tmp_path, assets_ready):
+def test_a_worker_killed_mid_run_ends_with_every_run_done_exactly_once(backend, tmp_path, never_interrupted):
     if NEEDS[backend]:
         pytest.importorskip(NEEDS[backend])
     done, killed, victim = kill_a_worker_mid_run(backend, tmp_path)
@@ -129,8 +139,7 @@ def test_a_worker_killed_mid_run_ends_with_every_run_done_exactly_once(backend, 
             left = [json.loads((grid_dir / run_id / "result.json").read_text())["efficiency"]["earlier_runs_resident_bytes"]
                     for run_id in results]
             assert left == [0, 0, 0], left
-    here = grid_module.run_grid(load_grid(tmp_path / "killed.yaml"), tmp_path / "here", log=lambda *a: None)
-    assert scores(here.grid_dir) == scores(grid_dir)  # the resumed run scores as one never interrupted
+    assert scores(grid_dir) == never_interrupted  # the resumed run scores as one never interrupted
 
 
 def test_optuna_trials_on_ray_report_to_the_study_from_their_workers(tmp_path, engines, assets_ready):
@@ -223,31 +232,39 @@ def test_a_slurm_time_limit_ends_the_job_not_the_run(monkeypatch, tmp_path, asse
 
 def test_ctrl_c_stops_a_runs_process_at_a_checkpoint_and_the_same_command_resumes_it(tmp_path, assets_ready):
     """--backend processes: a run's process is out of the terminal's reach (its own process group), so Ctrl-C reaches
-    the grid's process, which passes it on as SIGTERM: the run saves a checkpoint and stops, its process ends with
-    the grid's, and the same command again resumes it and finishes every run."""
+    the grid's process (here: this one), which passes it on as SIGTERM: the run saves a checkpoint and stops, its
+    process ends with the grid, and the same grid again resumes the run and finishes every run."""
+    from medpeft.engines.process_engine import ProcessEngine
+    from medpeft.errors import Preempted
+
     spec = {"name": "stopped", "base": {**BASE, "method": "lora", "train": {**BASE["train"], "max_steps": 40, "checkpoint_steps": 2}}}
-    grid_file = tmp_path / "stopped.yaml"
-    grid_file.write_text(yaml.safe_dump(spec))
-    grid_dir = tmp_path / "runs" / "stopped"
-    command = [sys.executable, "-m", "medpeft", "run", str(grid_file), "--runs-dir", str(tmp_path / "runs"), "--backend", "processes",
-               "--quiet"]
-    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    worker, deadline = None, time.time() + 240
-    while worker is None and time.time() < deadline and driver.poll() is None:
-        for lock in grid_dir.glob(f"*.lora.*/{LOCK_NAME}"):
-            if list(lock.parent.glob("checkpoints/checkpoint-*/medpeft-checkpoint.json")):
-                worker = int((read_lock(lock) or {}).get("pid", 0)) or None
-        time.sleep(0.05)
-    assert worker is not None, driver.communicate()[0]
-    driver.send_signal(signal.SIGINT)
-    out, _ = driver.communicate(timeout=120)
-    assert driver.returncode != 0 and "stopped by SIGINT" in out, out
-    with pytest.raises(ProcessLookupError):  # the run's process ended with the grid's
-        os.kill(worker, 0)
+    grid_dir, found = tmp_path / "stopped", {}
+
+    def press_ctrl_c_at_a_checkpoint():  # from a thread: the signal itself lands in the main thread, in run_grid
+        deadline = time.time() + 120
+        while time.time() < deadline and not found:
+            for lock in grid_dir.glob(f"*.lora.*/{LOCK_NAME}"):
+                if list(lock.parent.glob("checkpoints/checkpoint-*/medpeft-checkpoint.json")):
+                    found["pid"] = int((read_lock(lock) or {}).get("pid", 0))
+                    os.kill(os.getpid(), signal.SIGINT)
+                    return
+            time.sleep(0.05)
+
+    engine = ProcessEngine(tmp_path / "processes", lambda *a: None)
+    watcher = threading.Thread(target=press_ctrl_c_at_a_checkpoint, daemon=True)
+    watcher.start()
+    try:
+        with pytest.raises(Preempted, match="stopped by SIGINT"):
+            grid_module.run_grid(expand_grid(spec, name="stopped"), tmp_path, log=lambda *a: None, spread=grid_module.Spread(engine))
+    finally:
+        engine.close()
+    assert found.get("pid"), "no run was caught at a checkpoint"
+    with pytest.raises(ProcessLookupError):  # the run's process ended with the grid
+        os.kill(found["pid"], 0)
     (run_dir,) = [d for d in grid_dir.glob("*.lora.*") if d.is_dir()]
     assert not (run_dir / "result.json").exists() and not (run_dir / LOCK_NAME).exists()
-    assert "saving a checkpoint after this training step" in "".join(p.read_text() for p in (grid_dir / "processes").glob("*.log"))
-    again = grid_module.run_grid(load_grid(grid_file), tmp_path / "runs", log=lambda *a: None)  # in this process: cheaper
+    assert "saving a checkpoint after this training step" in "".join(p.read_text() for p in (tmp_path / "processes").glob("*.log"))
+    again = grid_module.run_grid(expand_grid(spec, name="stopped"), tmp_path, log=lambda *a: None)  # the same grid again
     assert again.exit_code == 0, again.account()
     assert "resuming from its checkpoint" in (run_dir / LOG_FILE).read_text()
     assert {r.status.value for r in load_results(grid_dir)} == {"ok"}

@@ -385,3 +385,24 @@ def test_each_row_meets_its_own_models_baseline(tmp_path):
     (line,) = [x for x in answer_first(frame, comparisons, 1.0) if x.startswith("Untrained baseline")]
     assert line == ("Untrained baseline: big 60.00; small 30.00. Against big's, the best row: -8.90 points, "
                     "p = 0.006: worse. 1 of 2 trained rows detectably better than their model's.")
+
+
+def test_the_best_parameter_efficient_row_names_the_rows_close_behind_it(tmp_path):
+    """The demo named IA3 the best parameter-efficient method on a 0.58-point lead over LoRA that no test
+    compares: the line now says which rows are within --within points of it, and that nothing tested them."""
+    from medpeft.report.compare import compare_task
+    from medpeft.report.sections import answer_first
+
+    levels = {"full": 0.9, "ia3": 0.7, "lora": 0.695, "prompt_tuning": 0.5}
+    for method, level in levels.items():
+        for seed in range(3):
+            write_run(tmp_path, f"t.m.{method}.seed{seed}", base_config("t", "m", method, seed),
+                      summary_rows([level + 0.01 * seed] * 10), "summarization")
+    runs = frames.collect_runs(tmp_path)
+    frame = frames.aggregate(runs, n_resamples=100)
+    comparisons = compare_task(frame, {r.run_id: r for r in runs}, n_resamples=100)
+    (line,) = [x for x in answer_first(frame, comparisons, 1.0) if x.startswith("**Best parameter-efficient")]
+    assert "ia3" in line.split("**")[1]
+    assert line.endswith(" Within 1 point of it: lora, 70.50 ± 1.00 (3 seeds), not compared with it by any test here.")
+    (line,) = [x for x in answer_first(frame, comparisons, 0.1) if x.startswith("**Best parameter-efficient")]
+    assert "Within" not in line  # 0.5 points behind: not within 0.1

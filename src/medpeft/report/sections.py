@@ -51,7 +51,8 @@ def answer_first(frame, comparisons: list[dict], within_points: float) -> list[s
         pick = peft["primary_mean"].idxmax()
         named.add(pick)
         lines.append(f"**Best parameter-efficient: {describe_row(trained.loc[pick], many)}**, {format_mean(trained.loc[pick])}, "
-                     f"{cost_text(trained.loc[pick])}; {versus(comparisons, pick, best_idx)}.")
+                     f"{cost_text(trained.loc[pick])}; {versus(comparisons, pick, best_idx)}."
+                     + close_behind(peft, pick, within_points, many))
     elif best["role"] != Role.FULL:
         full = [c for c in comparisons if c["row"] == best_idx and VS_FULL in c["against"]]
         if full:
@@ -146,6 +147,17 @@ def versus(comparisons: list[dict], row_idx: int, ref_idx: int) -> str:
         return "not compared"
     c = found[0]
     return f"{format_points(c['delta'])} points vs the best, {p_text(c['p_examples'])}: {c['verdict']}"
+
+
+def close_behind(rows, pick: int, within_points: float, many: bool) -> str:
+    """' Within 1 point of it: lora, 44.33 ± 1.01 (3 seeds), not compared with it by any test here.' for the other
+    rows that close to `pick`: "best parameter-efficient" is then an order of means, not a finding."""
+    floor = rows.loc[pick, "primary_mean"] - within_points / 100 - 1e-12
+    close = rows[(rows.index != pick) & (rows["primary_mean"] >= floor)].sort_values("primary_mean", ascending=False)
+    if close.empty:
+        return ""
+    named = "; ".join(f"{describe_row(row, many)}, {format_mean(row)}" for _, row in close.iterrows())
+    return f" Within {within_points:g} point of it: {named}, not compared with it by any test here."
 
 
 def cheapest_near_best(trained, best_idx: int, within_points: float, name: str, many: bool) -> str:
