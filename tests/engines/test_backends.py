@@ -230,44 +230,69 @@ def test_a_slurm_time_limit_ends_the_job_not_the_run(monkeypatch, tmp_path, asse
     assert not (tmp_path / plan.run_id / "result.json").exists() and not (tmp_path / plan.run_id / LOCK_NAME).exists()
 
 
-def test_ctrl_c_stops_a_runs_process_at_a_checkpoint_and_the_same_command_resumes_it(tmp_path, assets_ready):
-    """--backend processes: a run's process is out of the terminal's reach (its own process group), so Ctrl-C reaches
-    the grid's process (here: this one), which passes it on as SIGTERM: the run saves a checkpoint and stops, its
-    process ends with the grid, and the same grid again resumes the run and finishes every run."""
+def test_stop_signals_end_a_runs_process_at_a_checkpoint_and_the_run_resumes(tmp_path, assets_ready):
+    """--backend processes. A SIGTERM to the run's process alone (a scheduler, a user): it saves a checkpoint and
+    stops, and the grid submits the run again, which resumes. Then Ctrl-C: a run's process is out of the terminal's
+    reach (its own process group), so it reaches the grid's process (here: this one), which passes it on as SIGTERM:
+    the run saves a checkpoint and stops, its process ends with the grid, and the same grid again resumes it."""
     from medpeft.engines.process_engine import ProcessEngine
     from medpeft.errors import Preempted
 
     spec = {"name": "stopped", "base": {**BASE, "method": "lora", "train": {**BASE["train"], "max_steps": 40, "checkpoint_steps": 2}}}
-    grid_dir, found = tmp_path / "stopped", {}
+    grid_dir, pids, lines, before = tmp_path / "stopped", [], [], {}
 
-    def press_ctrl_c_at_a_checkpoint():  # from a thread: the signal itself lands in the main thread, in run_grid
+    def signal_at_checkpoints():  # from a thread: SIGINT to this process lands in the main thread, in run_grid
         deadline = time.time() + 120
-        while time.time() < deadline and not found:
+        while time.time() < deadline and len(pids) < 2:
             for lock in grid_dir.glob(f"*.lora.*/{LOCK_NAME}"):
-                if list(lock.parent.glob("checkpoints/checkpoint-*/medpeft-checkpoint.json")):
-                    found["pid"] = int((read_lock(lock) or {}).get("pid", 0))
-                    os.kill(os.getpid(), signal.SIGINT)
-                    return
+                pid = int((read_lock(lock) or {}).get("pid", 0))
+                saved = set(lock.parent.glob("checkpoints/checkpoint-*/medpeft-checkpoint.json"))
+                before.setdefault(pid, saved)  # the checkpoints there when this process took the run
+                if pid and pid not in pids and saved - before[pid]:  # one of its own: it is training
+                    pids.append(pid)
+                    os.kill(*((pid, signal.SIGTERM) if len(pids) == 1 else (os.getpid(), signal.SIGINT)))
             time.sleep(0.05)
 
     engine = ProcessEngine(tmp_path / "processes", lambda *a: None)
-    watcher = threading.Thread(target=press_ctrl_c_at_a_checkpoint, daemon=True)
-    watcher.start()
+    threading.Thread(target=signal_at_checkpoints, daemon=True).start()
     try:
         with pytest.raises(Preempted, match="stopped by SIGINT"):
-            grid_module.run_grid(expand_grid(spec, name="stopped"), tmp_path, log=lambda *a: None, spread=grid_module.Spread(engine))
+            grid_module.run_grid(expand_grid(spec, name="stopped"), tmp_path, log=lines.append, spread=grid_module.Spread(engine))
     finally:
         engine.close()
-    assert found.get("pid"), "no run was caught at a checkpoint"
-    with pytest.raises(ProcessLookupError):  # the run's process ended with the grid
-        os.kill(found["pid"], 0)
+    assert len(pids) == 2, (pids, lines)
+    assert any("its worker was lost (Preempted: stopped by SIGTERM in training" in line and "submitted again (1 of 1)" in line
+               for line in lines), lines  # not recorded as a failed run
+    for pid in pids:  # both ended: the first by its own SIGTERM, the second with the grid
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
     (run_dir,) = [d for d in grid_dir.glob("*.lora.*") if d.is_dir()]
     assert not (run_dir / "result.json").exists() and not (run_dir / LOCK_NAME).exists()
-    assert "saving a checkpoint after this training step" in "".join(p.read_text() for p in (tmp_path / "processes").glob("*.log"))
+    logs = "".join(p.read_text() for p in (tmp_path / "processes").glob("*.log"))
+    assert logs.count("saving a checkpoint after this training step") == 2
     again = grid_module.run_grid(expand_grid(spec, name="stopped"), tmp_path, log=lambda *a: None)  # the same grid again
     assert again.exit_code == 0, again.account()
-    assert "resuming from its checkpoint" in (run_dir / LOG_FILE).read_text()
+    assert (run_dir / LOG_FILE).read_text().count("resuming from its checkpoint") == 2
     assert {r.status.value for r in load_results(grid_dir)} == {"ok"}
+
+
+def test_a_runs_process_stops_when_the_grids_process_is_gone(tmp_path):
+    """The grid's process killed with SIGKILL cannot pass a stop on: its end of the run's lifeline pipe closes
+    with it, and the run's process stops as at a scheduler's SIGTERM (a checkpoint, in training) instead of
+    training on, unwatched, with its run locked. Here the job sleeps, and the SIGTERM unwinds it."""
+    from medpeft.engines.process_engine import ProcessEngine
+
+    engine = ProcessEngine(tmp_path / "processes", lambda *a: None)
+    try:
+        (handle,) = engine.start(time.sleep, [120])
+        engine.launch()
+        handle.lifeline.close()  # what the kernel does to every file of a process that dies
+        start = time.time()
+        ((_, outcome),) = engine.finished([handle])
+    finally:
+        engine.close()
+    assert outcome.lost and outcome.error == "Preempted: stopped by SIGTERM outside training", outcome.error
+    assert time.time() - start < 30
 
 
 def test_a_process_per_run_gives_back_its_value_what_it_raised_or_that_it_was_lost(tmp_path):

@@ -8,8 +8,10 @@ those imports again; where forkserver is missing they are spawned (slower, same 
 
 Each run's process leaves the terminal's process group, so Ctrl-C reaches this process alone; close() passes
 the stop on as SIGTERM (the run saves a checkpoint after its current step and stops; the same command resumes it)
-and a second Ctrl-C stops it at once. A run's process that dies (killed, out of memory) is a lost worker:
-map_jobs submits its run again, from its last checkpoint. What a run's process prints goes to
+and a second Ctrl-C stops it at once. A run's process also stops so when this process ends without close()
+(killed with SIGKILL): it holds the read end of a lifeline pipe whose only write end is here. A run's process
+that dies (killed, out of memory), or that a SIGTERM of its own stopped at a checkpoint, is a lost worker:
+map_jobs submits its run again, and it resumes from its last checkpoint. What a run's process prints goes to
 runs/<grid>/processes/<pid>.log (its run's own lines are also in the run's train.log).
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import threading
 from multiprocessing.connection import wait
 from pathlib import Path
 
@@ -27,14 +30,19 @@ from medpeft.engines.base import Engine, Outcome
 PRELOAD = ("torch", "accelerate", "datasets", "peft", "transformers.trainer", "medpeft.grid")
 STOP_WAIT_S = 600.0  # seconds close() waits for a run to checkpoint and stop before it stops it at once
 EXIT_WAIT_S = 60.0  # seconds a run's process may take to exit once it sent its result
-PR_SET_PDEATHSIG = 1  # prctl(2): a signal for this process when its parent dies
 
 
 class Handle:
-    """One job: fn(job) in a process once started; its process and the read end of its result pipe."""
+    """One job: fn(job) in a process once started; its process, the read end of its result pipe and the write
+    end of its lifeline (closed: the run's process stops at its next checkpoint)."""
 
     def __init__(self, fn, job):
-        self.fn, self.job, self.process, self.reader, self.outcome = fn, job, None, None, None
+        self.fn, self.job, self.process, self.reader, self.lifeline, self.outcome = fn, job, None, None, None, None
+
+    def release(self) -> None:
+        for end in (self.reader, self.lifeline):
+            if end is not None:
+                end.close()
 
 
 class ProcessEngine(Engine):
@@ -60,14 +68,15 @@ class ProcessEngine(Engine):
     def launch(self) -> None:
         while self.waiting and len(self.live) < self.slots:
             handle = self.waiting.pop(0)
-            reader, writer = self.context.Pipe(duplex=False)
+            handle.reader, writer = self.context.Pipe(duplex=False)
+            alive, handle.lifeline = self.context.Pipe(duplex=False)
             self.folder.mkdir(parents=True, exist_ok=True)
-            handle.process = self.context.Process(target=work, args=(handle.fn, handle.job, writer, str(self.folder)),
+            handle.process = self.context.Process(target=work, args=(handle.fn, handle.job, writer, alive, str(self.folder)),
                                                   daemon=False, name="medpeft-run")
+            self.live.append(handle)  # before it starts: a stop signal during start() still reaches close()
             handle.process.start()
-            writer.close()  # the child holds the write end: its end closes the pipe
-            handle.reader = reader
-            self.live.append(handle)
+            writer.close()  # the child holds these ends now: its end closes the result pipe
+            alive.close()
 
     def finished(self, handles):
         while True:
@@ -85,7 +94,7 @@ class ProcessEngine(Engine):
         """Read what the run's process sent (its result, or what it raised) and wait for it to end; a process that
         ended without sending anything was lost (killed, out of memory)."""
         try:
-            kind, value = handle.reader.recv()
+            kind, value = handle.reader.recv() if handle.reader.poll() else (None, None)
         except (EOFError, OSError):  # nothing sent: the process died
             kind, value = None, None
         except Exception as err:  # noqa: BLE001 - sent, but it does not unpickle here
@@ -94,12 +103,14 @@ class ProcessEngine(Engine):
         if handle.process.is_alive():  # a thread a library left behind keeps it from exiting; its work is done
             handle.process.kill()
             handle.process.join()
-        handle.reader.close()
+        handle.release()
         self.live.remove(handle)
         if kind == "value":
             handle.outcome = Outcome(value=value)
         elif kind == "error":
             handle.outcome = Outcome(error=value)
+        elif kind == "stopped":  # a SIGTERM of its own (a scheduler, a user): checkpointed, so submitted again it resumes
+            handle.outcome = Outcome(error=value, lost=True)
         else:
             pid = handle.process.pid
             handle.outcome = Outcome(error=f"its process (pid {pid}) {ended_how(handle.process.exitcode)}; its log: "
@@ -110,7 +121,7 @@ class ProcessEngine(Engine):
         wait for it, and at a second Ctrl-C (or after STOP_WAIT_S) stop it at once."""
         self.stopping.set()
         self.waiting.clear()
-        live = [h.process for h in self.live if h.process.is_alive()]
+        live = [h.process for h in self.live if h.process.pid is not None and h.process.is_alive()]
         for process in live:
             process.terminate()
         try:
@@ -126,34 +137,55 @@ class ProcessEngine(Engine):
             for process in live:
                 if process.is_alive():
                     process.kill()
-            for handle in self.live:
-                handle.reader.close()
+            for handle in self.live:  # a process whose start() a signal cut short stops at its lifeline's end
+                handle.release()
             self.live.clear()
 
 
-def work(fn, job, writer, folder: str) -> None:
+def work(fn, job, writer, alive, folder: str) -> None:
     """A run's process: print to its log, leave the terminal's process group (a stop comes from the grid's process),
-    die with the forkserver (so with the grid's process), send fn(job) or what it raised."""
+    stop at a checkpoint when the grid's process is gone (its lifeline `alive` ends), send fn(job), what it raised,
+    or that a stop signal ended it at a checkpoint."""
+    from medpeft.errors import Preempted
+
     log = os.open(os.path.join(folder, f"{os.getpid()}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     for stream in (1, 2):
         os.dup2(log, stream)
     os.close(log)
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for stop in (signal.SIGTERM, signal.SIGINT):  # outside training too, a stop unwinds the run: its lock is given back
+        signal.signal(stop, stop_now)
+    threading.Thread(target=stop_when_ended, args=(alive,), daemon=True, name="medpeft-lifeline").start()
     try:
         message = ("value", fn(job))
+    except Preempted as err:
+        message = ("stopped", f"{type(err).__name__}: {err}")
     except BaseException as err:  # noqa: BLE001 - sent to the grid's process, which records the run as failed
         message = ("error", f"{type(err).__name__}: {err}")
-    try:
-        writer.send(message)
-    except Exception as err:  # noqa: BLE001 - a result that does not pickle
-        writer.send(("error", f"its result could not be sent back ({type(err).__name__}: {err})"))
+    with contextlib.suppress(OSError):  # BrokenPipeError: the grid's process is gone, and nobody waits for it
+        try:
+            writer.send(message)
+        except (OSError, EOFError):
+            raise
+        except Exception as err:  # noqa: BLE001 - a result that does not pickle
+            writer.send(("error", f"its result could not be sent back ({type(err).__name__}: {err})"))
     writer.close()
+
+
+def stop_now(signum, frame):
+    """A stop signal outside training (in training, run/preempt.py's handler saves a checkpoint first)."""
+    from medpeft.errors import Preempted
+
+    raise Preempted(f"stopped by {signal.Signals(signum).name} outside training", signum)
+
+
+def stop_when_ended(alive) -> None:
+    """Wait for the grid's process to close the lifeline (it never writes to it), then stop this run as a scheduler
+    would: SIGTERM, a checkpoint after the current step."""
+    with contextlib.suppress(EOFError, OSError):
+        alive.recv()
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def ended_how(code: int | None) -> str:
