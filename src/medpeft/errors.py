@@ -44,6 +44,10 @@ def error_text(err: BaseException) -> str:
     return str(err) if isinstance(err, MedpeftError) else f"{type(err).__name__}: {err}"
 
 
+SAME_STOP_S = 2.0  # seconds: a stop signal this soon after the first is the same request (a batch system signals every
+# process of a job, and `medpeft run --backend processes` or `accelerate launch` passes its own on as well)
+
+
 class Preempted(KeyboardInterrupt):
     """A grid stopped by SIGTERM or SIGINT (a scheduler's notice, or Ctrl-C). Not a failure: no run is
     recorded as failed; a run stopped in training left a checkpoint that the next `medpeft run` resumes.

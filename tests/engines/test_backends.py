@@ -296,8 +296,9 @@ def test_a_runs_process_stops_when_the_grids_process_is_gone(tmp_path):
 
 
 def test_a_process_per_run_gives_back_its_value_what_it_raised_or_that_it_was_lost(tmp_path):
-    """The three ends of a run's process, with stdlib functions as jobs: a value, an exception (the run is recorded
-    failed, not retried) and a process that exits without a result (lost: its run is submitted again)."""
+    """The ends of a run's process, with stdlib functions as jobs: a value, an exception (the run is recorded failed,
+    not retried), a process that exits without a result (lost: its run is submitted again) and one that cannot
+    start (a failed run; the grid goes on, where it used to end with a traceback)."""
     import math
 
     from medpeft.engines.base import map_jobs
@@ -307,8 +308,10 @@ def test_a_process_per_run_gives_back_its_value_what_it_raised_or_that_it_was_lo
     try:
         value, error = map_jobs(engine, math.sqrt, [4.0, -1.0], 0, lambda *a: None, lambda *a: None)
         (lost,) = map_jobs(engine, os._exit, [3], 0, lambda *a: None, lambda *a: None)
+        (unstarted,) = map_jobs(engine, math.sqrt, [lambda: 4.0], 0, lambda *a: None, lambda *a: None)  # does not pickle
     finally:
         engine.close()
+    assert not unstarted.ok and not unstarted.lost and unstarted.error.startswith("its process could not start (")
     assert value.ok and value.value == 2.0
     assert not error.ok and not error.lost and error.error == "ValueError: math domain error"
     assert lost.lost and "exited with code 3 without a result; its log: " in lost.error and str(tmp_path) in lost.error

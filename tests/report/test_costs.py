@@ -56,7 +56,7 @@ def test_peak_memory_is_not_ranked_when_earlier_runs_of_the_process_held_much_me
     (tmp_path / "alone").mkdir()
     alone = memory_grid(tmp_path / "alone", 0)
     assert peak_column(alone)["best"] and "not ranked" not in memory_note(alone)
-    assert "each peak is its own" in memory_note(alone)  # every run recorded 0 left by earlier runs
+    assert "so no peak includes theirs" in memory_note(alone)  # every run recorded 0 left by earlier runs
     trained = alone[~alone["is_baseline"]]
     assert "least peak memory" in cheapest_near_best(trained, int(trained["primary_mean"].idxmax()), 1.0, "ROUGE-1", False)
     (tmp_path / "shared").mkdir()

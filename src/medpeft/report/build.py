@@ -260,7 +260,7 @@ def memory_note(frame) -> str:
     if memory_ranked(frame):
         left = left_by_earlier_runs(frame)
         if left and max(left) == 0:  # e.g. --backend processes: each run in a process of its own
-            text += " No run here found memory left by earlier runs (each ran first in its process), so each peak is its own."
+            text += " No run here found memory left by earlier runs (each ran first in its process), so no peak includes theirs."
         return text
     return text + (f" These runs shared one process, which held up to {format_bytes(shared_memory_bytes(frame))} of "
                    "earlier runs' memory (kernel caches, heap); left out of each peak, it still moves a run's peak by up "

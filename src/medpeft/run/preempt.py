@@ -1,7 +1,8 @@
 """Stop signals (SIGTERM from a scheduler about to preempt the job, SIGINT from Ctrl-C).
 
 During training (fit.py) the first signal asks for a checkpoint at the end of the current step and a
-clean stop; the run then ends with `Preempted`, and the next `medpeft run` resumes it. Anywhere else
+clean stop; the run then ends with `Preempted`, and the next `medpeft run` resumes it. Signals within
+SAME_STOP_S of the first are the same request (a batch system signals every process of a job at once). Anywhere else
 in a grid (grid.py), or at a second signal, the grid stops at once with `Preempted`: finished runs are
 kept, an unfinished one runs again (from its last checkpoint, if it had one). Either way the message
 says how to go on. Handlers can only be installed from the main thread; elsewhere nothing changes.
@@ -11,9 +12,10 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 from contextlib import contextmanager
 
-from medpeft.errors import Preempted
+from medpeft.errors import SAME_STOP_S, Preempted
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -23,6 +25,7 @@ class StopRequest:
 
     def __init__(self):
         self.signum: int | None = None
+        self.at = 0.0  # time.monotonic() of the first signal
 
     @property
     def requested(self) -> bool:
@@ -56,10 +59,14 @@ def checkpoint_on_signal():
     request = StopRequest()
 
     def handler(signum, frame):
+        if request.requested and time.monotonic() - request.at < SAME_STOP_S:
+            print(f"medpeft: {signal_name(signum)} received again within {SAME_STOP_S:g} s: taken as the same request "
+                  "(a checkpoint, then a stop)", file=sys.stderr, flush=True)
+            return
         if request.requested:
             raise Preempted(f"{signal_name(signum)} received again: stopped at once, without a checkpoint; "
                             "run the same command again to go on (finished runs are kept)", signum)
-        request.signum = signum
+        request.signum, request.at = signum, time.monotonic()
         print(f"medpeft: {signal_name(signum)} received: saving a checkpoint after this training step, then "
               "stopping (send it again to stop at once)", file=sys.stderr, flush=True)
 
