@@ -206,15 +206,17 @@ def work(fn, job, writer, alive, folder: str) -> None:
     os.close(log)
     with contextlib.suppress(OSError, AttributeError):  # AttributeError: Windows, which has no process groups
         os.setpgid(0, 0)
-    for stop in (signal.SIGTERM, signal.SIGINT):  # outside training too, a stop unwinds the run: its lock is given back
-        signal.signal(stop, stop_now)
-    threading.Thread(target=stop_when_ended, args=(alive,), daemon=True, name="medpeft-lifeline").start()
-    try:
+    try:  # a stop may come at any point from here on: it lands in one of the excepts below
+        for stop in (signal.SIGTERM, signal.SIGINT):  # outside training too, a stop unwinds the run: its lock is given back
+            signal.signal(stop, stop_now)
+        threading.Thread(target=stop_when_ended, args=(alive,), daemon=True, name="medpeft-lifeline").start()
         message = ("value", fn(job))
     except Preempted as err:
         message = ("stopped", f"{type(err).__name__}: {err}")
     except BaseException as err:  # noqa: BLE001 - sent to the grid's process, which records the run as failed
         message = ("error", f"{type(err).__name__}: {err}")
+    for stop in (signal.SIGTERM, signal.SIGINT):  # the run has ended: a stop now would only lose what it sends
+        signal.signal(stop, signal.SIG_IGN)
     with contextlib.suppress(OSError):  # BrokenPipeError: the grid's process is gone, and nobody waits for it
         try:
             writer.send(message)
