@@ -104,8 +104,8 @@ class ProcessEngine(Engine):
     def collect(self, handle: Handle) -> None:
         """Read what the run's process sent (its result, or what it raised) and wait for it to end; a process that
         ended without sending anything was lost (killed, out of memory)."""
-        try:
-            kind, value = handle.reader.recv() if handle.reader.poll() else (None, None)
+        try:  # called once the pipe is readable: a message, or its end
+            kind, value = handle.reader.recv()
         except (EOFError, OSError):  # nothing sent: the process died
             kind, value = None, None
         except Exception as err:  # noqa: BLE001 - sent, but it does not unpickle here
@@ -217,12 +217,12 @@ def work(fn, job, writer, alive, folder: str) -> None:
         message = ("error", f"{type(err).__name__}: {err}")
     for stop in (signal.SIGTERM, signal.SIGINT):  # the run has ended: a stop now would only lose what it sends
         signal.signal(stop, signal.SIG_IGN)
-    with contextlib.suppress(OSError):  # BrokenPipeError: the grid's process is gone, and nobody waits for it
-        try:
-            writer.send(message)
-        except (OSError, EOFError):
-            raise
-        except Exception as err:  # noqa: BLE001 - a result that does not pickle
+    try:
+        writer.send(message)
+    except OSError:  # BrokenPipeError: the grid's process is gone, and nobody waits for it
+        pass
+    except Exception as err:  # noqa: BLE001 - a result that does not pickle
+        with contextlib.suppress(OSError):
             writer.send(("error", f"its result could not be sent back ({type(err).__name__}: {err})"))
     writer.close()
 
